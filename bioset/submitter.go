@@ -1,0 +1,87 @@
+package bioset
+
+// Submitter runs bios through a stack. It is the Go form of the kernel's
+// current->bio_list: Go has no goroutine-local storage, so every goroutine
+// that submits (a connection's reader, a rescuer, a test) owns one Submitter
+// and passes it down explicitly. A Submitter must not be shared between
+// goroutines.
+//
+// Rule 1, recursion becomes iteration: a bio submitted while a Queue's
+// Submit is running on this Submitter is only queued; it is handled after
+// that Submit returns. However deep the stack, the Go stack stays one Submit
+// deep, and a layer that splits a 2 GiB TRIM into thousands of pieces does
+// not recurse thousands of times.
+//
+// Rule 2, depth-first order: after a Submit returns, the bios it produced
+// for other (lower) devices go first, then those for the same device (a
+// requeued remainder), then those that were pending before it ran. Lower
+// devices thus finish a piece before the layer above produces the next one,
+// which keeps the number of bios a layer has outstanding small.
+type Submitter struct {
+	active bool
+	// lists[0] holds the bios queued by the Submit now running; lists[1]
+	// the bios that were pending when it started. Both are searched when a
+	// BioSet punts to its rescuer.
+	lists [2]bioList
+}
+
+// Submit hands b to b.Dev. Called from outside any Submit, it runs until b
+// and every bio produced while handling it have been passed to their
+// devices; called from inside one (a layer submitting a child or requeueing
+// a remainder), it only queues b.
+func (s *Submitter) Submit(b *Bio) {
+	if b.Dev == nil {
+		panic("bioset: bio submitted without a device")
+	}
+	if s.active {
+		s.lists[0].push(b)
+		return
+	}
+	s.active = true
+	for b != nil {
+		dev := b.Dev
+		s.lists[1] = s.lists[0]
+		s.lists[0] = bioList{}
+
+		dev.Submit(s, b)
+
+		var lower, same bioList
+		for c := s.lists[0].pop(); c != nil; c = s.lists[0].pop() {
+			if c.Dev == dev {
+				same.push(c)
+			} else {
+				lower.push(c)
+			}
+		}
+		s.lists[0].merge(&lower)
+		s.lists[0].merge(&same)
+		s.lists[0].merge(&s.lists[1])
+		b = s.lists[0].pop()
+	}
+	s.active = false
+}
+
+// pending reports whether bios are queued on s but not yet handed to their
+// devices: the condition under which blocking in Alloc could deadlock.
+func (s *Submitter) pending() bool {
+	return s != nil && s.active && (!s.lists[0].empty() || !s.lists[1].empty())
+}
+
+// takeFrom moves the queued bios that were allocated from bs onto out and
+// returns how many it moved; the rest stay queued in their order.
+func (s *Submitter) takeFrom(bs *BioSet, out *bioList, foreignToo bool) int {
+	moved := 0
+	for i := range s.lists {
+		var keep bioList
+		for b := s.lists[i].pop(); b != nil; b = s.lists[i].pop() {
+			if b.pool == bs || foreignToo {
+				out.push(b)
+				moved++
+			} else {
+				keep.push(b)
+			}
+		}
+		s.lists[i] = keep
+	}
+	return moved
+}
