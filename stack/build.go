@@ -1,0 +1,125 @@
+package stack
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+
+	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/targets"
+)
+
+// Node is one layer or target of a built stack.
+type Node struct {
+	// Path is stable across restarts and names the node in metrics:
+	// the export name, then the kind of each layer down to this one, a
+	// multi-leg layer's legs as "legN" — "default/split/stripe/leg2".
+	Path string
+	Kind string
+	Dev  Device
+	// Pool is the layer's BioSet; nil for a target.
+	Pool *bioset.BioSet
+}
+
+// Stack is a built stack: its top device and every node below it.
+type Stack struct {
+	Root Device
+	// Nodes lists every node, parents before their legs.
+	Nodes []Node
+}
+
+// Close closes every node, top down, once no bio is in flight.
+func (st *Stack) Close() error {
+	var errs []error
+	for _, n := range st.Nodes {
+		if err := n.Dev.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", n.Path, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Build creates the devices that spec describes, for the export called
+// name. On error, whatever was already built is closed.
+func Build(name string, spec Spec) (*Stack, error) {
+	st := &Stack{}
+	root, err := st.build(name+"/"+spec.Kind, spec)
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	st.Root = root
+	return st, nil
+}
+
+func (st *Stack) build(path string, spec Spec) (Device, error) {
+	var legs []Device
+	for i, l := range spec.Legs {
+		p := path + "/leg" + strconv.Itoa(i)
+		if spec.Kind == KindSplit {
+			p = path + "/" + l.Kind
+		}
+		d, err := st.build(p, l)
+		if err != nil {
+			return nil, err
+		}
+		legs = append(legs, d)
+	}
+	if len(legs) > 0 && (spec.Kind == KindMemory || spec.Kind == KindNull || spec.Kind == KindFile) {
+		return nil, fmt.Errorf("%s: a %s target has no legs", path, spec.Kind)
+	}
+	pool := bioset.Options{Name: path, Capacity: spec.Pool.Capacity, NoRescuer: spec.Pool.NoRescuer}
+	if pool.Capacity == 0 {
+		pool.Capacity = DefaultPoolCapacity
+	}
+	var (
+		dev Device
+		err error
+	)
+	switch spec.Kind {
+	case KindSplit:
+		if len(legs) != 1 {
+			return nil, fmt.Errorf("%s: split needs exactly one leg, has %d", path, len(legs))
+		}
+		dev, err = NewSplit(legs[0], spec.MaxBytes, spec.Boundary, pool)
+	case KindStripe:
+		dev, err = NewStripe(legs, spec.Chunk, pool)
+	case KindLinear:
+		dev, err = NewLinear(legs, pool)
+	case KindMemory:
+		m := targets.NewMemory(spec.Size, spec.Chunk)
+		m.SetDelay(spec.Delay)
+		dev = m
+	case KindNull:
+		n := targets.NewNull(spec.Size)
+		n.SetDelay(spec.Delay)
+		dev = n
+	case KindFile:
+		dev, err = targets.OpenFile(spec.Path, spec.Size, targets.FileOptions{Delay: spec.Delay})
+	default:
+		return nil, fmt.Errorf("%s: unknown kind %q", path, spec.Kind)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	n := Node{Path: path, Kind: spec.Kind, Dev: dev}
+	if l, ok := dev.(interface{ Pool() *bioset.BioSet }); ok {
+		n.Pool = l.Pool()
+	}
+	// Parents go before their legs in Nodes: insert this node before the
+	// legs it was built over, which were appended during the recursion.
+	at := len(st.Nodes) - countNodes(spec) + 1
+	st.Nodes = append(st.Nodes, Node{})
+	copy(st.Nodes[at+1:], st.Nodes[at:])
+	st.Nodes[at] = n
+	return dev, nil
+}
+
+// countNodes is the number of nodes spec describes.
+func countNodes(spec Spec) int {
+	n := 1
+	for _, l := range spec.Legs {
+		n += countNodes(l)
+	}
+	return n
+}

@@ -1,0 +1,92 @@
+package stack
+
+import (
+	"github.com/stackd/stackd/bioset"
+)
+
+// layer is what every stacking layer has: its own pool (rule 3), its size
+// and the capabilities it passes up.
+type layer struct {
+	pool *bioset.BioSet
+	size uint64
+	caps bioset.Caps
+}
+
+func (l *layer) Size() uint64                                         { return l.size }
+func (l *layer) Caps() bioset.Caps                                    { return l.caps }
+func (l *layer) Pool() *bioset.BioSet                                 { return l.pool }
+func (l *layer) Close() error                                         { l.pool.Close(); return nil }
+func (l *layer) child(s *bioset.Submitter, b *bioset.Bio) *bioset.Bio { return l.pool.Child(s, b) }
+
+// legCaps is what a layer over legs can promise: only what every leg can do.
+func legCaps(legs []Device) bioset.Caps {
+	c := bioset.CapsAll
+	for _, l := range legs {
+		c &= l.Caps()
+	}
+	return c
+}
+
+// remap points b at dev at offset off and resubmits it: the zero-allocation
+// path for a bio that falls on a single leg. The extent window and
+// ExtentBase stay as they are, since the bio still covers the same range of
+// the top device.
+func remap(s *bioset.Submitter, b *bioset.Bio, dev Device, off uint64) {
+	b.Dev = dev
+	b.Offset = off
+	s.Submit(b)
+}
+
+// piece sets up child c to serve bytes [pos, pos+n) of parent b, which
+// starts at device offset b.Offset, as bytes [legOff, legOff+n) of dev.
+// Block-status children get window number i of the parent's result slots,
+// out of pieces.
+func piece(c, b *bioset.Bio, dev Device, pos, n, legOff uint64, i, pieces int) {
+	c.Dev = dev
+	c.Offset = legOff
+	c.Length = n
+	rel := pos - b.Offset
+	if b.Op.HasPayload() {
+		c.Buf = b.Buf[rel : rel+n : rel+n]
+	}
+	if b.Op == bioset.OpBlockStatus {
+		c.ExtentBase = b.ExtentBase + rel
+		c.Extents = extentWindow(b.Extents, i, pieces)
+	}
+}
+
+// extentWindow returns part i of n equal, disjoint, ordered parts of the
+// result slots. Results stay in device order because part i always holds
+// extents of lower offsets than part i+1, whichever child finishes first.
+func extentWindow(slots []bioset.Extent, i, n int) []bioset.Extent {
+	w := len(slots) / n
+	return slots[i*w : (i+1)*w : (i+1)*w]
+}
+
+// statusPieces bounds how many pieces a BLOCK_STATUS bio is served with: at
+// most one per result slot. A reply may cover less than was asked (the NBD
+// spec allows it), so the pieces beyond are simply not asked.
+func statusPieces(b *bioset.Bio, pieces int) int {
+	if b.Op == bioset.OpBlockStatus && pieces > len(b.Extents) {
+		return len(b.Extents)
+	}
+	return pieces
+}
+
+// fanOutFlush sends a FLUSH to every leg: a flush must cover every write
+// that completed before it, wherever it landed.
+func (l *layer) fanOutFlush(s *bioset.Submitter, b *bioset.Bio, legs []Device) {
+	if len(legs) == 1 {
+		b.Dev = legs[0]
+		s.Submit(b)
+		return
+	}
+	for _, leg := range legs {
+		// Rule 4: each child is submitted before the next allocation, so
+		// the rescuer can take it if that allocation finds the pool empty.
+		c := l.child(s, b)
+		c.Dev = leg
+		s.Submit(c)
+	}
+	b.End(nil)
+}

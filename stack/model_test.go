@@ -1,0 +1,403 @@
+package stack
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// The model test drives randomly built stacks with random operations and
+// compares every byte with a flat []byte that models the whole device:
+// WRITE copies, TRIM and WRITE_ZEROES zero (both targets zero what they
+// trim), FLUSH and CACHE change nothing, and BLOCK_STATUS must describe a
+// contiguous prefix of the asked range in which every extent marked ZERO
+// reads as zero.
+//
+// Reproduce a failure with STACKD_MODEL_SEED=<seed printed on failure>.
+
+const (
+	modelStacks     = 40
+	modelOpsPerStep = 100
+	maxOpLen        = 4 << 20
+)
+
+// chunks a stripe or split may use; every size the generator produces is a
+// multiple of the largest, so legs line up.
+var modelChunks = []uint64{512, 4096, 65536}
+
+type gen struct {
+	rng *rand.Rand
+	dir string
+	n   int // files made
+}
+
+// spec returns a random stack of the given depth and exactly size bytes
+// (size is a multiple of 64 KiB).
+func (g *gen) spec(depth int, size uint64) Spec {
+	pool := PoolSpec{Capacity: 1 + g.rng.IntN(8)}
+	kind := g.rng.IntN(4)
+	if depth == 0 {
+		kind = 3
+	}
+	switch kind {
+	case 0:
+		max := []uint64{512, 4096, 65536, 1 << 20}[g.rng.IntN(4)]
+		var boundary uint64
+		if g.rng.IntN(2) == 0 {
+			boundary = modelChunks[g.rng.IntN(len(modelChunks))]
+		}
+		return Spec{Kind: KindSplit, MaxBytes: max, Boundary: boundary, Pool: pool, Legs: []Spec{g.spec(depth-1, size)}}
+	case 1:
+		// Legs must be of equal size and the stripe exactly size bytes:
+		// use a leg count that divides size into 64 KiB units.
+		units := size / 65536
+		legs := 2 + g.rng.IntN(3)
+		for units%uint64(legs) != 0 && legs > 1 {
+			legs--
+		}
+		if legs < 2 {
+			return g.spec(0, size)
+		}
+		chunk := modelChunks[g.rng.IntN(len(modelChunks))]
+		sp := Spec{Kind: KindStripe, Chunk: chunk, Pool: pool}
+		for i := 0; i < legs; i++ {
+			sp.Legs = append(sp.Legs, g.spec(depth-1, size/uint64(legs)))
+		}
+		return sp
+	case 2:
+		legs := 1 + g.rng.IntN(3)
+		sp := Spec{Kind: KindLinear, Pool: pool}
+		left := size / 65536
+		for i := 0; i < legs; i++ {
+			units := left
+			if i < legs-1 && left > 1 {
+				units = 1 + g.rng.Uint64N(left-1)
+			}
+			if units == 0 {
+				break
+			}
+			sp.Legs = append(sp.Legs, g.spec(depth-1, units*65536))
+			left -= units
+		}
+		return sp
+	default:
+		if g.rng.IntN(3) == 0 {
+			g.n++
+			return Spec{Kind: KindFile, Path: filepath.Join(g.dir, "leg"+strconv.Itoa(g.n)), Size: size}
+		}
+		return Spec{Kind: KindMemory, Size: size, Chunk: []uint64{0, 4096}[g.rng.IntN(2)]}
+	}
+}
+
+func describe(s Spec) string {
+	var b strings.Builder
+	var walk func(s Spec)
+	walk = func(s Spec) {
+		fmt.Fprintf(&b, "%s(", s.Kind)
+		switch s.Kind {
+		case KindSplit:
+			fmt.Fprintf(&b, "max=%d,bnd=%d,pool=%d ", s.MaxBytes, s.Boundary, s.Pool.Capacity)
+		case KindStripe:
+			fmt.Fprintf(&b, "chunk=%d,pool=%d ", s.Chunk, s.Pool.Capacity)
+		case KindLinear:
+			fmt.Fprintf(&b, "pool=%d ", s.Pool.Capacity)
+		default:
+			fmt.Fprintf(&b, "%d", s.Size)
+		}
+		for i, l := range s.Legs {
+			if i > 0 {
+				b.WriteString(" ")
+			}
+			walk(l)
+		}
+		b.WriteString(")")
+	}
+	walk(s)
+	return b.String()
+}
+
+func modelSeed(t *testing.T) uint64 {
+	if v := os.Getenv("STACKD_MODEL_SEED"); v != "" {
+		seed, err := strconv.ParseUint(v, 10, 64)
+		if err != nil {
+			t.Fatalf("STACKD_MODEL_SEED: %v", err)
+		}
+		return seed
+	}
+	return uint64(time.Now().UnixNano())
+}
+
+// randomRange picks a range that often starts or ends on, or one byte off,
+// a chunk boundary, with lengths from 1 byte to 4 MiB.
+func randomRange(rng *rand.Rand, size uint64) (uint64, uint64) {
+	var n uint64
+	switch rng.IntN(4) {
+	case 0:
+		n = 1 + rng.Uint64N(4096)
+	case 1:
+		n = 512 * (1 + rng.Uint64N(256))
+	case 2:
+		n = 1 + rng.Uint64N(1<<20)
+	default:
+		n = 1 + rng.Uint64N(maxOpLen)
+	}
+	n = min(n, size)
+	var off uint64
+	if rng.IntN(2) == 0 {
+		c := modelChunks[rng.IntN(len(modelChunks))]
+		off = c*rng.Uint64N(size/c+1) + uint64(rng.IntN(3)) - 1
+	} else {
+		off = rng.Uint64N(size)
+	}
+	if off > size-n {
+		off = size - n
+	}
+	return off, n
+}
+
+func TestModel(t *testing.T) {
+	seed := modelSeed(t)
+	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
+	g := &gen{rng: rng, dir: t.TempDir()}
+	for i := 0; i < modelStacks; i++ {
+		size := uint64(1+rng.IntN(64)) * 65536 * 4
+		spec := g.spec(1+rng.IntN(3), size)
+		if t.Failed() {
+			return
+		}
+		runModel(t, seed, i, spec, rng)
+	}
+}
+
+func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) {
+	st, err := Build("model", spec)
+	if err != nil {
+		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
+	}
+	defer st.Close()
+	dev := st.Root
+	size := dev.Size()
+	model := make([]byte, size)
+	var s bioset.Submitter
+	var key [32]byte
+	for i := range key {
+		key[i] = byte(rng.IntN(256))
+	}
+	data := rand.NewChaCha8(key)
+	fail := func(format string, args ...any) {
+		t.Helper()
+		t.Fatalf("seed %d step %d stack %s size %d: %s", seed, step, describe(spec), size, fmt.Sprintf(format, args...))
+	}
+	for i := 0; i < modelOpsPerStep; i++ {
+		off, n := randomRange(rng, size)
+		op := bioset.Ops()[rng.IntN(len(bioset.Ops()))]
+		var flags bioset.Flags
+		if rng.IntN(4) == 0 {
+			flags |= bioset.FlagFUA
+		}
+		switch op {
+		case bioset.OpWrite:
+			buf := make([]byte, n)
+			data.Read(buf)
+			if err := request(t, &s, dev, op, flags, off, n, buf, nil); err != nil {
+				fail("write %d+%d: %v", off, n, err)
+			}
+			copy(model[off:], buf)
+		case bioset.OpRead:
+			buf := make([]byte, n)
+			if err := request(t, &s, dev, op, flags, off, n, buf, nil); err != nil {
+				fail("read %d+%d: %v", off, n, err)
+			}
+			if !bytes.Equal(buf, model[off:off+n]) {
+				j := 0
+				for buf[j] == model[off+uint64(j)] {
+					j++
+				}
+				fail("read %d+%d: byte %d is %d, model has %d", off, n, off+uint64(j), buf[j], model[off+uint64(j)])
+			}
+		case bioset.OpTrim, bioset.OpWriteZeroes:
+			if op == bioset.OpWriteZeroes && rng.IntN(2) == 0 {
+				flags |= bioset.FlagNoHole
+			}
+			if err := request(t, &s, dev, op, flags, off, n, nil, nil); err != nil {
+				fail("%v %d+%d: %v", op, off, n, err)
+			}
+			clear(model[off : off+n])
+		case bioset.OpFlush:
+			if err := request(t, &s, dev, op, flags, 0, 0, nil, nil); err != nil {
+				fail("flush: %v", err)
+			}
+		case bioset.OpCache:
+			if err := request(t, &s, dev, op, flags, off, n, nil, nil); err != nil {
+				fail("cache %d+%d: %v", off, n, err)
+			}
+		case bioset.OpBlockStatus:
+			slots := make([]bioset.Extent, 1+rng.IntN(64))
+			if err := request(t, &s, dev, op, flags, off, n, nil, slots); err != nil {
+				fail("block status %d+%d: %v", off, n, err)
+			}
+			checkExtents(fail, model, off, n, slots)
+		}
+	}
+}
+
+// checkExtents verifies a BLOCK_STATUS answer the way the NBD server will
+// read it: the non-empty slots, in order, must start at off, be contiguous
+// up to a point, stay inside the range, and mark as ZERO only bytes that
+// are zero.
+func checkExtents(fail func(string, ...any), model []byte, off, n uint64, slots []bioset.Extent) {
+	pos := off
+	for _, e := range slots {
+		if e.Length == 0 {
+			continue
+		}
+		if e.Offset != pos {
+			// A gap ends the usable prefix; what follows must still lie
+			// beyond it, in order.
+			if e.Offset < pos {
+				fail("block status %d+%d: extent at %d overlaps the prefix ending at %d", off, n, e.Offset, pos)
+			}
+			pos = e.Offset
+		}
+		if e.Offset+e.Length > off+n {
+			fail("block status %d+%d: extent %d+%d runs past the range", off, n, e.Offset, e.Length)
+		}
+		if e.Flags&bioset.ExtentZero != 0 {
+			for j := e.Offset; j < e.Offset+e.Length; j++ {
+				if model[j] != 0 {
+					fail("block status %d+%d: extent %d+%d flagged zero, byte %d is %d", off, n, e.Offset, e.Length, j, model[j])
+				}
+			}
+		}
+		pos = e.Offset + e.Length
+	}
+	if slots[0].Length == 0 || slots[0].Offset != off {
+		fail("block status %d+%d: first slot %+v does not start the answer", off, n, slots[0])
+	}
+}
+
+// TestStress runs 64 goroutines against 3-deep stacks whose pools hold 1 to
+// 4 bios, each goroutine checking its own stripe of the device, and
+// requires that everything completes and that Close leaves no goroutine.
+func TestStress(t *testing.T) {
+	seed := modelSeed(t)
+	base := runtime.NumGoroutine()
+	for round := 0; round < 4; round++ {
+		capacity := 1 + round
+		rng := rand.New(rand.NewPCG(seed, uint64(round)))
+		dir := t.TempDir()
+		leaf := func(i int) Spec {
+			if i%2 == 0 {
+				return Spec{Kind: KindFile, Path: filepath.Join(dir, "f"+strconv.Itoa(i)), Size: 4 << 20}
+			}
+			return Spec{Kind: KindMemory, Size: 4 << 20}
+		}
+		pool := PoolSpec{Capacity: capacity}
+		spec := Spec{Kind: KindSplit, MaxBytes: 8192, Pool: pool, Legs: []Spec{{
+			Kind: KindStripe, Chunk: 4096, Pool: pool, Legs: []Spec{
+				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(0), leaf(1)}},
+				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(2), leaf(3)}},
+				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(4), leaf(5)}},
+			}}}}
+		st, err := Build("stress", spec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const workers = 64
+		region := st.Root.Size() / workers / 512 * 512
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			seedW := rng.Uint64()
+			go func(w int) {
+				defer wg.Done()
+				errs <- stressWorker(st.Root, uint64(w)*region, region, seedW)
+			}(w)
+		}
+		done := make(chan struct{})
+		go func() { wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(completeBound):
+			t.Fatalf("seed %d pool %d: stress did not complete within %v", seed, capacity, completeBound)
+		}
+		close(errs)
+		for err := range errs {
+			if err != nil {
+				t.Fatalf("seed %d pool %d: %v", seed, capacity, err)
+			}
+		}
+		for _, n := range st.Nodes {
+			if n.Pool != nil {
+				if ps := n.Pool.Stats(); ps.InUse != 0 || ps.Rescued != ps.Punted {
+					t.Fatalf("%s after stress: %+v", n.Path, ps)
+				}
+			}
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	settleGoroutines(t, base)
+}
+
+// stressWorker writes and reads back its own region of dev with requests
+// that cross chunk and split boundaries.
+func stressWorker(dev Device, start, size uint64, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed, 1))
+	var s bioset.Submitter
+	model := make([]byte, size)
+	run := func(op bioset.Op, off, n uint64, buf []byte) error {
+		done := make(chan struct{})
+		var b bioset.Bio
+		b.Init(op, start+off, n, buf, func(*bioset.Bio) { close(done) })
+		b.Dev = dev
+		s.Submit(&b)
+		select {
+		case <-done:
+			return b.Err()
+		case <-time.After(completeBound):
+			return fmt.Errorf("%v %d+%d stalled", op, start+off, n)
+		}
+	}
+	for i := 0; i < 40; i++ {
+		n := 1 + rng.Uint64N(min(size, 32768))
+		off := rng.Uint64N(size - n + 1)
+		switch rng.IntN(4) {
+		case 0, 1:
+			buf := make([]byte, n)
+			for j := range buf {
+				buf[j] = byte(rng.IntN(256))
+			}
+			if err := run(bioset.OpWrite, off, n, buf); err != nil {
+				return err
+			}
+			copy(model[off:], buf)
+		case 2:
+			if err := run(bioset.OpWriteZeroes, off, n, nil); err != nil {
+				return err
+			}
+			clear(model[off : off+n])
+		default:
+			buf := make([]byte, n)
+			if err := run(bioset.OpRead, off, n, buf); err != nil {
+				return err
+			}
+			if !bytes.Equal(buf, model[off:off+n]) {
+				return fmt.Errorf("read %d+%d differs from what this worker wrote", start+off, n)
+			}
+		}
+	}
+	return run(bioset.OpFlush, 0, 0, nil)
+}

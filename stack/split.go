@@ -1,0 +1,78 @@
+package stack
+
+import (
+	"fmt"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Split caps the size of requests and keeps them from crossing a boundary,
+// like the kernel's bio_split_to_limits: a bio that is too long loses its
+// front piece to a child, which goes down first, and the remainder is
+// requeued to the split itself. Each pass allocates one child, so the split
+// never holds more than one unsubmitted child of its own.
+type Split struct {
+	layer
+	leg      Device
+	maxBytes uint64
+	boundary uint64
+}
+
+// NewSplit returns a split over leg. maxBytes must be at least 1; boundary
+// 0 means no boundary.
+func NewSplit(leg Device, maxBytes, boundary uint64, pool bioset.Options) (*Split, error) {
+	if maxBytes == 0 {
+		return nil, fmt.Errorf("split: max_bytes must be positive")
+	}
+	return &Split{
+		layer:    layer{pool: bioset.New(pool), size: leg.Size(), caps: leg.Caps()},
+		leg:      leg,
+		maxBytes: maxBytes,
+		boundary: boundary,
+	}, nil
+}
+
+// frontLen is the length of the first piece of a bio at off of length n.
+func (sp *Split) frontLen(off, n uint64) uint64 {
+	n = min(n, sp.maxBytes)
+	if sp.boundary != 0 {
+		n = min(n, sp.boundary-off%sp.boundary)
+	}
+	return n
+}
+
+// Submit implements bioset.Queue.
+func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
+	if !b.Op.HasRange() {
+		remap(s, b, sp.leg, b.Offset)
+		return
+	}
+	n := sp.frontLen(b.Offset, b.Length)
+	if n >= b.Length {
+		remap(s, b, sp.leg, b.Offset)
+		return
+	}
+	var window []bioset.Extent
+	if b.Op == bioset.OpBlockStatus {
+		// Give the front piece its share of the result slots: one slot
+		// per remaining piece, or all that are left if there are fewer.
+		pieces := 1 + (b.Length-n+sp.maxBytes-1)/sp.maxBytes
+		w := max(1, uint64(len(b.Extents))/pieces)
+		window = b.Extents[:w:w]
+		b.Extents = b.Extents[w:]
+	}
+	front := sp.pool.Split(s, b, n)
+	front.Dev = sp.leg
+	front.Extents = window
+	if b.Op == bioset.OpBlockStatus && len(b.Extents) == 0 {
+		// No slots left for the rest: the reply will cover less than
+		// was asked, which NBD allows. Drop the remainder.
+		s.Submit(front)
+		b.End(nil)
+		return
+	}
+	// The remainder goes back to this layer; the Submitter runs the front
+	// (for a lower device) first, then comes back for the next piece.
+	s.Submit(b)
+	s.Submit(front)
+}

@@ -1,0 +1,246 @@
+package targets
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+func openTestFile(t *testing.T, size uint64, o FileOptions) (*File, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	f, err := OpenFile(path, size, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f, path
+}
+
+func TestFileCreatesSparse(t *testing.T) {
+	const size = 256 << 20
+	f, path := openTestFile(t, size, FileOptions{})
+	if f.Size() != size || f.Caps() != bioset.CapsAll {
+		t.Fatalf("Size %d Caps %#x", f.Size(), f.Caps())
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Size != size {
+		t.Fatalf("created file is %d bytes, want %d", st.Size, size)
+	}
+	if used := st.Blocks * 512; used > 1<<20 {
+		t.Fatalf("created file uses %d bytes on disk: not sparse", used)
+	}
+	if st.Mode&0o077 != 0 {
+		t.Fatalf("created file mode %o is readable by others", st.Mode&0o777)
+	}
+	if got := read(t, f, size-4096, 4096); !bytes.Equal(got, make([]byte, 4096)) {
+		t.Fatal("new file does not read zero")
+	}
+
+	if _, err := OpenFile(filepath.Join(t.TempDir(), "none"), 0, FileOptions{}); err == nil {
+		t.Fatal("creating a file of size 0 succeeded")
+	}
+}
+
+func TestFileExisting(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "small.img")
+	if err := os.WriteFile(path, make([]byte, 12345), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := OpenFile(path, 1<<20, FileOptions{})
+	if err == nil {
+		t.Fatal("a file smaller than the configured size was accepted")
+	}
+	for _, want := range []string{path, "12345", "1048576"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+
+	// Size 0 takes the file's size; a smaller size serves a prefix.
+	for _, c := range []struct{ size, want uint64 }{{0, 12345}, {4096, 4096}, {12345, 12345}} {
+		f, err := OpenFile(path, c.size, FileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f.Size() != c.want {
+			t.Errorf("size %d: got %d, want %d", c.size, f.Size(), c.want)
+		}
+		f.Close()
+	}
+
+	if _, err := OpenFile(t.TempDir(), 0, FileOptions{ReadOnly: true}); err == nil {
+		t.Fatal("a directory was accepted as a disk")
+	}
+}
+
+func TestFileModel(t *testing.T) {
+	f, _ := openTestFile(t, 1<<20+777, FileOptions{Workers: 3})
+	exerciseModel(t, f, modelOpts{ops: 800, maxLen: 96 << 10, trimZeroes: true, seed: 7})
+}
+
+func TestFileOutOfRange(t *testing.T) {
+	f, _ := openTestFile(t, 1<<20, FileOptions{})
+	checkOutOfRange(t, f)
+}
+
+func TestFileReadOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ro.img")
+	data := bytes.Repeat([]byte("stackd"), 2000)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := OpenFile(path, 0, FileOptions{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !f.ReadOnly() || f.Caps()&(bioset.CapTrim|bioset.CapWriteZeroes|bioset.CapFUA) != 0 {
+		t.Fatalf("ReadOnly %v, Caps %#x", f.ReadOnly(), f.Caps())
+	}
+	for _, op := range []bioset.Op{bioset.OpWrite, bioset.OpTrim, bioset.OpWriteZeroes} {
+		var buf []byte
+		if op.HasPayload() {
+			buf = make([]byte, 100)
+		}
+		if err := do(t, f, op, 0, 0, 100, buf); err != syscall.EPERM {
+			t.Errorf("%v on a read-only file: %v, want EPERM", op, err)
+		}
+	}
+	if got := read(t, f, 0, uint64(len(data))); !bytes.Equal(got, data) {
+		t.Fatal("read-only file reads back wrong")
+	}
+	mustDo(t, f, bioset.OpFlush, 0, 0, 0, nil)
+	mustDo(t, f, bioset.OpCache, 0, 0, 4096, nil)
+
+	if _, err := OpenFile(path+".missing", 4096, FileOptions{ReadOnly: true}); err == nil {
+		t.Fatal("a read-only target created its missing file")
+	}
+}
+
+func TestFileFUAAndFlush(t *testing.T) {
+	f, path := openTestFile(t, 1<<20, FileOptions{})
+	data := bytes.Repeat([]byte{0x5a}, 10000)
+	mustDo(t, f, bioset.OpWrite, bioset.FlagFUA, 3000, uint64(len(data)), data)
+	mustDo(t, f, bioset.OpWriteZeroes, bioset.FlagFUA|bioset.FlagNoHole, 4000, 100, nil)
+	mustDo(t, f, bioset.OpTrim, bioset.FlagFUA, 8000, 100, nil)
+	mustDo(t, f, bioset.OpFlush, 0, 0, 0, nil)
+	onDisk, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := make([]byte, 1<<20)
+	copy(want[3000:], data)
+	clear(want[4000:4100])
+	clear(want[8000:8100])
+	if !bytes.Equal(onDisk, want) {
+		t.Fatal("file contents differ from what was written")
+	}
+}
+
+// When ZERO_RANGE is missing, WRITE_ZEROES with NO_HOLE writes zeroes —
+// unless FAST_ZERO asks to be told instead. Without hole punching, TRIM
+// quietly does nothing.
+func TestFileZeroFallbacks(t *testing.T) {
+	f, _ := openTestFile(t, 4<<20, FileOptions{})
+	fill := bytes.Repeat([]byte{1}, 4<<20)
+	write(t, f, 0, fill)
+	f.noZeroRange.Store(true)
+	f.noPunch.Store(true)
+
+	if err := do(t, f, bioset.OpWriteZeroes, bioset.FlagNoHole|bioset.FlagFastZero, 0, 4096, nil); err != syscall.ENOTSUP {
+		t.Fatalf("fast zero without ZERO_RANGE: %v, want ENOTSUP", err)
+	}
+	if err := do(t, f, bioset.OpWriteZeroes, bioset.FlagFastZero, 0, 4096, nil); err != syscall.ENOTSUP {
+		t.Fatalf("fast zero without either mode: %v, want ENOTSUP", err)
+	}
+	if !bytes.Equal(read(t, f, 0, 4096), fill[:4096]) {
+		t.Fatal("a failed fast zero changed the data")
+	}
+	// Slow path, longer than the shared zero buffer and unaligned.
+	mustDo(t, f, bioset.OpWriteZeroes, bioset.FlagNoHole, 100, 3<<20, nil)
+	want := bytes.Clone(fill)
+	clear(want[100 : 100+3<<20])
+	if !bytes.Equal(read(t, f, 0, 4<<20), want) {
+		t.Fatal("written zeroes read back wrong")
+	}
+	mustDo(t, f, bioset.OpTrim, 0, 0, 4<<20, nil) // advisory: a no-op now
+	if !bytes.Equal(read(t, f, 0, 4<<20), want) {
+		t.Fatal("a trim without hole punching changed data")
+	}
+
+	// With the modes available, FAST_ZERO succeeds.
+	f.noZeroRange.Store(false)
+	f.noPunch.Store(false)
+	mustDo(t, f, bioset.OpWriteZeroes, bioset.FlagNoHole|bioset.FlagFastZero, 0, 4096, nil)
+	mustDo(t, f, bioset.OpWriteZeroes, bioset.FlagFastZero, 4096, 4096, nil)
+	clear(want[:8192])
+	if !bytes.Equal(read(t, f, 0, 4<<20), want) {
+		t.Fatal("fast zero read back wrong")
+	}
+}
+
+func TestFileBlockStatus(t *testing.T) {
+	const k = 64 << 10
+	f, _ := openTestFile(t, 16*k, FileOptions{})
+	first := blockStatus(t, f, 0, 16*k, 4, 0)
+	if len(first) != 1 || first[0].Flags != hz {
+		t.Skipf("filesystem reports no holes in a new sparse file (%v)", first)
+	}
+	write(t, f, 4*k, bytes.Repeat([]byte{3}, k))
+	write(t, f, 10*k, bytes.Repeat([]byte{3}, 2*k))
+	wantExtents(t, blockStatus(t, f, 0, 16*k, 8, 0),
+		ext(0, 4*k, hz), ext(4*k, k, 0), ext(5*k, 5*k, hz), ext(10*k, 2*k, 0), ext(12*k, 4*k, hz))
+
+	const base = 1 << 40
+	wantExtents(t, blockStatus(t, f, 4*k+100, 8*k, 8, base),
+		ext(base, k-100, 0), ext(base+k-100, 5*k, hz), ext(base+6*k-100, 2*k, 0), ext(base+8*k-100, 100, hz))
+	wantExtents(t, blockStatus(t, f, 0, 16*k, 2, 0), ext(0, 4*k, hz), ext(4*k, k, 0))
+	wantExtents(t, blockStatus(t, f, 0, 16*k, 0, 0))
+
+	// A trimmed range turns back into a hole.
+	mustDo(t, f, bioset.OpTrim, 0, 10*k, 2*k, nil)
+	wantExtents(t, blockStatus(t, f, 0, 16*k, 8, 0),
+		ext(0, 4*k, hz), ext(4*k, k, 0), ext(5*k, 11*k, hz))
+	// The tail of the file is a hole up to the end (ENXIO from SEEK_DATA).
+	wantExtents(t, blockStatus(t, f, 6*k, 10*k, 8, 0), ext(0, 10*k, hz))
+}
+
+func TestFileDelay(t *testing.T) {
+	f, _ := openTestFile(t, 1<<20, FileOptions{Delay: 20 * time.Millisecond})
+	start := time.Now()
+	write(t, f, 0, make([]byte, 4096))
+	if d := time.Since(start); d < 20*time.Millisecond {
+		t.Fatalf("write took %v despite a 20ms delay", d)
+	}
+}
+
+func TestFileCloseLeaksNothing(t *testing.T) {
+	before := runtime.NumGoroutine()
+	path := filepath.Join(t.TempDir(), "leak.img")
+	for range 3 {
+		f, err := OpenFile(path, 1<<20, FileOptions{Workers: 16})
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(t, f, 0, make([]byte, 4096))
+		read(t, f, 0, 4096)
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatalf("second Close: %v", err)
+		}
+	}
+	waitGoroutines(t, before)
+}

@@ -1,0 +1,70 @@
+package targets
+
+import (
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Null is a target that stores nothing: reads return zeroes and writes
+// vanish. It exists to measure the ceiling of the stack and the protocol
+// code above it, so it does no work a benchmark would then count.
+type Null struct {
+	size uint64
+	w    *workers // nil unless a delay is set
+}
+
+// NewNull returns a null target of size bytes.
+func NewNull(size uint64) *Null { return &Null{size: size} }
+
+// SetDelay makes every bio complete no sooner than d after it is submitted,
+// to model a leg with pure latency. Call it before the target serves any
+// bio; d <= 0 turns the delay off.
+func (n *Null) SetDelay(d time.Duration) {
+	if n.w != nil {
+		n.w.close()
+		n.w = nil
+	}
+	if d > 0 {
+		n.w = newWorkers(DefaultWorkers, d, n.perform)
+	}
+}
+
+// Size returns the device size in bytes.
+func (n *Null) Size() uint64 { return n.size }
+
+// Caps returns every capability: each is trivially honoured.
+func (n *Null) Caps() bioset.Caps { return bioset.CapsAll }
+
+// Close stops the delay workers, if any.
+func (n *Null) Close() error {
+	if n.w != nil {
+		n.w.close()
+		n.w = nil
+	}
+	return nil
+}
+
+// Submit performs b at once, or hands it to the delay workers.
+func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
+	if n.w != nil {
+		n.w.push(b)
+		return
+	}
+	n.perform(b)
+}
+
+func (n *Null) perform(b *bioset.Bio) {
+	if e := check(b, n.size); e != 0 {
+		b.End(e)
+		return
+	}
+	switch b.Op {
+	case bioset.OpRead:
+		clear(b.Buf)
+	case bioset.OpBlockStatus:
+		f := newExtentFill(b)
+		f.add(b.Length, holeZero)
+	}
+	b.End(nil)
+}
