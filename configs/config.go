@@ -1,0 +1,195 @@
+package configs
+
+import (
+	_ "embed"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/stackd/stackd/stack"
+)
+
+// Defaults and bounds. A limit of zero in a Config means its default.
+const (
+	// DefaultListenAddress is the NBD port (IANA-assigned 10809) on the
+	// loopback interface: exposing block devices to a network is a choice
+	// an operator makes in the config, not a default.
+	DefaultListenAddress = "127.0.0.1:10809"
+	// DefaultMetricsAddress serves Prometheus metrics on loopback.
+	DefaultMetricsAddress = "127.0.0.1:9810"
+
+	DefaultMaxConnections = 1024
+	DefaultMaxInFlight    = 256
+	// MinMaxInFlight is what the Linux kernel client keeps in flight on
+	// one connection; a smaller limit would stall it.
+	MinMaxInFlight = 128
+	// DefaultPayloadBudget bounds the payload bytes held by all
+	// connections together.
+	DefaultPayloadBudget = 256 << 20
+	// MinPayloadBudget is the largest payload a client may send (32 MiB);
+	// a smaller budget could never admit such a request.
+	MinPayloadBudget        = 32 << 20
+	DefaultHandshakeTimeout = 10 * time.Second
+
+	// MaxStringLen bounds export names and descriptions: the NBD
+	// protocol forbids longer strings (doc/proto.md, "Conventions").
+	MaxStringLen = 4096
+	// MaxPoolCapacity bounds a layer's pool: beyond a million bios a pool
+	// is no longer a meaningful bound.
+	MaxPoolCapacity = 1 << 20
+
+	// DefaultSource is the Source of the configuration Default returns.
+	DefaultSource = "<embedded default>"
+)
+
+// Config is a parsed and validated stackd configuration.
+type Config struct {
+	// Listeners accept NBD connections. Default: one TCP listener on
+	// DefaultListenAddress.
+	Listeners []Listener
+	// MetricsAddress is the host:port serving Prometheus metrics at
+	// /metrics; empty means metrics are off. Default:
+	// DefaultMetricsAddress.
+	MetricsAddress string
+	Limits         Limits
+	// Exports in file order; at least one.
+	Exports []Export
+	// Source names the file the configuration came from (DefaultSource
+	// for the embedded default).
+	Source string
+}
+
+// Listener is one socket to accept NBD connections on.
+type Listener struct {
+	// Network is "tcp" or "unix".
+	Network string
+	// Address is host:port for tcp, a socket path for unix.
+	Address string
+}
+
+// Limits bound the server's resources. A zero field means its default;
+// Load and Parse fill the defaults in.
+type Limits struct {
+	// MaxConnections open at once; more are refused. Default 1024.
+	MaxConnections int
+	// MaxInFlight requests per connection; the connection stops reading
+	// until one completes. Default 256, at least MinMaxInFlight.
+	MaxInFlight int
+	// PayloadBudget in bytes for write and read payloads held by all
+	// connections together. Default 256 MiB, at least MinPayloadBudget.
+	PayloadBudget int64
+	// HandshakeTimeout bounds the NBD handshake, so an idle client cannot
+	// hold a connection slot forever. Default 10s.
+	HandshakeTimeout time.Duration
+}
+
+// WithDefaults returns l with each zero field set to its default.
+func (l Limits) WithDefaults() Limits {
+	if l.MaxConnections == 0 {
+		l.MaxConnections = DefaultMaxConnections
+	}
+	if l.MaxInFlight == 0 {
+		l.MaxInFlight = DefaultMaxInFlight
+	}
+	if l.PayloadBudget == 0 {
+		l.PayloadBudget = DefaultPayloadBudget
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	return l
+}
+
+// Export is one NBD export and the stack that serves it.
+type Export struct {
+	// Name clients ask for; unique, 1 to MaxStringLen bytes, no NUL.
+	Name string
+	// Description sent to clients that ask for it (NBD_INFO_DESCRIPTION);
+	// at most MaxStringLen bytes, no NUL.
+	Description string
+	// ReadOnly exports refuse writes, trims and zeroes with EPERM.
+	ReadOnly bool
+	// Default marks the export a client gets by asking for the empty
+	// name. At most one export is the default.
+	Default bool
+	// Stack describes the layers and targets that serve the export.
+	Stack stack.Spec
+}
+
+// Export returns the export called name; the empty name selects the
+// default export, if there is one.
+func (c *Config) Export(name string) (*Export, bool) {
+	for i := range c.Exports {
+		e := &c.Exports[i]
+		if (name == "" && e.Default) || (name != "" && e.Name == name) {
+			return e, true
+		}
+	}
+	return nil, false
+}
+
+// Error is one problem in a configuration file. Its text is
+// "FILE:LINE: reason", the form editors and CI logs link to.
+type Error struct {
+	File string
+	// Line is 1-based; 0 when the problem has no line (the file as a
+	// whole could not be read).
+	Line int
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	if e.Line <= 0 {
+		return e.File + ": " + e.Msg
+	}
+	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+}
+
+// Load reads and parses the configuration file at path. Relative file
+// paths inside it are taken relative to the file's directory.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+// Parse parses and validates a configuration. source names it in error
+// messages and anchors relative file paths (relative to filepath.Dir of
+// source; to the working directory when source is in angle brackets, as
+// DefaultSource is). Parse checks the files that file targets name (they
+// must exist, or be creatable) but creates or changes nothing.
+//
+// The error, if any, joins one *Error per problem found (errors.Join), in
+// line order.
+func Parse(source string, data []byte) (*Config, error) {
+	d := newDecoder(source)
+	c := d.config(data)
+	if err := d.err(); err != nil {
+		return nil, err
+	}
+	c.Source = source
+	c.Limits = c.Limits.WithDefaults()
+	return c, nil
+}
+
+//go:embed default.yaml
+var defaultYAML []byte
+
+// DefaultYAML returns the text of the embedded default configuration, for
+// `stackd` to print as a starting point.
+func DefaultYAML() []byte {
+	return append([]byte(nil), defaultYAML...)
+}
+
+// Default returns the embedded default configuration: one 1 GiB RAM disk
+// export named "default". It panics if the embedded file does not parse,
+// which a test rules out.
+func Default() *Config {
+	c, err := Parse(DefaultSource, defaultYAML)
+	if err != nil {
+		panic("configs: embedded default configuration is invalid: " + err.Error())
+	}
+	return c
+}

@@ -1,0 +1,629 @@
+package configs
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/stack"
+)
+
+func TestDefault(t *testing.T) {
+	c := Default() // panics if default.yaml is broken
+	if c.Source != DefaultSource {
+		t.Errorf("Source = %q", c.Source)
+	}
+	if want := []Listener{{"tcp", "127.0.0.1:10809"}}; !reflect.DeepEqual(c.Listeners, want) {
+		t.Errorf("Listeners = %v, want %v", c.Listeners, want)
+	}
+	if c.MetricsAddress != "127.0.0.1:9810" {
+		t.Errorf("MetricsAddress = %q", c.MetricsAddress)
+	}
+	wantLimits := Limits{MaxConnections: 1024, MaxInFlight: 256, PayloadBudget: 256 << 20, HandshakeTimeout: 10 * time.Second}
+	if c.Limits != wantLimits {
+		t.Errorf("Limits = %+v, want %+v", c.Limits, wantLimits)
+	}
+	if len(c.Exports) != 1 {
+		t.Fatalf("%d exports, want 1", len(c.Exports))
+	}
+	e := c.Exports[0]
+	if e.Name != "default" || !e.Default || e.ReadOnly {
+		t.Errorf("export %q default=%v read_only=%v", e.Name, e.Default, e.ReadOnly)
+	}
+	mem := stack.Spec{Kind: stack.KindMemory, Size: 256 << 20}
+	want := stack.Spec{
+		Kind: stack.KindSplit, MaxBytes: 1 << 20,
+		Legs: []stack.Spec{{
+			Kind: stack.KindStripe, Chunk: 64 << 10,
+			Legs: []stack.Spec{mem, mem, mem, mem},
+		}},
+	}
+	if !reflect.DeepEqual(e.Stack, want) {
+		t.Errorf("Stack = %+v\nwant %+v", e.Stack, want)
+	}
+	if size, err := StackSize(e.Stack); err != nil || size != 1<<30 {
+		t.Errorf("StackSize = %d, %v; want 1GiB", size, err)
+	}
+	if got, ok := c.Export(""); !ok || got.Name != "default" {
+		t.Errorf(`Export("") = %v, %v`, got, ok)
+	}
+	if _, ok := c.Export("nope"); ok {
+		t.Error(`Export("nope") found an export`)
+	}
+}
+
+func TestFormatTreeDefault(t *testing.T) {
+	var b bytes.Buffer
+	FormatTree(&b, Default())
+	want := `default (1GiB, default) "1 GiB RAM disk: 1 MiB split over a 4-way 64 KiB stripe"
+  split 1GiB max_bytes=1MiB pool=1024
+    stripe 1GiB chunk=64KiB legs=4 pool=1024
+      memory 256MiB
+      memory 256MiB
+      memory 256MiB
+      memory 256MiB
+`
+	if b.String() != want {
+		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestFormatTreeAttributes(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "my disk.img")
+	if err := os.WriteFile(img, make([]byte, 8192), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := strings.ReplaceAll(dedent(`
+		exports:
+		  - name: a
+		    read_only: true
+		    stack:
+		      linear:
+		        pool: {capacity: 2, rescuer: false}
+		        legs:
+		          - file: {path: "IMG"}
+		          - split:
+		              max_bytes: 4KiB
+		              boundary: 64KiB
+		              leg: {memory: {size: 1MiB, chunk: 64KiB, delay: 2ms}}
+		          - null: {size: 1536MiB, delay: 1us}
+		  - name: b
+		    stack: {null: {size: 512}}`), "IMG", img)
+	c, err := Parse("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	FormatTree(&b, c)
+	// 8KiB + 1MiB + 1536MiB is not a whole number of MiB.
+	want := "a (1573896KiB, read-only)\n" +
+		"  linear 1573896KiB legs=3 pool=2 rescuer=off\n" +
+		"    file 8KiB path=\"" + img + "\"\n" +
+		"    split 1MiB max_bytes=4KiB boundary=64KiB pool=1024\n" +
+		"      memory 1MiB chunk=64KiB delay=2ms\n" +
+		"    null 1536MiB delay=1µs\n" +
+		"b (512B)\n" +
+		"  null 512B\n"
+	if b.String() != want {
+		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestSizes(t *testing.T) {
+	for _, c := range []struct {
+		in   string
+		n    uint64
+		back string
+	}{
+		{"0", 0, "0B"},
+		{"512", 512, "512B"},
+		{"1000", 1000, "1000B"},
+		{"1024", 1024, "1KiB"},
+		{"4KiB", 4 << 10, "4KiB"},
+		{"4K", 4 << 10, "4KiB"},
+		{"4 KiB", 4 << 10, "4KiB"},
+		{" 64KiB ", 64 << 10, "64KiB"},
+		{"1536KiB", 1536 << 10, "1536KiB"},
+		{"1MiB", 1 << 20, "1MiB"},
+		{"256M", 256 << 20, "256MiB"},
+		{"1GiB", 1 << 30, "1GiB"},
+		{"1536MiB", 1536 << 20, "1536MiB"},
+		{"1G", 1 << 30, "1GiB"},
+		{"2TiB", 2 << 40, "2TiB"},
+		{"3T", 3 << 40, "3TiB"},
+		{"2048GiB", 2 << 40, "2TiB"},
+		{"100B", 100, "100B"},
+		{"16777215TiB", 16777215 << 40, "16777215TiB"},
+		{"18446744073709551615", 1<<64 - 1, "18446744073709551615B"},
+	} {
+		n, err := ParseSize(c.in)
+		if err != nil || n != c.n {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", c.in, n, err, c.n)
+			continue
+		}
+		if got := FormatSize(n); got != c.back {
+			t.Errorf("FormatSize(%d) = %q, want %q", n, got, c.back)
+		}
+		if again, err := ParseSize(FormatSize(n)); err != nil || again != n {
+			t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), again, err)
+		}
+	}
+	for _, bad := range []string{"", "KiB", "-1", "1.5GiB", "1MB", "1kB", "1 mib", "1Mb", "1e9", "0x10", "16777216TiB", "99999999999999999999"} {
+		if n, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) = %d, want an error", bad, n)
+		}
+	}
+	// Every power of two and its neighbours survive a round trip.
+	for shift := 0; shift < 64; shift++ {
+		for _, n := range []uint64{1 << shift, 1<<shift + 512, 3 << shift >> 1} {
+			if back, err := ParseSize(FormatSize(n)); err != nil || back != n {
+				t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), back, err)
+			}
+		}
+	}
+}
+
+func TestSpecMapping(t *testing.T) {
+	src := dedent(`
+		listen:
+		  - tcp: ":10809"
+		  - unix: /run/stackd/nbd.sock
+		metrics:
+		  address: "[::1]:9810"
+		limits:
+		  max_connections: 10
+		  max_in_flight: 0
+		  payload_budget: 33554432
+		  handshake_timeout: 1m30s
+		exports:
+		  - name: first
+		    description: "the first"
+		    stack:
+		      split:
+		        max_bytes: 128KiB
+		        boundary: 0
+		        pool: {capacity: 64}
+		        leg:
+		          stripe:
+		            chunk: 4KiB
+		            pool: {capacity: 1, rescuer: false}
+		            legs:
+		              - &leg {memory: {size: 1MiB, chunk: 8KiB, delay: 1ms}}
+		              - *leg
+		  - name: second
+		    default: true
+		    read_only: true
+		    stack:
+		      linear:
+		        legs:
+		          - null: {size: 4KiB}
+		          - null:
+		              size: 2GiB
+		              delay: 0s`)
+	c, err := Parse("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem := stack.Spec{Kind: stack.KindMemory, Size: 1 << 20, Chunk: 8 << 10, Delay: time.Millisecond}
+	want := &Config{
+		Listeners:      []Listener{{"tcp", ":10809"}, {"unix", "/run/stackd/nbd.sock"}},
+		MetricsAddress: "[::1]:9810",
+		Limits:         Limits{MaxConnections: 10, MaxInFlight: 256, PayloadBudget: 32 << 20, HandshakeTimeout: 90 * time.Second},
+		Exports: []Export{
+			{
+				Name: "first", Description: "the first",
+				Stack: stack.Spec{
+					Kind: stack.KindSplit, MaxBytes: 128 << 10, Pool: stack.PoolSpec{Capacity: 64},
+					Legs: []stack.Spec{{
+						Kind: stack.KindStripe, Chunk: 4 << 10, Pool: stack.PoolSpec{Capacity: 1, NoRescuer: true},
+						Legs: []stack.Spec{mem, mem},
+					}},
+				},
+			},
+			{
+				Name: "second", Default: true, ReadOnly: true,
+				Stack: stack.Spec{
+					Kind: stack.KindLinear,
+					Legs: []stack.Spec{
+						{Kind: stack.KindNull, Size: 4 << 10},
+						{Kind: stack.KindNull, Size: 2 << 30},
+					},
+				},
+			},
+		},
+		Source: "test.yaml",
+	}
+	if !reflect.DeepEqual(c, want) {
+		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
+	}
+	if e, ok := c.Export(""); !ok || e.Name != "second" {
+		t.Errorf(`Export("") = %v, %v; want "second"`, e, ok)
+	}
+}
+
+func TestDefaultExportRules(t *testing.T) {
+	one := "exports:\n  - name: only\n    stack: {null: {size: 1MiB}}\n"
+	c, err := Parse("t.yaml", []byte(one))
+	if err != nil || !c.Exports[0].Default {
+		t.Errorf("a lone export is not the default: %v", err)
+	}
+	oneOff := "exports:\n  - name: only\n    default: false\n    stack: {null: {size: 1MiB}}\n"
+	c, err = Parse("t.yaml", []byte(oneOff))
+	if err != nil || c.Exports[0].Default {
+		t.Errorf("a lone export with default: false became the default: %v", err)
+	}
+	two := one + "  - name: other\n    stack: {null: {size: 1MiB}}\n"
+	c, err = Parse("t.yaml", []byte(two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.Export(""); ok {
+		t.Error("two exports and no default: the empty name found one")
+	}
+}
+
+func TestMetricsOff(t *testing.T) {
+	for _, addr := range []string{`off`, `""`, ``} {
+		src := "metrics:\n  address: " + addr + "\nexports:\n  - name: a\n    stack: {null: {size: 1MiB}}\n"
+		c, err := Parse("t.yaml", []byte(src))
+		if err != nil {
+			t.Errorf("address %s: %v", addr, err)
+			continue
+		}
+		if c.MetricsAddress != "" {
+			t.Errorf("address %s: MetricsAddress = %q, want off", addr, c.MetricsAddress)
+		}
+	}
+	c, err := Parse("t.yaml", []byte("metrics: {}\nexports:\n  - name: a\n    stack: {null: {size: 1MiB}}\n"))
+	if err != nil || c.MetricsAddress != DefaultMetricsAddress {
+		t.Errorf("metrics: {} gave %v, %v; want the default address", c, err)
+	}
+}
+
+func TestLoad(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "stackd.yaml")
+	if err := os.WriteFile(path, []byte("exports:\n  - name: a\n    stack: {file: {path: disk.img, size: 1MiB}}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Run from elsewhere: the relative path is relative to the file.
+	t.Chdir(t.TempDir())
+	c, err := Load(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Source != path {
+		t.Errorf("Source = %q, want %q", c.Source, path)
+	}
+	if got, want := c.Exports[0].Stack.Path, filepath.Join(dir, "disk.img"); got != want {
+		t.Errorf("Path = %q, want %q", got, want)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "disk.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load created or touched the file: %v", err)
+	}
+	if _, err := Load(filepath.Join(dir, "missing.yaml")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Load of a missing file: %v", err)
+	}
+}
+
+func TestErrorType(t *testing.T) {
+	_, err := Parse("x.yaml", []byte("exports: []\n"))
+	var e *Error
+	if !errors.As(err, &e) || e.File != "x.yaml" || e.Line != 1 {
+		t.Errorf("errors.As gave %#v from %v", e, err)
+	}
+}
+
+// TestExamples parses every example with its /var/lib/stackd paths moved
+// into a temporary directory, so that the examples stay valid, and checks
+// the size of the export each describes.
+func TestExamples(t *testing.T) {
+	heads := map[string]string{
+		"file-stripe.yaml":  "striped (4GiB, default)",
+		"linear-files.yaml": "concat (3GiB, default)",
+		"read-only.yaml":    "golden (1GiB, default, read-only)",
+		"tiny-pools.yaml":   "tiny (128MiB, default)",
+	}
+	paths, err := filepath.Glob("examples/*.yaml")
+	if err != nil || len(paths) != len(heads) {
+		t.Fatalf("examples %v (%v); want one for each of %v", paths, err, heads)
+	}
+	for _, path := range paths {
+		t.Run(filepath.Base(path), func(t *testing.T) {
+			head, ok := heads[filepath.Base(path)]
+			if !ok {
+				t.Fatal("a new example: add its first FormatTree line to this test")
+			}
+			data, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dir := t.TempDir()
+			// read-only.yaml serves an existing image: a sparse 1 GiB file.
+			golden := filepath.Join(dir, "golden.img")
+			if err := os.WriteFile(golden, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(golden, 1<<30); err != nil {
+				t.Fatal(err)
+			}
+			data = bytes.ReplaceAll(data, []byte("/var/lib/stackd"), []byte(dir))
+			c, err := Parse(path, data)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var tree bytes.Buffer
+			FormatTree(&tree, c)
+			if first, _, _ := strings.Cut(tree.String(), "\n"); !strings.HasPrefix(first, head) {
+				t.Errorf("first line %q, want it to start %q", first, head)
+			}
+			if strings.Contains(tree.String(), "size unknown") {
+				t.Errorf("size unknown in\n%s", tree.String())
+			}
+		})
+	}
+}
+
+// TestFileErrors covers the checks Parse makes of file targets on disk.
+func TestFileErrors(t *testing.T) {
+	mkfile := func(name string, size int64) func(*testing.T, string) {
+		return func(t *testing.T, dir string) {
+			path := filepath.Join(dir, name)
+			if err := os.WriteFile(path, nil, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(path, size); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	runErrorCases(t, []errorCase{
+		{
+			name: "file without path",
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file: {size: 1MiB}`,
+			want: `test.yaml:4: file needs "path"`,
+		},
+		{
+			name: "file with empty path",
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file: {path: "", size: 1MiB}`,
+			want: `test.yaml:4: file path must not be empty`,
+		},
+		{
+			name: "missing file without size",
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file:
+				        path: $DIR/a.img`,
+			want: `test.yaml:5: file $DIR/a.img does not exist; give a size for stackd to create it with`,
+		},
+		{
+			name: "missing file in a missing directory",
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file:
+				        path: $DIR/sub/a.img
+				        size: 1MiB`,
+			want: `test.yaml:5: file $DIR/sub/a.img does not exist, and neither does its directory $DIR/sub`,
+		},
+		{
+			name: "missing file on a read-only export",
+			yaml: `
+				exports:
+				  - name: a
+				    read_only: true
+				    stack:
+				      file:
+				        path: $DIR/a.img
+				        size: 1MiB`,
+			want: `test.yaml:6: file $DIR/a.img does not exist, and a read-only export cannot create it`,
+		},
+		{
+			name:  "existing file smaller than its size",
+			setup: mkfile("a.img", 1<<20),
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file:
+				        path: $DIR/a.img
+				        size: 2MiB`,
+			want: `test.yaml:6: file $DIR/a.img is 1MiB, smaller than its configured size 2MiB; grow it (truncate -s 2MiB $DIR/a.img) or give a smaller size`,
+		},
+		{
+			name:  "existing empty file without size",
+			setup: mkfile("a.img", 0),
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file: {path: $DIR/a.img}`,
+			want: `test.yaml:4: file $DIR/a.img is empty; give a size and grow the file to it (truncate -s SIZE $DIR/a.img)`,
+		},
+		{
+			name:  "existing file of odd size without size",
+			setup: mkfile("a.img", 1000),
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file: {path: $DIR/a.img}`,
+			want: `test.yaml:4: file $DIR/a.img is 1000 bytes, not a multiple of 512; give a size to serve a prefix of it`,
+		},
+		{
+			name: "directory as a file",
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      file: {path: $DIR, size: 1MiB}`,
+			want: `test.yaml:4: $DIR is a directory`,
+		},
+		{
+			name: "file used twice",
+			yaml: `
+				exports:
+				  - name: a
+				    stack: {file: {path: $DIR/x.img, size: 1MiB}}
+				  - name: b
+				    stack:
+				      linear:
+				        legs:
+				          - file: {path: $DIR/y.img, size: 1MiB}
+				          - file: {path: $DIR/sub/../x.img, size: 1MiB}`,
+			want: `test.yaml:9: file $DIR/x.img is already used at line 3 (export "a"); a file can back only one leg`,
+		},
+		{
+			name: "file used twice through a symlink",
+			setup: func(t *testing.T, dir string) {
+				mkfile("x.img", 1<<20)(t, dir)
+				if err := os.Symlink(filepath.Join(dir, "x.img"), filepath.Join(dir, "link.img")); err != nil {
+					t.Fatal(err)
+				}
+			},
+			yaml: `
+				exports:
+				  - name: a
+				    stack:
+				      stripe:
+				        chunk: 4KiB
+				        legs:
+				          - file: {path: $DIR/x.img}
+				          - file: {path: $DIR/link.img}`,
+			want: `test.yaml:8: file $DIR/link.img is already used at line 7 (export "a"); a file can back only one leg`,
+		},
+		{
+			name: "file size not a multiple of 512",
+			yaml: `
+				exports:
+				  - name: a
+				    stack: {file: {path: $DIR/a.img, size: 1000}}`,
+			want: `test.yaml:3: file size: 1000B is not a multiple of 512 bytes`,
+		},
+		{
+			name: "unknown file key",
+			yaml: `
+				exports:
+				  - name: a
+				    stack: {file: {name: $DIR/a.img, size: 1MiB}}`,
+			want: "test.yaml:3: unknown key \"name\" in file (want path, size, delay)\n" +
+				`test.yaml:3: file needs "path"`,
+		},
+	})
+}
+
+// TestFileAccepted covers file targets Parse accepts, and the sizes it
+// computes for them.
+func TestFileAccepted(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.img")
+	if err := os.WriteFile(img, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 3<<20); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name, stack string
+		size        uint64
+	}{
+		{"existing, no size", "{file: {path: IMG}}", 3 << 20},
+		{"existing, smaller size", "{file: {path: IMG, size: 1MiB}}", 1 << 20},
+		{"existing, same size", "{file: {path: IMG, size: 3MiB}}", 3 << 20},
+		{"missing, with size", "{file: {path: DIR/new.img, size: 5MiB}}", 5 << 20},
+	} {
+		src := strings.NewReplacer("IMG", img, "DIR", dir).Replace(
+			"exports:\n  - name: a\n    stack: " + c.stack + "\n")
+		cfg, err := Parse("test.yaml", []byte(src))
+		if err != nil {
+			t.Errorf("%s: %v", c.name, err)
+			continue
+		}
+		if n, err := StackSize(cfg.Exports[0].Stack); err != nil || n != c.size {
+			t.Errorf("%s: StackSize = %d, %v; want %d", c.name, n, err, c.size)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "new.img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("Parse created a file: %v", err)
+	}
+}
+
+// makeUnwritable makes path impossible to open for writing, for root too
+// when chattr works, and reports whether it managed.
+func makeUnwritable(t *testing.T, path string) bool {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return os.Chmod(path, 0o444) == nil
+	}
+	if err := exec.Command("chattr", "+i", path).Run(); err != nil {
+		return false
+	}
+	// Registered after t.TempDir, so it runs before the directory is
+	// removed.
+	t.Cleanup(func() { exec.Command("chattr", "-i", path).Run() })
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err == nil {
+		f.Close()
+		return false
+	}
+	return true
+}
+
+func TestUnwritableFile(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "a.img")
+	if err := os.WriteFile(img, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !makeUnwritable(t, img) {
+		t.Skip("cannot make a file unwritable here")
+	}
+	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + img + "}\n"
+	_, err := Parse("test.yaml", []byte(src))
+	wantPrefix := "test.yaml:4: file " + img + " is not writable ("
+	wantSuffix := "); mark the export read_only: true, or make the file writable"
+	if err == nil || !strings.HasPrefix(err.Error(), wantPrefix) || !strings.HasSuffix(err.Error(), wantSuffix) {
+		t.Errorf("got %v\nwant %s…%s", err, wantPrefix, wantSuffix)
+	}
+	// Read-only, it is fine.
+	src = "exports:\n  - name: a\n    read_only: true\n    stack:\n      file: {path: " + img + "}\n"
+	if _, err := Parse("test.yaml", []byte(src)); err != nil {
+		t.Errorf("read-only export of an unwritable file: %v", err)
+	}
+}
+
+func TestUnwritableDirectory(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root may write to any directory")
+	}
+	dir := t.TempDir()
+	sub := filepath.Join(dir, "ro")
+	if err := os.Mkdir(sub, 0o555); err != nil {
+		t.Fatal(err)
+	}
+	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + sub + "/a.img, size: 1MiB}\n"
+	_, err := Parse("test.yaml", []byte(src))
+	want := "test.yaml:4: file " + sub + "/a.img does not exist, and its directory " + sub +
+		" is not writable (permission denied), so stackd cannot create it"
+	if err == nil || err.Error() != want {
+		t.Errorf("got %v\nwant %s", err, want)
+	}
+}
