@@ -32,6 +32,9 @@ const (
 	numOps
 )
 
+// NumOps is the number of ops, for tables indexed by Op.
+const NumOps = int(numOps)
+
 var opNames = [numOps]string{"read", "write", "flush", "trim", "write_zeroes", "cache", "block_status"}
 
 // String returns the op's name as metrics and logs spell it.

@@ -19,6 +19,24 @@ type Node struct {
 	Dev  Device
 	// Pool is the layer's BioSet; nil for a target.
 	Pool *bioset.BioSet
+	// Stats counts the bios that entered the node.
+	Stats *NodeStats
+	// errorSources are the targets at or below the node that count the
+	// bios they fail.
+	errorSources []errorSource
+}
+
+type errorSource interface{ Errors() uint64 }
+
+// Errors returns how many bios failed at or below the node. Errors arise
+// at targets and travel up their parents' chains, so a layer's count is
+// the sum of its targets'.
+func (n *Node) Errors() uint64 {
+	var sum uint64
+	for _, e := range n.errorSources {
+		sum += e.Errors()
+	}
+	return sum
 }
 
 // Stack is a built stack: its top device and every node below it.
@@ -54,6 +72,7 @@ func Build(name string, spec Spec) (*Stack, error) {
 
 func (st *Stack) build(path string, spec Spec) (Device, error) {
 	var legs []Device
+	first := len(st.Nodes)
 	for i, l := range spec.Legs {
 		p := path + "/leg" + strconv.Itoa(i)
 		if spec.Kind == KindSplit {
@@ -102,24 +121,23 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	n := Node{Path: path, Kind: spec.Kind, Dev: dev}
+	c := &counted{Device: dev}
+	n := Node{Path: path, Kind: spec.Kind, Dev: c, Stats: &c.stats}
 	if l, ok := dev.(interface{ Pool() *bioset.BioSet }); ok {
 		n.Pool = l.Pool()
 	}
-	// Parents go before their legs in Nodes: insert this node before the
-	// legs it was built over, which were appended during the recursion.
-	at := len(st.Nodes) - countNodes(spec) + 1
-	st.Nodes = append(st.Nodes, Node{})
-	copy(st.Nodes[at+1:], st.Nodes[at:])
-	st.Nodes[at] = n
-	return dev, nil
-}
-
-// countNodes is the number of nodes spec describes.
-func countNodes(spec Spec) int {
-	n := 1
-	for _, l := range spec.Legs {
-		n += countNodes(l)
+	if e, ok := dev.(errorSource); ok {
+		n.errorSources = []errorSource{e}
 	}
-	return n
+	for _, below := range st.Nodes[first:] {
+		if below.Pool == nil { // a target
+			n.errorSources = append(n.errorSources, below.errorSources...)
+		}
+	}
+	// Parents go before their legs in Nodes: insert this node before the
+	// nodes built for its legs during the recursion.
+	st.Nodes = append(st.Nodes, Node{})
+	copy(st.Nodes[first+1:], st.Nodes[first:])
+	st.Nodes[first] = n
+	return c, nil
 }

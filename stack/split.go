@@ -71,8 +71,13 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		b.End(nil)
 		return
 	}
-	// The remainder goes back to this layer; the Submitter runs the front
-	// (for a lower device) first, then comes back for the next piece.
-	s.Submit(b)
+	// The remainder goes back to this layer: the Submitter runs the front
+	// (for a lower device) first, then comes back for the next piece. It
+	// is addressed to the split itself rather than to whatever wrapper it
+	// came through (Build's counters), so that it is counted once; on the
+	// first pass that makes it look like a lower bio too, which is why
+	// the front is queued before it.
+	b.Dev = sp
 	s.Submit(front)
+	s.Submit(b)
 }

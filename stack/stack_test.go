@@ -235,3 +235,43 @@ func TestBuildPathsAndErrors(t *testing.T) {
 		t.Fatal("stripe over legs of unequal size built")
 	}
 }
+
+// TestNodeStats: every node counts the bios that reach it once — a split's
+// requeued remainder included only once — and a layer's errors are the
+// sum of its targets'.
+func TestNodeStats(t *testing.T) {
+	spec := Spec{Kind: KindSplit, MaxBytes: 1 << 20, Legs: []Spec{{
+		Kind: KindStripe, Chunk: 65536, Legs: []Spec{
+			{Kind: KindMemory, Size: 4 << 20}, {Kind: KindMemory, Size: 4 << 20},
+		}}}}
+	st, err := Build("s", spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var s bioset.Submitter
+	const n = 3 << 20
+	if err := request(t, &s, st.Root, bioset.OpWrite, 0, 0, n, make([]byte, n), nil); err != nil {
+		t.Fatal(err)
+	}
+	split, stripe, leg0, leg1 := st.Nodes[0], st.Nodes[1], st.Nodes[2], st.Nodes[3]
+	check := func(node Node, reqs, bytes uint64) {
+		t.Helper()
+		if r, b := node.Stats.Requests(bioset.OpWrite), node.Stats.Bytes(bioset.OpWrite); r != reqs || b != bytes {
+			t.Errorf("%s: %d writes of %d bytes, want %d of %d", node.Path, r, b, reqs, bytes)
+		}
+	}
+	check(split, 1, n)
+	check(stripe, 3, n)
+	check(leg0, 24, n/2)
+	check(leg1, 24, n/2)
+
+	// A bio past the end, as a buggy client-side check would let through,
+	// fails at a target and counts there and in every layer above it.
+	if err := request(t, &s, st.Root, bioset.OpRead, 0, st.Root.Size()-512, 4096, make([]byte, 4096), nil); err == nil {
+		t.Fatal("read past the end succeeded")
+	}
+	if split.Errors() != 1 || stripe.Errors() != 1 || leg0.Errors()+leg1.Errors() != 1 {
+		t.Fatalf("errors: split %d stripe %d legs %d+%d, want 1, 1, 1 in all", split.Errors(), stripe.Errors(), leg0.Errors(), leg1.Errors())
+	}
+}

@@ -18,6 +18,7 @@ type Backend struct {
 	be   backend.Backend
 	size uint64
 	w    *workers
+	errorCounter
 }
 
 // NewBackend wraps be. Its size is read once: a block device does not
@@ -59,10 +60,10 @@ func (t *Backend) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 
 func (t *Backend) perform(b *bioset.Bio) {
 	if e := check(b, t.size); e != 0 {
-		b.End(e)
+		t.end(b, e)
 		return
 	}
-	b.End(t.do(b))
+	t.end(b, t.do(b))
 }
 
 func (t *Backend) do(b *bioset.Bio) error {

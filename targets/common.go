@@ -1,6 +1,7 @@
 package targets
 
 import (
+	"sync/atomic"
 	"syscall"
 
 	"github.com/stackd/stackd/bioset"
@@ -10,6 +11,22 @@ import (
 // cannot deallocate or zero a range in place. It lives in BSS, so until
 // something reads it, it costs no memory beyond the shared zero page.
 var zeroes [1 << 20]byte
+
+// errorCounter counts the bios a target ends with an error. Errors start
+// at the leaves; the per-layer error metric of a layer is the sum over the
+// targets below it, so only targets count.
+type errorCounter struct{ n atomic.Uint64 }
+
+// end ends b with err, counting it if it is an error.
+func (c *errorCounter) end(b *bioset.Bio, err error) {
+	if err != nil {
+		c.n.Add(1)
+	}
+	b.End(err)
+}
+
+// Errors returns how many bios the target has ended with an error.
+func (c *errorCounter) Errors() uint64 { return c.n.Load() }
 
 // check reports the errno a bio gets before a target looks at it, or 0.
 // The protocol layer validates requests already; this guards a target

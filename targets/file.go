@@ -37,6 +37,7 @@ type File struct {
 	size     uint64
 	readOnly bool
 	w        *workers
+	errorCounter
 	closing  sync.Once
 	closeErr error
 
@@ -177,10 +178,10 @@ func (f *File) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 
 func (f *File) perform(b *bioset.Bio) {
 	if e := check(b, f.size); e != 0 {
-		b.End(e)
+		f.end(b, e)
 		return
 	}
-	b.End(f.do(b))
+	f.end(b, f.do(b))
 }
 
 func (f *File) do(b *bioset.Bio) error {

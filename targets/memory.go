@@ -35,6 +35,7 @@ type Memory struct {
 	allocated atomic.Uint64
 	shards    [memShards]memShard
 	w         *workers // nil unless a delay is set
+	errorCounter
 }
 
 type memShard struct {
@@ -114,7 +115,7 @@ func (m *Memory) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 
 func (m *Memory) perform(b *bioset.Bio) {
 	if e := check(b, m.size); e != 0 {
-		b.End(e)
+		m.end(b, e)
 		return
 	}
 	switch b.Op {
@@ -130,7 +131,7 @@ func (m *Memory) perform(b *bioset.Bio) {
 		m.blockStatus(b)
 	}
 	// FLUSH, FUA and CACHE: RAM is as stable and as close as it gets.
-	b.End(nil)
+	m.end(b, nil)
 }
 
 // piece returns the chunk index holding off, off's position inside it, and

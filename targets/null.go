@@ -12,6 +12,7 @@ import (
 type Null struct {
 	size uint64
 	w    *workers // nil unless a delay is set
+	errorCounter
 }
 
 // NewNull returns a null target of size bytes.
@@ -56,7 +57,7 @@ func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 
 func (n *Null) perform(b *bioset.Bio) {
 	if e := check(b, n.size); e != 0 {
-		b.End(e)
+		n.end(b, e)
 		return
 	}
 	switch b.Op {
@@ -66,5 +67,5 @@ func (n *Null) perform(b *bioset.Bio) {
 		f := newExtentFill(b)
 		f.add(b.Length, holeZero)
 	}
-	b.End(nil)
+	n.end(b, nil)
 }
