@@ -1,0 +1,786 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Client limits.
+const (
+	// maxOptionReplyLen bounds the data of one option reply the client
+	// reads: names and descriptions are at most 4096 bytes each.
+	maxOptionReplyLen = 64 << 10
+	// maxChunkLen bounds a structured reply chunk: a READ of MaxPayload
+	// plus its offset, or a block status reply of 2^20 extents (the most
+	// the spec lets a server send).
+	maxChunkLen = max(MaxPayload+8, 4+8<<20)
+	// closeTimeout bounds how long Close waits for the server to answer
+	// what is in flight and hang up after NBD_CMD_DISC.
+	closeTimeout = 5 * time.Second
+)
+
+// ClientOptions configure Dial.
+type ClientOptions struct {
+	// ExportName selects the export; empty selects the server's default.
+	ExportName string
+	// StructuredReplies negotiates NBD_OPT_STRUCTURED_REPLY. If the
+	// server refuses, the client uses simple replies.
+	StructuredReplies bool
+	// MetaContext selects the base:allocation metadata context, which
+	// BlockStatus needs. It implies StructuredReplies.
+	MetaContext bool
+}
+
+// Errors of the client.
+var (
+	// ErrClientClosed is returned by requests on a closed Client.
+	ErrClientClosed = errors.New("nbd: client closed")
+	// ErrUnknownExport matches (errors.Is) the OptionError Dial returns
+	// when the server has no export of that name.
+	ErrUnknownExport = errors.New("nbd: unknown export")
+	// ErrNoMetaContext is returned by BlockStatus when no metadata
+	// context was negotiated.
+	ErrNoMetaContext = errors.New("nbd: no metadata context negotiated")
+	// ErrProtocol wraps violations of the protocol by the server; the
+	// client disconnects on them.
+	ErrProtocol = errors.New("nbd: protocol violation")
+)
+
+// RemoteError is an error the server answered a request with. errors.Is
+// matches its Errno.
+type RemoteError struct {
+	Errno   syscall.Errno
+	Message string // from a structured error reply; may be empty
+}
+
+func (e *RemoteError) Error() string {
+	if e.Message == "" {
+		return "nbd: server: " + e.Errno.Error()
+	}
+	return "nbd: server: " + e.Errno.Error() + ": " + e.Message
+}
+
+func (e *RemoteError) Unwrap() error { return e.Errno }
+
+// OptionError is an error reply to an option during the handshake.
+type OptionError struct {
+	Option  uint32 // the NBD_OPT_* value
+	Reply   uint32 // the NBD_REP_ERR_* value
+	Message string
+}
+
+func (e *OptionError) Error() string {
+	s := fmt.Sprintf("nbd: option %d refused with reply %#x", e.Option, e.Reply)
+	if e.Message != "" {
+		s += ": " + e.Message
+	}
+	return s
+}
+
+// Is makes errors.Is(err, ErrUnknownExport) work.
+func (e *OptionError) Is(target error) bool {
+	return target == ErrUnknownExport && e.Reply == repErrUnknown
+}
+
+// Client is an NBD client connection. It is safe for concurrent use: any
+// number of requests may be in flight; replies are matched by cookie.
+type Client struct {
+	nc         net.Conn
+	br         *bufio.Reader
+	size       uint64
+	flags      uint16
+	structured bool
+	metaID     uint32
+	blockSize  [3]uint32 // min, preferred, max; zero if not sent
+
+	wmu sync.Mutex // serialises request writes
+
+	mu     sync.Mutex
+	calls  map[uint64]*call // in flight, by cookie
+	cookie uint64
+	err    error // set once the connection is unusable
+	closed bool
+
+	readerDone chan struct{}
+}
+
+// call is one request in flight.
+type call struct {
+	cmd       uint16
+	off       uint64
+	length    uint32
+	buf       []byte // READ destination
+	covered   uint64 // READ bytes received
+	extents   []bioset.Extent
+	filling   bool // guarded by Client.mu: the reader is writing into buf
+	abandoned bool // guarded by Client.mu: the caller gave up; discard data
+	err       error
+	done      chan struct{}
+}
+
+// Dial connects to an NBD server, negotiates and selects an export. ctx
+// bounds the connection and handshake only.
+func Dial(ctx context.Context, network, addr string, o ClientOptions) (*Client, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := newClient(ctx, nc, o)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// List returns the names of the server's exports (NBD_OPT_LIST).
+func List(ctx context.Context, network, addr string) ([]string, error) {
+	var d net.Dialer
+	nc, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	var names []string
+	err = withDeadline(ctx, nc, func() error {
+		h, err := startHandshake(nc)
+		if err != nil {
+			return err
+		}
+		if err := h.sendOption(optList, nil); err != nil {
+			return err
+		}
+		for {
+			typ, data, err := h.readOptionReply(optList)
+			if err != nil {
+				return err
+			}
+			switch typ {
+			case repServer:
+				name, _, ok := cutString(data)
+				if !ok {
+					return fmt.Errorf("%w: malformed NBD_REP_SERVER", ErrProtocol)
+				}
+				names = append(names, name)
+			case repAck:
+				// Soft disconnect, as the spec asks; the reply does not matter.
+				if h.sendOption(optAbort, nil) == nil {
+					h.readOptionReply(optAbort)
+				}
+				return nil
+			default:
+				return optionError(optList, typ, data)
+			}
+		}
+	})
+	return names, err
+}
+
+// withDeadline runs f with nc's deadline tied to ctx.
+func withDeadline(ctx context.Context, nc net.Conn, f func() error) error {
+	if dl, ok := ctx.Deadline(); ok {
+		nc.SetDeadline(dl)
+	}
+	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(aLongTimeAgo) })
+	err := f()
+	if !stop() {
+		// ctx ended: its deadline may have broken f, or may break what
+		// comes next.
+		return errors.Join(ctx.Err(), err)
+	}
+	nc.SetDeadline(time.Time{})
+	return err
+}
+
+// clientHandshake is the client's side of the option haggling.
+type clientHandshake struct {
+	nc       net.Conn
+	br       *bufio.Reader
+	noZeroes bool
+}
+
+func startHandshake(nc net.Conn) (*clientHandshake, error) {
+	h := &clientHandshake{nc: nc, br: bufio.NewReaderSize(nc, readBufSize)}
+	var g [18]byte
+	if _, err := io.ReadFull(h.br, g[:]); err != nil {
+		return nil, err
+	}
+	if be.Uint64(g[0:]) != magicNBD || be.Uint64(g[8:]) != magicOption {
+		return nil, fmt.Errorf("%w: not a newstyle NBD server", ErrProtocol)
+	}
+	hflags := be.Uint16(g[16:])
+	if hflags&flagFixedNewstyle == 0 {
+		return nil, fmt.Errorf("%w: server does not support fixed newstyle negotiation", ErrProtocol)
+	}
+	cflags := uint32(flagCFixedNewstyle)
+	if hflags&flagNoZeroes != 0 {
+		cflags |= flagCNoZeroes
+		h.noZeroes = true
+	}
+	var b [4]byte
+	be.PutUint32(b[:], cflags)
+	_, err := nc.Write(b[:])
+	return h, err
+}
+
+func (h *clientHandshake) sendOption(opt uint32, data []byte) error {
+	b := make([]byte, optionHeaderLen, optionHeaderLen+len(data))
+	be.PutUint64(b[0:], magicOption)
+	be.PutUint32(b[8:], opt)
+	be.PutUint32(b[12:], uint32(len(data)))
+	_, err := h.nc.Write(append(b, data...))
+	return err
+}
+
+func (h *clientHandshake) readOptionReply(opt uint32) (typ uint32, data []byte, err error) {
+	var r [optionReplyHeaderLen]byte
+	if _, err := io.ReadFull(h.br, r[:]); err != nil {
+		return 0, nil, err
+	}
+	if be.Uint64(r[0:]) != magicOptionReply {
+		return 0, nil, fmt.Errorf("%w: bad option reply magic", ErrProtocol)
+	}
+	if got := be.Uint32(r[8:]); got != opt {
+		return 0, nil, fmt.Errorf("%w: reply to option %d while waiting for %d", ErrProtocol, got, opt)
+	}
+	typ = be.Uint32(r[12:])
+	n := be.Uint32(r[16:])
+	if n > maxOptionReplyLen {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, n)
+	}
+	data = make([]byte, n)
+	_, err = io.ReadFull(h.br, data)
+	return typ, data, err
+}
+
+func optionError(opt, typ uint32, data []byte) error {
+	if typ&repFlagError == 0 {
+		return fmt.Errorf("%w: unexpected reply %d to option %d", ErrProtocol, typ, opt)
+	}
+	return &OptionError{Option: opt, Reply: typ, Message: string(data)}
+}
+
+func newClient(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, error) {
+	c := &Client{nc: nc, calls: make(map[uint64]*call), readerDone: make(chan struct{})}
+	err := withDeadline(ctx, nc, func() error { return c.negotiate(o) })
+	if err != nil {
+		return nil, err
+	}
+	go c.readLoop()
+	return c, nil
+}
+
+func (c *Client) negotiate(o ClientOptions) error {
+	h, err := startHandshake(c.nc)
+	if err != nil {
+		return err
+	}
+	c.br = h.br
+	if o.StructuredReplies || o.MetaContext {
+		if err := h.sendOption(optStructuredRep, nil); err != nil {
+			return err
+		}
+		typ, data, err := h.readOptionReply(optStructuredRep)
+		switch {
+		case err != nil:
+			return err
+		case typ == repAck:
+			c.structured = true
+		case typ&repFlagError == 0:
+			return optionError(optStructuredRep, typ, data)
+		}
+	}
+	if o.MetaContext && c.structured {
+		q := appendString(nil, o.ExportName)
+		q = be.AppendUint32(q, 1)
+		q = appendString(q, metaBaseAllocation)
+		if err := h.sendOption(optSetMetaCtx, q); err != nil {
+			return err
+		}
+	meta:
+		for {
+			typ, data, err := h.readOptionReply(optSetMetaCtx)
+			switch {
+			case err != nil:
+				return err
+			case typ == repMetaContext && len(data) >= 4:
+				if string(data[4:]) == metaBaseAllocation {
+					c.metaID = be.Uint32(data)
+				}
+			case typ == repAck:
+				break meta
+			default:
+				return optionError(optSetMetaCtx, typ, data)
+			}
+		}
+	}
+
+	q := appendString(nil, o.ExportName)
+	q = be.AppendUint16(q, 1)
+	q = be.AppendUint16(q, infoBlockSize)
+	if err := h.sendOption(optGo, q); err != nil {
+		return err
+	}
+	gotExport := false
+	for {
+		typ, data, err := h.readOptionReply(optGo)
+		if err != nil {
+			return err
+		}
+		switch {
+		case typ == repInfo && len(data) >= 2:
+			switch be.Uint16(data) {
+			case infoExport:
+				if len(data) != 12 {
+					return fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrProtocol, len(data))
+				}
+				c.size, c.flags = be.Uint64(data[2:]), be.Uint16(data[10:])
+				gotExport = true
+			case infoBlockSize:
+				if len(data) == 14 {
+					c.blockSize = [3]uint32{be.Uint32(data[2:]), be.Uint32(data[6:]), be.Uint32(data[10:])}
+				}
+			}
+		case typ == repAck:
+			if !gotExport {
+				return fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrProtocol)
+			}
+			return nil
+		case typ == repErrUnsup:
+			// An old server: fall back to NBD_OPT_EXPORT_NAME.
+			return c.exportName(h, o.ExportName)
+		default:
+			return optionError(optGo, typ, data)
+		}
+	}
+}
+
+func (c *Client) exportName(h *clientHandshake, name string) error {
+	if err := h.sendOption(optExportName, []byte(name)); err != nil {
+		return err
+	}
+	n := 10
+	if !h.noZeroes {
+		n += exportNameZeroes
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(h.br, b); err != nil {
+		return err
+	}
+	c.size, c.flags = be.Uint64(b), be.Uint16(b[8:])
+	c.metaID = 0 // meta contexts need NBD_OPT_GO's confirmation
+	return nil
+}
+
+func appendString(b []byte, s string) []byte {
+	b = be.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// Size returns the export's size in bytes.
+func (c *Client) Size() uint64 { return c.size }
+
+// Flags returns the export's transmission flags (Flag*).
+func (c *Client) Flags() uint16 { return c.flags }
+
+// Structured reports whether structured replies were negotiated.
+func (c *Client) Structured() bool { return c.structured }
+
+// BlockSize returns the minimum, preferred and maximum block sizes the
+// server advertised, or zeroes.
+func (c *Client) BlockSize() (minimum, preferred, maximum uint32) {
+	return c.blockSize[0], c.blockSize[1], c.blockSize[2]
+}
+
+// Read fills buf from the export at off. len(buf) is at most MaxPayload.
+func (c *Client) Read(ctx context.Context, off uint64, buf []byte) error {
+	if len(buf) > MaxPayload {
+		return fmt.Errorf("nbd: read of %d bytes exceeds the maximum payload", len(buf))
+	}
+	return c.do(ctx, &call{cmd: cmdRead, off: off, length: uint32(len(buf)), buf: buf}, 0, nil)
+}
+
+// Write writes buf to the export at off. flags are command flags
+// (CmdFlagFUA). len(buf) is at most MaxPayload.
+func (c *Client) Write(ctx context.Context, off uint64, buf []byte, flags uint16) error {
+	if len(buf) > MaxPayload {
+		return fmt.Errorf("nbd: write of %d bytes exceeds the maximum payload", len(buf))
+	}
+	return c.do(ctx, &call{cmd: cmdWrite, off: off, length: uint32(len(buf))}, flags, buf)
+}
+
+// Flush asks the server to persist every write it has answered.
+func (c *Client) Flush(ctx context.Context) error {
+	return c.do(ctx, &call{cmd: cmdFlush}, 0, nil)
+}
+
+// Trim discards length bytes at off. flags may hold CmdFlagFUA.
+func (c *Client) Trim(ctx context.Context, off uint64, length uint32, flags uint16) error {
+	return c.do(ctx, &call{cmd: cmdTrim, off: off, length: length}, flags, nil)
+}
+
+// WriteZeroes zeroes length bytes at off. flags may hold CmdFlagFUA,
+// CmdFlagNoHole and CmdFlagFastZero.
+func (c *Client) WriteZeroes(ctx context.Context, off uint64, length uint32, flags uint16) error {
+	return c.do(ctx, &call{cmd: cmdWriteZeroes, off: off, length: length}, flags, nil)
+}
+
+// Cache asks the server to prefetch length bytes at off.
+func (c *Client) Cache(ctx context.Context, off uint64, length uint32) error {
+	return c.do(ctx, &call{cmd: cmdCache, off: off, length: length}, 0, nil)
+}
+
+// BlockStatus returns the base:allocation extents from off, covering at
+// most length bytes (the server may answer for a prefix). With reqOne the
+// server answers with one extent. Extent offsets are absolute.
+func (c *Client) BlockStatus(ctx context.Context, off uint64, length uint32, reqOne bool) ([]bioset.Extent, error) {
+	if c.metaID == 0 {
+		return nil, ErrNoMetaContext
+	}
+	var flags uint16
+	if reqOne {
+		flags = CmdFlagReqOne
+	}
+	ca := &call{cmd: cmdBlockStatus, off: off, length: length}
+	if err := c.do(ctx, ca, flags, nil); err != nil {
+		return nil, err
+	}
+	return ca.extents, nil
+}
+
+// do sends one request and waits for its reply. If ctx ends first, do
+// returns ctx.Err() and the reply, when it comes, is discarded; a READ
+// buffer is never written after do returns.
+func (c *Client) do(ctx context.Context, ca *call, flags uint16, payload []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	ca.done = make(chan struct{})
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return ErrClientClosed
+	}
+	if c.err != nil {
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	c.cookie++
+	cookie := c.cookie
+	c.calls[cookie] = ca
+	c.mu.Unlock()
+
+	if err := c.send(ca.cmd, flags, cookie, ca.off, ca.length, payload); err != nil {
+		c.breakConn(err)
+		<-ca.done // the reader fails it
+		return ca.err
+	}
+	select {
+	case <-ca.done:
+		return ca.err
+	case <-ctx.Done():
+	}
+	c.mu.Lock()
+	if ca.filling {
+		// The reader is writing into buf right now: wait for it rather
+		// than hand the caller a buffer still being written.
+		c.mu.Unlock()
+		<-ca.done
+		return ca.err
+	}
+	ca.abandoned = true
+	c.mu.Unlock()
+	return ctx.Err()
+}
+
+// send writes one request header and its payload.
+func (c *Client) send(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) error {
+	var h [requestHeaderLen]byte
+	be.PutUint32(h[0:], magicRequest)
+	be.PutUint16(h[4:], flags)
+	be.PutUint16(h[6:], cmd)
+	be.PutUint64(h[8:], cookie)
+	be.PutUint64(h[16:], off)
+	be.PutUint32(h[24:], length)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if len(payload) == 0 {
+		_, err := c.nc.Write(h[:])
+		return err
+	}
+	bufs := net.Buffers{h[:], payload}
+	_, err := bufs.WriteTo(c.nc)
+	return err
+}
+
+// Close sends NBD_CMD_DISC, lets the server answer what is in flight (for
+// up to closeTimeout) and closes the connection.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	alive := c.err == nil
+	c.mu.Unlock()
+	if alive {
+		if c.send(cmdDisc, 0, 0, 0, 0, nil) == nil {
+			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
+				cw.CloseWrite()
+			}
+			t := time.NewTimer(closeTimeout)
+			select {
+			case <-c.readerDone:
+			case <-t.C:
+			}
+			t.Stop()
+		}
+	}
+	c.breakConn(ErrClientClosed)
+	<-c.readerDone
+	return nil
+}
+
+// breakConn makes the connection unusable: it records err and closes the
+// socket. The reader then fails every request in flight: only the reader
+// completes calls, so a call is never completed twice.
+func (c *Client) breakConn(err error) {
+	c.mu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.mu.Unlock()
+	c.nc.Close()
+}
+
+func (c *Client) readLoop() {
+	defer close(c.readerDone)
+	err := c.readReplies()
+	c.mu.Lock()
+	switch {
+	case c.err != nil:
+		err = c.err
+	case c.closed:
+		err = ErrClientClosed
+	case errors.Is(err, io.EOF):
+		err = fmt.Errorf("nbd: server closed the connection: %w", err)
+	}
+	c.err = err
+	calls := c.calls
+	c.calls = nil // with c.err set: do registers no more calls
+	c.mu.Unlock()
+	c.nc.Close()
+	for _, ca := range calls {
+		if ca.err == nil {
+			ca.err = err
+		}
+		close(ca.done)
+	}
+}
+
+// lookup returns the call a reply is for. Only the reader removes calls
+// (or fail, after the reader is done), so the call stays valid while the
+// reader handles its reply.
+func (c *Client) lookup(cookie uint64) (*call, error) {
+	c.mu.Lock()
+	ca := c.calls[cookie]
+	c.mu.Unlock()
+	if ca == nil {
+		return nil, fmt.Errorf("%w: reply for unknown cookie %#x", ErrProtocol, cookie)
+	}
+	return ca, nil
+}
+
+func (c *Client) finish(cookie uint64, ca *call) {
+	c.mu.Lock()
+	delete(c.calls, cookie)
+	c.mu.Unlock()
+	close(ca.done)
+}
+
+// fill reads n bytes of READ data into ca.buf at at, or discards them if
+// the caller has given up.
+func (c *Client) fill(ca *call, at, n uint64) error {
+	c.mu.Lock()
+	if ca.abandoned {
+		c.mu.Unlock()
+		_, err := c.br.Discard(int(n))
+		return err
+	}
+	ca.filling = true
+	c.mu.Unlock()
+	_, err := io.ReadFull(c.br, ca.buf[at:at+n])
+	c.mu.Lock()
+	ca.filling = false
+	c.mu.Unlock()
+	return err
+}
+
+func (c *Client) readReplies() error {
+	var h [structuredHeaderLen]byte
+	var payload []byte
+	for {
+		if _, err := io.ReadFull(c.br, h[:4]); err != nil {
+			return err
+		}
+		switch m := be.Uint32(h[:4]); m {
+		case magicSimpleReply:
+			if _, err := io.ReadFull(c.br, h[4:simpleReplyLen]); err != nil {
+				return err
+			}
+			code, cookie := be.Uint32(h[4:]), be.Uint64(h[8:])
+			ca, err := c.lookup(cookie)
+			if err != nil {
+				return err
+			}
+			switch {
+			case code != 0:
+				ca.err = &RemoteError{Errno: errnoFromWire(code)}
+			case ca.cmd == cmdRead && c.structured:
+				return fmt.Errorf("%w: simple reply with data to a READ after structured replies were negotiated", ErrProtocol)
+			case ca.cmd == cmdRead:
+				if err := c.fill(ca, 0, uint64(ca.length)); err != nil {
+					return err
+				}
+			case ca.cmd == cmdBlockStatus:
+				return fmt.Errorf("%w: simple reply to BLOCK_STATUS", ErrProtocol)
+			}
+			c.finish(cookie, ca)
+
+		case magicStructuredReply:
+			if _, err := io.ReadFull(c.br, h[4:structuredHeaderLen]); err != nil {
+				return err
+			}
+			if !c.structured {
+				return fmt.Errorf("%w: structured reply not negotiated", ErrProtocol)
+			}
+			flags, typ := be.Uint16(h[4:]), be.Uint16(h[6:])
+			cookie, length := be.Uint64(h[8:]), be.Uint32(h[16:])
+			ca, err := c.lookup(cookie)
+			if err != nil {
+				return err
+			}
+			if length > maxChunkLen {
+				return fmt.Errorf("%w: reply chunk of %d bytes", ErrProtocol, length)
+			}
+			if typ == replyTypeOffsetData {
+				if err := c.offsetData(ca, length); err != nil {
+					return err
+				}
+			} else {
+				if cap(payload) < int(length) {
+					payload = make([]byte, length)
+				}
+				p := payload[:length]
+				if _, err := io.ReadFull(c.br, p); err != nil {
+					return err
+				}
+				if err := c.chunk(ca, typ, p); err != nil {
+					return err
+				}
+			}
+			if flags&replyFlagDone != 0 {
+				if ca.err == nil {
+					switch {
+					case ca.cmd == cmdRead && ca.covered != uint64(ca.length):
+						ca.err = fmt.Errorf("%w: READ reply covers %d of %d bytes", ErrProtocol, ca.covered, ca.length)
+					case ca.cmd == cmdBlockStatus && len(ca.extents) == 0:
+						ca.err = fmt.Errorf("%w: BLOCK_STATUS reply without extents", ErrProtocol)
+					}
+				}
+				c.finish(cookie, ca)
+			}
+
+		default:
+			return fmt.Errorf("%w: bad reply magic %#x", ErrProtocol, m)
+		}
+	}
+}
+
+// offsetData handles an NBD_REPLY_TYPE_OFFSET_DATA chunk, reading its data
+// straight into the caller's buffer.
+func (c *Client) offsetData(ca *call, length uint32) error {
+	if ca.cmd != cmdRead || length < 9 {
+		return fmt.Errorf("%w: bad OFFSET_DATA chunk", ErrProtocol)
+	}
+	var o [8]byte
+	if _, err := io.ReadFull(c.br, o[:]); err != nil {
+		return err
+	}
+	off, n := be.Uint64(o[:]), uint64(length-8)
+	if off < ca.off || off-ca.off > uint64(ca.length) || n > uint64(ca.length)-(off-ca.off) {
+		return fmt.Errorf("%w: OFFSET_DATA outside the request", ErrProtocol)
+	}
+	if err := c.fill(ca, off-ca.off, n); err != nil {
+		return err
+	}
+	ca.covered += n
+	return nil
+}
+
+// chunk handles a structured reply chunk other than OFFSET_DATA.
+func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
+	switch typ {
+	case replyTypeNone:
+		if len(p) != 0 {
+			return fmt.Errorf("%w: NONE chunk with data", ErrProtocol)
+		}
+	case replyTypeOffsetHole:
+		if ca.cmd != cmdRead || len(p) != 12 {
+			return fmt.Errorf("%w: bad OFFSET_HOLE chunk", ErrProtocol)
+		}
+		off, n := be.Uint64(p), uint64(be.Uint32(p[8:]))
+		if off < ca.off || off-ca.off > uint64(ca.length) || n > uint64(ca.length)-(off-ca.off) {
+			return fmt.Errorf("%w: OFFSET_HOLE outside the request", ErrProtocol)
+		}
+		c.mu.Lock()
+		if !ca.abandoned {
+			clear(ca.buf[off-ca.off : off-ca.off+n])
+		}
+		c.mu.Unlock()
+		ca.covered += n
+	case replyTypeBlockStatus:
+		if ca.cmd != cmdBlockStatus || len(p) < 12 || (len(p)-4)%8 != 0 {
+			return fmt.Errorf("%w: bad BLOCK_STATUS chunk", ErrProtocol)
+		}
+		if be.Uint32(p) != c.metaID {
+			return nil // a context we did not ask for
+		}
+		pos := ca.off
+		for d := p[4:]; len(d) > 0; d = d[8:] {
+			n := uint64(be.Uint32(d))
+			if n == 0 {
+				return fmt.Errorf("%w: extent of length 0", ErrProtocol)
+			}
+			ca.extents = append(ca.extents, bioset.Extent{Offset: pos, Length: n, Flags: bioset.ExtentFlags(be.Uint32(d[4:]))})
+			pos += n
+		}
+	default:
+		if typ&replyTypeErrorBit == 0 {
+			return fmt.Errorf("%w: unknown reply chunk type %d", ErrProtocol, typ)
+		}
+		if len(p) < 6 {
+			return fmt.Errorf("%w: error chunk of %d bytes", ErrProtocol, len(p))
+		}
+		code, mlen := be.Uint32(p), int(be.Uint16(p[4:]))
+		if mlen > len(p)-6 {
+			return fmt.Errorf("%w: error message longer than its chunk", ErrProtocol)
+		}
+		if ca.err == nil {
+			ca.err = &RemoteError{Errno: errnoFromWire(code), Message: string(p[6 : 6+mlen])}
+		}
+	}
+	return nil
+}

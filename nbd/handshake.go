@@ -1,0 +1,389 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+var be = binary.BigEndian
+
+// negotiate runs the server side of the fixed newstyle handshake: the
+// greeting, the client's flags, then options until one enters
+// transmission (EXPORT_NAME, or GO answered with ACK). It returns nil with
+// c.exp set on success. Every read is io.ReadFull: clients, the kernel's
+// among them, write options in small segments.
+func (c *conn) negotiate() error {
+	var greet [18]byte
+	be.PutUint64(greet[0:], magicNBD)
+	be.PutUint64(greet[8:], magicOption)
+	be.PutUint16(greet[16:], flagFixedNewstyle|flagNoZeroes)
+	if _, err := c.bw.Write(greet[:]); err != nil {
+		return err
+	}
+	if err := c.bw.Flush(); err != nil {
+		return err
+	}
+
+	var cf [4]byte
+	if _, err := io.ReadFull(c.br, cf[:]); err != nil {
+		return err
+	}
+	cflags := be.Uint32(cf[:])
+	if cflags&^flagCKnown != 0 {
+		// The spec: the server MUST drop the connection on unknown flags.
+		return &handshakeError{reasonBadFlags, fmt.Sprintf("unknown client flags %#x", cflags)}
+	}
+	// A client without NBD_FLAG_C_FIXED_NEWSTYLE is served as if it had
+	// set it (the spec allows this): the replies it would not expect only
+	// come after options it should not send.
+	c.noZeroes = cflags&flagCNoZeroes != 0
+
+	var hdr [optionHeaderLen]byte
+	for n := 0; ; n++ {
+		if n == maxHandshakeOptions {
+			return &handshakeError{reasonTooManyOptions, fmt.Sprintf("more than %d options", maxHandshakeOptions)}
+		}
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return err
+		}
+		if m := be.Uint64(hdr[0:]); m != magicOption {
+			return &handshakeError{reasonBadMagic, fmt.Sprintf("bad option magic %#x", m)}
+		}
+		opt := be.Uint32(hdr[8:])
+		length := be.Uint32(hdr[12:])
+		if length > maxOptionLen {
+			// Never allocate what the client claims: read a bounded amount
+			// and throw it away, or give up on the client.
+			if opt == optExportName || length > maxOptionDiscard {
+				return &handshakeError{reasonOptionTooBig, fmt.Sprintf("option %d with %d bytes of data", opt, length)}
+			}
+			if _, err := c.br.Discard(int(length)); err != nil {
+				return err
+			}
+			if err := c.optReply(opt, repErrTooBig, []byte("option data too long")); err != nil {
+				return err
+			}
+			if err := c.bw.Flush(); err != nil {
+				return err
+			}
+			continue
+		}
+		if cap(c.optBuf) < int(length) {
+			c.optBuf = make([]byte, length)
+		}
+		data := c.optBuf[:length]
+		if _, err := io.ReadFull(c.br, data); err != nil {
+			return err
+		}
+		done, err := c.option(opt, data)
+		if err != nil {
+			return err
+		}
+		if err := c.bw.Flush(); err != nil {
+			return err
+		}
+		if done {
+			c.optBuf = nil
+			return nil
+		}
+	}
+}
+
+// option answers one option. done reports that transmission begins.
+func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
+	switch opt {
+	case optExportName:
+		e := c.srv.lookup(string(data))
+		if e == nil {
+			// No way to say no: the spec has the server hang up.
+			return false, &handshakeError{reasonUnknownExport, fmt.Sprintf("NBD_OPT_EXPORT_NAME: unknown export %.64q", data)}
+		}
+		c.choose(e)
+		var b [8 + 2 + exportNameZeroes]byte
+		be.PutUint64(b[0:], c.size)
+		be.PutUint16(b[8:], c.tflags)
+		n := 10
+		if !c.noZeroes {
+			n += exportNameZeroes
+		}
+		_, err := c.bw.Write(b[:n])
+		return err == nil, err
+
+	case optAbort:
+		// The spec asks for an ACK; the client may already be gone.
+		if c.optReply(opt, repAck, nil) == nil {
+			c.bw.Flush()
+		}
+		return false, errAbort
+
+	case optList:
+		if len(data) != 0 {
+			return false, c.optReply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
+		}
+		for _, e := range c.srv.exports {
+			p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
+			be.PutUint32(p, uint32(len(e.Name)))
+			p = append(p, e.Name...)
+			p = append(p, e.Description...)
+			if err := c.optReply(opt, repServer, p); err != nil {
+				return false, err
+			}
+		}
+		return false, c.optReply(opt, repAck, nil)
+
+	case optInfo, optGo:
+		name, infos, ok := parseInfoRequest(data)
+		if !ok {
+			return false, c.optReply(opt, repErrInvalid, []byte("malformed info request"))
+		}
+		e := c.srv.lookup(name)
+		if e == nil {
+			return false, c.optReply(opt, repErrUnknown, []byte("unknown export"))
+		}
+		if opt == optGo {
+			c.choose(e)
+		}
+		if err := c.sendInfo(opt, e, infos); err != nil {
+			return false, err
+		}
+		return opt == optGo, c.optReply(opt, repAck, nil)
+
+	case optStructuredRep:
+		if len(data) != 0 {
+			return false, c.optReply(opt, repErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
+		}
+		c.structured = true
+		return false, c.optReply(opt, repAck, nil)
+
+	case optListMetaCtx, optSetMetaCtx:
+		return false, c.metaContext(opt, data)
+
+	default:
+		// STARTTLS, EXTENDED_HEADERS and anything newer or unknown.
+		return false, c.optReply(opt, repErrUnsup, nil)
+	}
+}
+
+// choose fixes the export and what the connection may do with it.
+func (c *conn) choose(e *export) {
+	c.exp = e
+	c.size = e.Device.Size()
+	c.caps = e.Device.Caps()
+	c.tflags = transmissionFlags(c.caps, e.ReadOnly, c.structured)
+	if c.structured && c.metaSelected && c.metaExport == e {
+		c.metaID = metaBaseAllocationID
+	} else {
+		c.metaID = 0
+	}
+}
+
+// transmissionFlags advertises what caps support, and only that.
+// NBD_FLAG_CAN_MULTI_CONN is always set: every connection to an export
+// submits to the same device, and a FLUSH goes through that device, so it
+// covers every write completed on any connection.
+func transmissionFlags(caps bioset.Caps, readOnly, structured bool) uint16 {
+	f := uint16(FlagHasFlags | FlagCanMultiConn)
+	if readOnly {
+		f |= FlagReadOnly
+	}
+	if caps&bioset.CapFlush != 0 {
+		f |= FlagSendFlush
+	}
+	if caps&bioset.CapFUA != 0 {
+		f |= FlagSendFUA
+	}
+	if caps&bioset.CapTrim != 0 {
+		f |= FlagSendTrim
+	}
+	if caps&bioset.CapWriteZeroes != 0 {
+		f |= FlagSendWriteZeroes
+		if caps&bioset.CapFastZero != 0 {
+			f |= FlagSendFastZero
+		}
+	}
+	if caps&bioset.CapCache != 0 {
+		f |= FlagSendCache
+	}
+	if structured {
+		// A READ reply is always a single chunk, so DF costs nothing.
+		f |= FlagSendDF
+	}
+	return f
+}
+
+// sendInfo sends NBD_INFO_EXPORT and the information the client asked for.
+func (c *conn) sendInfo(opt uint32, e *export, infos []uint16) error {
+	size := c.size
+	tflags := c.tflags
+	if opt == optInfo {
+		size = e.Device.Size()
+		tflags = transmissionFlags(e.Device.Caps(), e.ReadOnly, c.structured)
+	}
+	var b [14]byte
+	be.PutUint16(b[0:], infoExport)
+	be.PutUint64(b[2:], size)
+	be.PutUint16(b[10:], tflags)
+	if err := c.optReply(opt, repInfo, b[:12]); err != nil {
+		return err
+	}
+	var sent [4]bool
+	for _, t := range infos {
+		if int(t) < len(sent) {
+			if sent[t] {
+				continue // each at most once, even if asked twice
+			}
+			sent[t] = true
+		}
+		var err error
+		switch t {
+		case infoName:
+			err = c.optReply(opt, repInfo, append([]byte{0, infoName}, e.Name...))
+		case infoDescription:
+			err = c.optReply(opt, repInfo, append([]byte{0, infoDescription}, e.Description...))
+		case infoBlockSize:
+			be.PutUint16(b[0:], infoBlockSize)
+			be.PutUint32(b[2:], blockSizeMin)
+			be.PutUint32(b[6:], blockSizePreferred)
+			be.PutUint32(b[10:], MaxPayload)
+			err = c.optReply(opt, repInfo, b[:14])
+		default:
+			// The spec: ignore information requests not understood.
+			// NBD_INFO_EXPORT is always sent above.
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// metaContext answers LIST_META_CONTEXT and SET_META_CONTEXT. The only
+// context is base:allocation; queries in other namespaces are ignored, as
+// the spec requires.
+func (c *conn) metaContext(opt uint32, data []byte) error {
+	if opt == optSetMetaCtx {
+		// SET replaces the selection even when it fails.
+		c.metaSelected, c.metaExport = false, nil
+	}
+	if !c.structured {
+		return c.optReply(opt, repErrInvalid, []byte("negotiate structured replies first"))
+	}
+	name, queries, ok := parseMetaRequest(data)
+	if !ok {
+		return c.optReply(opt, repErrInvalid, []byte("malformed meta context request"))
+	}
+	e := c.srv.lookup(name)
+	if e == nil {
+		return c.optReply(opt, repErrUnknown, []byte("unknown export"))
+	}
+	match := false
+	if opt == optListMetaCtx && len(queries) == 0 {
+		match = true // no query: list everything
+	}
+	for _, q := range queries {
+		switch {
+		case q == metaBaseAllocation:
+			match = true
+		case q == metaBaseNamespace && opt == optListMetaCtx:
+			match = true // "base:" is a wildcard when listing, ignored when setting
+		}
+	}
+	if match {
+		id := uint32(0) // the spec: reserved in LIST replies, SHOULD be zero
+		if opt == optSetMetaCtx {
+			id = metaBaseAllocationID
+			c.metaSelected, c.metaExport = true, e
+		}
+		p := make([]byte, 4, 4+len(metaBaseAllocation))
+		be.PutUint32(p, id)
+		p = append(p, metaBaseAllocation...)
+		if err := c.optReply(opt, repMetaContext, p); err != nil {
+			return err
+		}
+	}
+	return c.optReply(opt, repAck, nil)
+}
+
+// optReply writes one option reply (not flushed).
+func (c *conn) optReply(opt, typ uint32, payload []byte) error {
+	var h [optionReplyHeaderLen]byte
+	be.PutUint64(h[0:], magicOptionReply)
+	be.PutUint32(h[8:], opt)
+	be.PutUint32(h[12:], typ)
+	be.PutUint32(h[16:], uint32(len(payload)))
+	if _, err := c.bw.Write(h[:]); err != nil {
+		return err
+	}
+	_, err := c.bw.Write(payload)
+	return err
+}
+
+// parseInfoRequest decodes the data of NBD_OPT_INFO and NBD_OPT_GO:
+// a 32-bit name length, the name, a 16-bit count and that many 16-bit
+// information types, with nothing left over.
+func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
+	if len(data) < 6 {
+		return "", nil, false
+	}
+	n := be.Uint32(data)
+	if uint64(n) > uint64(len(data)-6) {
+		return "", nil, false
+	}
+	name = string(data[4 : 4+n])
+	rest := data[4+n:]
+	k := int(be.Uint16(rest))
+	rest = rest[2:]
+	if len(rest) != 2*k {
+		return "", nil, false
+	}
+	infos = make([]uint16, k)
+	for i := range infos {
+		infos[i] = be.Uint16(rest[2*i:])
+	}
+	return name, infos, true
+}
+
+// parseMetaRequest decodes the data of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT: a 32-bit name length and the name, a 32-bit
+// query count, then each query as a 32-bit length and the string, with
+// nothing left over.
+func parseMetaRequest(data []byte) (name string, queries []string, ok bool) {
+	s, rest, ok := cutString(data)
+	if !ok || len(rest) < 4 {
+		return "", nil, false
+	}
+	n := be.Uint32(rest)
+	rest = rest[4:]
+	// Each query takes at least 4 bytes: a count larger than that allows
+	// is malformed, and bounding it here bounds the loop.
+	if uint64(n) > uint64(len(rest)/4) {
+		return "", nil, false
+	}
+	for range n {
+		var q string
+		q, rest, ok = cutString(rest)
+		if !ok {
+			return "", nil, false
+		}
+		queries = append(queries, q)
+	}
+	if len(rest) != 0 {
+		return "", nil, false
+	}
+	return s, queries, true
+}
+
+// cutString decodes a 32-bit length and that many bytes.
+func cutString(b []byte) (s string, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return "", nil, false
+	}
+	n := be.Uint32(b)
+	if uint64(n) > uint64(len(b)-4) {
+		return "", nil, false
+	}
+	return string(b[4 : 4+n]), b[4+n:], true
+}

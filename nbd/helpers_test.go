@@ -1,0 +1,316 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// ioTimeout bounds every blocking step of a test.
+const ioTimeout = 10 * time.Second
+
+type testServer struct {
+	srv     *Server
+	network string
+	addr    string
+	serve   chan error
+}
+
+// startServer serves o on a fresh listener: "unix" (a socket in
+// t.TempDir()) or "tcp" (127.0.0.1, random port). The server is shut down
+// when the test ends.
+func startServer(t testing.TB, o Options, network string) *testServer {
+	t.Helper()
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	srv, err := NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var l net.Listener
+	switch network {
+	case "unix":
+		l, err = net.Listen("unix", filepath.Join(t.TempDir(), "s"))
+	case "tcp":
+		l, err = net.Listen("tcp", "127.0.0.1:0")
+	default:
+		t.Fatalf("network %q", network)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{srv: srv, network: network, addr: l.Addr().String(), serve: make(chan error, 1)}
+	go func() { ts.serve <- srv.Serve(l) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		select {
+		case err := <-ts.serve:
+			if err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		case <-time.After(ioTimeout):
+			t.Errorf("Serve did not return after Shutdown")
+		}
+	})
+	return ts
+}
+
+// oneExport is Options with a single default export "mem" on dev.
+func oneExport(dev Export) Options {
+	return Options{Exports: []ExportConfig{{Name: "mem", Description: "test memory", Device: dev, Default: true}}}
+}
+
+func (ts *testServer) dial(t testing.TB, o ClientOptions) *Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	c, err := Dial(ctx, ts.network, ts.addr, o)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(ioTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func tctx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+const allCaps = bioset.CapsAll
+
+// rawConn speaks the protocol byte by byte, for the cases the client
+// refuses to produce.
+type rawConn struct {
+	t  testing.TB
+	nc net.Conn
+	br *bufio.Reader
+}
+
+func dialRaw(t testing.TB, ts *testServer) *rawConn {
+	t.Helper()
+	nc, err := net.DialTimeout(ts.network, ts.addr, ioTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	nc.SetDeadline(time.Now().Add(ioTimeout))
+	return &rawConn{t: t, nc: nc, br: bufio.NewReader(nc)}
+}
+
+func (r *rawConn) write(b []byte) {
+	r.t.Helper()
+	if _, err := r.nc.Write(b); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+func (r *rawConn) read(n int) []byte {
+	r.t.Helper()
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r.br, b); err != nil {
+		r.t.Fatalf("read %d bytes: %v", n, err)
+	}
+	return b
+}
+
+// greet reads the server's greeting and returns its handshake flags.
+func (r *rawConn) greet() uint16 {
+	r.t.Helper()
+	g := r.read(18)
+	if be.Uint64(g) != magicNBD || be.Uint64(g[8:]) != magicOption {
+		r.t.Fatalf("bad greeting % x", g)
+	}
+	return be.Uint16(g[16:])
+}
+
+func (r *rawConn) clientFlags(f uint32) {
+	r.t.Helper()
+	r.write(be.AppendUint32(nil, f))
+}
+
+func (r *rawConn) option(opt uint32, data []byte) {
+	r.t.Helper()
+	b := be.AppendUint64(nil, magicOption)
+	b = be.AppendUint32(b, opt)
+	b = be.AppendUint32(b, uint32(len(data)))
+	r.write(append(b, data...))
+}
+
+// reply reads one option reply to opt.
+func (r *rawConn) reply(opt uint32) (typ uint32, data []byte) {
+	r.t.Helper()
+	h := r.read(optionReplyHeaderLen)
+	if be.Uint64(h) != magicOptionReply {
+		r.t.Fatalf("bad option reply magic % x", h)
+	}
+	if got := be.Uint32(h[8:]); got != opt {
+		r.t.Fatalf("reply to option %d, want %d", got, opt)
+	}
+	return be.Uint32(h[12:]), r.read(int(be.Uint32(h[16:])))
+}
+
+// infoData encodes the data of NBD_OPT_INFO/GO.
+func infoData(name string, infos ...uint16) []byte {
+	b := appendString(nil, name)
+	b = be.AppendUint16(b, uint16(len(infos)))
+	for _, i := range infos {
+		b = be.AppendUint16(b, i)
+	}
+	return b
+}
+
+// metaData encodes the data of NBD_OPT_{LIST,SET}_META_CONTEXT.
+func metaData(name string, queries ...string) []byte {
+	b := appendString(nil, name)
+	b = be.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = appendString(b, q)
+	}
+	return b
+}
+
+// start does a whole handshake with GO and returns size and flags.
+func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
+	r.t.Helper()
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	if structured {
+		r.option(optStructuredRep, nil)
+		if typ, _ := r.reply(optStructuredRep); typ != repAck {
+			r.t.Fatalf("STRUCTURED_REPLY: reply %#x", typ)
+		}
+	}
+	if meta {
+		r.option(optSetMetaCtx, metaData(name, metaBaseAllocation))
+		typ, data := r.reply(optSetMetaCtx)
+		if typ != repMetaContext || string(data[4:]) != metaBaseAllocation {
+			r.t.Fatalf("SET_META_CONTEXT: reply %#x %q", typ, data)
+		}
+		if typ, _ := r.reply(optSetMetaCtx); typ != repAck {
+			r.t.Fatalf("SET_META_CONTEXT: final reply %#x", typ)
+		}
+	}
+	r.option(optGo, infoData(name))
+	var size uint64
+	var flags uint16
+	for {
+		typ, data := r.reply(optGo)
+		switch typ {
+		case repInfo:
+			if be.Uint16(data) == infoExport {
+				size, flags = be.Uint64(data[2:]), be.Uint16(data[10:])
+			}
+		case repAck:
+			return size, flags
+		default:
+			r.t.Fatalf("GO: reply %#x %q", typ, data)
+		}
+	}
+}
+
+func (r *rawConn) request(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) {
+	r.t.Helper()
+	b := be.AppendUint32(nil, magicRequest)
+	b = be.AppendUint16(b, flags)
+	b = be.AppendUint16(b, cmd)
+	b = be.AppendUint64(b, cookie)
+	b = be.AppendUint64(b, off)
+	b = be.AppendUint32(b, length)
+	r.write(append(b, payload...))
+}
+
+// simple reads a simple reply, with dataLen bytes of data if no error.
+func (r *rawConn) simple(dataLen int) (code uint32, cookie uint64, data []byte) {
+	r.t.Helper()
+	h := r.read(simpleReplyLen)
+	if be.Uint32(h) != magicSimpleReply {
+		r.t.Fatalf("bad simple reply magic % x", h)
+	}
+	code, cookie = be.Uint32(h[4:]), be.Uint64(h[8:])
+	if code == 0 && dataLen > 0 {
+		data = r.read(dataLen)
+	}
+	return code, cookie, data
+}
+
+// chunk reads one structured reply chunk.
+func (r *rawConn) chunk() (flags, typ uint16, cookie uint64, payload []byte) {
+	r.t.Helper()
+	h := r.read(structuredHeaderLen)
+	if be.Uint32(h) != magicStructuredReply {
+		r.t.Fatalf("bad structured reply magic % x", h)
+	}
+	return be.Uint16(h[4:]), be.Uint16(h[6:]), be.Uint64(h[8:]), r.read(int(be.Uint32(h[16:])))
+}
+
+// expectClosed reads until the server closes the connection.
+func (r *rawConn) expectClosed() {
+	r.t.Helper()
+	r.nc.SetReadDeadline(time.Now().Add(ioTimeout))
+	_, err := io.Copy(io.Discard, r.br)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		r.t.Fatalf("server did not close the connection")
+	}
+}
+
+// countingObserver counts Observer events.
+type countingObserver struct {
+	mu                 sync.Mutex
+	opened, closed     int
+	handshakeFailed    map[string]int
+	started, done, bad int
+	doneBytes          uint64
+	doneErrs           int
+}
+
+func (o *countingObserver) ConnOpened() { o.mu.Lock(); o.opened++; o.mu.Unlock() }
+func (o *countingObserver) ConnClosed() { o.mu.Lock(); o.closed++; o.mu.Unlock() }
+func (o *countingObserver) HandshakeFailed(reason string) {
+	o.mu.Lock()
+	if o.handshakeFailed == nil {
+		o.handshakeFailed = map[string]int{}
+	}
+	o.handshakeFailed[reason]++
+	o.mu.Unlock()
+}
+func (o *countingObserver) RequestStarted(string, bioset.Op) { o.mu.Lock(); o.started++; o.mu.Unlock() }
+func (o *countingObserver) RequestDone(_ string, _ bioset.Op, n uint64, err syscall.Errno, _ time.Duration) {
+	o.mu.Lock()
+	o.done++
+	o.doneBytes += n
+	if err != 0 {
+		o.doneErrs++
+	}
+	o.mu.Unlock()
+}
+func (o *countingObserver) BadRequest(string, syscall.Errno) { o.mu.Lock(); o.bad++; o.mu.Unlock() }

@@ -1,0 +1,61 @@
+package nbd
+
+import (
+	"syscall"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Observer receives events for metrics. Its methods are called from
+// connection goroutines, concurrently, on the request path: they must be
+// cheap and must not block. A nil Options.Observer costs nothing; embed
+// NopObserver to implement only some methods.
+type Observer interface {
+	// ConnOpened and ConnClosed bracket every accepted connection that is
+	// under the MaxConnections cap, handshake included.
+	ConnOpened()
+	ConnClosed()
+	// HandshakeFailed reports a connection that ended before transmission
+	// for a reason other than the client's NBD_OPT_ABORT. reason is one of
+	// a fixed set of short labels, safe as a metric label: "timeout",
+	// "eof", "bad_magic", "bad_client_flags", "unknown_export",
+	// "option_too_big", "too_many_options", "shutdown", "io".
+	HandshakeFailed(reason string)
+	// RequestStarted and RequestDone bracket a valid request: one that was
+	// decoded and passed the checks, whether or not it reached the device.
+	// bytes is the request's length (payload bytes for READ and WRITE, the
+	// affected range for TRIM, WRITE_ZEROES, CACHE and BLOCK_STATUS, 0 for
+	// FLUSH); err is 0 on success; latency runs from the decoded header to
+	// the reply handed to the socket.
+	RequestStarted(export string, op bioset.Op)
+	RequestDone(export string, op bioset.Op, bytes uint64, err syscall.Errno, latency time.Duration)
+	// BadRequest reports a request rejected by the protocol engine without
+	// reaching the device (unknown command or flag, out of range, read-only
+	// export, ...); err is the error sent to the client.
+	BadRequest(export string, err syscall.Errno)
+}
+
+// NopObserver implements Observer with methods that do nothing.
+type NopObserver struct{}
+
+func (NopObserver) ConnOpened()                                                         {}
+func (NopObserver) ConnClosed()                                                         {}
+func (NopObserver) HandshakeFailed(string)                                              {}
+func (NopObserver) RequestStarted(string, bioset.Op)                                    {}
+func (NopObserver) RequestDone(string, bioset.Op, uint64, syscall.Errno, time.Duration) {}
+func (NopObserver) BadRequest(string, syscall.Errno)                                    {}
+
+// Handshake failure reasons, as Observer.HandshakeFailed and the log see
+// them.
+const (
+	reasonTimeout        = "timeout"
+	reasonEOF            = "eof"
+	reasonBadMagic       = "bad_magic"
+	reasonBadFlags       = "bad_client_flags"
+	reasonUnknownExport  = "unknown_export"
+	reasonOptionTooBig   = "option_too_big"
+	reasonTooManyOptions = "too_many_options"
+	reasonShutdown       = "shutdown"
+	reasonIO             = "io"
+)

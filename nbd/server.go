@@ -1,0 +1,428 @@
+// Package nbd speaks the Network Block Device protocol: a server that
+// serves exports (anything that accepts bios: a stack of layers or a bare
+// target) and a client.
+//
+// The server follows the shape of net/http and x/net/http2: per
+// connection, a reader goroutine decodes requests and submits each to the
+// export's device as a top bio without waiting for earlier ones, and a
+// writer goroutine sends the replies as the bios complete, out of order,
+// batching small replies into one socket write. It knows nothing of
+// layers: the device is a bioset.Queue.
+//
+// Everything a client can make the server hold is bounded: connections
+// (Options.MaxConnections), requests in flight per connection (a BioSet of
+// Options.MaxInFlight top bios), payload bytes across the server
+// (Options.PayloadBudget; when spent, readers stop reading their sockets),
+// and option data during the handshake (maxOptionLen).
+package nbd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Limits. The exported ones are defaults or protocol facts users size
+// their configuration by.
+const (
+	// MaxPayload is the largest READ or WRITE the server accepts: 2^25,
+	// the spec's default maximum payload, which any client may use without
+	// negotiating block sizes, and the most the Linux client sends.
+	MaxPayload = 32 << 20
+
+	// DefaultMaxConnections is Options.MaxConnections when zero: far above
+	// what `nbd-client -C` or a fio job opens, low enough that the fixed
+	// cost of a connection in transmission (socket buffers, MaxInFlight
+	// top bios and request slots: about 130 KiB at the defaults) stays
+	// bounded.
+	DefaultMaxConnections = 1024
+	// DefaultHandshakeTimeout is Options.HandshakeTimeout when zero: a
+	// real client finishes its handshake in a few round trips.
+	DefaultHandshakeTimeout = 10 * time.Second
+	// DefaultMaxInFlight is Options.MaxInFlight when zero: twice what the
+	// Linux client keeps in flight, as many as a deep fio iodepth.
+	DefaultMaxInFlight = 256
+	// MinMaxInFlight is the least MaxInFlight allowed: the Linux client
+	// keeps up to 128 requests in flight on one connection.
+	MinMaxInFlight = 128
+	// DefaultPayloadBudget is Options.PayloadBudget when zero: room for
+	// eight maximum-size requests, or many small ones, at once.
+	DefaultPayloadBudget = 256 << 20
+
+	// maxOptionLen bounds the option data the server reads and parses
+	// during the handshake. Strings are at most 4096 bytes by the spec, so
+	// a real option (GO, or a meta-context query list) fits easily.
+	maxOptionLen = 64 << 10
+	// maxOptionDiscard bounds the option data the server reads and throws
+	// away to answer an oversized option with NBD_REP_ERR_TOO_BIG. A
+	// longer option is treated as an attack: hard disconnect.
+	maxOptionDiscard = 1 << 20
+	// maxHandshakeOptions bounds the options in one handshake. Real
+	// clients send fewer than ten; a client that sends more is looping.
+	maxHandshakeOptions = 1024
+	// maxStringLen is the spec's limit on names and messages.
+	maxStringLen = 4096
+	// maxExtents is the number of BLOCK_STATUS result slots a request
+	// gives its device: enough for any sane fragmentation of a 32 MiB
+	// range at 128 KiB granularity, while the reply stays a few KiB. The
+	// spec lets the server answer for a prefix of the range.
+	maxExtents = 256
+
+	// Block sizes advertised by NBD_INFO_BLOCK_SIZE: byte granularity (the
+	// devices read-modify-write where they must), 4 KiB preferred.
+	blockSizeMin       = 1
+	blockSizePreferred = 4096
+
+	// readBufSize holds a few dozen request headers; WRITE payloads larger
+	// than what is buffered are read straight into their payload buffer.
+	readBufSize = 16 << 10
+	// writeBufSize lets the writer batch about a thousand simple replies,
+	// or several small READ replies, into one socket write.
+	writeBufSize = 32 << 10
+)
+
+// Export is what a server serves: a device that accepts bios. A stack's
+// top device (package stack) and a bare target both satisfy it.
+type Export interface {
+	bioset.Queue
+	// Size in bytes, read once per connection at the end of its handshake.
+	Size() uint64
+	// Caps reports the optional operations the device supports; the
+	// export advertises only those. Read once per connection.
+	Caps() bioset.Caps
+}
+
+// ExportConfig describes one export.
+type ExportConfig struct {
+	// Name is what clients ask for. Non-empty, at most 4096 bytes,
+	// unique within a server.
+	Name string
+	// Description is shown by NBD_OPT_LIST and NBD_INFO_DESCRIPTION.
+	Description string
+	// Device serves the export's bios.
+	Device Export
+	// ReadOnly makes the export advertise NBD_FLAG_READ_ONLY and reject
+	// WRITE, TRIM and WRITE_ZEROES with EPERM.
+	ReadOnly bool
+	// Default makes this the export selected by an empty name. At most
+	// one export may be the default.
+	Default bool
+}
+
+// Options configure a Server. The zero value of each field selects its
+// default.
+type Options struct {
+	// Exports the server offers. At least one.
+	Exports []ExportConfig
+	// MaxConnections caps the connections open at once (handshake and
+	// transmission). Over the cap a new connection is accepted and closed
+	// at once, and logged. Default DefaultMaxConnections.
+	MaxConnections int
+	// HandshakeTimeout bounds the whole handshake, from accept to the
+	// start of transmission. Default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+	// MaxInFlight caps the requests of one connection that have been
+	// decoded but not yet answered; beyond it the connection's reader
+	// waits. At least MinMaxInFlight. Default DefaultMaxInFlight.
+	MaxInFlight int
+	// PayloadBudget caps the bytes of payload buffers all connections
+	// hold at once, counted in whole buffer size classes. When spent,
+	// readers stop reading their sockets until replies free some. At
+	// least MaxPayload. Default DefaultPayloadBudget.
+	PayloadBudget int64
+	// Logger receives one line per connection opened and closed and per
+	// failed handshake, never one per request. Default: discard.
+	Logger *slog.Logger
+	// Observer receives events for metrics. nil: none.
+	Observer Observer
+}
+
+// ServerStats is a snapshot of a server's counters.
+type ServerStats struct {
+	// ConnsOpen is the number of connections open now, handshake
+	// included; ConnsAccepted the number ever accepted under the cap, and
+	// ConnsRejected the number closed at once because of it.
+	ConnsOpen     int
+	ConnsAccepted uint64
+	ConnsRejected uint64
+	// PayloadInUse is the bytes of payload buffers held now, of
+	// PayloadCapacity; PayloadPeak the most ever held at once.
+	// PayloadWaits counts the times a reader had to wait for budget.
+	PayloadInUse    int64
+	PayloadCapacity int64
+	PayloadPeak     int64
+	PayloadWaits    uint64
+}
+
+// export is an ExportConfig ready to serve.
+type export struct {
+	ExportConfig
+}
+
+// Server serves NBD exports. Create it with NewServer.
+type Server struct {
+	opts      Options
+	log       *slog.Logger
+	obs       Observer
+	exports   []*export // in configuration order, for NBD_OPT_LIST
+	byName    map[string]*export
+	defExport *export
+	budget    *budget
+
+	mu        sync.Mutex
+	listeners map[net.Listener]struct{}
+	conns     map[*conn]struct{}
+	shutdown  bool           // guarded by mu; no new connections once set
+	connWG    sync.WaitGroup // one per conn in conns; Add only under mu while !shutdown
+
+	accepted atomic.Uint64
+	rejected atomic.Uint64
+	connIDs  atomic.Uint64
+}
+
+// NewServer checks o and returns a server ready to Serve.
+func NewServer(o Options) (*Server, error) {
+	if len(o.Exports) == 0 {
+		return nil, errors.New("nbd: no exports")
+	}
+	if o.MaxConnections == 0 {
+		o.MaxConnections = DefaultMaxConnections
+	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.PayloadBudget == 0 {
+		o.PayloadBudget = DefaultPayloadBudget
+	}
+	switch {
+	case o.MaxConnections < 0:
+		return nil, fmt.Errorf("nbd: MaxConnections %d < 0", o.MaxConnections)
+	case o.HandshakeTimeout < 0:
+		return nil, fmt.Errorf("nbd: HandshakeTimeout %v < 0", o.HandshakeTimeout)
+	case o.MaxInFlight < MinMaxInFlight:
+		return nil, fmt.Errorf("nbd: MaxInFlight %d < %d (the Linux client keeps %d requests in flight)",
+			o.MaxInFlight, MinMaxInFlight, MinMaxInFlight)
+	case o.PayloadBudget < MaxPayload:
+		return nil, fmt.Errorf("nbd: PayloadBudget %d < MaxPayload %d: a maximum-size request could never run",
+			o.PayloadBudget, MaxPayload)
+	}
+	s := &Server{
+		opts:      o,
+		log:       o.Logger,
+		obs:       o.Observer,
+		byName:    make(map[string]*export),
+		budget:    newBudget(o.PayloadBudget),
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[*conn]struct{}),
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	for i, ec := range o.Exports {
+		switch {
+		case ec.Name == "":
+			return nil, fmt.Errorf("nbd: export %d has no name", i)
+		case len(ec.Name) > maxStringLen:
+			return nil, fmt.Errorf("nbd: export name %.20q... longer than %d bytes", ec.Name, maxStringLen)
+		case len(ec.Description) > maxStringLen:
+			return nil, fmt.Errorf("nbd: export %q: description longer than %d bytes", ec.Name, maxStringLen)
+		case ec.Device == nil:
+			return nil, fmt.Errorf("nbd: export %q has no device", ec.Name)
+		case s.byName[ec.Name] != nil:
+			return nil, fmt.Errorf("nbd: export %q configured twice", ec.Name)
+		}
+		e := &export{ExportConfig: ec}
+		if ec.Default {
+			if s.defExport != nil {
+				return nil, fmt.Errorf("nbd: exports %q and %q are both the default", s.defExport.Name, ec.Name)
+			}
+			s.defExport = e
+		}
+		s.exports = append(s.exports, e)
+		s.byName[ec.Name] = e
+	}
+	return s, nil
+}
+
+// lookup returns the export a client's name selects, or nil.
+func (s *Server) lookup(name string) *export {
+	if name == "" {
+		return s.defExport
+	}
+	return s.byName[name]
+}
+
+// Serve accepts connections on l (TCP or unix) and serves each on its own
+// goroutines until l fails or Shutdown is called. After Shutdown it
+// returns nil; otherwise the listener's error. Serve closes l.
+func (s *Server) Serve(l net.Listener) error {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		l.Close()
+		return nil
+	}
+	s.listeners[l] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, l)
+		s.mu.Unlock()
+		l.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		nc, err := l.Accept()
+		if err != nil {
+			if s.isShutdown() {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				// As net/http does: a transient failure (out of file
+				// descriptors, say) is retried with a growing pause.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("nbd: accept failed; retrying", "err", err, "delay", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.startConn(nc)
+	}
+}
+
+// startConn serves nc on a goroutine of its own if admit lets it in.
+func (s *Server) startConn(nc net.Conn) {
+	if c := s.admit(nc); c != nil {
+		go c.serve()
+	}
+}
+
+// serveConn serves nc on the calling goroutine, for tests that bring
+// their own connection (net.Pipe).
+func (s *Server) serveConn(nc net.Conn) {
+	if c := s.admit(nc); c != nil {
+		c.serve()
+	}
+}
+
+// admit registers nc as a connection, or closes it at once when the server
+// is shutting down or MaxConnections are open.
+func (s *Server) admit(nc net.Conn) *conn {
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		nc.Close()
+		return nil
+	}
+	if len(s.conns) >= s.opts.MaxConnections {
+		s.mu.Unlock()
+		s.rejected.Add(1)
+		s.log.Warn("nbd: too many connections; closing new one",
+			"remote", nc.RemoteAddr().String(), "max", s.opts.MaxConnections)
+		nc.Close()
+		return nil
+	}
+	c := newConn(s, nc)
+	s.conns[c] = struct{}{}
+	// Under mu and only while !shutdown: Shutdown's Wait starts after it
+	// sets shutdown, so no Add can race with it.
+	s.connWG.Add(1)
+	s.mu.Unlock()
+	s.accepted.Add(1)
+	if s.obs != nil {
+		s.obs.ConnOpened()
+	}
+	return c
+}
+
+// connDone forgets c once it has ended completely.
+func (s *Server) connDone(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+	if s.obs != nil {
+		s.obs.ConnClosed()
+	}
+	s.connWG.Done()
+}
+
+func (s *Server) isShutdown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shutdown
+}
+
+// Shutdown stops the server gracefully: it closes the listeners, ends
+// handshakes in progress, stops every connection from reading new
+// requests, lets the requests already submitted finish and their replies
+// be sent, then closes the connections. It returns nil once every
+// connection has ended.
+//
+// If ctx ends first, or on a second call, connections are closed at once
+// (their in-flight requests still complete in the device, and their
+// buffers are released only then, in the background) and Shutdown returns
+// ctx.Err() without waiting for that.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	again := s.shutdown
+	s.shutdown = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c := range s.conns {
+		if again {
+			c.closeNow()
+		} else {
+			c.beginClose()
+		}
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.connWG.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.closeNow()
+	}
+	s.mu.Unlock()
+	return ctx.Err()
+}
+
+// Stats returns the server's counters.
+func (s *Server) Stats() ServerStats {
+	s.mu.Lock()
+	open := len(s.conns)
+	s.mu.Unlock()
+	b := s.budget.stats()
+	return ServerStats{
+		ConnsOpen:       open,
+		ConnsAccepted:   s.accepted.Load(),
+		ConnsRejected:   s.rejected.Load(),
+		PayloadInUse:    b.used,
+		PayloadCapacity: b.capacity,
+		PayloadPeak:     b.peak,
+		PayloadWaits:    b.waits,
+	}
+}

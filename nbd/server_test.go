@@ -1,0 +1,842 @@
+package nbd
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"regexp"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// nullDev is a large device that stores nothing: every op succeeds, reads
+// return zeroes, everything is a hole.
+type nullDev struct{ size uint64 }
+
+func (d nullDev) Size() uint64      { return d.size }
+func (d nullDev) Caps() bioset.Caps { return allCaps }
+func (d nullDev) Submit(_ *bioset.Submitter, b *bioset.Bio) {
+	switch b.Op {
+	case bioset.OpRead:
+		clear(b.Buf)
+	case bioset.OpBlockStatus:
+		b.Extents[0] = bioset.Extent{Offset: b.ExtentBase, Length: b.Length, Flags: bioset.ExtentHole | bioset.ExtentZero}
+	}
+	b.End(nil)
+}
+
+// badRequestServer serves exports for the bad-request cases: "full" with
+// every cap, "bare" with none, "ro" read-only, "big" a 8 GiB null device.
+func badRequestServer(t *testing.T) (*testServer, *memDev) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, Options{Exports: []ExportConfig{
+		{Name: "full", Device: dev, Default: true},
+		{Name: "bare", Device: newMemDev(1<<20, 0)},
+		{Name: "ro", Device: newMemDev(1<<20, allCaps), ReadOnly: true},
+		{Name: "big", Device: nullDev{8 << 30}},
+	}}, "unix")
+	return ts, dev
+}
+
+// TestBadRequests sends every kind of bad request on a raw connection and
+// checks the error, that the connection still works and that data written
+// before is intact.
+func TestBadRequests(t *testing.T) {
+	const size = 1 << 20
+	const maxU32 = 1<<32 - 1
+	ts, _ := badRequestServer(t)
+	pattern := bytes.Repeat([]byte("stackd!"), 4096/7+1)[:4096]
+	payload := make([]byte, 64<<10)
+
+	cases := []struct {
+		name    string
+		export  string
+		cmd     uint16
+		flags   uint16
+		off     uint64
+		length  uint32
+		payload []byte
+		want    uint32
+	}{
+		{"write past end", "full", cmdWrite, 0, size - 512, 1024, payload[:1024], errNoSpc},
+		{"write beyond end", "full", cmdWrite, 0, size + 4096, 512, payload[:512], errNoSpc},
+		{"write offset overflow", "full", cmdWrite, 0, 1<<64 - 256, 512, payload[:512], errNoSpc},
+		{"write zeroes past end", "full", cmdWriteZeroes, 0, size - 512, 1024, nil, errNoSpc},
+		{"read past end", "full", cmdRead, 0, size - 512, 1024, nil, errInval},
+		{"trim past end", "full", cmdTrim, 0, size, 1, nil, errInval},
+		{"cache past end", "full", cmdCache, 0, size - 1, 2, nil, errInval},
+		{"trim 4 GiB past end", "full", cmdTrim, 0, 0, maxU32, nil, errInval},
+		{"unknown command", "full", 99, 0, 0, 512, nil, errInval},
+		{"resize (unsupported)", "full", 8, 0, 0, 0, nil, errInval},
+		{"unknown flag", "full", cmdRead, 1 << 9, 0, 512, nil, errInval},
+		{"no_hole on write", "full", cmdWrite, CmdFlagNoHole, 0, 4096, payload[:4096], errInval},
+		{"req_one on write, 64 KiB payload", "full", cmdWrite, CmdFlagReqOne, 0, 64 << 10, payload, errInval},
+		{"req_one on read", "full", cmdRead, CmdFlagReqOne, 0, 512, nil, errInval},
+		{"df without structured replies", "full", cmdRead, CmdFlagDF, 0, 512, nil, errInval},
+		{"read longer than 32 MiB", "big", cmdRead, 0, 0, MaxPayload + 1, nil, errInval},
+		{"block status without meta context", "full", cmdBlockStatus, 0, 0, 512, nil, errInval},
+		{"flush without cap", "bare", cmdFlush, 0, 0, 0, nil, errInval},
+		{"trim without cap", "bare", cmdTrim, 0, 0, 512, nil, errInval},
+		{"write zeroes without cap", "bare", cmdWriteZeroes, 0, 0, 512, nil, errInval},
+		{"cache without cap", "bare", cmdCache, 0, 0, 512, nil, errInval},
+		{"fua not advertised", "bare", cmdWrite, CmdFlagFUA, 0, 512, payload[:512], errInval},
+		{"fast zero not advertised", "bare", cmdWriteZeroes, CmdFlagFastZero, 0, 512, nil, errInval},
+		{"write on read-only", "ro", cmdWrite, 0, 0, 4096, payload[:4096], errPerm},
+		{"trim on read-only", "ro", cmdTrim, 0, 0, 4096, nil, errPerm},
+		{"write zeroes on read-only", "ro", cmdWriteZeroes, 0, 0, 4096, nil, errPerm},
+		{"write past end on read-only", "ro", cmdWrite, 0, size, 512, payload[:512], errPerm},
+	}
+	conns := map[string]*rawConn{}
+	for _, name := range []string{"full", "bare", "ro", "big"} {
+		r := dialRaw(t, ts)
+		r.start(name, false, false)
+		conns[name] = r
+	}
+	// Data that must survive: written on the connection that will see
+	// every bad request against "full".
+	full := conns["full"]
+	full.request(cmdWrite, 0, 1, 8192, uint32(len(pattern)), pattern)
+	if code, _, _ := full.simple(0); code != 0 {
+		t.Fatalf("setup write: error %d", code)
+	}
+	for i, tc := range cases {
+		r := conns[tc.export]
+		cookie := uint64(1000 + i)
+		r.request(tc.cmd, tc.flags, cookie, tc.off, tc.length, tc.payload)
+		code, gotCookie, _ := r.simple(0)
+		if gotCookie != cookie || code != tc.want {
+			t.Errorf("%s: reply error %d cookie %d, want error %d cookie %d", tc.name, code, gotCookie, tc.want, cookie)
+		}
+		// The connection lives on, framing intact.
+		r.request(cmdRead, 0, cookie+1<<32, 8192, 4096, nil)
+		code, gotCookie, data := r.simple(4096)
+		if code != 0 || gotCookie != cookie+1<<32 {
+			t.Fatalf("%s: read after: error %d cookie %d", tc.name, code, gotCookie)
+		}
+		if tc.export == "full" && !bytes.Equal(data, pattern) {
+			t.Fatalf("%s: data written before was changed", tc.name)
+		}
+	}
+
+	// No-payload commands up to 4 GiB - 1 are legal.
+	big := conns["big"]
+	for i, cmd := range []uint16{cmdTrim, cmdWriteZeroes, cmdCache} {
+		big.request(cmd, 0, uint64(i), 4<<30, maxU32, nil)
+		if code, _, _ := big.simple(0); code != 0 {
+			t.Errorf("command %d of 4 GiB - 1: error %d", cmd, code)
+		}
+	}
+	// A READ of exactly 32 MiB is legal.
+	big.request(cmdRead, 0, 7, 0, MaxPayload, nil)
+	if code, _, data := big.simple(MaxPayload); code != 0 || len(data) != MaxPayload {
+		t.Errorf("read of 32 MiB: error %d", code)
+	}
+}
+
+// TestStructuredReplies checks the chunks the server sends on a raw
+// connection with structured replies and base:allocation.
+func TestStructuredReplies(t *testing.T) {
+	ts, _ := badRequestServer(t)
+	r := dialRaw(t, ts)
+	_, flags := r.start("full", true, true)
+	if flags&FlagSendDF == 0 {
+		t.Fatalf("flags %#x lack SEND_DF", flags)
+	}
+	r.request(cmdWrite, CmdFlagFUA, 1, 4096, 5, []byte("hello"))
+	if f, typ, cookie, p := r.chunk(); f != replyFlagDone || typ != replyTypeNone || cookie != 1 || len(p) != 0 {
+		t.Fatalf("write reply: flags %d type %d cookie %d len %d", f, typ, cookie, len(p))
+	}
+	r.request(cmdRead, CmdFlagDF, 2, 4096, 5, nil)
+	f, typ, cookie, p := r.chunk()
+	if f != replyFlagDone || typ != replyTypeOffsetData || cookie != 2 || be.Uint64(p) != 4096 || string(p[8:]) != "hello" {
+		t.Fatalf("read reply: flags %d type %d cookie %d payload %q", f, typ, cookie, p)
+	}
+	r.request(cmdRead, 0, 3, 0, 0, nil)
+	if f, typ, _, _ := r.chunk(); f != replyFlagDone || typ != replyTypeNone {
+		t.Fatalf("empty read reply: flags %d type %d", f, typ)
+	}
+	r.request(cmdRead, 0, 4, 1<<20, 1, nil)
+	f, typ, cookie, p = r.chunk()
+	if f != replyFlagDone || typ != replyTypeError || cookie != 4 || be.Uint32(p) != errInval ||
+		int(be.Uint16(p[4:])) != len(p)-6 || len(p) == 6 {
+		t.Fatalf("read error reply: flags %d type %#x cookie %d payload %q", f, typ, cookie, p)
+	}
+	r.request(cmdBlockStatus, CmdFlagReqOne, 5, 0, 1<<20, nil)
+	f, typ, cookie, p = r.chunk()
+	if f != replyFlagDone || typ != replyTypeBlockStatus || cookie != 5 || len(p) != 12 ||
+		be.Uint32(p) != metaBaseAllocationID || be.Uint32(p[4:]) != 4096 || be.Uint32(p[8:]) != stateHole|stateZero {
+		t.Fatalf("block status reply: flags %d type %d cookie %d payload % x", f, typ, cookie, p)
+	}
+	r.request(cmdBlockStatus, 0, 6, 0, 0, nil)
+	if _, typ, _, p := r.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+		t.Fatalf("empty block status: type %#x", typ)
+	}
+	r.request(cmdBlockStatus, 0, 7, 1<<20-512, 1024, nil)
+	if _, typ, _, p := r.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+		t.Fatalf("block status past the end: type %#x", typ)
+	}
+
+	// Meta context selected for another export does not carry over.
+	r2 := dialRaw(t, ts)
+	r2.greet()
+	r2.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	r2.option(optStructuredRep, nil)
+	r2.reply(optStructuredRep)
+	r2.option(optSetMetaCtx, metaData("ro", metaBaseAllocation))
+	r2.reply(optSetMetaCtx)
+	r2.reply(optSetMetaCtx)
+	r2.option(optGo, infoData("full"))
+	for typ, _ := r2.reply(optGo); typ != repAck; typ, _ = r2.reply(optGo) {
+	}
+	r2.request(cmdBlockStatus, 0, 1, 0, 512, nil)
+	if _, typ, _, p := r2.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+		t.Fatalf("block status with a context for another export: type %#x", typ)
+	}
+}
+
+func TestBadMagicClosesOnlyThatConnection(t *testing.T) {
+	ts, _ := badRequestServer(t)
+	a, b := dialRaw(t, ts), dialRaw(t, ts)
+	a.start("full", false, false)
+	b.start("full", false, false)
+	b.request(cmdWrite, 0, 1, 0, 3, []byte("abc"))
+	b.simple(0)
+	a.write(bytes.Repeat([]byte{0xde, 0xad}, requestHeaderLen/2))
+	a.expectClosed()
+	b.request(cmdRead, 0, 2, 0, 3, nil)
+	if code, _, data := b.simple(3); code != 0 || string(data) != "abc" {
+		t.Fatalf("other connection: error %d data %q", code, data)
+	}
+}
+
+func TestTruncatedRequests(t *testing.T) {
+	ts, _ := badRequestServer(t)
+
+	// A header cut short.
+	r := dialRaw(t, ts)
+	r.start("full", false, false)
+	r.write(be.AppendUint32(nil, magicRequest))
+	r.write([]byte{0, 0, 0, 1, 2, 3})
+	r.nc.(*net.UnixConn).CloseWrite()
+	r.expectClosed()
+
+	// A WRITE that promises 32 MiB and brings 1000 bytes.
+	r = dialRaw(t, ts)
+	r.start("full", false, false)
+	r.request(cmdWrite, 0, 1, 0, MaxPayload, make([]byte, 1000))
+	r.nc.Close()
+
+	// A WRITE longer than the maximum payload cannot be framed.
+	r = dialRaw(t, ts)
+	r.start("big", false, false)
+	r.request(cmdWrite, 0, 1, 0, MaxPayload+1, nil)
+	r.expectClosed()
+
+	waitFor(t, "connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+	if st := ts.srv.Stats(); st.PayloadInUse != 0 {
+		t.Fatalf("%d bytes of payload budget still in use", st.PayloadInUse)
+	}
+	// And the server still serves.
+	r = dialRaw(t, ts)
+	r.start("full", false, false)
+	r.request(cmdFlush, 0, 9, 0, 0, nil)
+	if code, cookie, _ := r.simple(0); code != 0 || cookie != 9 {
+		t.Fatalf("flush after: error %d cookie %d", code, cookie)
+	}
+}
+
+// TestDiscWaitsForInFlight: NBD_CMD_DISC with requests in flight gets
+// their replies before the connection closes.
+func TestDiscWaitsForInFlight(t *testing.T) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, oneExport(dev), "unix")
+	r := dialRaw(t, ts)
+	r.start("mem", false, false)
+	dev.gate()
+	for i := range 5 {
+		r.request(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096, make([]byte, 4096))
+	}
+	r.request(cmdDisc, 0, 99, 0, 0, nil)
+	if !dev.waitHeld(5, ioTimeout) {
+		t.Fatal("writes did not reach the device")
+	}
+	dev.open()
+	seen := map[uint64]bool{}
+	for range 5 {
+		code, cookie, _ := r.simple(0)
+		if code != 0 {
+			t.Fatalf("write %d: error %d", cookie, code)
+		}
+		seen[cookie] = true
+	}
+	if len(seen) != 5 {
+		t.Fatalf("replies for %v", seen)
+	}
+	r.expectClosed()
+}
+
+// TestBudgetBackpressure runs many concurrent 1 MiB writes from several
+// clients through a budget barely larger than one maximum payload.
+func TestBudgetBackpressure(t *testing.T) {
+	const (
+		clients = 4
+		perConn = 32
+		budget  = MaxPayload + 4<<20
+	)
+	dev := newMemDev(16<<20, allCaps)
+	dev.maxDelay = 2 * time.Millisecond
+	o := oneExport(dev)
+	o.PayloadBudget = budget
+	ts := startServer(t, o, "tcp")
+	ctx := tctx(t)
+	data := bytes.Repeat([]byte{0x5a}, 1<<20)
+
+	// Hold the first bios in the device so that the budget certainly runs
+	// out, then let everything flow with random delays.
+	dev.gate()
+	var wg sync.WaitGroup
+	errs := make(chan error, clients*perConn+1)
+	for i := range clients {
+		c := ts.dial(t, ClientOptions{})
+		for j := range perConn {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				errs <- c.Write(ctx, uint64((i*perConn+j)%16)<<20, data, 0)
+			}()
+		}
+		if i == 0 {
+			// The largest request still runs under the smallest budget.
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				buf := make([]byte, MaxPayload)
+				errs <- c.Read(ctx, 0, buf[:16<<20])
+			}()
+		}
+	}
+	waitFor(t, "readers to wait for budget", func() bool {
+		st := ts.srv.Stats()
+		return st.PayloadWaits > 0 && st.PayloadInUse > budget-MaxPayload
+	})
+	if st := ts.srv.Stats(); st.PayloadInUse > budget {
+		t.Fatalf("%d bytes in use, budget %d", st.PayloadInUse, budget)
+	}
+	dev.open()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := ts.srv.Stats()
+	if st.PayloadPeak > budget || st.PayloadCapacity != budget {
+		t.Fatalf("peak %d, capacity %d, budget %d", st.PayloadPeak, st.PayloadCapacity, budget)
+	}
+	waitFor(t, "payload budget to drain", func() bool { return ts.srv.Stats().PayloadInUse == 0 })
+}
+
+func TestShutdownCompletesInFlight(t *testing.T) {
+	const n = 50
+	dev := newMemDev(n*4096, allCaps)
+	ts := startServer(t, oneExport(dev), "unix")
+	c := ts.dial(t, ClientOptions{})
+	dev.gate()
+	ctx := tctx(t)
+	errs := make(chan error, n)
+	for i := range n {
+		go func() { errs <- c.Write(ctx, uint64(i)*4096, bytes.Repeat([]byte{byte(i)}, 4096), 0) }()
+	}
+	if !dev.waitHeld(n, ioTimeout) {
+		t.Fatalf("%d of %d writes reached the device", dev.heldCount(), n)
+	}
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(ctx) }()
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v with requests in flight", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	if _, err := net.DialTimeout(ts.network, ts.addr, ioTimeout); err == nil {
+		t.Fatal("the listener still accepts after Shutdown")
+	}
+	dev.open()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatalf("in-flight write: %v", err)
+		}
+	}
+	got := dev.snapshot()
+	for i := range n {
+		if got[i*4096] != byte(i) {
+			t.Fatalf("write %d lost", i)
+		}
+	}
+	select {
+	case err := <-ts.serve:
+		ts.serve <- err // for the cleanup's check
+	case <-time.After(ioTimeout):
+		t.Fatal("Serve did not return")
+	}
+}
+
+func TestShutdownDeadline(t *testing.T) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, oneExport(dev), "unix")
+	c := ts.dial(t, ClientOptions{})
+	dev.gate()
+	errc := make(chan error, 1)
+	go func() { errc <- c.Write(tctx(t), 0, make([]byte, 4096), 0) }()
+	if !dev.waitHeld(1, ioTimeout) {
+		t.Fatal("write did not reach the device")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := ts.srv.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want deadline exceeded", err)
+	}
+	if err := <-errc; err == nil {
+		t.Fatal("write succeeded on a connection closed at once")
+	}
+	// The bio is still in the device: its buffer must stay until it ends.
+	if st := ts.srv.Stats(); st.ConnsOpen != 1 || st.PayloadInUse == 0 {
+		t.Fatalf("connection released before its bio ended: %+v", st)
+	}
+	dev.open()
+	waitFor(t, "connection to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+	if st := ts.srv.Stats(); st.PayloadInUse != 0 {
+		t.Fatalf("%d bytes of budget still in use", st.PayloadInUse)
+	}
+}
+
+func TestMaxConnections(t *testing.T) {
+	o := oneExport(newMemDev(4096, 0))
+	o.MaxConnections = 2
+	ts := startServer(t, o, "tcp")
+	a, b := dialRaw(t, ts), dialRaw(t, ts)
+	a.start("mem", false, false)
+	b.greet()
+	c := dialRaw(t, ts)
+	c.expectClosed()
+	if st := ts.srv.Stats(); st.ConnsRejected != 1 || st.ConnsOpen != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	a.request(cmdRead, 0, 1, 0, 4096, nil)
+	if code, _, _ := a.simple(4096); code != 0 {
+		t.Fatalf("read: error %d", code)
+	}
+}
+
+func TestObserverAndLimits(t *testing.T) {
+	obs := &countingObserver{}
+	dev := newMemDev(1<<20, allCaps)
+	o := oneExport(dev)
+	o.Observer = obs
+	o.HandshakeTimeout = 200 * time.Millisecond
+	ts := startServer(t, o, "unix")
+
+	c := ts.dial(t, ClientOptions{})
+	ctx := tctx(t)
+	if err := c.Write(ctx, 0, make([]byte, 4096), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Read(ctx, 0, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Read(ctx, 1<<20, make([]byte, 512)); !errors.Is(err, syscall.EINVAL) {
+		t.Fatal(err)
+	}
+	c.Close()
+
+	// A client that says nothing times out.
+	r := dialRaw(t, ts)
+	start := time.Now()
+	r.greet()
+	r.expectClosed()
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("handshake timeout took %v", d)
+	}
+	waitFor(t, "connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if obs.opened != 2 || obs.closed != 2 || obs.started != 2 || obs.done != 2 || obs.bad != 1 ||
+		obs.doneBytes != 4096+512 || obs.handshakeFailed[reasonTimeout] != 1 {
+		t.Fatalf("observer saw %+v", obs)
+	}
+}
+
+// TestHugeOptionLength: an option claiming 4 GiB of data must not make the
+// server allocate it; one slightly over the limit is answered TOO_BIG.
+func TestHugeOptionLength(t *testing.T) {
+	ts, _ := badRequestServer(t)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	r := dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle)
+	b := be.AppendUint64(nil, magicOption)
+	b = be.AppendUint32(b, optGo)
+	b = be.AppendUint32(b, 1<<32-1)
+	r.write(append(b, make([]byte, 100)...))
+	r.expectClosed()
+	runtime.ReadMemStats(&after)
+	if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
+		t.Fatalf("the server allocated %d bytes for a 4 GiB option", d)
+	}
+
+	r = dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	r.option(1234, make([]byte, maxOptionLen+1))
+	if typ, _ := r.reply(1234); typ != repErrTooBig {
+		t.Fatalf("oversized option: reply %#x", typ)
+	}
+	r.option(optGo, infoData(""))
+	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
+		if typ != repInfo {
+			t.Fatalf("GO: reply %#x", typ)
+		}
+	}
+}
+
+// TestDroppedHandshakes opens 200 connections and drops each at a different
+// point of the handshake; the server must end all of them and still serve.
+func TestDroppedHandshakes(t *testing.T) {
+	ts, _ := badRequestServer(t)
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			nc, err := net.DialTimeout(ts.network, ts.addr, ioTimeout)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer nc.Close()
+			nc.SetDeadline(time.Now().Add(ioTimeout))
+			if i%5 == 0 {
+				return
+			}
+			io.ReadFull(nc, make([]byte, 18))
+			switch i % 5 {
+			case 2:
+				nc.Write([]byte{0, 0})
+			case 3:
+				nc.Write([]byte{0, 0, 0, 3, 'I', 'H', 'A'})
+			case 4:
+				b := be.AppendUint32(nil, flagCFixedNewstyle)
+				b = be.AppendUint64(b, magicOption)
+				b = be.AppendUint32(b, optGo)
+				b = be.AppendUint32(b, 100)
+				nc.Write(append(b, "abc"...))
+			}
+		}()
+	}
+	wg.Wait()
+	waitFor(t, "dropped connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+	if st := ts.srv.Stats(); st.ConnsAccepted != 200 {
+		t.Fatalf("accepted %d", st.ConnsAccepted)
+	}
+	c := ts.dial(t, ClientOptions{})
+	if err := c.Flush(tctx(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestOptionHaggling covers the options the server answers during the
+// handshake, on one raw connection.
+func TestOptionHaggling(t *testing.T) {
+	o := oneExport(newMemDev(1<<20, allCaps))
+	o.Exports = append(o.Exports, ExportConfig{Name: "other", Description: "second", Device: newMemDev(8192, 0), ReadOnly: true})
+	ts := startServer(t, o, "unix")
+	r := dialRaw(t, ts)
+	if hf := r.greet(); hf != flagFixedNewstyle|flagNoZeroes {
+		t.Fatalf("handshake flags %#x", hf)
+	}
+	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+
+	expect := func(opt uint32, want uint32) []byte {
+		t.Helper()
+		typ, data := r.reply(opt)
+		if typ != want {
+			t.Fatalf("option %d: reply %#x (%q), want %#x", opt, typ, data, want)
+		}
+		return data
+	}
+
+	r.option(optList, nil)
+	for _, want := range []string{"mem", "other"} {
+		data := expect(optList, repServer)
+		if name, _, _ := cutString(data); name != want {
+			t.Fatalf("LIST: %q, want %q", name, want)
+		}
+	}
+	expect(optList, repAck)
+	r.option(optList, []byte("x"))
+	expect(optList, repErrInvalid)
+
+	r.option(42, []byte("whatever"))
+	expect(42, repErrUnsup)
+	r.option(optStartTLS, nil)
+	expect(optStartTLS, repErrUnsup)
+
+	// INFO with every information request, one unknown, one repeated.
+	r.option(optInfo, infoData("other", infoName, infoDescription, infoBlockSize, 77, infoName))
+	infos := map[uint16][]byte{}
+	for {
+		typ, data := r.reply(optInfo)
+		if typ == repAck {
+			break
+		}
+		if typ != repInfo {
+			t.Fatalf("INFO: reply %#x", typ)
+		}
+		it := be.Uint16(data)
+		if infos[it] != nil {
+			t.Fatalf("INFO: type %d sent twice", it)
+		}
+		infos[it] = data[2:]
+	}
+	if e := infos[infoExport]; len(e) != 10 || be.Uint64(e) != 8192 || be.Uint16(e[8:])&FlagReadOnly == 0 {
+		t.Fatalf("INFO_EXPORT % x", e)
+	}
+	if string(infos[infoName]) != "other" || string(infos[infoDescription]) != "second" || len(infos) != 4 {
+		t.Fatalf("INFO: %v", infos)
+	}
+	if bs := infos[infoBlockSize]; be.Uint32(bs) != 1 || be.Uint32(bs[4:]) != 4096 || be.Uint32(bs[8:]) != MaxPayload {
+		t.Fatalf("INFO_BLOCK_SIZE % x", bs)
+	}
+	// The canonical name of the default export.
+	r.option(optInfo, infoData("", infoName))
+	expect(optInfo, repInfo)
+	if name := expect(optInfo, repInfo); string(name[2:]) != "mem" {
+		t.Fatalf("canonical name %q", name)
+	}
+	expect(optInfo, repAck)
+
+	r.option(optInfo, infoData("nope"))
+	expect(optInfo, repErrUnknown)
+	r.option(optGo, []byte{0, 0, 0, 9, 'x'})
+	expect(optGo, repErrInvalid)
+	r.option(optStructuredRep, []byte("x"))
+	expect(optStructuredRep, repErrInvalid)
+	r.option(optSetMetaCtx, metaData("mem", metaBaseAllocation))
+	expect(optSetMetaCtx, repErrInvalid) // structured replies first
+
+	r.option(optStructuredRep, nil)
+	expect(optStructuredRep, repAck)
+	for _, q := range [][]string{nil, {"base:"}, {metaBaseAllocation, "x-other:thing"}} {
+		r.option(optListMetaCtx, metaData("mem", q...))
+		data := expect(optListMetaCtx, repMetaContext)
+		if be.Uint32(data) != 0 || string(data[4:]) != metaBaseAllocation {
+			t.Fatalf("LIST_META_CONTEXT %q: % x", q, data)
+		}
+		expect(optListMetaCtx, repAck)
+	}
+	r.option(optListMetaCtx, metaData("mem", "x-other:thing"))
+	expect(optListMetaCtx, repAck)
+	r.option(optListMetaCtx, metaData("mem", "base:allocation")[:10])
+	expect(optListMetaCtx, repErrInvalid)
+	r.option(optSetMetaCtx, metaData("nope", metaBaseAllocation))
+	expect(optSetMetaCtx, repErrUnknown)
+	r.option(optSetMetaCtx, metaData("mem", "base:", "qemu:dirty-bitmap:x"))
+	expect(optSetMetaCtx, repAck) // nothing selected
+	r.option(optSetMetaCtx, metaData("mem", metaBaseAllocation))
+	if data := expect(optSetMetaCtx, repMetaContext); be.Uint32(data) != metaBaseAllocationID {
+		t.Fatalf("SET_META_CONTEXT id % x", data)
+	}
+	expect(optSetMetaCtx, repAck)
+
+	// GO with no information requests, as the kernel's nbd-client sends it.
+	r.option(optGo, infoData("mem"))
+	e := expect(optGo, repInfo)
+	if be.Uint16(e) != infoExport || be.Uint64(e[2:]) != 1<<20 {
+		t.Fatalf("GO: % x", e)
+	}
+	expect(optGo, repAck)
+	r.request(cmdBlockStatus, 0, 1, 0, 4096, nil)
+	if _, typ, _, _ := r.chunk(); typ != replyTypeBlockStatus {
+		t.Fatalf("block status after GO: type %#x", typ)
+	}
+}
+
+func TestExportName(t *testing.T) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, oneExport(dev), "unix")
+	for _, noZeroes := range []bool{false, true} {
+		r := dialRaw(t, ts)
+		r.greet()
+		f := uint32(flagCFixedNewstyle)
+		if noZeroes {
+			f |= flagCNoZeroes
+		}
+		r.clientFlags(f)
+		r.option(optExportName, []byte("mem"))
+		b := r.read(10)
+		if be.Uint64(b) != 1<<20 || be.Uint16(b[8:])&FlagHasFlags == 0 {
+			t.Fatalf("EXPORT_NAME reply % x", b)
+		}
+		if !noZeroes && !bytes.Equal(r.read(exportNameZeroes), make([]byte, exportNameZeroes)) {
+			t.Fatal("zeroes expected")
+		}
+		// The next bytes are a reply, not padding.
+		r.request(cmdWrite, 0, 5, 0, 2, []byte("ok"))
+		if code, cookie, _ := r.simple(0); code != 0 || cookie != 5 {
+			t.Fatalf("noZeroes=%v: write: error %d cookie %d", noZeroes, code, cookie)
+		}
+	}
+
+	// Unknown export: no way to refuse but to hang up.
+	r := dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle)
+	r.option(optExportName, []byte("nope"))
+	r.expectClosed()
+
+	// Unknown client flags.
+	r = dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(1 << 7)
+	r.expectClosed()
+
+	// ABORT is acknowledged.
+	r = dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle)
+	r.option(optAbort, nil)
+	if typ, _ := r.reply(optAbort); typ != repAck {
+		t.Fatalf("ABORT: reply %#x", typ)
+	}
+	r.expectClosed()
+
+	// Bad option magic.
+	r = dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle)
+	r.write(make([]byte, optionHeaderLen))
+	r.expectClosed()
+}
+
+func TestNewServerValidation(t *testing.T) {
+	dev := newMemDev(4096, 0)
+	for name, o := range map[string]Options{
+		"no exports":     {},
+		"no name":        {Exports: []ExportConfig{{Device: dev}}},
+		"no device":      {Exports: []ExportConfig{{Name: "a"}}},
+		"duplicate":      {Exports: []ExportConfig{{Name: "a", Device: dev}, {Name: "a", Device: dev}}},
+		"two defaults":   {Exports: []ExportConfig{{Name: "a", Device: dev, Default: true}, {Name: "b", Device: dev, Default: true}}},
+		"few in flight":  {Exports: []ExportConfig{{Name: "a", Device: dev}}, MaxInFlight: 64},
+		"small budget":   {Exports: []ExportConfig{{Name: "a", Device: dev}}, PayloadBudget: 1 << 20},
+		"negative conns": {Exports: []ExportConfig{{Name: "a", Device: dev}}, MaxConnections: -1},
+		"long name":      {Exports: []ExportConfig{{Name: string(make([]byte, 5000)), Device: dev}}},
+	} {
+		if _, err := NewServer(o); err == nil {
+			t.Errorf("%s: NewServer accepted it", name)
+		}
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger on many goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestLogging: one line per connection opened and closed, one per failed
+// handshake, none per request.
+func TestLogging(t *testing.T) {
+	var buf syncBuffer
+	o := oneExport(newMemDev(1<<20, allCaps))
+	o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
+	ts := startServer(t, o, "unix")
+	c := ts.dial(t, ClientOptions{})
+	ctx := tctx(t)
+	for range 10 {
+		if err := c.Write(ctx, 0, make([]byte, 1000), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.Close()
+	r := dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(flagCFixedNewstyle)
+	r.option(optExportName, []byte("nope"))
+	r.expectClosed()
+	waitFor(t, "connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	if len(lines) != 3 {
+		t.Fatalf("%d log lines:\n%s", len(lines), buf.String())
+	}
+	for i, want := range []string{
+		"connection opened",
+		"connection closed.*reason=disconnect requests=10 bytes_in=10000 bytes_out=0",
+		"handshake failed.*reason=unknown_export",
+	} {
+		if !regexp.MustCompile(want).MatchString(lines[i]) {
+			t.Errorf("line %d: %s\nwant match for %q", i, lines[i], want)
+		}
+	}
+}
+
+// TestTinySegments writes a whole handshake and a request a byte at a
+// time, as the kernel's client writes options in small segments.
+func TestTinySegments(t *testing.T) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, oneExport(dev), "tcp")
+	r := dialRaw(t, ts)
+	r.greet()
+	for _, b := range cat(handshakeBytes(), requestBytes(cmdWrite, 0, 7, 0, 3, []byte("xyz"))) {
+		r.write([]byte{b})
+	}
+	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
+	}
+	if code, cookie, _ := r.simple(0); code != 0 || cookie != 7 {
+		t.Fatalf("write: error %d cookie %d", code, cookie)
+	}
+}
+
+// TestOptionFlood: a client that never stops haggling is cut off.
+func TestOptionFlood(t *testing.T) {
+	ts := startServer(t, oneExport(newMemDev(4096, 0)), "unix")
+	r := dialRaw(t, ts)
+	r.greet()
+	var b []byte
+	b = be.AppendUint32(b, flagCFixedNewstyle)
+	for range maxHandshakeOptions + 1 {
+		b = append(b, optionBytes(1000, nil)...)
+	}
+	go r.nc.Write(b)
+	for range maxHandshakeOptions {
+		if typ, _ := r.reply(1000); typ != repErrUnsup {
+			t.Fatalf("reply %#x", typ)
+		}
+	}
+	r.expectClosed()
+}

@@ -1,0 +1,661 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// request is one decoded request, from its header to its reply. A
+// connection preallocates MaxInFlight of them, one per top bio.
+type request struct {
+	next *request // reply queue link, guarded by transmission.mu
+	bio  *bioset.Bio
+
+	// The request as the client sent it. Layers remap the bio in place
+	// (Dev, Offset, Buf, Extents), so once the bio is submitted the range
+	// is read from here, never from the bio.
+	cookie uint64
+	off    uint64
+	length uint32
+	cmd    uint16
+	flags  uint16
+	op     bioset.Op
+	start  time.Time // only with an Observer
+
+	pbuf    *[]byte // payload buffer of READ and WRITE, from the size-class pools
+	buf     []byte  // (*pbuf)[:length]
+	charged int64   // payload budget held for pbuf
+
+	window *[maxExtents]bioset.Extent // BLOCK_STATUS result slots
+	nslots int
+
+	errno syscall.Errno // the reply's error; 0: success
+	msg   string        // message for a structured error reply
+	bad   bool          // rejected by check: never reached the device
+}
+
+// transmission is a connection's state in the transmission phase.
+type transmission struct {
+	bs     *bioset.BioSet // top bios, one per request in flight
+	sub    bioset.Submitter
+	endIO  func(*bioset.Bio) // c.endIO, bound once so that setting it does not allocate
+	reqs   []request
+	waiter *budgetWaiter
+	hdr    [requestHeaderLen]byte // reader's header buffer
+	whdr   [32]byte               // writer's header buffer
+	werr   error                  // first write error; writer only
+
+	mu         sync.Mutex
+	head, tail *request   // completed requests awaiting their reply
+	free       []*request // requests not in flight
+	inflight   int        // requests allocated and not yet released
+	readerDone bool       // no more requests will be allocated
+	wake       chan struct{}
+
+	requests uint64 // reader only
+	bytesIn  uint64 // reader only
+	bytesOut uint64 // writer only
+}
+
+var (
+	errFraming    = errors.New("framing violation")
+	errDisconnect = errors.New("client sent NBD_CMD_DISC")
+	errStopped    = errors.New("connection closing")
+)
+
+// extentWindows pools BLOCK_STATUS result windows (6 KiB each), which only
+// block-status requests need.
+var extentWindows = sync.Pool{New: func() any { return new([maxExtents]bioset.Extent) }}
+
+// transmit serves requests until the client disconnects, the connection
+// fails or the server shuts down, and returns once every request it
+// accepted has completed and its buffers are released.
+func (c *conn) transmit() {
+	o := &c.srv.opts
+	t := &transmission{
+		// No rescuer (DESIGN.md rule 5): a rescuer is needed when Alloc
+		// may wait while bios queued on the caller's Submitter have not
+		// reached their devices. Only the reader allocates from this pool,
+		// and always between Submits: its Submitter is idle, nothing sits
+		// on it. Every bio it waits for is in a device or waiting for the
+		// writer, and both finish without the reader.
+		bs: bioset.New(bioset.Options{
+			Name:      fmt.Sprintf("nbd/%s/conn%d", c.exp.Name, c.id),
+			Capacity:  o.MaxInFlight,
+			NoRescuer: true,
+		}),
+		reqs:   make([]request, o.MaxInFlight),
+		free:   make([]*request, 0, o.MaxInFlight),
+		waiter: newBudgetWaiter(),
+		wake:   make(chan struct{}, 1),
+	}
+	t.endIO = c.endIO
+	for i := range t.reqs {
+		t.free = append(t.free, &t.reqs[i])
+	}
+	c.tx = t
+	c.srv.log.Info("nbd: connection opened", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
+		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0)
+
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop()
+	}()
+	err := c.readLoop()
+	t.mu.Lock()
+	t.readerDone = true
+	t.mu.Unlock()
+	c.wakeWriter()
+	// The writer returns only once every request is released: the device
+	// may still be filling or reading a buffer until its bio ends.
+	<-writerDone
+	t.bs.Close()
+
+	reason := "eof"
+	switch {
+	case err == errDisconnect:
+		reason = "disconnect"
+	case c.srv.isShutdown():
+		reason = "shutdown"
+	case t.werr != nil:
+		reason = "write failed: " + t.werr.Error()
+	case errors.Is(err, io.EOF):
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		reason = "eof mid-request"
+	default:
+		reason = err.Error()
+	}
+	c.srv.log.Info("nbd: connection closed", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
+		"reason", reason, "requests", t.requests, "bytes_in", t.bytesIn, "bytes_out", t.bytesOut,
+		"duration", time.Since(c.start))
+}
+
+// readLoop decodes requests and submits each without waiting for earlier
+// ones. It returns why it stopped; only a framing violation, the end of
+// the stream, NBD_CMD_DISC or shutdown stop it. A bad request is answered
+// with an error and the loop goes on.
+func (c *conn) readLoop() error {
+	t := c.tx
+	for {
+		if _, err := io.ReadFull(c.br, t.hdr[:]); err != nil {
+			return err
+		}
+		h := t.hdr[:]
+		if m := be.Uint32(h[0:]); m != magicRequest {
+			return fmt.Errorf("%w: bad request magic %#x", errFraming, m)
+		}
+		flags := be.Uint16(h[4:])
+		cmd := be.Uint16(h[6:])
+		length := be.Uint32(h[24:])
+		if cmd == cmdDisc {
+			// The spec: handle outstanding requests, then close. The
+			// caller waits for them.
+			return errDisconnect
+		}
+		if cmd == cmdWrite && length > MaxPayload {
+			// The payload follows the header and must be read to find the
+			// next one. Up to MaxPayload is always legal (and read even
+			// when the request is rejected); more is treated as a denial
+			// of service, which the spec allows to end the connection.
+			return fmt.Errorf("%w: WRITE payload of %d bytes", errFraming, length)
+		}
+
+		r := c.allocRequest()
+		r.cookie = be.Uint64(h[8:])
+		r.off = be.Uint64(h[16:])
+		r.length = length
+		r.cmd, r.flags = cmd, flags
+		if c.srv.obs != nil {
+			r.start = time.Now()
+		}
+		t.requests++
+
+		errno, msg := c.check(r)
+		if cmd == cmdWrite && length > 0 {
+			if errno != 0 {
+				// Keep framing: a rejected WRITE's payload is read and
+				// thrown away.
+				if _, err := c.br.Discard(int(length)); err != nil {
+					c.release(r)
+					return err
+				}
+			} else {
+				if err := c.takePayload(r); err != nil {
+					c.release(r)
+					return err
+				}
+				// Straight into the payload buffer: bufio hands a large
+				// read to the socket without copying.
+				if _, err := io.ReadFull(c.br, r.buf); err != nil {
+					c.release(r)
+					return err
+				}
+				t.bytesIn += uint64(length)
+			}
+		}
+		if errno != 0 {
+			r.bad, r.errno, r.msg = true, errno, msg
+			if c.srv.obs != nil {
+				c.srv.obs.BadRequest(c.exp.Name, errno)
+			}
+			c.enqueue(r)
+			continue
+		}
+		if err := c.submit(r); err != nil {
+			return err
+		}
+	}
+}
+
+// allocRequest takes a top bio and a request for a new request, waiting
+// while MaxInFlight are in flight: that wait is the per-connection bound.
+func (c *conn) allocRequest() *request {
+	t := c.tx
+	// nil Submitter: the reader is never inside a Submit here (see the
+	// comment on the pool in transmit).
+	b := t.bs.Alloc(nil)
+	t.mu.Lock()
+	n := len(t.free)
+	if n == 0 {
+		t.mu.Unlock()
+		// release returns the request before the bio, so a free bio
+		// implies a free request.
+		panic("nbd: a free top bio but no free request")
+	}
+	r := t.free[n-1]
+	t.free = t.free[:n-1]
+	t.inflight++
+	t.mu.Unlock()
+	*r = request{bio: b}
+	b.Private = r
+	b.SetEndIO(t.endIO)
+	return r
+}
+
+// check validates a decoded request against the negotiated export, in the
+// order the spec's error rules suggest, and sets r.op. It returns the error
+// to answer with, or 0.
+func (c *conn) check(r *request) (syscall.Errno, string) {
+	var allowed uint16
+	if c.caps&bioset.CapFUA != 0 {
+		allowed |= CmdFlagFUA // valid on every command once advertised
+	}
+	var need bioset.Caps
+	writes := false
+	switch r.cmd {
+	case cmdRead:
+		r.op = bioset.OpRead
+		if c.structured {
+			allowed |= CmdFlagDF // a READ reply is one chunk anyway
+		}
+	case cmdWrite:
+		r.op, writes = bioset.OpWrite, true
+	case cmdFlush:
+		r.op, need = bioset.OpFlush, bioset.CapFlush
+	case cmdTrim:
+		r.op, need, writes = bioset.OpTrim, bioset.CapTrim, true
+	case cmdWriteZeroes:
+		r.op, need, writes = bioset.OpWriteZeroes, bioset.CapWriteZeroes, true
+		allowed |= CmdFlagNoHole
+		if c.caps&bioset.CapFastZero != 0 {
+			allowed |= CmdFlagFastZero
+		}
+	case cmdCache:
+		r.op, need = bioset.OpCache, bioset.CapCache
+	case cmdBlockStatus:
+		r.op = bioset.OpBlockStatus
+		allowed |= CmdFlagReqOne
+		if c.metaID == 0 {
+			return syscall.EINVAL, "no metadata context negotiated"
+		}
+	default:
+		return syscall.EINVAL, "unknown command"
+	}
+	switch {
+	case c.caps&need != need:
+		return syscall.EINVAL, "command not supported by this export"
+	case r.flags&^allowed != 0:
+		return syscall.EINVAL, "unsupported command flag"
+	case writes && c.exp.ReadOnly:
+		return syscall.EPERM, "export is read-only"
+	case r.op == bioset.OpRead && r.length > MaxPayload:
+		return syscall.EINVAL, "read longer than the maximum payload"
+	case r.op.HasRange() && (r.off > c.size || uint64(r.length) > c.size-r.off):
+		if r.op == bioset.OpWrite || r.op == bioset.OpWriteZeroes {
+			return syscall.ENOSPC, "write past the end of the export"
+		}
+		return syscall.EINVAL, "request past the end of the export"
+	case r.op == bioset.OpBlockStatus && r.length == 0:
+		return syscall.EINVAL, "empty block status request"
+	}
+	return 0, ""
+}
+
+// takePayload acquires budget and a buffer for r's payload. It fails only
+// when the connection is closing.
+func (c *conn) takePayload(r *request) error {
+	n := int(r.length)
+	charge := classSize(bufClass(n))
+	if !c.srv.budget.acquire(c.tx.waiter, charge, c.stop) {
+		return errStopped
+	}
+	r.charged = charge
+	r.pbuf = getBuf(n)
+	r.buf = (*r.pbuf)[:n]
+	return nil
+}
+
+// submit sends a valid request's top bio to the export's device.
+func (c *conn) submit(r *request) error {
+	b := r.bio
+	b.Op, b.Offset, b.Length, b.Dev = r.op, r.off, uint64(r.length), c.exp.Device
+	switch r.op {
+	case bioset.OpWrite, bioset.OpTrim, bioset.OpWriteZeroes:
+		// FUA matters only where something is written; the spec lets
+		// the server ignore it elsewhere.
+		if r.flags&CmdFlagFUA != 0 {
+			b.Flags |= bioset.FlagFUA
+		}
+	}
+	if r.flags&CmdFlagNoHole != 0 {
+		b.Flags |= bioset.FlagNoHole
+	}
+	if r.flags&CmdFlagFastZero != 0 {
+		b.Flags |= bioset.FlagFastZero
+	}
+	if r.op == bioset.OpRead && r.length > 0 {
+		if err := c.takePayload(r); err != nil {
+			c.release(r)
+			return err
+		}
+	}
+	if c.srv.obs != nil {
+		c.srv.obs.RequestStarted(c.exp.Name, r.op)
+	}
+
+	switch r.op {
+	case bioset.OpRead:
+		b.Buf = r.buf
+	case bioset.OpWrite:
+		b.Buf = r.buf
+	case bioset.OpBlockStatus:
+		r.window = extentWindows.Get().(*[maxExtents]bioset.Extent)
+		r.nslots = maxExtents
+		if r.flags&CmdFlagReqOne != 0 {
+			r.nslots = 1
+		}
+		slots := r.window[:r.nslots:r.nslots]
+		clear(slots)
+		b.Extents, b.ExtentBase = slots, r.off
+		if c.caps&bioset.CapBlockStatus == 0 {
+			// The device cannot tell; the spec lets a server always
+			// report status 0 (allocated, contents unknown).
+			slots[0] = bioset.Extent{Offset: r.off, Length: uint64(r.length)}
+			b.End(nil)
+			return nil
+		}
+	}
+	if r.length == 0 && r.op != bioset.OpFlush {
+		// An empty range: nothing for the device to do (the spec leaves
+		// it unspecified, and asks only not to disconnect).
+		b.End(nil)
+		return nil
+	}
+	c.tx.sub.Submit(b)
+	return nil
+}
+
+// endIO runs when a top bio and all its children have ended, on whatever
+// goroutine ended the last of them (a target's worker, a rescuer, the
+// reader inside Submit). Rule 6: it neither blocks nor allocates; it
+// hands the request to the writer.
+func (c *conn) endIO(b *bioset.Bio) {
+	r := b.Private.(*request)
+	if err := b.Err(); err != nil {
+		r.errno = bioset.Errno(err)
+	}
+	c.enqueue(r)
+}
+
+func (c *conn) enqueue(r *request) {
+	t := c.tx
+	t.mu.Lock()
+	r.next = nil
+	if t.tail == nil {
+		t.head = r
+	} else {
+		t.tail.next = r
+	}
+	t.tail = r
+	t.mu.Unlock()
+	c.wakeWriter()
+}
+
+func (c *conn) wakeWriter() {
+	select {
+	case c.tx.wake <- struct{}{}:
+	default: // a wakeup is already pending
+	}
+}
+
+// writeLoop sends replies in completion order. Replies are written into
+// the buffered writer and flushed when no further reply is ready, so a
+// burst of small replies leaves in one socket write. It returns when the
+// reader is done and every request has been answered and released.
+func (c *conn) writeLoop() {
+	t := c.tx
+	for {
+		t.mu.Lock()
+		r := t.head
+		if r != nil {
+			t.head = r.next
+			if t.head == nil {
+				t.tail = nil
+			}
+		}
+		done := r == nil && t.readerDone && t.inflight == 0
+		t.mu.Unlock()
+
+		if r == nil {
+			if t.werr == nil && c.bw.Buffered() > 0 {
+				if err := c.bw.Flush(); err != nil {
+					c.writeFailed(err)
+				}
+			}
+			if done {
+				return
+			}
+			<-t.wake
+			continue
+		}
+		if t.werr == nil {
+			if err := c.sendReply(r); err != nil {
+				c.writeFailed(err)
+			}
+		}
+		if c.srv.obs != nil && !r.bad {
+			n := uint64(r.length)
+			if r.op == bioset.OpFlush {
+				n = 0
+			}
+			c.srv.obs.RequestDone(c.exp.Name, r.op, n, r.errno, time.Since(r.start))
+		}
+		c.release(r)
+	}
+}
+
+// writeFailed records the first write error and closes the socket: the
+// client cannot get replies, so the reader stops too. The writer keeps
+// draining (without writing) until every request is released.
+func (c *conn) writeFailed(err error) {
+	if c.tx.werr == nil {
+		c.tx.werr = err
+		c.closeNow()
+	}
+}
+
+// release frees what r holds: its payload buffer and budget, its extent
+// window, the request and the bio. Called by the writer after the reply,
+// or by the reader for a request it gives up on before submitting.
+func (c *conn) release(r *request) {
+	t := c.tx
+	if r.pbuf != nil {
+		putBuf(r.pbuf)
+		c.srv.budget.release(r.charged)
+	}
+	if r.window != nil {
+		extentWindows.Put(r.window)
+	}
+	b := r.bio
+	*r = request{}
+	t.mu.Lock()
+	t.free = append(t.free, r)
+	t.inflight--
+	t.mu.Unlock()
+	// Only now the bio: allocRequest takes a bio, then a request, and
+	// must find one.
+	t.bs.Free(b)
+}
+
+// sendReply writes r's reply into the buffered writer.
+func (c *conn) sendReply(r *request) error {
+	t := c.tx
+	w := c.bw
+	h := t.whdr[:]
+	var code uint32
+	if r.errno != 0 {
+		code = wireError(r.errno)
+	}
+	if !c.structured {
+		be.PutUint32(h[0:], magicSimpleReply)
+		be.PutUint32(h[4:], code)
+		be.PutUint64(h[8:], r.cookie)
+		if _, err := w.Write(h[:simpleReplyLen]); err != nil {
+			return err
+		}
+		if r.cmd == cmdRead && code == 0 && r.length > 0 {
+			t.bytesOut += uint64(r.length)
+			_, err := w.Write(r.buf)
+			return err
+		}
+		return nil
+	}
+
+	var ext []bioset.Extent
+	if code == 0 && r.cmd == cmdBlockStatus {
+		ext = compactExtents(r.window[:r.nslots], r.off, uint64(r.length))
+		if len(ext) == 0 {
+			// The spec: at least one extent on success.
+			code, r.msg = errIO, "device reported no extents"
+		}
+	}
+	switch {
+	case code != 0:
+		msg := r.msg
+		if msg == "" {
+			msg = r.errno.Error()
+		}
+		chunkHeader(h, r.cookie, replyTypeError, 6+len(msg))
+		be.PutUint32(h[20:], code)
+		be.PutUint16(h[24:], uint16(len(msg)))
+		if _, err := w.Write(h[:26]); err != nil {
+			return err
+		}
+		_, err := w.WriteString(msg)
+		return err
+
+	case r.cmd == cmdRead && r.length > 0:
+		chunkHeader(h, r.cookie, replyTypeOffsetData, 8+int(r.length))
+		be.PutUint64(h[20:], r.off)
+		if _, err := w.Write(h[:28]); err != nil {
+			return err
+		}
+		t.bytesOut += uint64(r.length)
+		_, err := w.Write(r.buf)
+		return err
+
+	case r.cmd == cmdBlockStatus:
+		chunkHeader(h, r.cookie, replyTypeBlockStatus, 4+8*len(ext))
+		be.PutUint32(h[20:], c.metaID)
+		if _, err := w.Write(h[:24]); err != nil {
+			return err
+		}
+		for _, e := range ext {
+			// compactExtents clips to the request, whose length fits.
+			be.PutUint32(h[0:], uint32(e.Length))
+			be.PutUint32(h[4:], uint32(e.Flags))
+			if _, err := w.Write(h[:8]); err != nil {
+				return err
+			}
+		}
+		return nil
+
+	default:
+		chunkHeader(h, r.cookie, replyTypeNone, 0)
+		_, err := w.Write(h[:structuredHeaderLen])
+		return err
+	}
+}
+
+// chunkHeader encodes the header of a final structured reply chunk.
+func chunkHeader(h []byte, cookie uint64, typ uint16, length int) {
+	be.PutUint32(h[0:], magicStructuredReply)
+	be.PutUint16(h[4:], replyFlagDone)
+	be.PutUint16(h[6:], typ)
+	be.PutUint64(h[8:], cookie)
+	be.PutUint32(h[16:], uint32(length))
+}
+
+// compactExtents turns a device's BLOCK_STATUS result slots into the
+// reply's extents, in place: the contiguous run starting at off (slots of
+// zero length are unused and skipped; the first gap ends the run),
+// clipped to [off, off+length), with neighbours of equal flags merged and
+// flags outside base:allocation dropped. Empty means no usable answer.
+func compactExtents(slots []bioset.Extent, off, length uint64) []bioset.Extent {
+	end := off + length
+	pos := off
+	out := slots[:0] // never ahead of the slot being read
+	for _, e := range slots {
+		if pos >= end {
+			break
+		}
+		if e.Length == 0 {
+			continue
+		}
+		if e.Offset > pos {
+			break // a gap: nothing after it is known to be contiguous
+		}
+		eEnd := e.Offset + e.Length
+		if eEnd < e.Offset {
+			eEnd = ^uint64(0)
+		}
+		if eEnd <= pos {
+			continue // already covered
+		}
+		eEnd = min(eEnd, end)
+		flags := e.Flags & (bioset.ExtentHole | bioset.ExtentZero)
+		if n := len(out); n > 0 && out[n-1].Flags == flags {
+			out[n-1].Length += eEnd - pos
+		} else {
+			out = append(out, bioset.Extent{Offset: pos, Length: eEnd - pos, Flags: flags})
+		}
+		pos = eEnd
+	}
+	return out
+}
+
+// wireError maps a device's errno to the NBD error values. The spec: map
+// EDQUOT and EFBIG to ENOSPC; anything it does not name becomes EIO.
+func wireError(e syscall.Errno) uint32 {
+	if e == syscall.ENOTSUP || e == syscall.EOPNOTSUPP {
+		return errNotSup
+	}
+	switch e {
+	case syscall.EPERM:
+		return errPerm
+	case syscall.EIO:
+		return errIO
+	case syscall.ENOMEM:
+		return errNoMem
+	case syscall.EINVAL:
+		return errInval
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
+		return errNoSpc
+	case syscall.EOVERFLOW:
+		return errOverflow
+	case syscall.ESHUTDOWN:
+		return errShutdown
+	}
+	return errIO
+}
+
+// errnoFromWire maps an NBD error value to an errno. The spec: treat an
+// unexpected value as EINVAL.
+func errnoFromWire(code uint32) syscall.Errno {
+	switch code {
+	case errPerm:
+		return syscall.EPERM
+	case errIO:
+		return syscall.EIO
+	case errNoMem:
+		return syscall.ENOMEM
+	case errInval:
+		return syscall.EINVAL
+	case errNoSpc:
+		return syscall.ENOSPC
+	case errOverflow:
+		return syscall.EOVERFLOW
+	case errNotSup:
+		return syscall.ENOTSUP
+	case errShutdown:
+		return syscall.ESHUTDOWN
+	}
+	return syscall.EINVAL
+}

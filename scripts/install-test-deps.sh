@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test suite drives as real NBD peers, when
+# they are missing. Runs as root (or with sudo) on Debian/Ubuntu; elsewhere it
+# only reports what is missing, and the tests that need a peer then fail
+# under CI=true and skip otherwise.
+set -euo pipefail
+
+# package:command-it-provides
+wanted=(
+	libnbd-bin:nbdinfo
+	python3-libnbd:nbdsh
+	qemu-utils:qemu-io
+	fio:fio
+	nbdkit:nbdkit
+)
+
+missing=()
+for w in "${wanted[@]}"; do
+	pkg=${w%%:*} cmd=${w##*:}
+	if ! command -v "$cmd" >/dev/null 2>&1; then
+		missing+=("$pkg")
+	fi
+done
+# fio must have been built with the nbd engine (Debian's is, via libnbd).
+if command -v fio >/dev/null 2>&1 && ! fio --enghelp 2>/dev/null | grep -qw nbd; then
+	echo "install-test-deps: fio has no nbd ioengine" >&2
+fi
+
+if [ ${#missing[@]} -eq 0 ]; then
+	exit 0
+fi
+echo "install-test-deps: installing ${missing[*]}"
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "install-test-deps: no apt-get; install ${missing[*]} by hand" >&2
+	exit 0
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+	sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
