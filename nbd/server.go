@@ -52,6 +52,10 @@ const (
 	// MinMaxInFlight is the least MaxInFlight allowed: the Linux client
 	// keeps up to 128 requests in flight on one connection.
 	MinMaxInFlight = 128
+	// DefaultReplyTimeout is Options.ReplyTimeout when zero. A client that
+	// takes a minute to accept a reply it asked for has stopped reading:
+	// the Linux client and libnbd read replies as they come.
+	DefaultReplyTimeout = time.Minute
 	// DefaultPayloadBudget is Options.PayloadBudget when zero: room for
 	// eight maximum-size requests, or many small ones, at once.
 	DefaultPayloadBudget = 256 << 20
@@ -137,6 +141,13 @@ type Options struct {
 	// readers stop reading their sockets until replies free some. At
 	// least MaxPayload. Default DefaultPayloadBudget.
 	PayloadBudget int64
+	// ReplyTimeout bounds how long writing a reply to a client may take.
+	// A client that stops reading its replies while its requests hold
+	// payload buffers would otherwise keep that share of PayloadBudget
+	// from every other connection forever; past the timeout its
+	// connection is closed and the buffers return once the device is
+	// done with them. Default DefaultReplyTimeout.
+	ReplyTimeout time.Duration
 	// Logger receives one line per connection opened and closed and per
 	// failed handshake, never one per request. Default: discard.
 	Logger *slog.Logger
@@ -204,7 +215,12 @@ func NewServer(o Options) (*Server, error) {
 	if o.PayloadBudget == 0 {
 		o.PayloadBudget = DefaultPayloadBudget
 	}
+	if o.ReplyTimeout == 0 {
+		o.ReplyTimeout = DefaultReplyTimeout
+	}
 	switch {
+	case o.ReplyTimeout < 2*replyDeadlineSlack:
+		return nil, fmt.Errorf("nbd: ReplyTimeout %v < %v", o.ReplyTimeout, 2*replyDeadlineSlack)
 	case o.MaxConnections < 0:
 		return nil, fmt.Errorf("nbd: MaxConnections %d < 0", o.MaxConnections)
 	case o.HandshakeTimeout < 0:

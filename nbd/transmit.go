@@ -50,6 +50,7 @@ type transmission struct {
 	hdr    [requestHeaderLen]byte // reader's header buffer
 	whdr   [32]byte               // writer's header buffer
 	werr   error                  // first write error; writer only
+	armed  time.Time              // when the writer last set the write deadline
 
 	mu         sync.Mutex
 	head, tail *request   // completed requests awaiting their reply
@@ -425,6 +426,7 @@ func (c *conn) writeLoop() {
 
 		if r == nil {
 			if t.werr == nil && c.bw.Buffered() > 0 {
+				c.armWriteDeadline()
 				if err := c.bw.Flush(); err != nil {
 					c.writeFailed(err)
 				}
@@ -436,6 +438,7 @@ func (c *conn) writeLoop() {
 			continue
 		}
 		if t.werr == nil {
+			c.armWriteDeadline()
 			if err := c.sendReply(r); err != nil {
 				c.writeFailed(err)
 			}
@@ -449,6 +452,24 @@ func (c *conn) writeLoop() {
 		}
 		c.release(r)
 	}
+}
+
+// replyDeadlineSlack is how stale the write deadline may get before the
+// writer moves it: re-arming it at most once a second keeps the timer
+// update off the per-reply path, and keeps the deadline at least
+// ReplyTimeout - replyDeadlineSlack ahead of any write.
+const replyDeadlineSlack = time.Second
+
+// armWriteDeadline pushes the socket's write deadline to ReplyTimeout from
+// now, unless it was done less than replyDeadlineSlack ago. Only the writer
+// sets write deadlines during transmission.
+func (c *conn) armWriteDeadline() {
+	now := time.Now()
+	if now.Sub(c.tx.armed) < replyDeadlineSlack {
+		return
+	}
+	c.tx.armed = now
+	c.nc.SetWriteDeadline(now.Add(c.srv.opts.ReplyTimeout))
 }
 
 // writeFailed records the first write error and closes the socket: the

@@ -1,0 +1,42 @@
+package nbd
+
+import (
+	"testing"
+	"time"
+)
+
+// TestReplyTimeout: a client that sends reads and never reads the replies
+// holds payload budget only until ReplyTimeout; then its connection is
+// closed, the budget comes back, and other clients are served throughout.
+func TestReplyTimeout(t *testing.T) {
+	dev := newMemDev(64<<20, allCaps)
+	o := oneExport(dev)
+	o.ReplyTimeout = 2 * time.Second
+	ts := startServer(t, o, "unix")
+
+	stuck := dialRaw(t, ts)
+	stuck.start("mem", false, false)
+	// 48 MiB of replies: far more than the socket buffers hold, so the
+	// writer blocks once they fill.
+	for i := 0; i < 48; i++ {
+		stuck.request(cmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
+	}
+	waitFor(t, "the stuck client's replies to hold budget", func() bool {
+		return ts.srv.Stats().PayloadInUse > 0
+	})
+
+	// Another client is served while the stuck one waits.
+	c := ts.dial(t, ClientOptions{ExportName: "mem"})
+	buf := make([]byte, 4096)
+	if err := c.Read(tctx(t), 0, buf); err != nil {
+		t.Fatalf("read beside a stuck client: %v", err)
+	}
+
+	waitFor(t, "the stuck connection to be closed and its budget returned", func() bool {
+		st := ts.srv.Stats()
+		return st.PayloadInUse == 0 && st.ConnsOpen == 1
+	})
+	if err := c.Read(tctx(t), 1<<20, buf); err != nil {
+		t.Fatalf("read after the stuck client was dropped: %v", err)
+	}
+}
