@@ -187,7 +187,10 @@ func (c *conn) choose(e *export) {
 func transmissionFlags(caps bioset.Caps, readOnly, structured bool) uint16 {
 	f := uint16(FlagHasFlags | FlagCanMultiConn)
 	if readOnly {
+		// Commands that would change the export are not offered: a
+		// client that sent one anyway gets EPERM.
 		f |= FlagReadOnly
+		caps &^= bioset.CapTrim | bioset.CapWriteZeroes | bioset.CapFastZero
 	}
 	if caps&bioset.CapFlush != 0 {
 		f |= FlagSendFlush

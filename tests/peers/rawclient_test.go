@@ -1,0 +1,294 @@
+package peers
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// A minimal NBD client written from the spec (doc/proto.md of
+// NetworkBlockDevice/nbd), for requests no real client sends. It speaks
+// fixed newstyle with NO_ZEROES, enters transmission with NBD_OPT_GO and
+// no information requests, and uses simple replies.
+
+// Wire constants.
+const (
+	magicNBD         = 0x4e42444d41474943 // "NBDMAGIC"
+	magicOption      = 0x49484156454f5054 // "IHAVEOPT"
+	magicOptionReply = 0x0003e889045565a9
+	magicRequest     = 0x25609513
+	magicSimpleReply = 0x67446698
+
+	flagFixedNewstyle = 1 << 0 // server handshake flag
+	flagNoZeroes      = 1 << 1
+
+	clientFixedNewstyle = 1 << 0
+	clientNoZeroes      = 1 << 1
+
+	optExportName = 1
+	optList       = 3
+	optGo         = 7
+
+	repAck       = 1
+	repInfo      = 3
+	repFlagError = 1 << 31
+
+	cmdRead        = 0
+	cmdWrite       = 1
+	cmdDisc        = 2
+	cmdFlush       = 3
+	cmdTrim        = 4
+	cmdCache       = 5
+	cmdWriteZeroes = 6
+	cmdBlockStatus = 7
+
+	// NBD errors (fixed by the spec, Linux values).
+	nbdEPERM     = 1
+	nbdEINVAL    = 22
+	nbdENOSPC    = 28
+	nbdEOVERFLOW = 75
+
+	maxPayload = 32 << 20
+)
+
+// rawTimeout bounds every exchange of the raw client.
+const rawTimeout = 30 * time.Second
+
+var be = binary.BigEndian
+
+// rawConn is a raw NBD connection in the transmission phase.
+type rawConn struct {
+	net.Conn
+	size   uint64
+	flags  uint16
+	cookie uint64
+}
+
+// dialRaw connects to the unix socket without any handshake.
+func dialRaw(t *testing.T, sock string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("unix", sock, 5*time.Second)
+	if err != nil {
+		t.Fatalf("dial %s: %v", sock, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(rawTimeout))
+	return c
+}
+
+// readGreeting reads and checks the server's 18-byte greeting.
+func readGreeting(c net.Conn) error {
+	var g [18]byte
+	if _, err := io.ReadFull(c, g[:]); err != nil {
+		return fmt.Errorf("greeting: %w", err)
+	}
+	if be.Uint64(g[0:]) != magicNBD || be.Uint64(g[8:]) != magicOption {
+		return fmt.Errorf("greeting: bad magic %x", g[:16])
+	}
+	if f := be.Uint16(g[16:]); f&(flagFixedNewstyle|flagNoZeroes) != flagFixedNewstyle|flagNoZeroes {
+		return fmt.Errorf("greeting: handshake flags %#x lack FIXED_NEWSTYLE|NO_ZEROES", f)
+	}
+	return nil
+}
+
+// optionHeader is the 16-byte header of an option request.
+func optionHeader(opt, length uint32) []byte {
+	b := make([]byte, 16)
+	be.PutUint64(b[0:], magicOption)
+	be.PutUint32(b[8:], opt)
+	be.PutUint32(b[12:], length)
+	return b
+}
+
+// goOption is a complete NBD_OPT_GO for name with no information requests.
+func goOption(name string) []byte {
+	data := make([]byte, 4, 4+len(name)+2)
+	be.PutUint32(data, uint32(len(name)))
+	data = append(data, name...)
+	data = append(data, 0, 0)
+	return append(optionHeader(optGo, uint32(len(data))), data...)
+}
+
+// optionReply is one option reply.
+type optionReply struct {
+	opt, typ uint32
+	data     []byte
+}
+
+// readOptionReply reads one option reply; data longer than 64 KiB is an
+// error (this client never asks for anything that large).
+func readOptionReply(c net.Conn) (optionReply, error) {
+	var h [20]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		return optionReply{}, err
+	}
+	if m := be.Uint64(h[0:]); m != magicOptionReply {
+		return optionReply{}, fmt.Errorf("option reply: bad magic %#x", m)
+	}
+	r := optionReply{opt: be.Uint32(h[8:]), typ: be.Uint32(h[12:])}
+	n := be.Uint32(h[16:])
+	if n > 64<<10 {
+		return r, fmt.Errorf("option reply of %d bytes", n)
+	}
+	r.data = make([]byte, n)
+	if _, err := io.ReadFull(c, r.data); err != nil {
+		return r, err
+	}
+	return r, nil
+}
+
+// handshake negotiates export name on c, which has just been dialled.
+func handshake(c net.Conn, name string) (*rawConn, error) {
+	if err := readGreeting(c); err != nil {
+		return nil, err
+	}
+	var cf [4]byte
+	be.PutUint32(cf[:], clientFixedNewstyle|clientNoZeroes)
+	if _, err := c.Write(cf[:]); err != nil {
+		return nil, err
+	}
+	if _, err := c.Write(goOption(name)); err != nil {
+		return nil, err
+	}
+	rc := &rawConn{Conn: c}
+	gotExport := false
+	for range 16 {
+		r, err := readOptionReply(c)
+		if err != nil {
+			return nil, fmt.Errorf("NBD_OPT_GO: %w", err)
+		}
+		if r.opt != optGo {
+			return nil, fmt.Errorf("reply to option %d, want %d", r.opt, optGo)
+		}
+		switch {
+		case r.typ&repFlagError != 0:
+			return nil, fmt.Errorf("NBD_OPT_GO %q: error reply %#x: %q", name, r.typ, r.data)
+		case r.typ == repInfo && len(r.data) >= 12 && be.Uint16(r.data) == 0:
+			rc.size = be.Uint64(r.data[2:])
+			rc.flags = be.Uint16(r.data[10:])
+			gotExport = true
+		case r.typ == repAck:
+			if !gotExport {
+				return nil, errors.New("NBD_OPT_GO acknowledged without NBD_INFO_EXPORT")
+			}
+			return rc, nil
+		}
+	}
+	return nil, errors.New("NBD_OPT_GO: no ACK after 16 replies")
+}
+
+// connectRaw dials the daemon and negotiates export name.
+func connectRaw(t *testing.T, sock, name string) *rawConn {
+	t.Helper()
+	rc, err := handshake(dialRaw(t, sock), name)
+	if err != nil {
+		t.Fatalf("raw handshake: %v", err)
+	}
+	return rc
+}
+
+// requestHeader is a 28-byte request header.
+func requestHeader(flags, cmd uint16, cookie, off uint64, length uint32) []byte {
+	b := make([]byte, 28)
+	be.PutUint32(b[0:], magicRequest)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], cmd)
+	be.PutUint64(b[8:], cookie)
+	be.PutUint64(b[16:], off)
+	be.PutUint32(b[24:], length)
+	return b
+}
+
+// send writes one request (and a WRITE's payload) and returns its cookie.
+func (c *rawConn) send(flags, cmd uint16, off uint64, length uint32, payload []byte) (uint64, error) {
+	c.cookie++
+	c.SetDeadline(time.Now().Add(rawTimeout))
+	if _, err := c.Write(append(requestHeader(flags, cmd, c.cookie, off, length), payload...)); err != nil {
+		return 0, err
+	}
+	return c.cookie, nil
+}
+
+// reply reads one simple reply for cookie and, for a successful READ,
+// its n bytes of data.
+func (c *rawConn) reply(cookie uint64, n int) (errno uint32, data []byte, err error) {
+	c.SetDeadline(time.Now().Add(rawTimeout))
+	var h [16]byte
+	if _, err := io.ReadFull(c, h[:]); err != nil {
+		return 0, nil, err
+	}
+	if m := be.Uint32(h[0:]); m != magicSimpleReply {
+		return 0, nil, fmt.Errorf("reply magic %#x, want simple reply", m)
+	}
+	if got := be.Uint64(h[8:]); got != cookie {
+		return 0, nil, fmt.Errorf("reply cookie %d, want %d", got, cookie)
+	}
+	errno = be.Uint32(h[4:])
+	if errno == 0 && n > 0 {
+		data = make([]byte, n)
+		if _, err := io.ReadFull(c, data); err != nil {
+			return errno, nil, err
+		}
+	}
+	return errno, data, nil
+}
+
+// do sends one request and reads its reply.
+func (c *rawConn) do(flags, cmd uint16, off uint64, length uint32, payload []byte) (uint32, []byte, error) {
+	cookie, err := c.send(flags, cmd, off, length, payload)
+	if err != nil {
+		return 0, nil, err
+	}
+	n := 0
+	if cmd == cmdRead {
+		n = int(length)
+	}
+	return c.reply(cookie, n)
+}
+
+// mustRead reads n bytes at off and fails the test on any error.
+func (c *rawConn) mustRead(t *testing.T, off uint64, n int) []byte {
+	t.Helper()
+	errno, data, err := c.do(0, cmdRead, off, uint32(n), nil)
+	if err != nil || errno != 0 {
+		t.Fatalf("READ %d@%d: errno %d, %v", n, off, errno, err)
+	}
+	return data
+}
+
+// mustWrite writes data at off and fails the test on any error.
+func (c *rawConn) mustWrite(t *testing.T, off uint64, data []byte) {
+	t.Helper()
+	errno, _, err := c.do(0, cmdWrite, off, uint32(len(data)), data)
+	if err != nil || errno != 0 {
+		t.Fatalf("WRITE %d@%d: errno %d, %v", len(data), off, errno, err)
+	}
+}
+
+// disconnect sends NBD_CMD_DISC and closes.
+func (c *rawConn) disconnect() {
+	c.send(0, cmdDisc, 0, 0, nil)
+	c.Close()
+}
+
+// expectClosed waits (bounded) for the server to close c, reading and
+// discarding anything it still sends.
+func expectClosed(c net.Conn, within time.Duration) error {
+	c.SetReadDeadline(time.Now().Add(within))
+	buf := make([]byte, 4096)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return fmt.Errorf("connection still open after %v", within)
+		}
+		return nil // EOF or reset: closed
+	}
+}
