@@ -22,4 +22,4 @@ build:
 	$(GO) build -o bin/stackd ./cmd/stackd
 
 bench:
-	$(GO) test -run '^$$' -bench . -benchmem ./bioset ./stack ./targets
+	$(GO) test -run '^$$' -bench . -benchmem ./bioset ./stack ./targets ./metrics

@@ -12,6 +12,8 @@ wanted=(
 	qemu-utils:qemu-io
 	fio:fio
 	nbdkit:nbdkit
+	# promtool checks deploy/prometheus (metrics/deploy_test.go).
+	prometheus:promtool
 )
 
 missing=()
@@ -41,3 +43,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# Debian's prometheus package starts a Prometheus server where systemd
+# runs; the tests want only its promtool.
+if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+	$sudo systemctl disable --now prometheus >/dev/null 2>&1 || true
+fi

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -24,6 +25,7 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/configs"
+	"github.com/stackd/stackd/metrics"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/stack"
 )
@@ -38,6 +40,15 @@ const shutdownGrace = 30 * time.Second
 
 // flushTimeout bounds the final flush of each export at shutdown.
 const flushTimeout = 30 * time.Second
+
+// Timeouts of the metrics endpoint: a scrape is one small request and a
+// reply of tens of KiB, so a client slower than this is stuck, and
+// holds a goroutine and a socket for nothing.
+const (
+	metricsReadTimeout  = 5 * time.Second
+	metricsWriteTimeout = 30 * time.Second
+	metricsIdleTimeout  = 2 * time.Minute
+)
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
@@ -170,7 +181,7 @@ func serve(args []string, stderr io.Writer) int {
 	return 0
 }
 
-// daemon is a running stackd: its stacks, server and listeners.
+// daemon is a running stackd: its stacks, server, listeners and metrics.
 type daemon struct {
 	log       *slog.Logger
 	stacks    []*stack.Stack
@@ -178,24 +189,116 @@ type daemon struct {
 	server    *nbd.Server
 	listeners []net.Listener
 	served    chan error
+
+	// metrics observes the server even when no address serves them: its
+	// rate-limited lines are the log's record of failed requests.
+	metrics     *metrics.Metrics
+	metricsSrv  *http.Server // nil when metrics are off
+	metricsAddr net.Addr
+	metricsDone chan struct{}
 }
 
+// start brings a daemon up in the order an operator watching /readyz
+// expects: the metrics endpoint first (so /healthz answers while large
+// stacks are built), then the stacks, then the NBD listeners; only then is
+// it ready. On error, whatever was started is stopped.
 func start(cfg *configs.Config, log *slog.Logger) (*daemon, error) {
-	d := &daemon{log: log, served: make(chan error, len(cfg.Listeners))}
+	d := newDaemon(cfg, log)
+	if err := d.serveMetrics(cfg.MetricsAddress); err != nil {
+		return nil, err
+	}
+	if err := d.build(cfg); err != nil {
+		d.stopMetrics()
+		return nil, err
+	}
+	if err := d.listen(cfg); err != nil {
+		d.closeStacks()
+		d.stopMetrics()
+		return nil, err
+	}
+	d.metrics.SetReady(true)
+	d.log.Info("ready", "exports", len(d.stacks), "listeners", len(d.listeners))
+	return d, nil
+}
+
+func newDaemon(cfg *configs.Config, log *slog.Logger) *daemon {
+	var names []string
+	for _, e := range cfg.Exports {
+		names = append(names, e.Name)
+	}
+	return &daemon{
+		log:    log,
+		served: make(chan error, len(cfg.Listeners)),
+		metrics: metrics.New(metrics.Options{
+			Exports: names,
+			Version: buildVersion(),
+			Logger:  log,
+		}),
+	}
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr; nothing
+// when addr is empty (metrics off).
+func (d *daemon) serveMetrics(addr string) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: listen: %w", err)
+	}
+	d.metricsAddr = ln.Addr()
+	d.metricsSrv = &http.Server{
+		Handler:           d.metrics.Handler(),
+		ReadHeaderTimeout: metricsReadTimeout,
+		ReadTimeout:       metricsReadTimeout,
+		WriteTimeout:      metricsWriteTimeout,
+		IdleTimeout:       metricsIdleTimeout,
+		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
+	}
+	d.metricsDone = make(chan struct{})
+	go func() {
+		defer close(d.metricsDone)
+		if err := d.metricsSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("metrics server failed", "err", err)
+		}
+	}()
+	d.log.Info("serving metrics", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+	return nil
+}
+
+// stopMetrics closes the metrics endpoint, letting a scrape in progress
+// finish.
+func (d *daemon) stopMetrics() {
+	if d.metricsSrv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), metricsWriteTimeout)
+	defer cancel()
+	if err := d.metricsSrv.Shutdown(ctx); err != nil {
+		d.metricsSrv.Close()
+	}
+	<-d.metricsDone
+	d.metricsSrv = nil
+}
+
+// build builds every export's stack and the server over them.
+func (d *daemon) build(cfg *configs.Config) error {
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
 		st, err := stack.Build(e.Name, e.Stack)
 		if err != nil {
 			d.closeStacks()
-			return nil, fmt.Errorf("export %q: %w", e.Name, err)
+			return fmt.Errorf("export %q: %w", e.Name, err)
 		}
 		d.stacks = append(d.stacks, st)
 		d.names = append(d.names, e.Name)
+		d.metrics.WatchStack(e.Name, st)
 		exports = append(exports, nbd.ExportConfig{
 			Name: e.Name, Description: e.Description, Device: st.Root,
 			ReadOnly: e.ReadOnly, Default: e.Default,
 		})
-		log.Info("export ready", "export", e.Name, "size", st.Root.Size(), "layers", len(st.Nodes), "read_only", e.ReadOnly)
+		d.log.Info("export ready", "export", e.Name, "size", st.Root.Size(), "layers", len(st.Nodes), "read_only", e.ReadOnly)
 	}
 	srv, err := nbd.NewServer(nbd.Options{
 		Exports:          exports,
@@ -203,27 +306,35 @@ func start(cfg *configs.Config, log *slog.Logger) (*daemon, error) {
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
 		MaxInFlight:      cfg.Limits.MaxInFlight,
 		PayloadBudget:    cfg.Limits.PayloadBudget,
-		Logger:           log,
+		Logger:           d.log,
+		Observer:         d.metrics,
 	})
 	if err != nil {
 		d.closeStacks()
-		return nil, err
+		return err
 	}
 	d.server = srv
+	d.metrics.WatchServer(srv)
+	return nil
+}
+
+// listen opens every NBD listener and serves each.
+func (d *daemon) listen(cfg *configs.Config) error {
 	for _, l := range cfg.Listeners {
 		ln, err := listen(l)
 		if err != nil {
 			for _, ln := range d.listeners {
 				ln.Close()
 			}
-			d.closeStacks()
-			return nil, err
+			return err
 		}
 		d.listeners = append(d.listeners, ln)
-		log.Info("listening", "network", l.Network, "address", ln.Addr().String())
-		go func() { d.served <- srv.Serve(ln) }()
+		d.log.Info("listening", "network", l.Network, "address", ln.Addr().String())
 	}
-	return d, nil
+	for _, ln := range d.listeners {
+		go func() { d.served <- d.server.Serve(ln) }()
+	}
+	return nil
 }
 
 // listen opens one listener. A unix socket left behind by a stackd that
@@ -248,6 +359,7 @@ func listen(l configs.Listener) (net.Listener, error) {
 // stop stops accepting, lets in-flight requests finish, flushes every
 // export and closes the stacks.
 func (d *daemon) stop() error {
+	d.metrics.SetReady(false)
 	ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 	defer cancel()
 	var errs []error
@@ -268,6 +380,8 @@ func (d *daemon) stop() error {
 		}
 	}
 	d.closeStacks()
+	// Last, so that the shutdown itself can be scraped.
+	d.stopMetrics()
 	return errors.Join(errs...)
 }
 

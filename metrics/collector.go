@@ -1,0 +1,191 @@
+package metrics
+
+import (
+	"runtime"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+func desc(name, help string, labels ...string) *prometheus.Desc {
+	return prometheus.NewDesc(name, help, labels, nil)
+}
+
+// The metrics stackd exports. The README's "Operations" section explains
+// each and maps it to node_exporter's node_disk_* where the meaning
+// matches; keep the two in step.
+var (
+	buildInfo = desc("stackd_build_info",
+		"Always 1; the labels say which stackd is running.", "version", "goversion")
+
+	// Per export, fed by the nbd.Observer methods.
+	exportRequests = desc("stackd_export_requests_total",
+		"Requests answered, by op, failed ones included (cf. node_disk_reads_completed_total).", "export", "op")
+	exportBytes = desc("stackd_export_bytes_total",
+		"Bytes of the requests answered successfully, by op: payload for read and write, the range for trim, write_zeroes, cache and block_status (cf. node_disk_read_bytes_total).", "export", "op")
+	exportErrors = desc("stackd_export_errors_total",
+		"Requests the device failed, by op and the NBD error the client received.", "export", "op", "error")
+	exportDuration = desc("stackd_export_request_duration_seconds",
+		"Time from a request's decoded header to its reply handed to the socket, by op (the _sum is cf. node_disk_read_time_seconds_total).", "export", "op")
+	exportInFlight = desc("stackd_export_requests_in_flight",
+		"Requests submitted to the export's stack and not yet answered (cf. node_disk_io_now).", "export")
+	exportBad = desc("stackd_export_bad_requests_total",
+		"Requests the protocol engine rejected without reaching the device (out of range, misaligned, unknown command or flag, read-only export), by the NBD error sent.", "export", "error")
+	exportSize = desc("stackd_export_size_bytes",
+		"Size of the export.", "export")
+
+	// Server-wide, read from nbd.Server.Stats.
+	connsOpen = desc("stackd_connections_open",
+		"NBD connections open now, handshakes included.")
+	connsAccepted = desc("stackd_connections_accepted_total",
+		"NBD connections accepted under the max_connections limit.")
+	connsRejected = desc("stackd_connections_rejected_total",
+		"NBD connections closed at once because max_connections were open.")
+	handshakeFailures = desc("stackd_handshake_failures_total",
+		"Connections that ended before transmission, by reason (a client's NBD_OPT_ABORT is not a failure).", "reason")
+	payloadCapacity = desc("stackd_payload_budget_capacity_bytes",
+		"Payload bytes all connections may hold at once (limits.payload_budget).")
+	payloadInUse = desc("stackd_payload_budget_in_use_bytes",
+		"Payload bytes held now, in whole buffer size classes.")
+	payloadPeak = desc("stackd_payload_budget_peak_bytes",
+		"The most payload bytes ever held at once.")
+	payloadWaits = desc("stackd_payload_budget_waits_total",
+		"Times a connection stopped reading its socket because the payload budget was spent.")
+
+	// Per layer and target, read from stack.NodeStats at scrape time.
+	layerRequests = desc("stackd_layer_requests_total",
+		"Bios that entered the layer or target from above, by op; a split's requeued remainder is not counted again.", "layer", "op")
+	layerBytes = desc("stackd_layer_bytes_total",
+		"Bytes those bios addressed, by op.", "layer", "op")
+	layerErrors = desc("stackd_layer_errors_total",
+		"Bios that failed at or below the layer (the sum of its targets' failures).", "layer")
+
+	// Per layer's bio pool (BioSet), read from bioset.Stats.
+	poolCapacity = desc("stackd_layer_pool_capacity_bios",
+		"Bios the layer's pool holds (pool.capacity).", "layer")
+	poolInUse = desc("stackd_layer_pool_in_use_bios",
+		"Bios of the layer's pool in use now.", "layer")
+	poolAllocs = desc("stackd_layer_pool_allocations_total",
+		"Bios handed out by the layer's pool.", "layer")
+	poolWaits = desc("stackd_layer_pool_allocation_waits_total",
+		"Allocations that found the pool empty and waited.", "layer")
+	poolWaitSeconds = desc("stackd_layer_pool_allocation_wait_seconds_total",
+		"Time allocations spent waiting for the pool.", "layer")
+	poolPunted = desc("stackd_layer_pool_punted_bios_total",
+		"Bios handed to the pool's rescuer because the pool ran dry while they waited to be submitted.", "layer")
+	poolRescued = desc("stackd_layer_pool_rescued_bios_total",
+		"Bios the rescuer has submitted.", "layer")
+	poolRescueQueue = desc("stackd_layer_pool_rescue_queue_bios",
+		"Bios waiting for the rescuer now.", "layer")
+	poolRescuer = desc("stackd_layer_pool_rescuer_enabled",
+		"1 if the pool's rescuer runs, 0 if it was turned off (pool.rescuer: false).", "layer")
+)
+
+var allDescs = []*prometheus.Desc{
+	buildInfo,
+	exportRequests, exportBytes, exportErrors, exportDuration, exportInFlight, exportBad, exportSize,
+	connsOpen, connsAccepted, connsRejected, handshakeFailures,
+	payloadCapacity, payloadInUse, payloadPeak, payloadWaits,
+	layerRequests, layerBytes, layerErrors,
+	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
+	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
+}
+
+// collector turns the counters into constant metrics when Prometheus
+// scrapes.
+type collector struct{ m *Metrics }
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range allDescs {
+		ch <- d
+	}
+}
+
+func counter(d *prometheus.Desc, v uint64, labels ...string) prometheus.Metric {
+	return prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(v), labels...)
+}
+
+func gauge(d *prometheus.Desc, v float64, labels ...string) prometheus.Metric {
+	return prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	ch <- gauge(buildInfo, 1, m.version, runtime.Version())
+
+	for _, e := range m.order {
+		for _, op := range bioset.Ops() {
+			o := &e.ops[op]
+			name := op.String()
+			ch <- counter(exportRequests, o.requests.Load(), e.name, name)
+			ch <- counter(exportBytes, o.bytes.Load(), e.name, name)
+			// An op never asked for (most clients never send CACHE)
+			// would add twenty empty buckets: its histogram appears
+			// with its first request.
+			if o.requests.Load() > 0 {
+				buckets, count, sum := o.latency.snapshot()
+				ch <- prometheus.MustNewConstHistogram(exportDuration, count, sum, buckets, e.name, name)
+			}
+			for w := range numWireErrors {
+				if v := o.errors[w].Load(); v > 0 {
+					ch <- counter(exportErrors, v, e.name, name, wireErrorNames[w])
+				}
+			}
+		}
+		ch <- gauge(exportInFlight, float64(e.inFlight.Load()), e.name)
+		for w := range numWireErrors {
+			if v := e.bad[w].Load(); v > 0 {
+				ch <- counter(exportBad, v, e.name, wireErrorNames[w])
+			}
+		}
+	}
+
+	m.mu.Lock()
+	srv := m.server
+	stacks := m.stacks
+	for reason, n := range m.handshakes {
+		ch <- counter(handshakeFailures, n, reason)
+	}
+	m.mu.Unlock()
+
+	if srv != nil {
+		s := srv.Stats()
+		ch <- gauge(connsOpen, float64(s.ConnsOpen))
+		ch <- counter(connsAccepted, s.ConnsAccepted)
+		ch <- counter(connsRejected, s.ConnsRejected)
+		ch <- gauge(payloadCapacity, float64(s.PayloadCapacity))
+		ch <- gauge(payloadInUse, float64(s.PayloadInUse))
+		ch <- gauge(payloadPeak, float64(s.PayloadPeak))
+		ch <- counter(payloadWaits, s.PayloadWaits)
+	}
+
+	for _, ws := range stacks {
+		ch <- gauge(exportSize, float64(ws.st.Root.Size()), ws.export)
+		for i := range ws.st.Nodes {
+			n := &ws.st.Nodes[i]
+			for _, op := range bioset.Ops() {
+				ch <- counter(layerRequests, n.Stats.Requests(op), n.Path, op.String())
+				ch <- counter(layerBytes, n.Stats.Bytes(op), n.Path, op.String())
+			}
+			ch <- counter(layerErrors, n.Errors(), n.Path)
+			if n.Pool == nil {
+				continue
+			}
+			p := n.Pool.Stats()
+			ch <- gauge(poolCapacity, float64(p.Capacity), n.Path)
+			ch <- gauge(poolInUse, float64(p.InUse), n.Path)
+			ch <- counter(poolAllocs, p.Allocs, n.Path)
+			ch <- counter(poolWaits, p.Waits, n.Path)
+			ch <- prometheus.MustNewConstMetric(poolWaitSeconds, prometheus.CounterValue, p.WaitTime.Seconds(), n.Path)
+			ch <- counter(poolPunted, p.Punted, n.Path)
+			ch <- counter(poolRescued, p.Rescued, n.Path)
+			ch <- gauge(poolRescueQueue, float64(p.RescueQueue), n.Path)
+			rescuer := 0.0
+			if p.RescuerOn {
+				rescuer = 1
+			}
+			ch <- gauge(poolRescuer, rescuer, n.Path)
+		}
+	}
+}
