@@ -129,14 +129,14 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			for w := range numWireErrors {
 				if v := o.errors[w].Load(); v > 0 {
-					ch <- counter(exportErrors, v, e.name, name, wireErrorNames[w])
+					ch <- counter(exportErrors, v, e.name, name, wireErrorName(w))
 				}
 			}
 		}
 		ch <- gauge(exportInFlight, float64(e.inFlight.Load()), e.name)
 		for w := range numWireErrors {
 			if v := e.bad[w].Load(); v > 0 {
-				ch <- counter(exportBad, v, e.name, wireErrorNames[w])
+				ch <- counter(exportBad, v, e.name, wireErrorName(w))
 			}
 		}
 	}

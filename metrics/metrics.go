@@ -225,7 +225,7 @@ func (m *Metrics) RequestDone(export string, op bioset.Op, bytes uint64, err sys
 	w := wireIndex(err)
 	o.errors[w].Add(1)
 	if ok, suppressed := e.failLog.allow(m.now(), m.every); ok {
-		m.log.Warn("request failed", "export", export, "op", op.String(), "error", wireErrorNames[w],
+		m.log.Warn("request failed", "export", export, "op", op.String(), "error", wireErrorName(w),
 			"errno", errnoName(err), "err", err.Error(), "bytes", bytes, "latency", latency,
 			"suppressed", suppressed)
 	}
@@ -241,7 +241,7 @@ func (m *Metrics) BadRequest(export string, err syscall.Errno) {
 	w := wireIndex(err)
 	e.bad[w].Add(1)
 	if ok, suppressed := e.badLog.allow(m.now(), m.every); ok {
-		m.log.Info("bad request rejected", "export", export, "error", wireErrorNames[w],
+		m.log.Info("bad request rejected", "export", export, "error", wireErrorName(w),
 			"suppressed", suppressed)
 	}
 }

@@ -442,7 +442,7 @@ func TestWireErrorNames(t *testing.T) {
 		syscall.ESHUTDOWN: "ESHUTDOWN",
 		syscall.EROFS:     "EIO", syscall.EBADF: "EIO", syscall.Errno(4000): "EIO",
 	} {
-		if got := wireErrorNames[wireIndex(errno)]; got != want {
+		if got := wireErrorName(wireIndex(errno)); got != want {
 			t.Errorf("%v: %s, want %s", errno, got, want)
 		}
 	}

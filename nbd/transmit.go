@@ -632,29 +632,11 @@ func compactExtents(slots []bioset.Extent, off, length uint64) []bioset.Extent {
 	return out
 }
 
-// wireError maps a device's errno to the NBD error values. The spec: map
-// EDQUOT and EFBIG to ENOSPC; anything it does not name becomes EIO.
+// wireError is the NBD error value sent for a device's errno. NBD's error
+// values are Linux's errno numbers (protocol.go), so the value is the
+// ReplyErrors entry's errno.
 func wireError(e syscall.Errno) uint32 {
-	if e == syscall.ENOTSUP || e == syscall.EOPNOTSUPP {
-		return errNotSup
-	}
-	switch e {
-	case syscall.EPERM:
-		return errPerm
-	case syscall.EIO:
-		return errIO
-	case syscall.ENOMEM:
-		return errNoMem
-	case syscall.EINVAL:
-		return errInval
-	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
-		return errNoSpc
-	case syscall.EOVERFLOW:
-		return errOverflow
-	case syscall.ESHUTDOWN:
-		return errShutdown
-	}
-	return errIO
+	return uint32(ReplyErrors[ReplyErrorIndex(e)].Errno)
 }
 
 // errnoFromWire maps an NBD error value to an errno. The spec: treat an

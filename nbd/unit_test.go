@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -142,6 +143,25 @@ func TestParseOptions(t *testing.T) {
 	for _, bad := range [][]byte{nil, appendString(nil, "e"), huge, append(metaData("e", "q"), 1)} {
 		if _, _, ok := parseMetaRequest(bad); ok {
 			t.Errorf("parseMetaRequest(% x) accepted", bad)
+		}
+	}
+}
+
+// TestReplyErrorsAreWireValues: wireError relies on NBD's error values
+// being Linux's errno numbers.
+func TestReplyErrorsAreWireValues(t *testing.T) {
+	wire := []uint32{errPerm, errIO, errNoMem, errInval, errNoSpc, errOverflow, errNotSup, errShutdown}
+	for i, re := range ReplyErrors {
+		if uint32(re.Errno) != wire[i] {
+			t.Errorf("%s is errno %d, NBD value %d", re.Name, re.Errno, wire[i])
+		}
+		if got := ReplyErrorIndex(re.Errno); got != i {
+			t.Errorf("ReplyErrorIndex(%s) = %d, want %d", re.Name, got, i)
+		}
+	}
+	for e, want := range map[syscall.Errno]uint32{syscall.EDQUOT: errNoSpc, syscall.EFBIG: errNoSpc, syscall.EOPNOTSUPP: errNotSup, syscall.EROFS: errIO} {
+		if got := wireError(e); got != want {
+			t.Errorf("wireError(%v) = %d, want %d", e, got, want)
 		}
 	}
 }
