@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	httppprof "net/http/pprof"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -145,6 +146,8 @@ func serve(args []string, stderr io.Writer) int {
 	path := fs.String("config", "", "configuration file (default: the embedded default)")
 	format := fs.String("log-format", "text", "log format: text or json")
 	level := fs.String("log-level", "info", "log level: debug, info, warn or error")
+	var o serveOptions
+	fs.BoolVar(&o.pprof, "pprof", false, "also serve Go's profiler at /debug/pprof/ on the metrics address")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -158,7 +161,7 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("configuration rejected", "err", err)
 		return 1
 	}
-	d, err := start(cfg, log)
+	d, err := start(cfg, log, o)
 	if err != nil {
 		log.Error("start failed", "err", err)
 		return 1
@@ -202,9 +205,9 @@ type daemon struct {
 // expects: the metrics endpoint first (so /healthz answers while large
 // stacks are built), then the stacks, then the NBD listeners; only then is
 // it ready. On error, whatever was started is stopped.
-func start(cfg *configs.Config, log *slog.Logger) (*daemon, error) {
+func start(cfg *configs.Config, log *slog.Logger, o serveOptions) (*daemon, error) {
 	d := newDaemon(cfg, log)
-	if err := d.serveMetrics(cfg.MetricsAddress); err != nil {
+	if err := d.serveMetrics(cfg.MetricsAddress, o.pprof); err != nil {
 		return nil, err
 	}
 	if err := d.build(cfg); err != nil {
@@ -237,11 +240,33 @@ func newDaemon(cfg *configs.Config, log *slog.Logger) *daemon {
 	}
 }
 
-// serveMetrics serves /metrics, /healthz and /readyz on addr; nothing
-// when addr is empty (metrics off).
-func (d *daemon) serveMetrics(addr string) error {
+// serveOptions are the command-line settings of serve that the
+// configuration file does not hold.
+type serveOptions struct {
+	// pprof adds net/http/pprof's handlers to the metrics endpoint, for
+	// profiling a running daemon ("Profile before tuning").
+	pprof bool
+}
+
+// serveMetrics serves /metrics, /healthz and /readyz on addr, and with
+// pprof /debug/pprof/; nothing when addr is empty (metrics off).
+func (d *daemon) serveMetrics(addr string, pprof bool) error {
 	if addr == "" {
+		if pprof {
+			return errors.New("-pprof needs a metrics address")
+		}
 		return nil
+	}
+	handler := d.metrics.Handler()
+	if pprof {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		mux.HandleFunc("/debug/pprof/", httppprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", httppprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", httppprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", httppprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", httppprof.Trace)
+		handler = mux
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -249,7 +274,7 @@ func (d *daemon) serveMetrics(addr string) error {
 	}
 	d.metricsAddr = ln.Addr()
 	d.metricsSrv = &http.Server{
-		Handler:           d.metrics.Handler(),
+		Handler:           handler,
 		ReadHeaderTimeout: metricsReadTimeout,
 		ReadTimeout:       metricsReadTimeout,
 		WriteTimeout:      metricsWriteTimeout,

@@ -64,7 +64,7 @@ func TestReadiness(t *testing.T) {
 	cfg, sock := metricsTestConfig(t, "127.0.0.1:0")
 	var logs bytes.Buffer
 	d := newDaemon(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
-	if err := d.serveMetrics(cfg.MetricsAddress); err != nil {
+	if err := d.serveMetrics(cfg.MetricsAddress, false); err != nil {
 		t.Fatal(err)
 	}
 	base := "http://" + d.metricsAddr.String()
@@ -139,7 +139,7 @@ func TestStartMetricsOff(t *testing.T) {
 	if cfg.MetricsAddress != "" {
 		t.Fatalf("metrics address %q for off", cfg.MetricsAddress)
 	}
-	d, err := start(cfg, slog.New(slog.DiscardHandler))
+	d, err := start(cfg, slog.New(slog.DiscardHandler), serveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,13 +165,13 @@ func TestStartMetricsOff(t *testing.T) {
 // stops start before any stack is built.
 func TestStartMetricsAddressTaken(t *testing.T) {
 	cfg, _ := metricsTestConfig(t, "127.0.0.1:0")
-	first, err := start(cfg, slog.New(slog.DiscardHandler))
+	first, err := start(cfg, slog.New(slog.DiscardHandler), serveOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer first.stop()
 	cfg2, _ := metricsTestConfig(t, first.metricsAddr.String())
-	if d, err := start(cfg2, slog.New(slog.DiscardHandler)); err == nil {
+	if d, err := start(cfg2, slog.New(slog.DiscardHandler), serveOptions{}); err == nil {
 		d.stop()
 		t.Fatal("started with the metrics address taken")
 	} else if !strings.Contains(err.Error(), "metrics") {
