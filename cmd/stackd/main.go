@@ -80,7 +80,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
-  stackd [serve] [-config FILE] [-log-format text|json] [-log-level debug|info|warn|error]
+  stackd [serve] [-config FILE] [-log-format text|json] [-log-level debug|info|warn|error] [-pprof]
   stackd check -config FILE
   stackd version
 `)
