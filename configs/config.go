@@ -6,6 +6,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -18,18 +19,14 @@ const (
 	// DefaultMetricsAddress serves Prometheus metrics on loopback.
 	DefaultMetricsAddress = "127.0.0.1:9810"
 
-	DefaultMaxConnections = 1024
-	DefaultMaxInFlight    = 256
-	// MinMaxInFlight is what the Linux kernel client keeps in flight on
-	// one connection; a smaller limit would stall it.
-	MinMaxInFlight = 128
-	// DefaultPayloadBudget bounds the payload bytes held by all
-	// connections together.
-	DefaultPayloadBudget = 256 << 20
-	// MinPayloadBudget is the largest payload a client may send (32 MiB);
-	// a smaller budget could never admit such a request.
-	MinPayloadBudget        = 32 << 20
-	DefaultHandshakeTimeout = 10 * time.Second
+	// The limits' defaults and floors are the protocol engine's: the
+	// reasons for each stand beside them in package nbd.
+	DefaultMaxConnections   = nbd.DefaultMaxConnections
+	DefaultMaxInFlight      = nbd.DefaultMaxInFlight
+	MinMaxInFlight          = nbd.MinMaxInFlight
+	DefaultPayloadBudget    = nbd.DefaultPayloadBudget
+	MinPayloadBudget        = nbd.MaxPayload
+	DefaultHandshakeTimeout = nbd.DefaultHandshakeTimeout
 
 	// MaxStringLen bounds export names and descriptions: the NBD
 	// protocol forbids longer strings (doc/proto.md, "Conventions").
