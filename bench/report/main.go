@@ -1,0 +1,843 @@
+// Command report turns the raw output of bench/run.sh into the benchmark
+// table: results.md (Markdown), chart.svg (IOPS per server and workload)
+// and results.json (every run, summarised, plus the medians).
+//
+//	report -raw bench/results/raw -out bench/results
+//
+// Each cell of the table is the median over the repetitions of one
+// (workload, server) pair: IOPS for 4 KiB workloads, MB/s (10^6 bytes per
+// second) for 1 MiB ones, followed by the server's ratio to its nbdkit
+// baseline: nbdkit memory for the memory servers, nbdkit file for the
+// file-backed ones.
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"html"
+	"log"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// workload describes a row of the table.
+type workload struct {
+	Name  string
+	Label string
+	MBps  bool // report MB/s instead of IOPS
+}
+
+var workloads = []workload{
+	{"rr4k-qd1", "4 KiB randread qd1", false},
+	{"rr4k-qd32", "4 KiB randread qd32", false},
+	{"rw4k-qd1", "4 KiB randwrite qd1", false},
+	{"rw4k-qd32", "4 KiB randwrite qd32", false},
+	{"sr1m-qd8", "1 MiB seq read qd8", true},
+	{"sw1m-qd8", "1 MiB seq write qd8", true},
+	{"rr4k-qd32-4conn", "4 KiB randread qd32 × 4 conns", false},
+	{"rr4k-qd32-1ms", "4 KiB randread qd32, 1 ms leg", false},
+}
+
+// server describes a column.
+type server struct {
+	Name     string
+	Label    string
+	Baseline string // the column its ratio is taken against
+	Color    string
+}
+
+var servers = []server{
+	{"stackd-default", "stackd default stack", "nbdkit-memory", "#1f77b4"},
+	{"stackd-memory", "stackd memory", "nbdkit-memory", "#6baed6"},
+	{"stackd-file", "stackd file (tmpfs)", "nbdkit-file", "#9ecae1"},
+	{"nbdkit-memory", "nbdkit memory", "nbdkit-memory", "#d62728"},
+	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", "#ff9896"},
+	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", "#2ca02c"},
+	{"go-nbd", "go-nbd memory", "nbdkit-memory", "#9467bd"},
+}
+
+// goal is one target of issue 5, for stackd's default stack.
+type goal struct {
+	Workload string
+	Versus   string
+	Min      float64
+}
+
+var goals = []goal{
+	{"rr4k-qd32", "nbdkit-memory", 1.3},
+	{"rw4k-qd32", "nbdkit-memory", 1.3},
+	{"sr1m-qd8", "nbdkit-memory", 1.2},
+	{"sw1m-qd8", "nbdkit-memory", 1.2},
+	{"rr4k-qd32-4conn", "go-nbd", 2},
+	{"rr4k-qd32-1ms", "go-nbd", 2},
+}
+
+// Run is one fio run of the table.
+type Run struct {
+	Rep      int    `json:"rep"`
+	Workload string `json:"workload"`
+	Server   string `json:"server"`
+	Instance string `json:"instance"`
+	// Status is ok, fail, or disturbed (other processes were busy during
+	// the run, and run.sh ran it again); only ok runs count.
+	Status    string  `json:"status"`
+	OK        bool    `json:"ok"`
+	IOPS      float64 `json:"iops"`
+	MBps      float64 `json:"mbps"`
+	IOs       int64   `json:"ios"`
+	LatMeanUs float64 `json:"lat_mean_us"`
+	LatP50Us  float64 `json:"lat_p50_us"`
+	LatP99Us  float64 `json:"lat_p99_us"`
+	// ServerCPUUs is the server process's CPU time per request, over the
+	// measured part of the run.
+	ServerCPUUs float64 `json:"server_cpu_us_per_io"`
+	// OtherLoad estimates the share of the machine's CPUs busy with
+	// neither fio nor the server during the run.
+	OtherLoad float64 `json:"other_load"`
+	// QuietWait is how long run.sh waited for other load to settle
+	// before the run, in seconds.
+	QuietWait int `json:"quiet_wait_s"`
+}
+
+// Cell is the summary of one (workload, server) pair.
+type Cell struct {
+	Workload string  `json:"workload"`
+	Server   string  `json:"server"`
+	N        int     `json:"runs"`
+	Median   float64 `json:"median"` // IOPS or MB/s
+	Min      float64 `json:"min"`
+	Max      float64 `json:"max"`
+	Ratio    float64 `json:"ratio_to_baseline,omitempty"`
+	CPUUs    float64 `json:"server_cpu_us_per_io"`
+	P99Us    float64 `json:"lat_p99_us"`
+}
+
+type fioResult struct {
+	Jobs []struct {
+		JobRuntime int64  `json:"job_runtime"`
+		Read       fioDir `json:"read"`
+		Write      fioDir `json:"write"`
+	} `json:"jobs"`
+}
+
+type fioDir struct {
+	IOPS     float64 `json:"iops"`
+	BWBytes  float64 `json:"bw_bytes"`
+	TotalIOs int64   `json:"total_ios"`
+	ClatNs   struct {
+		Mean       float64            `json:"mean"`
+		Percentile map[string]float64 `json:"percentile"`
+	} `json:"clat_ns"`
+}
+
+type fioSummary struct {
+	IOPS, MBps, Mean, P50, P99 float64
+	IOs                        int64
+	RuntimeMs                  int64
+}
+
+func readFio(path string) (fioSummary, error) {
+	var s fioSummary
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return s, err
+	}
+	// fio may print notices before the JSON document.
+	if i := strings.IndexByte(string(data), '{'); i > 0 {
+		data = data[i:]
+	}
+	var r fioResult
+	if err := json.Unmarshal(data, &r); err != nil {
+		return s, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(r.Jobs) == 0 {
+		return s, fmt.Errorf("%s: no jobs", path)
+	}
+	j := r.Jobs[0]
+	main := j.Read
+	if j.Write.TotalIOs > j.Read.TotalIOs {
+		main = j.Write
+	}
+	s.IOPS = j.Read.IOPS + j.Write.IOPS
+	s.MBps = (j.Read.BWBytes + j.Write.BWBytes) / 1e6
+	s.IOs = j.Read.TotalIOs + j.Write.TotalIOs
+	s.RuntimeMs = j.JobRuntime
+	s.Mean = main.ClatNs.Mean / 1e3
+	s.P50 = main.ClatNs.Percentile["50.000000"] / 1e3
+	s.P99 = main.ClatNs.Percentile["99.000000"] / 1e3
+	return s, nil
+}
+
+// readKV reads KEY=VALUE lines.
+func readKV(path string) map[string]string {
+	m := map[string]string{}
+	f, err := os.Open(path)
+	if err != nil {
+		return m
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if k, v, ok := strings.Cut(sc.Text(), "="); ok {
+			m[k] = v
+		}
+	}
+	return m
+}
+
+// readTSV reads a tab-separated file with a header line into maps.
+func readTSV(path string) ([]map[string]string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	if len(lines) == 0 {
+		return nil, nil
+	}
+	head := strings.Split(lines[0], "\t")
+	var rows []map[string]string
+	for _, l := range lines[1:] {
+		f := strings.Split(l, "\t")
+		row := map[string]string{}
+		for i, h := range head {
+			if i < len(f) {
+				row[h] = f[i]
+			}
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func atof(s string) float64 { f, _ := strconv.ParseFloat(s, 64); return f }
+func atoi(s string) int     { n, _ := strconv.Atoi(s); return n }
+
+func median(v []float64) float64 {
+	if len(v) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(v)
+	sort.Float64s(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
+}
+
+func main() {
+	raw := flag.String("raw", "bench/results/raw", "directory of run.sh's raw output")
+	out := flag.String("out", "bench/results", "directory to write results.md, chart.svg and results.json to")
+	flag.Parse()
+
+	meta := readKV(filepath.Join(*raw, "meta.txt"))
+	runs, err := loadRuns(*raw, meta)
+	if err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	cells := summarise(runs)
+	census := loadCensus(*raw)
+	mem := loadMemory(*raw)
+	prof := loadProfiles(filepath.Join(*out, "profile"))
+
+	var md strings.Builder
+	writeMarkdown(&md, meta, runs, cells, census, mem, prof)
+	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(cells, meta)), 0o644); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	doc := map[string]any{"meta": meta, "cells": cells, "runs": runs, "census": census, "memory": mem, "profile": prof}
+	b, _ := json.MarshalIndent(doc, "", " ")
+	if err := os.WriteFile(filepath.Join(*out, "results.json"), append(b, '\n'), 0o644); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+}
+
+func loadRuns(raw string, meta map[string]string) ([]Run, error) {
+	rows, err := readTSV(filepath.Join(raw, "runs.tsv"))
+	if err != nil {
+		return nil, err
+	}
+	cpus := atof(meta["cpus"])
+	measured := atof(meta["runtime"])
+	ramp := atof(meta["ramp"])
+	var runs []Run
+	for _, r := range rows {
+		run := Run{Rep: atoi(r["rep"]), Workload: r["workload"], Server: r["server"], Instance: r["instance"], Status: r["status"], OK: r["status"] == "ok", QuietWait: atoi(r["quiet_wait_s"])}
+		if run.Status != "fail" {
+			s, err := readFio(filepath.Join(raw, r["file"]))
+			if err != nil {
+				log.Printf("report: %v", err)
+				run.OK, run.Status = false, "fail"
+			} else {
+				run.IOPS, run.MBps, run.IOs = s.IOPS, s.MBps, s.IOs
+				run.LatMeanUs, run.LatP50Us, run.LatP99Us = s.Mean, s.P50, s.P99
+				clk := atof(r["clk_tck"])
+				if s.IOs > 0 && clk > 0 {
+					run.ServerCPUUs = atof(r["server_cpu_ticks"]) / clk * 1e6 / float64(s.IOs)
+				}
+				if cpus > 0 && clk > 0 && measured > 0 {
+					// fio's own CPU time covers its ramp and start too;
+					// count only the measured share of it.
+					fio := atof(r["fio_cpu_ms"]) / 1e3 * measured / (measured + ramp)
+					busy := atof(r["busy_ticks"]) / clk
+					srv := atof(r["server_cpu_ticks"]) / clk
+					run.OtherLoad = math.Max(0, (busy-srv-fio)/(cpus*measured))
+				}
+			}
+		}
+		runs = append(runs, run)
+	}
+	return runs, nil
+}
+
+func wlByName(name string) workload {
+	for _, w := range workloads {
+		if w.Name == name {
+			return w
+		}
+	}
+	return workload{Name: name, Label: name}
+}
+
+func value(r Run) float64 {
+	if wlByName(r.Workload).MBps {
+		return r.MBps
+	}
+	return r.IOPS
+}
+
+func summarise(runs []Run) []Cell {
+	var cells []Cell
+	for _, w := range workloads {
+		for _, s := range servers {
+			var v, cpu, p99 []float64
+			for _, r := range runs {
+				if r.Workload == w.Name && r.Server == s.Name && r.OK {
+					v = append(v, value(r))
+					cpu = append(cpu, r.ServerCPUUs)
+					p99 = append(p99, r.LatP99Us)
+				}
+			}
+			if len(v) == 0 {
+				continue
+			}
+			cells = append(cells, Cell{
+				Workload: w.Name, Server: s.Name, N: len(v),
+				Median: median(v), Min: slices.Min(v), Max: slices.Max(v),
+				CPUUs: median(cpu), P99Us: median(p99),
+			})
+		}
+	}
+	for i := range cells {
+		c := &cells[i]
+		base := find(cells, c.Workload, serverByName(c.Server).Baseline)
+		if base != nil && base.Median > 0 {
+			c.Ratio = c.Median / base.Median
+		}
+	}
+	return cells
+}
+
+func find(cells []Cell, wl, srv string) *Cell {
+	for i := range cells {
+		if cells[i].Workload == wl && cells[i].Server == srv {
+			return &cells[i]
+		}
+	}
+	return nil
+}
+
+func serverByName(name string) server {
+	for _, s := range servers {
+		if s.Name == name {
+			return s
+		}
+	}
+	return server{Name: name, Label: name}
+}
+
+// fmtValue prints IOPS as 152.3k and MB/s as a whole number.
+func fmtValue(w workload, v float64) string {
+	if w.MBps {
+		return fmt.Sprintf("%.0f MB/s", v)
+	}
+	if v >= 1000 {
+		return fmt.Sprintf("%.1fk", v/1000)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
+
+// activeServers returns the columns that have at least one cell.
+func activeServers(cells []Cell) []server {
+	var out []server
+	for _, s := range servers {
+		for _, c := range cells {
+			if c.Server == s.Name {
+				out = append(out, s)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func activeWorkloads(cells []Cell) []workload {
+	var out []workload
+	for _, w := range workloads {
+		for _, c := range cells {
+			if c.Workload == w.Name {
+				out = append(out, w)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cells []Cell, census []CensusRow, mem map[string]any, prof []Profile) {
+	p := func(format string, a ...any) { fmt.Fprintf(md, format, a...) }
+	cols := activeServers(cells)
+	rows := activeWorkloads(cells)
+
+	p("# stackd benchmark results\n\n")
+	p("Measured %s on %s CPUs (%s), kernel %s, %s, %s, %s, %s; stackd at %s",
+		meta["date"], meta["cpus"], meta["cpu_model"], meta["kernel"], meta["fio"], meta["nbdkit"], meta["qemu_nbd"], meta["go"], meta["revision"])
+	if n := atoi(meta["dirty_files"]); n > 0 {
+		p(" plus %d uncommitted changed files in its packages", n)
+	}
+	p(".\nEach cell is the median of %s runs of %s s (after a %s s ramp) with fio `--ioengine=nbd` over a unix socket; every export is %s MiB, filled before the runs. Reproduce with `bench/run.sh` (see bench/README.md).\n\n",
+		meta["reps"], meta["runtime"], meta["ramp"], meta["size_mib"])
+
+	p("## Throughput\n\n")
+	p("IOPS for 4 KiB workloads, MB/s for 1 MiB. In parentheses: the ratio to nbdkit memory (memory servers) or to nbdkit file (file servers, marked ᶠ). n/a: the workload does not apply.\n\n")
+	p("| workload |")
+	for _, s := range cols {
+		mark := ""
+		if s.Baseline == "nbdkit-file" {
+			mark = " ᶠ"
+		}
+		p(" %s%s |", s.Label, mark)
+	}
+	p("\n|---|")
+	for range cols {
+		p("---:|")
+	}
+	p("\n")
+	for _, w := range rows {
+		p("| %s |", w.Label)
+		for _, s := range cols {
+			c := find(cells, w.Name, s.Name)
+			switch {
+			case c == nil:
+				p(" n/a |")
+			case c.Ratio > 0 && s.Name != s.Baseline:
+				p(" %s (%.2f×) |", fmtValue(w, c.Median), c.Ratio)
+			default:
+				p(" %s |", fmtValue(w, c.Median))
+			}
+		}
+		p("\n")
+	}
+	p("\nThe 1 ms row runs against delayed twins: stackd's default stack with `delay: 1ms` on each memory leaf, nbdkit memory under `--filter=delay delay-read=1ms delay-write=1ms`, and the go-nbd server with a 1 ms sleep in its backend.\n\n")
+	p("![IOPS per server and workload](chart.svg)\n\n")
+
+	p("## Goals (issue 5), stackd default stack\n\n")
+	p("| workload | versus | goal | measured | |\n|---|---|---:|---:|---|\n")
+	for _, g := range goals {
+		a, b := find(cells, g.Workload, "stackd-default"), find(cells, g.Workload, g.Versus)
+		if a == nil || b == nil || b.Median == 0 {
+			continue
+		}
+		r := a.Median / b.Median
+		verdict := "met"
+		if r < g.Min {
+			verdict = "**short**"
+		}
+		p("| %s | %s | ≥ %.1f× | %.2f× | %s |\n", wlByName(g.Workload).Label, serverByName(g.Versus).Label, g.Min, r, verdict)
+	}
+	p("\n")
+
+	p("## Server CPU per request\n\n")
+	p("CPU time (user + system) the server process spent per request during the measured part of each run, in µs, median over the repetitions: lower is cheaper. fio runs on the same %s CPUs, so a server that costs more CPU also slows the client.\n\n", meta["cpus"])
+	table(md, rows, cols, cells, func(w workload, c *Cell) string {
+		if w.MBps {
+			return fmt.Sprintf("%.0f", c.CPUUs)
+		}
+		return fmt.Sprintf("%.1f", c.CPUUs)
+	})
+	p("\n")
+
+	p("## Completion latency p99 (µs)\n\n")
+	table(md, rows, cols, cells, func(w workload, c *Cell) string { return fmt.Sprintf("%.0f", c.P99Us) })
+	p("\n")
+
+	p("## Run-to-run spread\n\n")
+	p("(max − min) / median over the repetitions, in percent.\n\n")
+	table(md, rows, cols, cells, func(w workload, c *Cell) string {
+		if c.Median == 0 {
+			return "—"
+		}
+		return fmt.Sprintf("%.0f%%", (c.Max-c.Min)/c.Median*100)
+	})
+	var loads []float64
+	failed, disturbed, waited := 0, 0, 0
+	for _, r := range runs {
+		waited += r.QuietWait
+		switch r.Status {
+		case "ok":
+			loads = append(loads, r.OtherLoad)
+		case "disturbed":
+			disturbed++
+		default:
+			failed++
+		}
+	}
+	if len(loads) > 0 {
+		p("\nOther load on the machine during the runs (CPU time used by neither fio nor the server, as a share of all CPUs; estimated): median %.0f%%, max %.0f%%. Load average at start %s, at end %s.",
+			median(loads)*100, slices.Max(loads)*100, meta["loadavg_start"], meta["loadavg_end"])
+		p(" run.sh waited %d s in all, before runs, for other load to drop below 15%%.", waited)
+	}
+	if disturbed > 0 {
+		p(" %d runs were disturbed by other load (over 15%% of the CPUs) and run again; only the repeats count.", disturbed)
+	}
+	if failed > 0 {
+		p(" %d runs failed and are left out.", failed)
+	}
+	p("\n\n")
+
+	if len(census) > 0 {
+		p("## Syscalls per request\n\n")
+		p("Counted with `perf stat` in separate runs (tracing costs a little, so these runs are not the table's): each server runs under perf from start to exit, so every thread counts, serving one fio run without ramp on a fresh (unfilled) export; the divisor is every request fio made. socket rd/wr: read, readv, recvfrom, recvmsg / write, writev, sendto, sendmsg; file: pread64, pwrite64, preadv(2), pwritev(2), lseek; wait: epoll_wait, epoll_pwait, poll, ppoll; futex; all: every syscall. ctxsw: context switches per request. IOPS: fio's, under tracing.\n\n")
+		p("| workload | server | IOPS | all | socket rd | socket wr | file | futex | wait | other | ctxsw | CPU µs |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, c := range census {
+			p("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
+				wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
+				c.PerIO["all"], c.PerIO["sock_read"], c.PerIO["sock_write"], c.PerIO["file"], c.PerIO["futex"], c.PerIO["wait"], c.PerIO["other"], c.PerIO["ctxsw"], c.PerIO["cpu_us"])
+		}
+		p("\n")
+	}
+
+	if mem != nil {
+		p("## Memory under a write storm\n\n")
+		p("stackd, default stack, payload budget %v: %v connections each keeping %v × 1 MiB writes in flight (fio numjobs=%v iodepth=%v bs=1M randwrite) for %v s, after the export was filled (so the RSS before the storm already holds the %s MiB of data).\n\n",
+			mem["payload_budget"], mem["connections"], mem["iodepth"], mem["connections"], mem["iodepth"], mem["runtime"], meta["size_mib"])
+		p("| RSS before | peak RSS (VmHWM) | peak − before | payload budget | write throughput |\n|---:|---:|---:|---:|---:|\n")
+		p("| %.0f MiB | %.0f MiB | %.0f MiB | %v | %.0f MB/s |\n\n", mem["rss_before_mib"], mem["hwm_after_mib"], mem["growth_mib"], mem["payload_budget"], mem["mbps"])
+	}
+
+	if len(prof) > 0 {
+		p("## Profile of stackd (default stack, in process)\n\n")
+		p("bench/profile serves the embedded default configuration (no metrics) and profiles one fio run; full listings in profile/*.top.txt, CPU profiles in profile/*.cpu.pprof (open with `go tool pprof`). Socket reads and writes are read/write syscalls from /proc/self/io, context switches from getrusage (both exact); syscalls and futex from perf attached for the run (a lower bound). IOPS are under profiling and tracing, lower than the table's.\n\n")
+		p("| workload | IOPS | CPU µs/req | syscalls/req | socket rd/req | socket wr/req | futex/req | ctxsw/req | allocs/req | bytes alloc/req | GC cycles |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		for _, pr := range prof {
+			p("| %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %d |\n",
+				wlByName(pr.Workload).Label, fmtValue(wlByName(pr.Workload), pr.IOPS), pr.CPUUs, pr.PerIO["all"], pr.PerIO["sock_read"], pr.PerIO["sock_write"], pr.PerIO["futex"], pr.PerIO["ctxsw"], pr.AllocsPerIO, pr.BytesPerIO, pr.GCCycles)
+		}
+		p("\n")
+	}
+}
+
+func table(md *strings.Builder, rows []workload, cols []server, cells []Cell, f func(workload, *Cell) string) {
+	fmt.Fprintf(md, "| workload |")
+	for _, s := range cols {
+		fmt.Fprintf(md, " %s |", s.Label)
+	}
+	fmt.Fprintf(md, "\n|---|")
+	for range cols {
+		fmt.Fprintf(md, "---:|")
+	}
+	fmt.Fprintf(md, "\n")
+	for _, w := range rows {
+		fmt.Fprintf(md, "| %s |", w.Label)
+		for _, s := range cols {
+			if c := find(cells, w.Name, s.Name); c != nil {
+				fmt.Fprintf(md, " %s |", f(w, c))
+			} else {
+				fmt.Fprintf(md, " n/a |")
+			}
+		}
+		fmt.Fprintf(md, "\n")
+	}
+}
+
+// CensusRow is one server's syscall counts under one workload, per request.
+type CensusRow struct {
+	Workload string             `json:"workload"`
+	Server   string             `json:"server"`
+	IOPS     float64            `json:"iops"`
+	PerIO    map[string]float64 `json:"per_io"`
+}
+
+// perfCounts reads `perf stat -x,` output: event name to count (task-clock
+// in ms).
+func perfCounts(path string) map[string]float64 {
+	m := map[string]float64{}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return m
+	}
+	for _, l := range strings.Split(string(data), "\n") {
+		if l == "" || l[0] == '#' {
+			continue
+		}
+		f := strings.Split(l, ",")
+		if len(f) < 3 {
+			continue
+		}
+		v, err := strconv.ParseFloat(f[0], 64)
+		if err != nil {
+			continue
+		}
+		m[f[2]] = v
+	}
+	return m
+}
+
+// perIO groups perf counts by kind and divides by the requests served.
+func perIO(c map[string]float64, ios float64) map[string]float64 {
+	sc := func(names ...string) float64 {
+		var t float64
+		for _, n := range names {
+			t += c["syscalls:sys_enter_"+n]
+		}
+		return t
+	}
+	out := map[string]float64{
+		"all":        c["raw_syscalls:sys_enter"],
+		"sock_read":  sc("read", "readv", "recvfrom", "recvmsg"),
+		"sock_write": sc("write", "writev", "sendto", "sendmsg"),
+		"file":       sc("pread64", "pwrite64", "preadv", "pwritev", "preadv2", "pwritev2", "lseek"),
+		"futex":      sc("futex"),
+		"wait":       sc("epoll_wait", "epoll_pwait", "poll", "ppoll"),
+		"ctxsw":      c["context-switches"],
+		"cpu_us":     c["task-clock"] * 1e3,
+	}
+	out["other"] = math.Max(0, out["all"]-out["sock_read"]-out["sock_write"]-out["file"]-out["futex"]-out["wait"])
+	for k, v := range out {
+		if ios > 0 {
+			out[k] = v / ios
+		}
+	}
+	return out
+}
+
+func loadCensus(raw string) []CensusRow {
+	rows, err := readTSV(filepath.Join(raw, "census.tsv"))
+	if err != nil {
+		return nil
+	}
+	var out []CensusRow
+	for _, r := range rows {
+		s, err := readFio(filepath.Join(raw, r["file"]))
+		if err != nil {
+			log.Printf("report: census: %v", err)
+			continue
+		}
+		// perf counts while fio measures (run.sh starts perf after the
+		// ramp, for the runtime), so fio's request count is the divisor.
+		counts := perfCounts(filepath.Join(raw, r["perf"]))
+		out = append(out, CensusRow{Workload: r["workload"], Server: r["server"], IOPS: s.IOPS,
+			PerIO: perIO(counts, float64(s.IOs))})
+	}
+	return out
+}
+
+func loadMemory(raw string) map[string]any {
+	kv := readKV(filepath.Join(raw, "memory.txt"))
+	if len(kv) == 0 {
+		return nil
+	}
+	m := map[string]any{}
+	for k, v := range kv {
+		m[k] = v
+	}
+	before := atof(kv["rss_before_kib"]) / 1024
+	hwm := atof(kv["hwm_after_kib"]) / 1024
+	m["rss_before_mib"] = before
+	m["hwm_after_mib"] = hwm
+	m["growth_mib"] = hwm - before
+	if s, err := readFio(filepath.Join(raw, "memory-fio.json")); err == nil {
+		m["mbps"] = s.MBps
+		m["lat_p99_us"] = s.P99
+	} else {
+		m["mbps"] = math.NaN()
+	}
+	return m
+}
+
+// Profile summarises one profiled run of bench/profile.
+type Profile struct {
+	Workload    string             `json:"workload"`
+	IOPS        float64            `json:"iops"`
+	CPUUs       float64            `json:"cpu_us_per_io"`
+	AllocsPerIO float64            `json:"allocs_per_io"`
+	BytesPerIO  float64            `json:"alloc_bytes_per_io"`
+	GCCycles    int                `json:"gc_cycles"`
+	PerIO       map[string]float64 `json:"per_io"`
+}
+
+func loadProfiles(dir string) []Profile {
+	var out []Profile
+	for _, w := range workloads {
+		s, err := readFio(filepath.Join(dir, w.Name+".fio.json"))
+		if err != nil {
+			continue
+		}
+		var win struct {
+			Seconds     float64 `json:"seconds"`
+			Mallocs     float64 `json:"mallocs"`
+			AllocBytes  float64 `json:"alloc_bytes"`
+			GCCycles    int     `json:"gc_cycles"`
+			UserSeconds float64 `json:"user_seconds"`
+			SysSeconds  float64 `json:"system_seconds"`
+			Reads       float64 `json:"read_syscalls"`
+			Writes      float64 `json:"write_syscalls"`
+			VolCS       float64 `json:"vol_ctx_switches"`
+			InvCS       float64 `json:"inv_ctx_switches"`
+		}
+		data, err := os.ReadFile(filepath.Join(dir, w.Name+".window.json"))
+		if err != nil || json.Unmarshal(data, &win) != nil {
+			continue
+		}
+		// The window (SIGUSR1 to SIGUSR2) spans fio's whole run plus a
+		// little; count requests at fio's rate over the window.
+		ios := float64(s.IOs)
+		pr := Profile{Workload: w.Name, IOPS: s.IOPS, GCCycles: win.GCCycles}
+		if ios > 0 {
+			pr.CPUUs = (win.UserSeconds + win.SysSeconds) * 1e6 / ios
+			pr.AllocsPerIO = win.Mallocs / ios
+			pr.BytesPerIO = win.AllocBytes / ios
+		}
+		pr.PerIO = perIO(perfCounts(filepath.Join(dir, w.Name+".perf.csv")), ios)
+		if ios > 0 {
+			// Exact, from /proc/self/io and getrusage: every thread
+			// counts, which perf attached mid-life may not.
+			pr.PerIO["sock_read"] = win.Reads / ios
+			pr.PerIO["sock_write"] = win.Writes / ios
+			pr.PerIO["ctxsw"] = (win.VolCS + win.InvCS) / ios
+		}
+		out = append(out, pr)
+	}
+	return out
+}
+
+// chart draws one small bar chart per workload, servers side by side, each
+// panel on its own scale (IOPS, or MB/s for 1 MiB workloads).
+func chart(cells []Cell, meta map[string]string) string {
+	cols := activeServers(cells)
+	rows := activeWorkloads(cells)
+	const (
+		perRow  = 4
+		panelW  = 300
+		panelH  = 250
+		padL    = 20
+		legendH = 70
+		titleH  = 40
+	)
+	nrows := (len(rows) + perRow - 1) / perRow
+	width := padL*2 + perRow*panelW
+	height := titleH + legendH + nrows*panelH + 20
+	var b strings.Builder
+	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
+	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif">`+"\n", width, height, width, height)
+	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
+	p(`<text x="%d" y="26" font-size="18" font-weight="bold">stackd and its peers under fio --ioengine=nbd (median of %s runs; higher is better)</text>`+"\n", padL, html.EscapeString(meta["reps"]))
+	// Legend.
+	for i, s := range cols {
+		x := padL + (i%4)*290
+		y := titleH + 10 + (i/4)*24
+		p(`<rect x="%d" y="%d" width="14" height="14" fill="%s"/><text x="%d" y="%d" font-size="13">%s</text>`+"\n", x, y, s.Color, x+20, y+12, html.EscapeString(s.Label))
+	}
+	for i, w := range rows {
+		x0 := padL + (i%perRow)*panelW
+		y0 := titleH + legendH + (i/perRow)*panelH
+		plotX, plotY := x0+45, y0+30
+		plotW, plotH := panelW-60, panelH-70
+		unit := "IOPS"
+		if w.MBps {
+			unit = "MB/s"
+		}
+		p(`<text x="%d" y="%d" font-size="13" font-weight="bold">%s (%s)</text>`+"\n", x0+10, y0+18, html.EscapeString(w.Label), unit)
+		var top float64
+		for _, s := range cols {
+			if c := find(cells, w.Name, s.Name); c != nil {
+				top = math.Max(top, c.Max)
+			}
+		}
+		if top == 0 {
+			continue
+		}
+		step := niceStep(top / 4)
+		top = math.Ceil(top/step) * step
+		for v := 0.0; v <= top+step/2; v += step {
+			y := float64(plotY+plotH) - v/top*float64(plotH)
+			p(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", plotX, y, plotX+plotW, y)
+			p(`<text x="%d" y="%.1f" font-size="10" text-anchor="end">%s</text>`+"\n", plotX-4, y+3, axisLabel(v))
+		}
+		bw := float64(plotW) / float64(len(cols))
+		for j, s := range cols {
+			c := find(cells, w.Name, s.Name)
+			bx := float64(plotX) + float64(j)*bw + bw*0.12
+			if c == nil {
+				p(`<text x="%.1f" y="%d" font-size="9" fill="#999" text-anchor="middle">n/a</text>`+"\n", bx+bw*0.38, plotY+plotH-4)
+				continue
+			}
+			h := c.Median / top * float64(plotH)
+			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %s</title></rect>`+"\n",
+				bx, float64(plotY+plotH)-h, bw*0.76, h, s.Color, html.EscapeString(s.Label), html.EscapeString(fmtValue(w, c.Median)))
+			// Whisker: min to max of the repetitions.
+			cx := bx + bw*0.38
+			ylo := float64(plotY+plotH) - c.Min/top*float64(plotH)
+			yhi := float64(plotY+plotH) - c.Max/top*float64(plotH)
+			p(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#333"/>`+"\n", cx, ylo, cx, yhi)
+			label := shortValue(c.Median)
+			if w.MBps {
+				label = fmt.Sprintf("%.0f", c.Median)
+			}
+			p(`<text x="%.1f" y="%.1f" font-size="8.5" text-anchor="middle">%s</text>`+"\n", cx, math.Min(yhi, float64(plotY+plotH)-h)-3, html.EscapeString(label))
+		}
+		p(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", plotX, plotY+plotH, plotX+plotW, plotY+plotH)
+	}
+	p("</svg>\n")
+	return b.String()
+}
+
+func niceStep(x float64) float64 {
+	if x <= 0 {
+		return 1
+	}
+	e := math.Pow(10, math.Floor(math.Log10(x)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if m*e >= x {
+			return m * e
+		}
+	}
+	return 10 * e
+}
+
+func axisLabel(v float64) string {
+	switch {
+	case v >= 1e6:
+		return strconv.FormatFloat(v/1e6, 'f', -1, 64) + "M"
+	case v >= 1e3:
+		return strconv.FormatFloat(v/1e3, 'f', -1, 64) + "k"
+	}
+	return strconv.FormatFloat(v, 'f', -1, 64)
+}
+
+func shortValue(v float64) string {
+	if v >= 1e3 {
+		return fmt.Sprintf("%.1fk", v/1e3)
+	}
+	return fmt.Sprintf("%.0f", v)
+}
