@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # bench/run.sh — stackd against its peers under fio, side by side.
 #
-#   bench/run.sh                                  # full run, ~22 minutes
-#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # smoke run, ~5 minutes
+#   bench/run.sh                                  # full run, ~23 minutes
+#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # smoke run, ~8 minutes
 #
 # One command reproduces bench/results/: it builds stackd, the go-nbd peer
 # (bench/gonbd-server) and the profiling harness (bench/profile), starts
@@ -500,11 +500,13 @@ if [[ $DO_CENSUS == 1 && -n $events ]]; then
 			# perf stat runs the server from start to exit: counters of
 			# threads created after perf attaches to a running process
 			# would only be added when those threads exit, so attaching
-			# with -p misses threads that live on. No prefill and no ramp,
-			# so fio's request count is every request the server saw.
+			# with -p misses threads that live on. The prefill's thousand
+			# 1 MiB writes add under 1% to the syscalls; with no ramp,
+			# fio's request count is every other request the server saw.
 			WRAP=(perf stat -x, -e "$events" -o "$RAW/census.$wl.$srv.csv" --)
 			start "$srv"
 			WRAP=()
+			prefill "$srv"
 			fio --name="$wl" --ioengine=nbd --uri="$(uri "$srv")" $(fio_args "$wl") \
 				--time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 --group_reporting \
 				--output-format=json --output="$RAW/census.$wl.$srv.json" >/dev/null 2>&1 \

@@ -517,12 +517,12 @@ func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cell
 
 	if len(census) > 0 {
 		p("## Syscalls per request\n\n")
-		p("Counted with `perf stat` in separate runs (tracing costs a little, so these runs are not the table's): each server runs under perf from start to exit, so every thread counts, serving one fio run without ramp on a fresh (unfilled) export; the divisor is every request fio made. socket rd/wr: read, readv, recvfrom, recvmsg / write, writev, sendto, sendmsg; file: pread64, pwrite64, preadv(2), pwritev(2), lseek; wait: epoll_wait, epoll_pwait, poll, ppoll; futex; all: every syscall. ctxsw: context switches per request. IOPS: fio's, under tracing.\n\n")
-		p("| workload | server | IOPS | all | socket rd | socket wr | file | futex | wait | other | ctxsw | CPU µs |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
+		p("Counted with `perf stat` in separate runs (tracing costs a little, so these runs are not the table's): each server runs under perf from start to exit, so every thread counts, filling its export, then serving one fio run without ramp; the divisor is the requests of that run (the fill adds under 1%% to the syscalls). socket rd/wr: read, readv, recvfrom, recvmsg / write, writev, sendto, sendmsg; file: pread64, pwrite64, preadv(2), pwritev(2), lseek; wait: epoll_wait, epoll_pwait, poll, ppoll; futex; all: every syscall. ctxsw: context switches per request. IOPS: fio's, under tracing.\n\n")
+		p("| workload | server | IOPS | all | socket rd | socket wr | file | futex | wait | other | ctxsw |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, c := range census {
-			p("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.1f |\n",
+			p("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
 				wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
-				c.PerIO["all"], c.PerIO["sock_read"], c.PerIO["sock_write"], c.PerIO["file"], c.PerIO["futex"], c.PerIO["wait"], c.PerIO["other"], c.PerIO["ctxsw"], c.PerIO["cpu_us"])
+				c.PerIO["all"], c.PerIO["sock_read"], c.PerIO["sock_write"], c.PerIO["file"], c.PerIO["futex"], c.PerIO["wait"], c.PerIO["other"], c.PerIO["ctxsw"])
 		}
 		p("\n")
 	}
