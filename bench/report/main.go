@@ -752,6 +752,7 @@ func chart(cells []Cell, meta map[string]string) string {
 	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif">`+"\n", width, height, width, height)
 	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
 	p(`<text x="%d" y="26" font-size="18" font-weight="bold">stackd and its peers under fio --ioengine=nbd (median of %s runs; higher is better)</text>`+"\n", padL, html.EscapeString(meta["reps"]))
+	p(`<text x="%d" y="%d" font-size="11" fill="#555">bars: median; whiskers: fastest and slowest run; each panel on its own scale</text>`+"\n", padL, height-6)
 	// Legend.
 	for i, s := range cols {
 		x := padL + (i%4)*290
