@@ -34,7 +34,7 @@ type Memory struct {
 	shift     uint
 	allocated atomic.Uint64
 	shards    [memShards]memShard
-	w         *workers // nil unless a delay is set
+	delay     delay
 	errorCounter
 }
 
@@ -69,13 +69,7 @@ func NewMemory(size, chunk uint64) *Memory {
 // so that the submitter is never the one sleeping. Call it before the
 // target serves any bio; d <= 0 turns the delay off.
 func (m *Memory) SetDelay(d time.Duration) {
-	if m.w != nil {
-		m.w.close()
-		m.w = nil
-	}
-	if d > 0 {
-		m.w = newWorkers(DefaultWorkers, d, m.perform)
-	}
+	m.delay.set(d, m.perform)
 }
 
 // Size returns the device size in bytes.
@@ -90,10 +84,7 @@ func (m *Memory) Allocated() uint64 { return m.allocated.Load() }
 // Close stops the delay workers, if any, and drops every chunk so that the
 // memory goes back to the Go heap even if something still references m.
 func (m *Memory) Close() error {
-	if m.w != nil {
-		m.w.close()
-		m.w = nil
-	}
+	m.delay.stop()
 	for i := range m.shards {
 		sh := &m.shards[i]
 		sh.mu.Lock()
@@ -106,11 +97,7 @@ func (m *Memory) Close() error {
 
 // Submit performs b at once, or hands it to the delay workers.
 func (m *Memory) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if m.w != nil {
-		m.w.push(b)
-		return
-	}
-	m.perform(b)
+	m.delay.submit(b, m.perform)
 }
 
 func (m *Memory) perform(b *bioset.Bio) {

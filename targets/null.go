@@ -10,8 +10,8 @@ import (
 // vanish. It exists to measure the ceiling of the stack and the protocol
 // code above it, so it does no work a benchmark would then count.
 type Null struct {
-	size uint64
-	w    *workers // nil unless a delay is set
+	size  uint64
+	delay delay
 	errorCounter
 }
 
@@ -22,13 +22,7 @@ func NewNull(size uint64) *Null { return &Null{size: size} }
 // to model a leg with pure latency. Call it before the target serves any
 // bio; d <= 0 turns the delay off.
 func (n *Null) SetDelay(d time.Duration) {
-	if n.w != nil {
-		n.w.close()
-		n.w = nil
-	}
-	if d > 0 {
-		n.w = newWorkers(DefaultWorkers, d, n.perform)
-	}
+	n.delay.set(d, n.perform)
 }
 
 // Size returns the device size in bytes.
@@ -39,20 +33,13 @@ func (n *Null) Caps() bioset.Caps { return bioset.CapsAll }
 
 // Close stops the delay workers, if any.
 func (n *Null) Close() error {
-	if n.w != nil {
-		n.w.close()
-		n.w = nil
-	}
+	n.delay.stop()
 	return nil
 }
 
 // Submit performs b at once, or hands it to the delay workers.
 func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if n.w != nil {
-		n.w.push(b)
-		return
-	}
-	n.perform(b)
+	n.delay.submit(b, n.perform)
 }
 
 func (n *Null) perform(b *bioset.Bio) {

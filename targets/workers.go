@@ -137,3 +137,33 @@ func (w *workers) close() {
 	w.more.Broadcast()
 	w.wg.Wait()
 }
+
+// delay is what an in-memory target (Memory, Null) uses to model a slow
+// leg: without a delay it performs bios inline in Submit; with one it hands
+// them to workers, so that the submitter is never the one sleeping.
+type delay struct{ w *workers }
+
+// set replaces the delay; d <= 0 turns it off. Call before serving bios.
+func (dl *delay) set(d time.Duration, perform func(*bioset.Bio)) {
+	dl.stop()
+	if d > 0 {
+		dl.w = newWorkers(DefaultWorkers, d, perform)
+	}
+}
+
+// submit performs b now, or queues it for the delay workers.
+func (dl *delay) submit(b *bioset.Bio, perform func(*bioset.Bio)) {
+	if dl.w != nil {
+		dl.w.push(b)
+		return
+	}
+	perform(b)
+}
+
+// stop stops the delay workers, if any, once they have run what is queued.
+func (dl *delay) stop() {
+	if dl.w != nil {
+		dl.w.close()
+		dl.w = nil
+	}
+}
