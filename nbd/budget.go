@@ -51,12 +51,9 @@ func newBudget(capacity int64) *budget {
 // returns false, holding nothing, if cancel is closed first. n must not
 // exceed the capacity (NewServer checks PayloadBudget >= MaxPayload).
 func (b *budget) acquire(w *budgetWaiter, n int64, cancel <-chan struct{}) bool {
-	if n > b.capacity {
-		panic(fmt.Sprintf("nbd: payload budget: acquiring %d bytes of %d", n, b.capacity))
-	}
+	b.checkRequest(n)
 	b.mu.Lock()
-	if b.head == nil && b.used+n <= b.capacity {
-		b.takeLocked(n)
+	if b.takeNowLocked(n) {
 		b.mu.Unlock()
 		return true
 	}
@@ -86,6 +83,32 @@ func (b *budget) acquire(w *budgetWaiter, n int64, cancel <-chan struct{}) bool 
 	// Our place at the head may have held back smaller waiters behind us.
 	b.grantLocked()
 	b.mu.Unlock()
+	return false
+}
+
+// checkRequest panics on a request that could never be granted; capacity
+// never changes, so no lock is needed.
+func (b *budget) checkRequest(n int64) {
+	if n > b.capacity {
+		panic(fmt.Sprintf("nbd: payload budget: acquiring %d bytes of %d", n, b.capacity))
+	}
+}
+
+// tryAcquire takes n bytes if they are available now and nobody waits.
+func (b *budget) tryAcquire(n int64) bool {
+	b.checkRequest(n)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.takeNowLocked(n)
+}
+
+// takeNowLocked takes n bytes if they are free and nobody is in line
+// before us (FIFO: a waiter's bytes are not taken from under it).
+func (b *budget) takeNowLocked(n int64) bool {
+	if b.head == nil && b.used+n <= b.capacity {
+		b.takeLocked(n)
+		return true
+	}
 	return false
 }
 

@@ -48,16 +48,27 @@ type transmission struct {
 	reqs   []request
 	waiter *budgetWaiter
 	hdr    [requestHeaderLen]byte // reader's header buffer
-	whdr   [32]byte               // writer's header buffer
-	werr   error                  // first write error; writer only
-	armed  time.Time              // when the writer last set the write deadline
+	raw    syscall.RawConn        // the socket's non-blocking side; nil: use nc only
+
+	// sendMu is held by whoever puts replies on the wire: the reader (see
+	// idle) or the writer. It guards the fields below.
+	sendMu sync.Mutex
+	out    replyBatch
+	werr   error     // first write error
+	armed  time.Time // when the write deadline was last set
 
 	mu         sync.Mutex
 	head, tail *request   // completed requests awaiting their reply
 	free       []*request // requests not in flight
 	inflight   int        // requests allocated and not yet released
 	readerDone bool       // no more requests will be allocated
-	wake       chan struct{}
+	// readerActive is true while the reader runs without blocking. The
+	// reader then answers whatever completes before it next blocks (see
+	// idle), so enqueue need not wake the writer: for a device that
+	// completes inside Submit, a request is read, run and answered on the
+	// reader alone.
+	readerActive bool
+	wake         chan struct{}
 
 	requests uint64 // reader only
 	bytesIn  uint64 // reader only
@@ -95,8 +106,15 @@ func (c *conn) transmit() {
 		free:   make([]*request, 0, o.MaxInFlight),
 		waiter: newBudgetWaiter(),
 		wake:   make(chan struct{}, 1),
+		out:    newReplyBatch(o.MaxInFlight),
+	}
+	if sc, ok := c.nc.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			t.raw = raw
+		}
 	}
 	t.endIO = c.endIO
+	t.out.onSocket = t.out.writeFd
 	for i := range t.reqs {
 		t.free = append(t.free, &t.reqs[i])
 	}
@@ -112,6 +130,7 @@ func (c *conn) transmit() {
 	err := c.readLoop()
 	t.mu.Lock()
 	t.readerDone = true
+	t.readerActive = false
 	t.mu.Unlock()
 	c.wakeWriter()
 	// The writer returns only once every request is released: the device
@@ -145,6 +164,9 @@ func (c *conn) transmit() {
 func (c *conn) readLoop() error {
 	t := c.tx
 	for {
+		if c.br.Buffered() < requestHeaderLen {
+			c.idle()
+		}
 		if _, err := io.ReadFull(c.br, t.hdr[:]); err != nil {
 			return err
 		}
@@ -183,6 +205,9 @@ func (c *conn) readLoop() error {
 			if errno != 0 {
 				// Keep framing: a rejected WRITE's payload is read and
 				// thrown away.
+				if c.br.Buffered() < int(length) {
+					c.idle()
+				}
 				if _, err := c.br.Discard(int(length)); err != nil {
 					c.release(r)
 					return err
@@ -194,6 +219,9 @@ func (c *conn) readLoop() error {
 				}
 				// Straight into the payload buffer: bufio hands a large
 				// read to the socket without copying.
+				if c.br.Buffered() < int(length) {
+					c.idle()
+				}
 				if _, err := io.ReadFull(c.br, r.buf); err != nil {
 					c.release(r)
 					return err
@@ -219,10 +247,17 @@ func (c *conn) readLoop() error {
 // while MaxInFlight are in flight: that wait is the per-connection bound.
 func (c *conn) allocRequest() *request {
 	t := c.tx
-	// nil Submitter: the reader is never inside a Submit here (see the
-	// comment on the pool in transmit).
-	b := t.bs.Alloc(nil)
+	b := t.bs.TryAlloc()
+	if b == nil {
+		// MaxInFlight requests are in flight: some may only await the
+		// reply the reader holds back, so send those before waiting.
+		c.idle()
+		// nil Submitter: the reader is never inside a Submit here (see
+		// the comment on the pool in transmit).
+		b = t.bs.Alloc(nil)
+	}
 	t.mu.Lock()
+	t.readerActive = true
 	n := len(t.free)
 	if n == 0 {
 		t.mu.Unlock()
@@ -304,8 +339,12 @@ func (c *conn) check(r *request) (syscall.Errno, string) {
 func (c *conn) takePayload(r *request) error {
 	n := int(r.length)
 	charge := classSize(bufClass(n))
-	if !c.srv.budget.acquire(c.tx.waiter, charge, c.stop) {
-		return errStopped
+	if !c.srv.budget.tryAcquire(charge) {
+		// Replies the reader holds back hold budget too.
+		c.idle()
+		if !c.srv.budget.acquire(c.tx.waiter, charge, c.stop) {
+			return errStopped
+		}
 	}
 	r.charged = charge
 	r.pbuf = getBuf(n)
@@ -395,8 +434,11 @@ func (c *conn) enqueue(r *request) {
 		t.tail.next = r
 	}
 	t.tail = r
+	wake := !t.readerActive
 	t.mu.Unlock()
-	c.wakeWriter()
+	if wake {
+		c.wakeWriter()
+	}
 }
 
 func (c *conn) wakeWriter() {
@@ -406,51 +448,29 @@ func (c *conn) wakeWriter() {
 	}
 }
 
-// writeLoop sends replies in completion order. Replies are written into
-// the buffered writer and flushed when no further reply is ready, so a
-// burst of small replies leaves in one socket write. It returns when the
-// reader is done and every request has been answered and released.
+// writeLoop sends the replies the reader leaves to it (see replies.go):
+// those that complete while the reader is blocked, and the rest of a batch
+// the reader could not send without blocking. It returns when the reader
+// is done and every request has been answered and released.
 func (c *conn) writeLoop() {
 	t := c.tx
 	for {
-		t.mu.Lock()
-		r := t.head
-		if r != nil {
-			t.head = r.next
-			if t.head == nil {
-				t.tail = nil
-			}
+		t.sendMu.Lock()
+		if t.out.pending {
+			c.sendBatch(true)
 		}
-		done := r == nil && t.readerDone && t.inflight == 0
-		t.mu.Unlock()
+		for list := c.takeQueue(false); list != nil; list = c.takeQueue(false) {
+			c.sendList(list, true)
+		}
+		t.sendMu.Unlock()
 
-		if r == nil {
-			if t.werr == nil && c.bw.Buffered() > 0 {
-				c.armWriteDeadline()
-				if err := c.bw.Flush(); err != nil {
-					c.writeFailed(err)
-				}
-			}
-			if done {
-				return
-			}
-			<-t.wake
-			continue
+		t.mu.Lock()
+		done := t.head == nil && t.readerDone && t.inflight == 0
+		t.mu.Unlock()
+		if done {
+			return
 		}
-		if t.werr == nil {
-			c.armWriteDeadline()
-			if err := c.sendReply(r); err != nil {
-				c.writeFailed(err)
-			}
-		}
-		if c.srv.obs != nil && !r.bad {
-			n := uint64(r.length)
-			if r.op == bioset.OpFlush {
-				n = 0
-			}
-			c.srv.obs.RequestDone(c.exp.Name, r.op, n, r.errno, time.Since(r.start))
-		}
-		c.release(r)
+		<-t.wake
 	}
 }
 
@@ -483,8 +503,9 @@ func (c *conn) writeFailed(err error) {
 }
 
 // release frees what r holds: its payload buffer and budget, its extent
-// window, the request and the bio. Called by the writer after the reply,
-// or by the reader for a request it gives up on before submitting.
+// window, the request and the bio. Called once the reply is sent (by the
+// reader or the writer, see replies.go), or by the reader for a request it
+// gives up on before submitting.
 func (c *conn) release(r *request) {
 	t := c.tx
 	if r.pbuf != nil {
@@ -503,86 +524,6 @@ func (c *conn) release(r *request) {
 	// Only now the bio: allocRequest takes a bio, then a request, and
 	// must find one.
 	t.bs.Free(b)
-}
-
-// sendReply writes r's reply into the buffered writer.
-func (c *conn) sendReply(r *request) error {
-	t := c.tx
-	w := c.bw
-	h := t.whdr[:]
-	var code uint32
-	if r.errno != 0 {
-		code = wireError(r.errno)
-	}
-	if !c.structured {
-		be.PutUint32(h[0:], magicSimpleReply)
-		be.PutUint32(h[4:], code)
-		be.PutUint64(h[8:], r.cookie)
-		if _, err := w.Write(h[:simpleReplyLen]); err != nil {
-			return err
-		}
-		if r.cmd == cmdRead && code == 0 && r.length > 0 {
-			t.bytesOut += uint64(r.length)
-			_, err := w.Write(r.buf)
-			return err
-		}
-		return nil
-	}
-
-	var ext []bioset.Extent
-	if code == 0 && r.cmd == cmdBlockStatus {
-		ext = compactExtents(r.window[:r.nslots], r.off, uint64(r.length))
-		if len(ext) == 0 {
-			// The spec: at least one extent on success.
-			code, r.msg = errIO, "device reported no extents"
-		}
-	}
-	switch {
-	case code != 0:
-		msg := r.msg
-		if msg == "" {
-			msg = r.errno.Error()
-		}
-		chunkHeader(h, r.cookie, replyTypeError, 6+len(msg))
-		be.PutUint32(h[20:], code)
-		be.PutUint16(h[24:], uint16(len(msg)))
-		if _, err := w.Write(h[:26]); err != nil {
-			return err
-		}
-		_, err := w.WriteString(msg)
-		return err
-
-	case r.cmd == cmdRead && r.length > 0:
-		chunkHeader(h, r.cookie, replyTypeOffsetData, 8+int(r.length))
-		be.PutUint64(h[20:], r.off)
-		if _, err := w.Write(h[:28]); err != nil {
-			return err
-		}
-		t.bytesOut += uint64(r.length)
-		_, err := w.Write(r.buf)
-		return err
-
-	case r.cmd == cmdBlockStatus:
-		chunkHeader(h, r.cookie, replyTypeBlockStatus, 4+8*len(ext))
-		be.PutUint32(h[20:], c.metaID)
-		if _, err := w.Write(h[:24]); err != nil {
-			return err
-		}
-		for _, e := range ext {
-			// compactExtents clips to the request, whose length fits.
-			be.PutUint32(h[0:], uint32(e.Length))
-			be.PutUint32(h[4:], uint32(e.Flags))
-			if _, err := w.Write(h[:8]); err != nil {
-				return err
-			}
-		}
-		return nil
-
-	default:
-		chunkHeader(h, r.cookie, replyTypeNone, 0)
-		_, err := w.Write(h[:structuredHeaderLen])
-		return err
-	}
 }
 
 // chunkHeader encodes the header of a final structured reply chunk.

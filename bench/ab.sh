@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# ab.sh compares two builds of stackd side by side: a base revision and the
+# working tree, both serving the default stack (split 1 MiB -> stripe 64 KiB
+# x 4 -> memory) over a unix socket. It is the quick check for a change to
+# the request path; bench/run.sh is the full comparison with other servers.
+#
+#   bench/ab.sh                 # base: HEAD
+#   AB_BASE=HEAD~3 bench/ab.sh  # base: any revision git understands
+#
+# For each repetition and workload it runs fio once against each build,
+# alternating which goes first, so that drift on a noisy machine touches both
+# alike. It prints, per workload, the median IOPS (or MB/s) and the median
+# server CPU time per request of each build, and the ratio new/base of each
+# median. Server CPU per request is the steadier of the two on a shared
+# machine: it does not depend on how much CPU fio got.
+#
+# Knobs (environment):
+#   AB_BASE=HEAD       revision to compare against
+#   AB_RUNTIME=4       seconds measured per fio run (after a 1 s ramp)
+#   AB_REPS=5          repetitions per (workload, build)
+#   AB_WORKLOADS       subset of: rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32
+#                      sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BASE=${AB_BASE:-HEAD}
+RUNTIME=${AB_RUNTIME:-4}
+REPS=${AB_REPS:-5}
+WORKLOADS=${AB_WORKLOADS:-rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn}
+SIZE_MIB=1024
+
+for tool in go fio nbdinfo jq git; do
+	command -v "$tool" >/dev/null || { echo "ab.sh: $tool not found" >&2; exit 2; }
+done
+
+WORK=$(mktemp -d /dev/shm/stackd-ab.XXXXXX)
+declare -A PID=()
+cleanup() {
+	local b
+	for b in "${!PID[@]}"; do
+		kill -TERM "${PID[$b]}" 2>/dev/null || true
+		wait "${PID[$b]}" 2>/dev/null || true
+	done
+	git -C "$ROOT" worktree remove --force "$WORK/base-src" 2>/dev/null || true
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+log "building base ($BASE) and new (working tree)"
+git -C "$ROOT" worktree add --detach "$WORK/base-src" "$BASE" >/dev/null 2>&1
+(cd "$WORK/base-src" && go build -o "$WORK/stackd-base" ./cmd/stackd)
+(cd "$ROOT" && go build -o "$WORK/stackd-new" ./cmd/stackd)
+
+sock() { echo "$WORK/$1.sock"; }
+uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }
+
+start() {
+	local b=$1 leg=$((SIZE_MIB / 4)) i
+	{
+		printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack:\n' "$(sock "$b")"
+		printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
+		for i in 1 2 3 4; do printf '              - memory: {size: %dMiB}\n' "$leg"; done
+	} >"$WORK/$b.yaml"
+	"$WORK/stackd-$b" serve -config "$WORK/$b.yaml" -log-level warn >"$WORK/$b.log" 2>&1 &
+	PID[$b]=$!
+	for _ in $(seq 100); do
+		nbdinfo --size "$(uri "$b")" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	fio --name=prefill --ioengine=nbd --uri="$(uri "$b")" --rw=write --bs=1M --iodepth=8 >/dev/null
+}
+
+fio_args() {
+	case $1 in
+	rr4k-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
+	rr4k-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
+	rw4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
+	rw4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
+	sr1m-qd8) echo "--rw=read --bs=1M --iodepth=8" ;;
+	sw1m-qd8) echo "--rw=write --bs=1M --iodepth=8" ;;
+	rr4k-qd32-4conn) echo "--rw=randread --bs=4k --iodepth=32 --numjobs=4" ;;
+	*) echo "ab.sh: unknown workload $1" >&2; exit 2 ;;
+	esac
+}
+
+cpu_ticks() {
+	local stat
+	stat=$(cat "/proc/$1/stat")
+	stat=${stat##*) }
+	set -- $stat
+	echo $((${12} + ${13}))
+}
+
+CLK_TCK=$(getconf CLK_TCK)
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+
+# measure WORKLOAD BUILD appends "workload build rate cpu_us_per_request".
+measure() {
+	local wl=$1 b=$2 c0 c1 fpid
+	fio --name="$wl" --ioengine=nbd --uri="$(uri "$b")" $(fio_args "$wl") \
+		--time_based --runtime="$RUNTIME" --ramp_time=1 \
+		--norandommap --randrepeat=0 --group_reporting \
+		--output-format=json --output="$WORK/out.json" >/dev/null &
+	fpid=$!
+	sleep 1
+	c0=$(cpu_ticks "${PID[$b]}")
+	wait "$fpid"
+	c1=$(cpu_ticks "${PID[$b]}")
+	jq -r --arg wl "$wl" --arg b "$b" --argjson cpu $((c1 - c0)) --argjson clk "$CLK_TCK" '
+		.jobs[0] as $j
+		| ($j.read.total_ios + $j.write.total_ios) as $n
+		| (if ($wl | startswith("s")) then ($j.read.bw_bytes + $j.write.bw_bytes) / 1e6
+		   else $j.read.iops + $j.write.iops end) as $rate
+		| "\($wl)\t\($b)\t\($rate)\t\(if $n > 0 then $cpu / $clk * 1e6 / $n else 0 end)"' \
+		"$WORK/out.json" >>"$RESULTS"
+}
+
+start base
+start new
+order=(base new)
+for rep in $(seq "$REPS"); do
+	for wl in $WORKLOADS; do
+		for b in "${order[@]}"; do
+			measure "$wl" "$b"
+		done
+		order=("${order[1]}" "${order[0]}")
+	done
+	log "repetition $rep of $REPS done"
+done
+
+printf '\nbase %s vs working tree; median of %s runs of %s s\n\n' "$BASE" "$REPS" "$RUNTIME"
+printf '%-16s %12s %12s %7s %12s %12s %7s\n' workload base new ratio "cpu/req base" "cpu/req new" ratio
+for wl in $WORKLOADS; do
+	awk -F'\t' -v wl="$wl" '
+		function median(a, n,    i, j, t) {
+			for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
+			return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+		}
+		$1 == wl && $2 == "base" { rb[++nb] = $3; cb[nb] = $4 }
+		$1 == wl && $2 == "new" { rn[++nn] = $3; cn[nn] = $4 }
+		END {
+			b = median(rb, nb); n = median(rn, nn); x = median(cb, nb); y = median(cn, nn)
+			printf "%-16s %12.0f %12.0f %6.2fx %10.1fus %10.1fus %6.2fx\n", wl, b, n, n / b, x, y, y / x
+		}' "$RESULTS"
+done

@@ -1,0 +1,390 @@
+package nbd
+
+import (
+	"net"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/stackd/stackd/bioset"
+)
+
+// Replies leave a connection in batches. A batch is an iovec list: reply
+// headers and small bodies are encoded into the batch's arena, and a READ
+// reply's payload is sent from the request's own buffer, so the payload is
+// copied once, by the kernel, and never through a user-space write buffer.
+// One writev then sends every reply that was ready.
+//
+// Two goroutines send batches, never at once (transmission.sendMu):
+//
+//   - The reader, when it is about to block (see conn.idle), sends what
+//     completed while it worked, with one non-blocking writev. With a
+//     device that completes inside Submit (memory), the reader thus reads a
+//     request, runs it and answers it without waking another goroutine.
+//   - The writer goroutine sends what completes while the reader is blocked
+//     (file workers, delayed legs, slow stacks), and whatever the reader
+//     could not send without blocking.
+//
+// The reader never blocks on the socket's send side: a client that is slow
+// to read replies must not stop the reader from taking its requests (the
+// client may be blocked writing them), so whatever a non-blocking writev
+// leaves unsent goes to the writer.
+
+const (
+	// replyArenaSize holds the headers of a few hundred replies, more than
+	// MaxInFlight's worth of plain ones.
+	replyArenaSize = 32 << 10
+	// maxReplyMessage clips the message of a structured error reply. The
+	// server's messages are short constants; the clip keeps the arena
+	// arithmetic below true whatever an errno's text is.
+	maxReplyMessage = 512
+	// maxIovecs is the kernel's UIO_MAXIOV: one writev sends at most this
+	// many slices.
+	maxIovecs = 1024
+)
+
+const msgNoExtents = "device reported no extents"
+
+// replyBatch is the replies being sent and the requests they answer. Its
+// requests are released only once every byte of the batch is on the wire
+// (or the connection failed), because the iovecs point into their buffers.
+type replyBatch struct {
+	reqs    []*request
+	iov     [][]byte // unsent bytes; its first slice may be partly sent
+	iovBuf  [][]byte // iov's backing array, kept across batches
+	arena   []byte   // headers and small bodies; cap never changes, so iov may point into it
+	open    bool     // iov's last slice ends at len(arena) and may grow
+	sysIov  []unix.Iovec
+	pending bool // a non-blocking send left bytes for the writer
+
+	// onSocket is writeFd bound once, so that handing it to
+	// RawConn.Write allocates nothing; block and err are its argument
+	// and result.
+	onSocket func(fd uintptr) bool
+	block    bool
+	err      error
+}
+
+// writeFd is what RawConn.Write runs on the socket: RawConn.Write waits
+// for the socket to drain, under the write deadline, and calls again while
+// this reports false.
+func (b *replyBatch) writeFd(fd uintptr) bool {
+	b.err = b.writevOnce(fd)
+	return b.err != syscall.EAGAIN || !b.block
+}
+
+func newReplyBatch(maxReplies int) replyBatch {
+	return replyBatch{
+		reqs:   make([]*request, 0, maxReplies),
+		iovBuf: make([][]byte, 0, 2*maxReplies),
+		arena:  make([]byte, 0, replyArenaSize),
+		sysIov: make([]unix.Iovec, maxIovecs),
+	}
+}
+
+// metaLen is an upper bound on the bytes r's reply needs in the arena.
+func metaLen(r *request) int {
+	switch {
+	case r.errno != 0:
+		return 26 + maxReplyMessage
+	case r.cmd == cmdBlockStatus:
+		// Extents, or the error an empty answer turns into.
+		return max(24+8*r.nslots, 26+len(msgNoExtents))
+	}
+	return 28 // the longest header without a message: OFFSET_DATA's
+}
+
+// fits reports whether r's reply can join the batch.
+func (b *replyBatch) fits(r *request) bool {
+	return len(b.reqs) < cap(b.reqs) && cap(b.arena)-len(b.arena) >= metaLen(r)
+}
+
+// reserve returns n bytes at the end of the arena, to be filled, and adds
+// them to the iovecs.
+func (b *replyBatch) reserve(n int) []byte {
+	start := len(b.arena)
+	b.arena = b.arena[:start+n]
+	if b.open {
+		last := &b.iov[len(b.iov)-1]
+		*last = (*last)[:len(*last)+n]
+	} else {
+		b.iov = append(b.iov, b.arena[start:start+n])
+		b.open = true
+	}
+	return b.arena[start : start+n]
+}
+
+// payload adds p to the iovecs, sent in place.
+func (b *replyBatch) payload(p []byte) {
+	b.iov = append(b.iov, p)
+	b.open = false
+}
+
+// consume drops the first n sent bytes from the iovecs.
+func (b *replyBatch) consume(n int) {
+	for n > 0 {
+		if n < len(b.iov[0]) {
+			b.iov[0] = b.iov[0][n:]
+			b.open = b.open && len(b.iov) > 1 // the open slice must end at len(arena)
+			return
+		}
+		n -= len(b.iov[0])
+		b.iov[0] = nil
+		b.iov = b.iov[1:]
+	}
+	if len(b.iov) == 0 {
+		b.open = false
+	}
+}
+
+func (b *replyBatch) empty() bool { return len(b.reqs) == 0 }
+
+func (b *replyBatch) reset() {
+	clear(b.reqs)
+	b.reqs = b.reqs[:0]
+	clear(b.iovBuf[:cap(b.iovBuf)])
+	b.iov = b.iovBuf[:0]
+	b.arena = b.arena[:0]
+	b.open = false
+	b.pending = false
+}
+
+// writevOnce writes as much of b.iov as the socket takes now. It returns
+// syscall.EAGAIN when the socket is full.
+func (b *replyBatch) writevOnce(fd uintptr) error {
+	for len(b.iov) > 0 {
+		n := 0
+		for _, p := range b.iov {
+			if n == len(b.sysIov) {
+				break
+			}
+			if len(p) == 0 {
+				continue
+			}
+			b.sysIov[n].Base = &p[0]
+			b.sysIov[n].SetLen(len(p))
+			n++
+		}
+		if n == 0 {
+			b.iov = b.iov[:0]
+			break
+		}
+		w, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&b.sysIov[0])), uintptr(n))
+		clear(b.sysIov[:n]) // keep no pointers into released buffers
+		switch {
+		case e == syscall.EINTR:
+			continue
+		case e != 0:
+			return e
+		case w == 0:
+			return syscall.EAGAIN
+		}
+		b.consume(int(w))
+	}
+	return nil
+}
+
+// encodeReply adds r's reply to the batch; the caller checked fits(r).
+func (c *conn) encodeReply(r *request) {
+	t := c.tx
+	b := &t.out
+	b.reqs = append(b.reqs, r)
+	var code uint32
+	if r.errno != 0 {
+		code = wireError(r.errno)
+	}
+	if !c.structured {
+		h := b.reserve(simpleReplyLen)
+		be.PutUint32(h[0:], magicSimpleReply)
+		be.PutUint32(h[4:], code)
+		be.PutUint64(h[8:], r.cookie)
+		if r.cmd == cmdRead && code == 0 && r.length > 0 {
+			t.bytesOut += uint64(r.length)
+			b.payload(r.buf)
+		}
+		return
+	}
+
+	var ext []bioset.Extent
+	if code == 0 && r.cmd == cmdBlockStatus {
+		ext = compactExtents(r.window[:r.nslots], r.off, uint64(r.length))
+		if len(ext) == 0 {
+			// The spec: at least one extent on success.
+			code, r.msg = errIO, msgNoExtents
+		}
+	}
+	switch {
+	case code != 0:
+		msg := r.msg
+		if msg == "" {
+			msg = r.errno.Error()
+		}
+		if len(msg) > maxReplyMessage {
+			msg = msg[:maxReplyMessage]
+		}
+		h := b.reserve(26 + len(msg))
+		chunkHeader(h, r.cookie, replyTypeError, 6+len(msg))
+		be.PutUint32(h[20:], code)
+		be.PutUint16(h[24:], uint16(len(msg)))
+		copy(h[26:], msg)
+
+	case r.cmd == cmdRead && r.length > 0:
+		h := b.reserve(28)
+		chunkHeader(h, r.cookie, replyTypeOffsetData, 8+int(r.length))
+		be.PutUint64(h[20:], r.off)
+		t.bytesOut += uint64(r.length)
+		b.payload(r.buf)
+
+	case r.cmd == cmdBlockStatus:
+		h := b.reserve(24 + 8*len(ext))
+		chunkHeader(h, r.cookie, replyTypeBlockStatus, 4+8*len(ext))
+		be.PutUint32(h[20:], c.metaID)
+		for i, e := range ext {
+			// compactExtents clips to the request, whose length fits.
+			be.PutUint32(h[24+8*i:], uint32(e.Length))
+			be.PutUint32(h[28+8*i:], uint32(e.Flags))
+		}
+
+	default:
+		chunkHeader(b.reserve(structuredHeaderLen), r.cookie, replyTypeNone, 0)
+	}
+}
+
+// sendBatch puts t.out on the wire and, once all of it is there, releases
+// its requests. With block false it makes one non-blocking attempt and
+// reports false if bytes are left, which then wait in t.out for the
+// writer. After a write error nothing more is written: the requests are
+// released unanswered, the socket is already closed. The caller holds
+// t.sendMu.
+func (c *conn) sendBatch(block bool) bool {
+	t := c.tx
+	b := &t.out
+	if len(b.iov) > 0 && t.werr == nil {
+		var err error
+		switch {
+		case t.raw != nil:
+			if block {
+				c.armWriteDeadline()
+			}
+			b.block = block
+			err = t.raw.Write(b.onSocket)
+			if err == nil && b.err != syscall.EAGAIN {
+				err = b.err
+			}
+		case block:
+			c.armWriteDeadline()
+			bufs := net.Buffers(b.iov)
+			_, err = bufs.WriteTo(c.nc)
+			b.iov = b.iov[:0]
+		default:
+			b.pending = true
+			return false // no non-blocking path without a RawConn
+		}
+		if err != nil {
+			c.writeFailed(err)
+		} else if len(b.iov) > 0 {
+			b.pending = true
+			return false
+		}
+	}
+	for _, r := range b.reqs {
+		c.complete(r)
+	}
+	b.reset()
+	return true
+}
+
+// complete accounts for r's reply and releases it.
+func (c *conn) complete(r *request) {
+	if c.srv.obs != nil && !r.bad {
+		n := uint64(r.length)
+		if r.op == bioset.OpFlush {
+			n = 0
+		}
+		c.srv.obs.RequestDone(c.exp.Name, r.op, n, r.errno, time.Since(r.start))
+	}
+	c.release(r)
+}
+
+// takeQueue takes every completed request awaiting its reply. With
+// readerIdle it also records that the reader is about to block, so that
+// completions from now on wake the writer.
+func (c *conn) takeQueue(readerIdle bool) *request {
+	t := c.tx
+	t.mu.Lock()
+	if readerIdle {
+		t.readerActive = false
+	}
+	list := t.head
+	t.head, t.tail = nil, nil
+	t.mu.Unlock()
+	return list
+}
+
+// requeue puts list back at the head of the reply queue.
+func (c *conn) requeue(list *request) {
+	last := list
+	for last.next != nil {
+		last = last.next
+	}
+	t := c.tx
+	t.mu.Lock()
+	last.next = t.head
+	t.head = list
+	if t.tail == nil {
+		t.tail = last
+	}
+	t.mu.Unlock()
+}
+
+// sendList answers the requests in list, in batches. With block false it
+// never waits on the socket and reports false if anything is left: bytes
+// in t.out, or requests put back in the queue, for the writer. The caller
+// holds t.sendMu.
+func (c *conn) sendList(list *request, block bool) bool {
+	t := c.tx
+	for r := list; r != nil; {
+		if !t.out.fits(r) && !c.sendBatch(block) {
+			c.requeue(r)
+			return false
+		}
+		next := r.next
+		r.next = nil
+		c.encodeReply(r)
+		r = next
+	}
+	return c.sendBatch(block)
+}
+
+// idle runs on the reader before anything that may block it: a socket
+// read that the buffer cannot satisfy, or a wait for a top bio or for
+// payload budget. It sends the replies that completed while the reader
+// worked (enqueue did not wake the writer for them) and marks the reader
+// inactive, so that completions during the wait wake the writer. Sending
+// them first is also what keeps the waits safe: a reply the reader held
+// back would hold back the bio or the budget it waits for.
+func (c *conn) idle() {
+	t := c.tx
+	if t.raw != nil && t.sendMu.TryLock() {
+		if !t.out.pending {
+			sent := c.sendList(c.takeQueue(true), false)
+			t.sendMu.Unlock()
+			if !sent {
+				c.wakeWriter()
+			}
+			return
+		}
+		t.sendMu.Unlock()
+	}
+	// The writer is sending, or owes the rest of a batch, or this socket
+	// has no non-blocking send: the writer takes the queue.
+	t.mu.Lock()
+	t.readerActive = false
+	wake := t.head != nil
+	t.mu.Unlock()
+	if wake {
+		c.wakeWriter()
+	}
+}

@@ -1,0 +1,121 @@
+package nbd
+
+import (
+	"bytes"
+	"fmt"
+	"testing"
+	"time"
+)
+
+// TestRepliesLeftForTheWriter pipelines more reply bytes than the socket
+// holds, mixed with error replies, while the client does not read: the
+// reader's non-blocking send fills the socket and leaves the rest (bytes
+// of a half-sent batch, and requests it could not encode) to the writer.
+// Once the client reads, every reply must arrive exactly once, intact,
+// with a synchronous device (replies sent by the reader) and an
+// asynchronous one (replies sent by the writer as well).
+func TestRepliesLeftForTheWriter(t *testing.T) {
+	for _, async := range []bool{false, true} {
+		for _, structured := range []bool{false, true} {
+			t.Run(fmt.Sprintf("async=%v/structured=%v", async, structured), func(t *testing.T) {
+				testRepliesLeftForTheWriter(t, async, structured)
+			})
+		}
+	}
+}
+
+func testRepliesLeftForTheWriter(t *testing.T, async, structured bool) {
+	const size = 16 << 20
+	dev := newMemDev(size, allCaps)
+	if async {
+		dev.maxDelay = 200 * time.Microsecond
+	}
+	for i := range dev.data {
+		dev.data[i] = byte(i*7 + i>>20)
+	}
+	ts := startServer(t, oneExport(dev), "unix")
+	r := dialRaw(t, ts)
+	r.start("mem", structured, false)
+
+	// 64 reads of 1 MiB, 64 of 4 KiB and 64 unknown commands, interleaved.
+	const n = 192
+	type want struct {
+		off, length uint64
+		bad         bool
+	}
+	wants := make(map[uint64]want, n)
+	var reqs []byte
+	for i := range uint64(n) {
+		w := want{off: i << 16}
+		cmd := uint16(cmdRead)
+		switch i % 3 {
+		case 0:
+			w.length = 1 << 20
+		case 1:
+			w.length = 4096
+		case 2:
+			cmd, w.bad = 0x55, true
+		}
+		wants[i] = w
+		reqs = append(reqs, requestBytes(cmd, 0, i, w.off, uint32(w.length), nil)...)
+	}
+	r.write(reqs)
+	// Let the server fill the socket and hand over to its writer.
+	time.Sleep(100 * time.Millisecond)
+
+	for range n {
+		var cookie uint64
+		var code uint32
+		var data []byte
+		if structured {
+			flags, typ, c, payload := r.chunk()
+			cookie = c
+			if flags&replyFlagDone == 0 {
+				t.Fatalf("cookie %d: chunk without DONE", c)
+			}
+			switch typ {
+			case replyTypeOffsetData:
+				if got := be.Uint64(payload); got != wants[c].off {
+					t.Fatalf("cookie %d: offset %d, want %d", c, got, wants[c].off)
+				}
+				data = payload[8:]
+			case replyTypeError:
+				code = be.Uint32(payload)
+			default:
+				t.Fatalf("cookie %d: chunk type %d", c, typ)
+			}
+		} else {
+			h := r.read(simpleReplyLen)
+			code, cookie = be.Uint32(h[4:]), be.Uint64(h[8:])
+			if w, ok := wants[cookie]; ok && code == 0 {
+				data = r.read(int(w.length))
+			}
+		}
+		w, ok := wants[cookie]
+		if !ok {
+			t.Fatalf("reply for unknown or already answered cookie %d", cookie)
+		}
+		delete(wants, cookie)
+		if w.bad {
+			if code != errInval {
+				t.Fatalf("cookie %d: error %d, want EINVAL", cookie, code)
+			}
+			continue
+		}
+		if code != 0 {
+			t.Fatalf("cookie %d: error %d", cookie, code)
+		}
+		if !bytes.Equal(data, dev.data[w.off:w.off+w.length]) {
+			t.Fatalf("cookie %d: wrong data", cookie)
+		}
+	}
+	// And the connection carries on.
+	r.request(cmdFlush, 0, 1000, 0, 0, nil)
+	if structured {
+		if _, typ, c, _ := r.chunk(); typ != replyTypeNone || c != 1000 {
+			t.Fatalf("flush after the burst: type %d cookie %d", typ, c)
+		}
+	} else if code, c, _ := r.simple(0); code != 0 || c != 1000 {
+		t.Fatalf("flush after the burst: code %d cookie %d", code, c)
+	}
+}
