@@ -16,14 +16,20 @@
 #
 # Knobs (environment):
 #   AB_BASE=HEAD       revision to compare against
+#   AB_NEW             revision to measure instead of the working tree
 #   AB_RUNTIME=4       seconds measured per fio run (after a 1 s ramp)
 #   AB_REPS=5          repetitions per (workload, build)
 #   AB_WORKLOADS       subset of: rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32
 #                      sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn
+#   AB_BASE_ENV, AB_NEW_ENV
+#                      environment for each build's process, e.g.
+#                      AB_BASE=HEAD AB_NEW_ENV=GOMAXPROCS=1 compares a
+#                      runtime setting on the same code
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BASE=${AB_BASE:-HEAD}
+NEW=${AB_NEW:-}
 RUNTIME=${AB_RUNTIME:-4}
 REPS=${AB_REPS:-5}
 WORKLOADS=${AB_WORKLOADS:-rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn}
@@ -42,16 +48,22 @@ cleanup() {
 		wait "${PID[$b]}" 2>/dev/null || true
 	done
 	git -C "$ROOT" worktree remove --force "$WORK/base-src" 2>/dev/null || true
+	git -C "$ROOT" worktree remove --force "$WORK/new-src" 2>/dev/null || true
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-log "building base ($BASE) and new (working tree)"
+log "building base ($BASE) and new (${NEW:-working tree})"
 git -C "$ROOT" worktree add --detach "$WORK/base-src" "$BASE" >/dev/null 2>&1
 (cd "$WORK/base-src" && go build -o "$WORK/stackd-base" ./cmd/stackd)
-(cd "$ROOT" && go build -o "$WORK/stackd-new" ./cmd/stackd)
+NEW_SRC=$ROOT
+if [[ -n $NEW ]]; then
+	git -C "$ROOT" worktree add --detach "$WORK/new-src" "$NEW" >/dev/null 2>&1
+	NEW_SRC=$WORK/new-src
+fi
+(cd "$NEW_SRC" && go build -o "$WORK/stackd-new" ./cmd/stackd)
 
 sock() { echo "$WORK/$1.sock"; }
 uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }
@@ -63,7 +75,8 @@ start() {
 		printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
 		for i in 1 2 3 4; do printf '              - memory: {size: %dMiB}\n' "$leg"; done
 	} >"$WORK/$b.yaml"
-	"$WORK/stackd-$b" serve -config "$WORK/$b.yaml" -log-level warn >"$WORK/$b.log" 2>&1 &
+	local envvar=AB_${b^^}_ENV
+	env ${!envvar:-} "$WORK/stackd-$b" serve -config "$WORK/$b.yaml" -log-level warn >"$WORK/$b.log" 2>&1 &
 	PID[$b]=$!
 	for _ in $(seq 100); do
 		nbdinfo --size "$(uri "$b")" >/dev/null 2>&1 && break
@@ -115,7 +128,7 @@ measure() {
 		| (if ($wl | startswith("s")) then ($j.read.bw_bytes + $j.write.bw_bytes) / 1e6
 		   else $j.read.iops + $j.write.iops end) as $rate
 		| "\($wl)\t\($b)\t\($rate)\t\(if $n > 0 then $cpu / $clk * 1e6 / $n else 0 end)"' \
-		"$WORK/out.json" >>"$RESULTS"
+		"$WORK/out.json" | tee -a "$RESULTS" | awk -F'\t' '{ printf "  %s %-4s %10.0f %8.1fus/req\n", $1, $2, $3, $4 }' >&2
 }
 
 start base
@@ -131,7 +144,7 @@ for rep in $(seq "$REPS"); do
 	log "repetition $rep of $REPS done"
 done
 
-printf '\nbase %s vs working tree; median of %s runs of %s s\n\n' "$BASE" "$REPS" "$RUNTIME"
+printf '\nbase %s vs %s; median of %s runs of %s s\n\n' "$BASE" "${NEW:-working tree}" "$REPS" "$RUNTIME"
 printf '%-16s %12s %12s %7s %12s %12s %7s\n' workload base new ratio "cpu/req base" "cpu/req new" ratio
 for wl in $WORKLOADS; do
 	awk -F'\t' -v wl="$wl" '

@@ -10,39 +10,102 @@ import (
 )
 
 // DefaultMemoryChunk is the allocation unit of a Memory target when none is
-// given: large enough that a map entry per chunk is negligible overhead,
+// given: large enough that the table entry per chunk is negligible overhead,
 // small enough that a scattered 4 KiB write pins little memory.
 const DefaultMemoryChunk = 64 << 10
 
-// memShards spreads chunks over independently locked maps so that I/O to
-// different chunks rarely contends. Consecutive chunks land in different
-// shards, so one large sequential request and many small random ones both
-// spread out.
-const memShards = 64
+// The chunk table is a radix tree over chunk indexes: pages of chunks at
+// the bottom, directories of pointers to pages or to lower directories
+// above, and a top directory sized to the device. A page holds memPageLen
+// consecutive chunks; a directory below the top, memDirLen of the level
+// under it.
+//
+// Pages are small because a write anywhere in a page's span allocates the
+// whole page: a 12 KiB page is at most 19% on top of one 64 KiB chunk, so
+// scattered writes (a mkfs touching every block group of a huge device)
+// cost little beyond their chunks. Directories are large because there are
+// few of them and every level is one more load on every bio: a 1 GiB
+// device of 64 KiB chunks is a top directory of 32 pages, a 1 TiB one
+// three levels, and the largest a configuration allows (8 EiB of 4 KiB
+// chunks) five. A full device pays 24 bytes of table per chunk: 0.04% of
+// 64 KiB chunks, 0.6% of 4 KiB ones.
+const (
+	memPageBits = 9
+	memPageLen  = 1 << memPageBits
+	memPageMask = memPageLen - 1
+	memDirBits  = 12
+	memDirLen   = 1 << memDirBits
+	memDirMask  = memDirLen - 1
+
+	// The sizes of a page and of a directory below the top, for
+	// tableBytes: a slice header or a pointer per entry.
+	memPageBytes = memPageLen * 24
+	memDirBytes  = memDirLen * 8
+)
+
+// memStripes is the number of locks guarding chunks, chunk k taking lock
+// k mod memStripes: enough that bios to different chunks rarely share one,
+// few enough that all of them stay in the CPU cache. A lock kept in each
+// chunk would never be shared, but costs a cache miss per bio on a large
+// device, which is most of what the table saves over a map.
+const memStripes = 256
 
 // Memory is a sparse RAM target. It holds memory only for chunks that have
 // been written, so a huge device costs nothing until used and TRIM gives
 // memory back.
 //
-// Each chunk is read and written under its shard's lock, held for the copy:
-// overlapping concurrent bios then see each chunk either before or after
-// another's write, never a torn mix within one chunk, and the race detector
-// has nothing to report.
+// Finding a chunk's page is a few atomic loads down the chunk table, with
+// no lock: directories and pages are published with compare-and-swap when
+// a write first needs them, and stay until Close. A missing page or
+// directory is a hole and reads as zeros without locking at all.
+//
+// A page's entries, the chunks themselves, are read and written only under
+// their stripe's lock, held for the copy: overlapping concurrent bios then
+// see each chunk either before or after another's write, never a torn mix
+// within one chunk, a TRIM never frees a chunk under a reader, and the race
+// detector has nothing to report. Consecutive chunks have different
+// stripes, so one large sequential request and many small random ones both
+// spread out.
 type Memory struct {
 	size      uint64
 	chunk     uint64
 	shift     uint
 	allocated atomic.Uint64
-	shards    [memShards]memShard
-	delay     delay
+	// top is the root directory, sized to the device: at most memDirLen
+	// entries, so that creating even the largest device costs little.
+	top memDir
+	// topShift is the number of low chunk-index bits below the top
+	// directory's: memPageBits, plus memDirBits per directory level
+	// between the top and the pages.
+	topShift uint
+	// tableBytes is the memory in directories and pages allocated since
+	// NewMemory or Close, for tests; the top directory is not counted.
+	tableBytes atomic.Uint64
+	stripes    [memStripes]memStripe
+	delay      delay
 	errorCounter
 }
 
-type memShard struct {
-	mu sync.RWMutex
-	// chunks holds this shard's allocated chunks by chunk index. It is nil
-	// until the first write, so an unused device allocates no maps at all.
-	chunks map[uint64][]byte
+// memDir is a directory of the chunk table. Exactly one of dirs and pages
+// is non-nil: pages in the lowest directory level, dirs above it.
+type memDir struct {
+	dirs  []atomic.Pointer[memDir]
+	pages []atomic.Pointer[memPage]
+}
+
+// memPage holds the chunks of memPageLen consecutive chunk indexes; nil
+// ones are holes. Entry i is guarded by the stripe lock of its chunk index.
+//
+// Pages stay until Close even when all their chunks are freed: removing one
+// safely would need a lock that every lookup takes, and a page costs at
+// most 24 bytes per chunk it spans.
+type memPage [memPageLen][]byte
+
+// memStripe is one lock, padded to a cache line of its own so that CPUs
+// locking neighbouring stripes do not contend for the line.
+type memStripe struct {
+	sync.RWMutex
+	_ [64 - 24]byte // 24: the size of a sync.RWMutex, checked by a test
 }
 
 // NewMemory returns an empty memory target of size bytes allocated in
@@ -61,6 +124,19 @@ func NewMemory(size, chunk uint64) *Memory {
 		chunk >>= 1
 		m.shift++
 	}
+	// The highest chunk index; a device smaller than a chunk still has
+	// chunk 0, and a 0-byte one gets it too rather than an empty table.
+	hi := (max(size, 1) - 1) >> m.shift
+	m.topShift = memPageBits
+	for hi>>m.topShift >= memDirLen {
+		m.topShift += memDirBits
+	}
+	n := hi>>m.topShift + 1
+	if m.topShift == memPageBits {
+		m.top.pages = make([]atomic.Pointer[memPage], n)
+	} else {
+		m.top.dirs = make([]atomic.Pointer[memDir], n)
+	}
 	return m
 }
 
@@ -78,20 +154,24 @@ func (m *Memory) Size() uint64 { return m.size }
 // Caps returns every capability: RAM can do all of them cheaply.
 func (m *Memory) Caps() bioset.Caps { return bioset.CapsAll }
 
-// Allocated returns the bytes of chunk memory the target holds now.
+// Allocated returns the bytes of chunk memory the target holds now. The
+// chunk table itself is not included.
 func (m *Memory) Allocated() uint64 { return m.allocated.Load() }
 
 // Close stops the delay workers, if any, and drops every chunk so that the
 // memory goes back to the Go heap even if something still references m.
+// It comes after the last bio: one still in flight may write into a page
+// already dropped, or allocate afresh.
 func (m *Memory) Close() error {
 	m.delay.stop()
-	for i := range m.shards {
-		sh := &m.shards[i]
-		sh.mu.Lock()
-		sh.chunks = nil
-		sh.mu.Unlock()
+	for i := range m.top.dirs {
+		m.top.dirs[i].Store(nil)
+	}
+	for i := range m.top.pages {
+		m.top.pages[i].Store(nil)
 	}
 	m.allocated.Store(0)
+	m.tableBytes.Store(0)
 	return nil
 }
 
@@ -129,17 +209,84 @@ func (m *Memory) piece(off, length uint64) (idx, in, n uint64) {
 	return idx, in, min(m.chunk-in, length)
 }
 
+// stripe returns the lock guarding chunk idx.
+func (m *Memory) stripe(idx uint64) *memStripe {
+	return &m.stripes[idx%memStripes]
+}
+
+// page returns the page holding chunk idx. If there is none, it returns
+// nil and how many chunks from idx on are holes for want of a page or
+// directory: callers that walk a range skip them in one step.
+//
+// It takes no lock: a page or directory once published stays until Close.
+func (m *Memory) page(idx uint64) (p *memPage, holes uint64) {
+	d := &m.top
+	// The top index needs no mask, being below len(m.top.*) <= memDirLen.
+	s := m.topShift
+	for ; s > memPageBits; s -= memDirBits {
+		if d = d.dirs[idx>>s&memDirMask].Load(); d == nil {
+			return nil, 1<<s - idx&(1<<s-1)
+		}
+	}
+	if p = d.pages[idx>>memPageBits&memDirMask].Load(); p == nil {
+		return nil, memPageLen - idx&memPageMask
+	}
+	return p, 0
+}
+
+// pageFor is page for a writer: it allocates the missing directories and
+// page on the way down. Racing writers publish with compare-and-swap, and
+// the losers use the winner's.
+func (m *Memory) pageFor(idx uint64) *memPage {
+	d := &m.top
+	for s := m.topShift; s > memPageBits; s -= memDirBits {
+		slot := &d.dirs[idx>>s&memDirMask]
+		next := slot.Load()
+		for next == nil {
+			fresh := &memDir{}
+			if s-memDirBits > memPageBits {
+				fresh.dirs = make([]atomic.Pointer[memDir], memDirLen)
+			} else {
+				fresh.pages = make([]atomic.Pointer[memPage], memDirLen)
+			}
+			if slot.CompareAndSwap(nil, fresh) {
+				m.tableBytes.Add(memDirBytes)
+				next = fresh
+			} else {
+				next = slot.Load() // the winner's; nil only after Close
+			}
+		}
+		d = next
+	}
+	slot := &d.pages[idx>>memPageBits&memDirMask]
+	p := slot.Load()
+	for p == nil {
+		fresh := new(memPage)
+		if slot.CompareAndSwap(nil, fresh) {
+			m.tableBytes.Add(memPageBytes)
+			p = fresh
+		} else {
+			p = slot.Load()
+		}
+	}
+	return p
+}
+
 func (m *Memory) read(buf []byte, off uint64) {
 	for len(buf) > 0 {
 		idx, in, n := m.piece(off, uint64(len(buf)))
-		sh := &m.shards[idx%memShards]
-		sh.mu.RLock()
-		if c := sh.chunks[idx]; c != nil {
-			copy(buf[:n], c[in:])
+		if p, _ := m.page(idx); p != nil {
+			st := m.stripe(idx)
+			st.RLock()
+			if c := p[idx&memPageMask]; c != nil {
+				copy(buf[:n], c[in:])
+			} else {
+				clear(buf[:n])
+			}
+			st.RUnlock()
 		} else {
 			clear(buf[:n])
 		}
-		sh.mu.RUnlock()
 		buf, off = buf[n:], off+n
 	}
 }
@@ -147,25 +294,24 @@ func (m *Memory) read(buf []byte, off uint64) {
 func (m *Memory) write(buf []byte, off uint64) {
 	for len(buf) > 0 {
 		idx, in, n := m.piece(off, uint64(len(buf)))
-		sh := &m.shards[idx%memShards]
-		sh.mu.Lock()
-		c := sh.chunks[idx]
+		p := m.pageFor(idx)
+		st := m.stripe(idx)
+		st.Lock()
+		c := p[idx&memPageMask]
 		if c == nil {
-			c = m.allocLocked(sh, idx)
+			c = m.allocLocked(p, idx)
 		}
 		copy(c[in:], buf[:n])
-		sh.mu.Unlock()
+		st.Unlock()
 		buf, off = buf[n:], off+n
 	}
 }
 
-// allocLocked gives chunk idx zeroed memory. The caller holds sh.mu.
-func (m *Memory) allocLocked(sh *memShard, idx uint64) []byte {
-	if sh.chunks == nil {
-		sh.chunks = make(map[uint64][]byte)
-	}
+// allocLocked gives chunk idx, in page p, zeroed memory. The caller holds
+// the chunk's stripe lock.
+func (m *Memory) allocLocked(p *memPage, idx uint64) []byte {
 	c := make([]byte, m.chunk)
-	sh.chunks[idx] = c
+	p[idx&memPageMask] = c
 	m.allocated.Add(m.chunk)
 	return c
 }
@@ -179,56 +325,105 @@ func (m *Memory) allocLocked(sh *memShard, idx uint64) []byte {
 // would make what a read returns after a TRIM depend on chunk alignment,
 // and tests and layered checks are simpler when it never does.
 func (m *Memory) zero(off, length uint64, keep bool) {
-	end := off + length
-	first := (off + m.chunk - 1) >> m.shift // first chunk wholly inside
-	last := end >> m.shift                  // one past the last
-	if end == m.size {
-		// The device's last chunk may extend past its end; covering
-		// up to the end counts as covering it all.
-		last = (end + m.chunk - 1) >> m.shift
-	}
-	// A mkfs discards the whole device in multi-GiB pieces. Visiting every
-	// chunk index of such a range costs time in proportion to the device,
-	// not to the memory held; once the range spans more chunks than are
-	// allocated, sweeping the maps is the cheaper walk.
-	if keep || last <= first || last-first <= m.allocated.Load()>>m.shift {
-		m.zeroEach(off, length, keep)
+	if keep {
+		m.zeroKeep(off, length)
 		return
 	}
-	mid, tail := first<<m.shift, min(last<<m.shift, end)
-	m.zeroEach(off, mid-off, false)
-	for i := range m.shards {
-		sh := &m.shards[i]
-		sh.mu.Lock()
-		for idx := range sh.chunks {
-			if idx >= first && idx < last {
-				delete(sh.chunks, idx)
+	end := off + length
+	first := off >> m.shift // first chunk wholly inside
+	if off&(m.chunk-1) != 0 {
+		first++
+	}
+	last := end >> m.shift // one past the last
+	tail := last << m.shift
+	if end == m.size && end&(m.chunk-1) != 0 {
+		// The device's last chunk extends past its end; covering
+		// up to the end counts as covering it all.
+		last++
+		tail = end
+	}
+	if last <= first {
+		m.clear(off, length)
+		return
+	}
+	mid := first << m.shift
+	m.clear(off, mid-off)
+	m.freeRange(first, last)
+	m.clear(tail, end-tail)
+}
+
+// freeRange frees chunks first up to last. A mkfs discards the whole device
+// in multi-GiB pieces; skipping missing pages and directories whole makes
+// that cost time in proportion to the table that exists, not to the range.
+func (m *Memory) freeRange(first, last uint64) {
+	for idx := first; idx < last; {
+		p, holes := m.page(idx)
+		if p == nil {
+			if idx+holes < idx { // the hole reaches the end of the index space
+				return
+			}
+			idx += holes
+			continue
+		}
+		// To the end of the page or of the range, whichever is
+		// first, without overflowing past the last index.
+		stop := last
+		if e := idx | memPageMask; e < last {
+			stop = e + 1
+		}
+		m.freeInPage(p, idx, stop)
+		idx = stop
+	}
+}
+
+// freeInPage frees chunks lo up to hi, all in page p, taking each stripe
+// lock once rather than once per chunk.
+func (m *Memory) freeInPage(p *memPage, lo, hi uint64) {
+	for k := range min(hi-lo, memStripes) {
+		st := m.stripe(lo + k)
+		st.Lock()
+		for idx := lo + k; idx < hi; idx += memStripes {
+			if e := &p[idx&memPageMask]; *e != nil {
+				*e = nil
 				m.allocated.Add(-m.chunk)
 			}
 		}
-		sh.mu.Unlock()
+		st.Unlock()
 	}
-	m.zeroEach(tail, end-tail, false)
 }
 
-// zeroEach is zero visiting one chunk index at a time.
-func (m *Memory) zeroEach(off, length uint64, keep bool) {
+// clear zeroes [off, off+length) in the chunks that hold it, in place;
+// holes already read as zeros and stay holes.
+func (m *Memory) clear(off, length uint64) {
 	for length > 0 {
 		idx, in, n := m.piece(off, length)
-		whole := in == 0 && (n == m.chunk || off+n == m.size)
-		sh := &m.shards[idx%memShards]
-		sh.mu.Lock()
-		c := sh.chunks[idx]
-		switch {
-		case c != nil && whole && !keep:
-			delete(sh.chunks, idx)
-			m.allocated.Add(-m.chunk)
-		case c != nil:
-			clear(c[in : in+n])
-		case keep:
-			m.allocLocked(sh, idx)
+		if p, _ := m.page(idx); p != nil {
+			st := m.stripe(idx)
+			st.Lock()
+			if c := p[idx&memPageMask]; c != nil {
+				clear(c[in : in+n])
+			}
+			st.Unlock()
 		}
-		sh.mu.Unlock()
+		off, length = off+n, length-n
+	}
+}
+
+// zeroKeep zeroes [off, off+length) leaving every chunk it touches
+// allocated, as WRITE_ZEROES with NO_HOLE asks. It visits every chunk index:
+// the memory it allocates grows with the range anyway.
+func (m *Memory) zeroKeep(off, length uint64) {
+	for length > 0 {
+		idx, in, n := m.piece(off, length)
+		p := m.pageFor(idx)
+		st := m.stripe(idx)
+		st.Lock()
+		if c := p[idx&memPageMask]; c != nil {
+			clear(c[in : in+n])
+		} else {
+			m.allocLocked(p, idx)
+		}
+		st.Unlock()
 		off, length = off+n, length-n
 	}
 }
@@ -236,20 +431,32 @@ func (m *Memory) zeroEach(off, length uint64, keep bool) {
 func (m *Memory) blockStatus(b *bioset.Bio) {
 	f := newExtentFill(b)
 	if m.allocated.Load() == 0 {
-		// Nothing to look up: spare a long walk over an empty device.
+		// Nothing to look up: spare a walk over pages left empty by
+		// a TRIM of everything.
 		f.add(b.Length, holeZero)
 		return
 	}
 	off, length := b.Offset, b.Length
 	for length > 0 {
 		idx, _, n := m.piece(off, length)
-		sh := &m.shards[idx%memShards]
-		sh.mu.RLock()
-		_, data := sh.chunks[idx]
-		sh.mu.RUnlock()
 		flags := holeZero
-		if data {
-			flags = 0
+		if p, holes := m.page(idx); p == nil {
+			// A missing page or directory: report all of its
+			// span that the request covers in one step, so that
+			// an empty terabyte costs a few lookups, not one per
+			// chunk.
+			if rest := length - n; holes-1 > rest>>m.shift {
+				n = length
+			} else {
+				n += (holes - 1) << m.shift
+			}
+		} else {
+			st := m.stripe(idx)
+			st.RLock()
+			if p[idx&memPageMask] != nil {
+				flags = 0
+			}
+			st.RUnlock()
 		}
 		if !f.add(n, flags) {
 			return

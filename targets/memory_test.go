@@ -2,11 +2,13 @@ package targets
 
 import (
 	"bytes"
+	"math/rand/v2"
 	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stackd/stackd/bioset"
 )
@@ -360,5 +362,432 @@ func TestMemorySweepTrim(t *testing.T) {
 	mustDo(t, m, bioset.OpTrim, 0, 8*c, size-8*c, nil)
 	if m.Allocated() != 3*c {
 		t.Fatalf("Allocated %d, want %d", m.Allocated(), 3*c)
+	}
+}
+
+// heapInUse returns the live heap after a full collection, so that two
+// readings differ by what the code between them still references.
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
+// tableSize is the table beyond the top directory of dirs directories and
+// pages pages.
+func tableSize(dirs, pages uint64) uint64 { return dirs*memDirBytes + pages*memPageBytes }
+
+// The table's sizes as tableBytes counts them are the real ones, and a
+// stripe fills a cache line.
+func TestMemoryTableSizes(t *testing.T) {
+	if s := unsafe.Sizeof(memPage{}); s != memPageBytes {
+		t.Errorf("a page is %d bytes, memPageBytes %d", s, memPageBytes)
+	}
+	if s := unsafe.Sizeof([memDirLen]atomic.Pointer[memDir]{}); s != memDirBytes {
+		t.Errorf("a directory is %d bytes, memDirBytes %d", s, memDirBytes)
+	}
+	if s := unsafe.Sizeof(memStripe{}); s != 64 {
+		t.Errorf("a stripe is %d bytes, want a 64-byte cache line", s)
+	}
+}
+
+// A 1 TiB target written in a few scattered places holds those chunks, one
+// table page for each, and next to nothing else; TRIM gives the chunks back.
+func TestMemoryTableSparse(t *testing.T) {
+	before := heapInUse()
+	m := NewMemory(1<<40, 0)
+	if m.tableBytes.Load() != 0 {
+		t.Fatalf("a new target has %d bytes of table pages", m.tableBytes.Load())
+	}
+	const n = 64
+	data := bytes.Repeat([]byte{9}, 4096)
+	for i := range uint64(n) {
+		// 16 GiB apart: every write lands in a page of its own.
+		write(t, m, i<<34+i*4096*17, data)
+	}
+	if m.Allocated() != n*DefaultMemoryChunk {
+		t.Fatalf("Allocated %d, want %d", m.Allocated(), n*DefaultMemoryChunk)
+	}
+	// 1 TiB of 64 KiB chunks: a top of 8 directories, each of 4096
+	// pages; the writes touch every directory.
+	if want := tableSize(8, n); m.tableBytes.Load() != want {
+		t.Fatalf("%d bytes of table, want %d", m.tableBytes.Load(), want)
+	}
+	// The stripes and the top directory, test garbage that survives a
+	// GC, and garbage from before the test that does not.
+	const slack = 32<<10 + 256<<10
+	held := heapInUse() - before
+	if want := int64(m.Allocated() + m.tableBytes.Load()); held < want-slack || held > want+slack {
+		t.Fatalf("heap grew by %d bytes holding %d in chunks and pages", held, want)
+	}
+	mustDo(t, m, bioset.OpTrim, 0, 0, 1<<40, nil)
+	if m.Allocated() != 0 {
+		t.Fatalf("Allocated %d after trimming everything", m.Allocated())
+	}
+	if held := heapInUse() - before; held > int64(m.tableBytes.Load())+slack {
+		t.Fatalf("heap still %d bytes over after trimming everything", held)
+	}
+	m.Close()
+	if held := heapInUse() - before; held > slack {
+		t.Fatalf("heap still %d bytes over after Close", held)
+	}
+	runtime.KeepAlive(m)
+}
+
+// Pages come into being only when a chunk in their span is written; reads,
+// BLOCK_STATUS and hole-punching zeroes of holes allocate none.
+func TestMemoryTableLazyPages(t *testing.T) {
+	span := uint64(memPageLen * DefaultMemoryChunk) // the bytes one page covers
+	m := NewMemory(1<<40, 0)
+	defer m.Close()
+	pages := func(want uint64) {
+		t.Helper()
+		// All the writes below are in the first directory's span.
+		if got := m.tableBytes.Load(); got != tableSize(min(want, 1), want) {
+			t.Fatalf("%d bytes of table, want %d pages", got, want)
+		}
+	}
+	read(t, m, 3*span+100, 1<<20)
+	blockStatus(t, m, 0, 1<<40, 4, 0)
+	mustDo(t, m, bioset.OpTrim, 0, span-4096, 3*span, nil)
+	mustDo(t, m, bioset.OpWriteZeroes, 0, 5*span+7, 3*DefaultMemoryChunk, nil)
+	pages(0)
+	write(t, m, 0, []byte{1})
+	pages(1)
+	write(t, m, span-1, []byte{1})
+	pages(1)
+	write(t, m, span-1, []byte{1, 2}) // straddles into the next page
+	pages(2)
+	mustDo(t, m, bioset.OpWriteZeroes, bioset.FlagNoHole, 7*span, 1, nil)
+	pages(3)
+	mustDo(t, m, bioset.OpTrim, 0, 0, 1<<40, nil)
+	pages(3) // kept: see memPage
+	if m.Allocated() != 0 {
+		t.Fatalf("Allocated %d", m.Allocated())
+	}
+	wantExtents(t, blockStatus(t, m, 0, 1<<40, 4, 0), ext(0, 1<<40, hz))
+}
+
+// The largest device a configuration allows (8 EiB less one byte for the
+// export, rounded down to 512) with the smallest chunk it allows (4 KiB)
+// needs the deepest table: still instant and nearly free to create, and a
+// whole-device BLOCK_STATUS or TRIM costs time in proportion to what was
+// written, not to the size.
+func TestMemoryLargestDevice(t *testing.T) {
+	const size = 1<<63 - 512
+	const c = 4096
+	const last = size &^ (c - 1) // the short last chunk
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	start := time.Now()
+	m := NewMemory(size, c)
+	elapsed := time.Since(start)
+	runtime.ReadMemStats(&after)
+	defer m.Close()
+	if elapsed > 50*time.Millisecond {
+		t.Fatalf("creating an 8 EiB memory target took %v", elapsed)
+	}
+	// The stripe locks and a 64-entry top directory.
+	if d := after.TotalAlloc - before.TotalAlloc; d > 32<<10 {
+		t.Fatalf("creating an 8 EiB memory target allocated %d bytes", d)
+	}
+	start = time.Now()
+	write(t, m, 0, []byte{1, 2, 3})
+	write(t, m, 1<<62+c-6, []byte{4, 5, 6, 7, 8, 9, 10, 11, 12, 13}) // two chunks
+	write(t, m, size-3, []byte{14, 15, 16})                          // the short last chunk
+	if m.Allocated() != 4*c {
+		t.Fatalf("Allocated %d, want %d", m.Allocated(), 4*c)
+	}
+	// Three paths from the top: three directories and a page each.
+	if want := tableSize(9, 3); m.tableBytes.Load() != want {
+		t.Fatalf("%d bytes of table, want %d", m.tableBytes.Load(), want)
+	}
+	if got := read(t, m, 1<<62+c-8, 14); !bytes.Equal(got, []byte{0, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0, 0}) {
+		t.Fatalf("read back %v", got)
+	}
+	if got := read(t, m, size-5, 5); !bytes.Equal(got, []byte{0, 0, 14, 15, 16}) {
+		t.Fatalf("read back %v at the end", got)
+	}
+	wantExtents(t, blockStatus(t, m, 0, size, 8, 0),
+		ext(0, c, 0), ext(c, 1<<62-c, hz), ext(1<<62, 2*c, 0),
+		ext(1<<62+2*c, last-(1<<62+2*c), hz), ext(last, size-last, 0))
+	mustDo(t, m, bioset.OpWriteZeroes, 0, 1<<62+c-6, 6, nil) // partial: in place
+	if m.Allocated() != 4*c {
+		t.Fatalf("Allocated %d after a partial zero, want %d", m.Allocated(), 4*c)
+	}
+	mustDo(t, m, bioset.OpTrim, 0, 0, size, nil)
+	if m.Allocated() != 0 {
+		t.Fatalf("Allocated %d after trimming everything", m.Allocated())
+	}
+	wantExtents(t, blockStatus(t, m, 0, size, 8, 0), ext(0, size, hz))
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("a few bios on an 8 EiB target took %v", d)
+	}
+}
+
+// BLOCK_STATUS and TRIM skip a missing page or directory whole, from
+// wherever in its span they start: the skip must end exactly where the
+// next subtree, which may hold data, begins.
+func TestMemoryHoleSkip(t *testing.T) {
+	const c = 4096
+	pageSpan := uint64(memPageLen * c)
+	for _, d := range []struct {
+		size  uint64
+		edges []uint64 // starts of a page, of directories, of a top entry
+	}{
+		{1 << 40, []uint64{pageSpan, memDirLen * pageSpan, 9 * memDirLen * pageSpan}},
+		{1<<63 - 512, []uint64{pageSpan, memDirLen * pageSpan, memDirLen * memDirLen * pageSpan, 5 << 60}},
+	} {
+		for _, e := range d.edges {
+			for _, from := range []uint64{e - pageSpan/2 - 512, e - 3*c, e - 512, e/2 + 512} {
+				m := NewMemory(d.size, c)
+				write(t, m, e, []byte{1})
+				wantExtents(t, blockStatus(t, m, from, e-from+2*c, 4, 0),
+					ext(0, e-from, hz), ext(e-from, c, 0), ext(e-from+c, c, hz))
+				mustDo(t, m, bioset.OpTrim, 0, from, e-from+c, nil)
+				if m.Allocated() != 0 {
+					t.Fatalf("size %d: a TRIM from %d over a missing subtree did not free the chunk at %d", d.size, from, e)
+				}
+				m.Close()
+			}
+		}
+	}
+}
+
+// memWindow is a window of a memory target seen as a device of its own,
+// so that the flat-model checks can run near table boundaries of a device
+// far too large to model whole.
+type memWindow struct {
+	m          *Memory
+	base, size uint64
+}
+
+func (w *memWindow) Submit(s *bioset.Submitter, b *bioset.Bio) {
+	b.Offset += w.base
+	b.Dev = w.m
+	s.Submit(b)
+}
+
+func (w *memWindow) Size() uint64      { return w.size }
+func (w *memWindow) Caps() bioset.Caps { return w.m.Caps() }
+func (w *memWindow) Close() error      { return nil }
+
+// Random I/O across the places where deep tables change page, directory
+// and top entry, and at a short last chunk; afterwards Allocated counts
+// exactly the chunks BLOCK_STATUS reports.
+func TestMemoryDeepTableModel(t *testing.T) {
+	const c = 4096
+	const w = 64 << 10 // half a window
+	pageSpan := uint64(memPageLen * c)
+	for _, d := range []struct {
+		name  string
+		size  uint64
+		edges []uint64 // window centres; the device end gets one anyway
+	}{
+		// 2^28 chunks: top, one directory level, pages.
+		{"1TiB", 1 << 40, []uint64{pageSpan, memDirLen * pageSpan, 5*memDirLen*pageSpan + 3*pageSpan}},
+		// 2^51 chunks, the last one short: top and three directory levels.
+		{"8EiB", 1<<63 - 512, []uint64{pageSpan, memDirLen * memDirLen * pageSpan, 1 << 60, 7 << 60}},
+	} {
+		t.Run(d.name, func(t *testing.T) {
+			m := NewMemory(d.size, c)
+			defer m.Close()
+			var windows []*memWindow
+			for _, e := range d.edges {
+				windows = append(windows, &memWindow{m, e - w, 2 * w})
+			}
+			windows = append(windows, &memWindow{m, d.size - 2*w - 100, 2*w + 100})
+			for i, win := range windows {
+				exerciseModel(t, win, modelOpts{ops: 600, maxLen: 12 * c, trimZeroes: true, seed: uint64(i)})
+			}
+			exts := blockStatus(t, m, 0, d.size, 1024, 0)
+			var data uint64
+			for _, e := range exts {
+				if e.Flags != 0 {
+					continue
+				}
+				if e.Offset%c != 0 {
+					t.Fatalf("data extent %+v does not start a chunk", e)
+				}
+				in := false
+				for _, win := range windows {
+					in = in || e.Offset >= win.base&^(c-1) && e.Offset+e.Length <= win.base+win.size+c
+				}
+				if !in {
+					t.Fatalf("data extent %+v outside every window", e)
+				}
+				data += (e.Length + c - 1) / c
+			}
+			if ext := exts[len(exts)-1]; ext.Offset+ext.Length != d.size {
+				t.Fatalf("block status ran out of slots: %v", exts)
+			}
+			if m.Allocated() != data*c {
+				t.Fatalf("Allocated %d, BLOCK_STATUS reports %d chunks", m.Allocated(), data)
+			}
+		})
+	}
+}
+
+// Writers racing to create the same chunks agree on one each: every write
+// survives and Allocated counts each chunk once.
+func TestMemoryConcurrentAllocate(t *testing.T) {
+	const chunks, g = 256, 8
+	m := NewMemory(chunks*DefaultMemoryChunk, 0)
+	defer m.Close()
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range g {
+		wg.Go(func() {
+			data := bytes.Repeat([]byte{byte(i + 1)}, 4096)
+			<-start
+			var b bioset.Bio
+			var s bioset.Submitter
+			for k := range uint64(chunks) {
+				// The same chunks in the same order: each one's
+				// first writers collide.
+				b.Init(bioset.OpWrite, k*DefaultMemoryChunk+uint64(i)*4096, 4096, data, nopEnd)
+				b.Dev = m
+				s.Submit(&b)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	if m.Allocated() != chunks*DefaultMemoryChunk {
+		t.Fatalf("Allocated %d, want %d", m.Allocated(), chunks*DefaultMemoryChunk)
+	}
+	if m.tableBytes.Load() != tableSize(0, 1) {
+		t.Fatalf("%d bytes of table, want one page", m.tableBytes.Load())
+	}
+	for k := range uint64(chunks) {
+		got := read(t, m, k*DefaultMemoryChunk, DefaultMemoryChunk)
+		for i := range g {
+			if !bytes.Equal(got[i*4096:(i+1)*4096], bytes.Repeat([]byte{byte(i + 1)}, 4096)) {
+				t.Fatalf("chunk %d: writer %d's data is lost", k, i)
+			}
+		}
+	}
+}
+
+// Whole-chunk writes, TRIMs and NO_HOLE zeroes race with readers over a
+// few chunks. A reader sees each chunk whole from before or after another
+// bio, never torn; a chunk freed under a reader is safe to have been
+// reading; and when all is done Allocated is exact.
+func TestMemoryTrimWhileReading(t *testing.T) {
+	const c, chunks = 4096, 4
+	m := NewMemory(chunks*c, c)
+	defer m.Close()
+	iters := 3000
+	if testing.Short() {
+		iters = 300
+	}
+	var wg sync.WaitGroup
+	var torn atomic.Bool
+	for g := range 8 {
+		wg.Go(func() {
+			buf := make([]byte, 2*c)
+			var b bioset.Bio
+			var s bioset.Submitter
+			for i := range iters {
+				k := uint64(i*(g+1)) % chunks
+				switch g % 4 {
+				case 0: // a writer: 2 chunks of one byte value
+					for j := range buf {
+						buf[j] = byte(g<<4 + i%16 + 1)
+					}
+					b.Init(bioset.OpWrite, k*c, c*min(2, chunks-k), buf[:c*min(2, chunks-k)], nopEnd)
+				case 1: // a trimmer
+					b.Init(bioset.OpTrim, k*c, c*min(3, chunks-k), nil, nopEnd)
+				case 2: // a zeroer that keeps the chunk
+					b.Init(bioset.OpWriteZeroes, k*c, c, nil, nopEnd)
+					b.Flags = bioset.FlagNoHole
+				case 3: // a reader
+					b.Init(bioset.OpRead, k*c, c, buf[:c], nopEnd)
+				}
+				b.Dev = m
+				s.Submit(&b)
+				if g%4 == 3 && bytes.Count(buf[:c], buf[:1]) != c {
+					torn.Store(true)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if torn.Load() {
+		t.Fatal("a reader saw a chunk torn between two bios")
+	}
+	var data uint64
+	for _, e := range blockStatus(t, m, 0, chunks*c, chunks, 0) {
+		if e.Flags == 0 {
+			data += e.Length
+		}
+	}
+	if m.Allocated() != data {
+		t.Fatalf("Allocated %d, BLOCK_STATUS reports %d bytes of data", m.Allocated(), data)
+	}
+}
+
+// BenchmarkMemoryRandom4K is 4 KiB bios at random offsets of a 1 GiB
+// target written beforehand, from one goroutine and from GOMAXPROCS: the
+// chunk lookup and locking, which sequential offsets would flatter through
+// the caches. block_status is the lookup alone, without the copy that
+// dominates a read or a write.
+func BenchmarkMemoryRandom4K(b *testing.B) {
+	const size = 1 << 30
+	m := NewMemory(size, 0)
+	defer m.Close()
+	fill := make([]byte, 1<<20)
+	for off := uint64(0); off < size; off += uint64(len(fill)) {
+		var bio bioset.Bio
+		var s bioset.Submitter
+		bio.Init(bioset.OpWrite, off, uint64(len(fill)), fill, nopEnd)
+		bio.Dev = m
+		s.Submit(&bio)
+	}
+	// Offsets drawn up front, so that the generator is not measured.
+	rng := rand.New(rand.NewPCG(1, 2))
+	offs := make([]uint64, 1<<16)
+	for i := range offs {
+		offs[i] = rng.Uint64N(size/4096) * 4096
+	}
+	one := func(op bioset.Op, bio *bioset.Bio, s *bioset.Submitter, buf []byte, ext []bioset.Extent, off uint64) {
+		if op == bioset.OpBlockStatus {
+			bio.Init(op, off, 4096, nil, nopEnd)
+			bio.Extents = ext
+		} else {
+			bio.Init(op, off, 4096, buf, nopEnd)
+		}
+		bio.Dev = m
+		s.Submit(bio)
+	}
+	for _, op := range []bioset.Op{bioset.OpRead, bioset.OpWrite, bioset.OpBlockStatus} {
+		b.Run(op.String()+"/serial", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(4096)
+			buf, ext := make([]byte, 4096), make([]bioset.Extent, 1)
+			var bio bioset.Bio
+			var s bioset.Submitter
+			i := 0
+			for b.Loop() {
+				one(op, &bio, &s, buf, ext, offs[i&(len(offs)-1)])
+				i++
+			}
+		})
+		b.Run(op.String()+"/parallel", func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(4096)
+			var seed atomic.Uint64
+			b.RunParallel(func(pb *testing.PB) {
+				buf, ext := make([]byte, 4096), make([]bioset.Extent, 1)
+				var bio bioset.Bio
+				var s bioset.Submitter
+				i := int(seed.Add(1) * 7919)
+				for pb.Next() {
+					one(op, &bio, &s, buf, ext, offs[i&(len(offs)-1)])
+					i++
+				}
+			})
+		})
 	}
 }
