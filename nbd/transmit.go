@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"sync"
 	"syscall"
 	"time"
@@ -107,6 +108,10 @@ func (c *conn) transmit() {
 		waiter: newBudgetWaiter(),
 		wake:   make(chan struct{}, 1),
 		out:    newReplyBatch(o.MaxInFlight),
+	}
+	if uc, ok := c.nc.(*net.UnixConn); ok {
+		// Best effort: the kernel clips it to net.core.wmem_max.
+		uc.SetWriteBuffer(unixSendBufSize)
 	}
 	if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
