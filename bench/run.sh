@@ -17,6 +17,9 @@
 #
 # Servers (columns of the table), each exporting BENCH_SIZE_MIB of storage:
 #   stackd-default  the default stack: split 1MiB -> stripe 64KiB x 4 -> memory
+#   stackd-default-p1
+#                   the same with GOMAXPROCS=1: on a machine where the client
+#                   takes a core, one P spares the Go scheduler its spinning
 #   stackd-memory   stackd, one flat memory target
 #   stackd-file     stackd, one file target on tmpfs
 #   nbdkit-memory   nbdkit memory plugin (default: 16 threads, sparse array)
@@ -81,7 +84,7 @@ QUIET_START=${BENCH_QUIET_START:-120}
 RETRIES=${BENCH_RETRIES:-2}
 RETRY_BUDGET=${BENCH_RETRY_BUDGET:-20}
 QUIET_BUDGET=${BENCH_QUIET_BUDGET:-300}
-ALL_SERVERS="stackd-default stackd-memory stackd-file nbdkit-memory nbdkit-file qemu-nbd go-nbd"
+ALL_SERVERS="stackd-default stackd-default-p1 stackd-memory stackd-file nbdkit-memory nbdkit-file qemu-nbd go-nbd"
 ALL_WORKLOADS="rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn rr4k-qd32-1ms"
 SERVERS=${BENCH_SERVERS:-$ALL_SERVERS}
 WORKLOADS=${BENCH_WORKLOADS:-$ALL_WORKLOADS}
@@ -176,7 +179,7 @@ start() {
 	s=$(sock "$name")
 	rm -f "$s"
 	case $name in
-	stackd-default)
+	stackd-default | stackd-default-p1)
 		stackd_config "$name" "$(default_stack "")" ;;
 	stackd-default-delay)
 		stackd_config "$name" "$(default_stack ", delay: 1ms")" ;;
@@ -189,6 +192,8 @@ start() {
 		truncate -s "${SIZE_MIB}M" "$WORK/$name.img" ;;
 	esac
 	case $name in
+	stackd-default-p1)
+		GOMAXPROCS=1 "${WRAP[@]}" "$BIN/stackd" serve -config "$WORK/$name.yaml" -log-level warn >"$WORK/$name.log" 2>&1 & ;;
 	stackd-*)
 		"${WRAP[@]}" "$BIN/stackd" serve -config "$WORK/$name.yaml" -log-level warn >"$WORK/$name.log" 2>&1 & ;;
 	nbdkit-memory)
