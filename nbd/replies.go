@@ -313,10 +313,10 @@ func (c *conn) complete(r *request) {
 // completions from now on wake the writer.
 func (c *conn) takeQueue(readerIdle bool) *request {
 	t := c.tx
-	t.mu.Lock()
 	if readerIdle {
-		t.readerActive = false
+		t.readerActive.Store(false) // before taking the queue: see readerActive
 	}
+	t.mu.Lock()
 	list := t.head
 	t.head, t.tail = nil, nil
 	t.mu.Unlock()
@@ -380,8 +380,8 @@ func (c *conn) idle() {
 	}
 	// The writer is sending, or owes the rest of a batch, or this socket
 	// has no non-blocking send: the writer takes the queue.
+	t.readerActive.Store(false)
 	t.mu.Lock()
-	t.readerActive = false
 	wake := t.head != nil
 	t.mu.Unlock()
 	if wake {

@@ -4,10 +4,12 @@
 //
 // The server follows the shape of net/http and x/net/http2: per
 // connection, a reader goroutine decodes requests and submits each to the
-// export's device as a top bio without waiting for earlier ones, and a
-// writer goroutine sends the replies as the bios complete, out of order,
-// batching small replies into one socket write. It knows nothing of
-// layers: the device is a bioset.Queue.
+// export's device as a top bio without waiting for earlier ones, and the
+// replies leave as the bios complete, out of order, batched into one
+// writev. Replies that complete while the reader works (a device that
+// completes inside Submit) are sent by the reader itself before it next
+// blocks; those that complete while it waits, by a writer goroutine
+// (replies.go). It knows nothing of layers: the device is a bioset.Queue.
 //
 // Everything a client can make the server hold is bounded: connections
 // (Options.MaxConnections), requests in flight per connection (a BioSet of
@@ -97,9 +99,9 @@ const (
 	// turns that off. The cost is kernel memory per connection, at most
 	// this while a client is slow to read, as a TCP connection may hold.
 	unixSendBufSize = 1 << 20
-	// writeBufSize lets the writer batch about a thousand simple replies,
-	// or several small READ replies, into one socket write.
-	writeBufSize = 32 << 10
+	// writeBufSize buffers the handshake's replies, a few small ones per
+	// option; transmission replies go out as iovec batches (replies.go).
+	writeBufSize = 4 << 10
 )
 
 // Export is what a server serves: a device that accepts bios. A stack's

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -63,13 +64,21 @@ type transmission struct {
 	free       []*request // requests not in flight
 	inflight   int        // requests allocated and not yet released
 	readerDone bool       // no more requests will be allocated
-	// readerActive is true while the reader runs without blocking. The
-	// reader then answers whatever completes before it next blocks (see
-	// idle), so enqueue need not wake the writer: for a device that
-	// completes inside Submit, a request is read, run and answered on the
-	// reader alone.
-	readerActive bool
-	wake         chan struct{}
+	wake       chan struct{}
+
+	// readerActive is true from just before the reader submits a request
+	// until it next may block. The reader then answers whatever completes
+	// meanwhile (see idle), so enqueue need not wake the writer: for a
+	// device that completes inside Submit, a request is read, run and
+	// answered on the reader alone.
+	//
+	// It is an atomic outside mu so that setting it costs the reader no
+	// lock per request. No completion is stranded: enqueue pushes under mu
+	// and then loads the flag; the reader stores false and then takes the
+	// queue under mu. If enqueue loaded true, its load came before that
+	// store, so its push came before the reader's lock, and the reader
+	// takes it.
+	readerActive atomic.Bool
 
 	requests uint64 // reader only
 	bytesIn  uint64 // reader only
@@ -135,8 +144,8 @@ func (c *conn) transmit() {
 	err := c.readLoop()
 	t.mu.Lock()
 	t.readerDone = true
-	t.readerActive = false
 	t.mu.Unlock()
+	t.readerActive.Store(false)
 	c.wakeWriter()
 	// The writer returns only once every request is released: the device
 	// may still be filling or reading a buffer until its bio ends.
@@ -239,6 +248,7 @@ func (c *conn) readLoop() error {
 			if c.srv.obs != nil {
 				c.srv.obs.BadRequest(c.exp.Name, errno)
 			}
+			t.readerActive.Store(true) // idle answers it
 			c.enqueue(r)
 			continue
 		}
@@ -262,7 +272,6 @@ func (c *conn) allocRequest() *request {
 		b = t.bs.Alloc(nil)
 	}
 	t.mu.Lock()
-	t.readerActive = true
 	n := len(t.free)
 	if n == 0 {
 		t.mu.Unlock()
@@ -384,6 +393,9 @@ func (c *conn) submit(r *request) error {
 	if c.srv.obs != nil {
 		c.srv.obs.RequestStarted(c.exp.Name, r.op)
 	}
+	// From here until the reader next may block, it answers what
+	// completes (see readerActive).
+	c.tx.readerActive.Store(true)
 
 	switch r.op {
 	case bioset.OpRead:
@@ -439,9 +451,8 @@ func (c *conn) enqueue(r *request) {
 		t.tail.next = r
 	}
 	t.tail = r
-	wake := !t.readerActive
 	t.mu.Unlock()
-	if wake {
+	if !t.readerActive.Load() {
 		c.wakeWriter()
 	}
 }
