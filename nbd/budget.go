@@ -8,8 +8,7 @@ import (
 // budget is a weighted semaphore over the bytes of payload buffers that
 // all connections of a server hold at once (DESIGN.md rule 7: bounded
 // everywhere). A connection's reader acquires before it reads a WRITE
-// payload or submits a READ, and its writer releases once the reply is
-// sent. When the budget is spent the reader stops reading its socket: the
+// payload or submits a READ, and releases once the reply is sent. When the budget is spent the reader stops reading its socket: the
 // client feels backpressure through TCP instead of the server growing.
 //
 // Waiters are served in FIFO order, so a 32 MiB request is not starved by a
@@ -19,8 +18,10 @@ import (
 //
 // Why waiting cannot deadlock: every byte in use belongs to a request that
 // has been read in full and handed to a device (or is being read by a
-// reader that already holds it). Such a request completes, and its writer
-// releases the bytes, without any reader making progress.
+// reader that already holds it). Such a request completes, and its reply
+// is sent and the bytes released, without any reader making progress:
+// the writer sends it, or the reader did before it began to wait (a
+// reader first sends the replies it holds back; see conn.idle).
 type budget struct {
 	mu       sync.Mutex
 	capacity int64

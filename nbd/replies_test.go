@@ -3,6 +3,9 @@ package nbd
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
+	"regexp"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -117,5 +120,51 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured bool) {
 		}
 	} else if code, c, _ := r.simple(0); code != 0 || c != 1000 {
 		t.Fatalf("flush after the burst: code %d cookie %d", code, c)
+	}
+}
+
+// TestReaderAnswersSynchronousCompletions: with a device that completes
+// inside Submit, the reader answers every request itself and the writer
+// goroutine is not woken per request; with one that completes later, on
+// its own goroutine, the writer sends (and the count shows it).
+func TestReaderAnswersSynchronousCompletions(t *testing.T) {
+	const n = 300
+	for _, async := range []bool{false, true} {
+		t.Run(fmt.Sprintf("async=%v", async), func(t *testing.T) {
+			var logs syncBuffer
+			dev := newMemDev(1<<20, allCaps)
+			if async {
+				dev.maxDelay = 100 * time.Microsecond
+			}
+			o := oneExport(dev)
+			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+			ts := startServer(t, o, "unix")
+			c := ts.dial(t, ClientOptions{})
+			ctx := tctx(t)
+			buf := make([]byte, 4096)
+			for i := range n {
+				off := uint64(i%200) * 4096
+				if err := c.Write(ctx, off, buf, 0); err != nil {
+					t.Fatal(err)
+				}
+				if err := c.Read(ctx, off, buf); err != nil {
+					t.Fatal(err)
+				}
+			}
+			c.Close()
+			waitFor(t, "the connection to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
+			m := regexp.MustCompile(`connection closed.* requests=(\d+) .*writer_wakeups=(\d+)`).FindStringSubmatch(logs.String())
+			if m == nil {
+				t.Fatalf("no connection-closed line with writer_wakeups in:\n%s", logs.String())
+			}
+			wakeups, _ := strconv.Atoi(m[2])
+			t.Logf("%s requests, %d writer wake-ups", m[1], wakeups)
+			if !async && wakeups > 10 {
+				t.Errorf("synchronous device: the writer was woken %d times for %d requests", wakeups, 2*n)
+			}
+			if async && wakeups < n {
+				t.Errorf("asynchronous device: the writer was woken only %d times for %d requests", wakeups, 2*n)
+			}
+		})
 	}
 }

@@ -82,7 +82,8 @@ type transmission struct {
 
 	requests uint64 // reader only
 	bytesIn  uint64 // reader only
-	bytesOut uint64 // writer only
+	bytesOut uint64 // under sendMu
+	wakeups  uint64 // writer only: times it was woken to send
 }
 
 var (
@@ -105,8 +106,10 @@ func (c *conn) transmit() {
 		// may wait while bios queued on the caller's Submitter have not
 		// reached their devices. Only the reader allocates from this pool,
 		// and always between Submits: its Submitter is idle, nothing sits
-		// on it. Every bio it waits for is in a device or waiting for the
-		// writer, and both finish without the reader.
+		// on it. Every bio it waits for is in a device or waiting for its
+		// reply to be sent by the writer (the reader sends the replies it
+		// holds back before it waits; see idle), and both finish without
+		// the reader.
 		bs: bioset.New(bioset.Options{
 			Name:      fmt.Sprintf("nbd/%s/conn%d", c.exp.Name, c.id),
 			Capacity:  o.MaxInFlight,
@@ -167,7 +170,7 @@ func (c *conn) transmit() {
 		reason = err.Error()
 	}
 	c.srv.log.Info("nbd: connection closed", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
-		"reason", reason, "requests", t.requests, "bytes_in", t.bytesIn, "bytes_out", t.bytesOut,
+		"reason", reason, "requests", t.requests, "bytes_in", t.bytesIn, "bytes_out", t.bytesOut, "writer_wakeups", t.wakeups,
 		"duration", time.Since(c.start))
 }
 
@@ -432,7 +435,7 @@ func (c *conn) submit(r *request) error {
 // endIO runs when a top bio and all its children have ended, on whatever
 // goroutine ended the last of them (a target's worker, a rescuer, the
 // reader inside Submit). Rule 6: it neither blocks nor allocates; it
-// hands the request to the writer.
+// queues the request for its reply (see replies.go).
 func (c *conn) endIO(b *bioset.Bio) {
 	r := b.Private.(*request)
 	if err := b.Err(); err != nil {
@@ -487,6 +490,7 @@ func (c *conn) writeLoop() {
 			return
 		}
 		<-t.wake
+		t.wakeups++
 	}
 }
 
