@@ -28,6 +28,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 BASE=${AB_BASE:-HEAD}
 NEW=${AB_NEW:-}
 RUNTIME=${AB_RUNTIME:-4}
@@ -83,27 +85,6 @@ start() {
 		sleep 0.1
 	done
 	fio --name=prefill --ioengine=nbd --uri="$(uri "$b")" --rw=write --bs=1M --iodepth=8 >/dev/null
-}
-
-fio_args() {
-	case $1 in
-	rr4k-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
-	rr4k-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
-	rw4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
-	rw4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-	sr1m-qd8) echo "--rw=read --bs=1M --iodepth=8" ;;
-	sw1m-qd8) echo "--rw=write --bs=1M --iodepth=8" ;;
-	rr4k-qd32-4conn) echo "--rw=randread --bs=4k --iodepth=32 --numjobs=4" ;;
-	*) echo "ab.sh: unknown workload $1" >&2; exit 2 ;;
-	esac
-}
-
-cpu_ticks() {
-	local stat
-	stat=$(cat "/proc/$1/stat")
-	stat=${stat##*) }
-	set -- $stat
-	echo $((${12} + ${13}))
 }
 
 CLK_TCK=$(getconf CLK_TCK)

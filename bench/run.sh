@@ -70,6 +70,8 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 RUNTIME=${BENCH_RUNTIME:-5}
 RAMP=${BENCH_RAMP:-1}
 REPS=${BENCH_REPS:-3}
@@ -260,30 +262,6 @@ instance() {
 	else
 		echo "$2"
 	fi
-}
-
-# fio_args WORKLOAD prints the workload's fio options.
-fio_args() {
-	case $1 in
-	rr4k-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
-	rr4k-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
-	rw4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
-	rw4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-	sr1m-qd8) echo "--rw=read --bs=1M --iodepth=8" ;;
-	sw1m-qd8) echo "--rw=write --bs=1M --iodepth=8" ;;
-	rr4k-qd32-4conn) echo "--rw=randread --bs=4k --iodepth=32 --numjobs=4" ;;
-	rr4k-qd32-1ms) echo "--rw=randread --bs=4k --iodepth=32" ;;
-	*) echo "run.sh: unknown workload $1" >&2; exit 2 ;;
-	esac
-}
-
-# cpu_ticks PID prints the process's user+system CPU time in clock ticks.
-cpu_ticks() {
-	local stat
-	stat=$(cat "/proc/$1/stat" 2>/dev/null) || { echo 0; return; }
-	stat=${stat##*) }
-	set -- $stat
-	echo $((${12} + ${13}))
 }
 
 # busy_ticks prints the machine's non-idle CPU time in clock ticks.
