@@ -122,24 +122,22 @@ func (b *replyBatch) payload(p []byte) {
 	b.open = false
 }
 
-// consume drops the first n sent bytes from the iovecs.
+// consume drops the first n sent bytes from the iovecs. Nothing joins a
+// batch once sending has begun (the sender finishes it, or leaves it
+// pending for the writer, and then resets it), so no slice needs to stay
+// open for growth.
 func (b *replyBatch) consume(n int) {
+	b.open = false
 	for n > 0 {
 		if n < len(b.iov[0]) {
 			b.iov[0] = b.iov[0][n:]
-			b.open = b.open && len(b.iov) > 1 // the open slice must end at len(arena)
 			return
 		}
 		n -= len(b.iov[0])
 		b.iov[0] = nil
 		b.iov = b.iov[1:]
 	}
-	if len(b.iov) == 0 {
-		b.open = false
-	}
 }
-
-func (b *replyBatch) empty() bool { return len(b.reqs) == 0 }
 
 func (b *replyBatch) reset() {
 	clear(b.reqs)
