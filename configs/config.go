@@ -190,3 +190,23 @@ func Default() *Config {
 	}
 	return c
 }
+
+// ServerOptions returns the nbd server options the limits set. The caller
+// adds the exports, and its logger and observer if any.
+func (l Limits) ServerOptions() nbd.Options {
+	return nbd.Options{
+		MaxConnections:   l.MaxConnections,
+		HandshakeTimeout: l.HandshakeTimeout,
+		MaxInFlight:      l.MaxInFlight,
+		PayloadBudget:    l.PayloadBudget,
+	}
+}
+
+// ServerExport returns the nbd export e describes, served by dev (the root
+// of the stack built from e.Stack).
+func (e Export) ServerExport(dev nbd.Export) nbd.ExportConfig {
+	return nbd.ExportConfig{
+		Name: e.Name, Description: e.Description, Device: dev,
+		ReadOnly: e.ReadOnly, Default: e.Default,
+	}
+}

@@ -142,7 +142,9 @@ func (b *replyBatch) consume(n int) {
 func (b *replyBatch) reset() {
 	clear(b.reqs)
 	b.reqs = b.reqs[:0]
-	clear(b.iovBuf[:cap(b.iovBuf)])
+	// Sent slices were dropped as they left (consume); what is left is
+	// what a failed connection never sent.
+	clear(b.iov)
 	b.iov = b.iovBuf[:0]
 	b.arena = b.arena[:0]
 	b.open = false
@@ -251,34 +253,32 @@ func (c *conn) encodeReply(r *request) {
 }
 
 // sendBatch puts t.out on the wire and, once all of it is there, releases
-// its requests. With block false it makes one non-blocking attempt and
-// reports false if bytes are left, which then wait in t.out for the
-// writer. After a write error nothing more is written: the requests are
+// its requests. With block false (the reader, which has t.raw) it makes
+// one non-blocking attempt and reports false if bytes are left, which then
+// wait in t.out for the writer. After a write error nothing more is written: the requests are
 // released unanswered, the socket is already closed. The caller holds
 // t.sendMu.
 func (c *conn) sendBatch(block bool) bool {
 	t := c.tx
 	b := &t.out
 	if len(b.iov) > 0 && t.werr == nil {
+		if block {
+			c.armWriteDeadline()
+		}
 		var err error
-		switch {
-		case t.raw != nil:
-			if block {
-				c.armWriteDeadline()
-			}
+		if t.raw != nil {
 			b.block = block
 			err = t.raw.Write(b.onSocket)
 			if err == nil && b.err != syscall.EAGAIN {
 				err = b.err
 			}
-		case block:
-			c.armWriteDeadline()
+		} else {
+			// Only the writer sends without a RawConn (see idle), and it
+			// blocks.
 			bufs := net.Buffers(b.iov)
 			_, err = bufs.WriteTo(c.nc)
+			clear(b.iov)
 			b.iov = b.iov[:0]
-		default:
-			b.pending = true
-			return false // no non-blocking path without a RawConn
 		}
 		if err != nil {
 			c.writeFailed(err)

@@ -235,41 +235,37 @@ func (m *Memory) page(idx uint64) (p *memPage, holes uint64) {
 }
 
 // pageFor is page for a writer: it allocates the missing directories and
-// page on the way down. Racing writers publish with compare-and-swap, and
-// the losers use the winner's.
+// page on the way down.
 func (m *Memory) pageFor(idx uint64) *memPage {
 	d := &m.top
 	for s := m.topShift; s > memPageBits; s -= memDirBits {
-		slot := &d.dirs[idx>>s&memDirMask]
-		next := slot.Load()
-		for next == nil {
-			fresh := &memDir{}
-			if s-memDirBits > memPageBits {
-				fresh.dirs = make([]atomic.Pointer[memDir], memDirLen)
-			} else {
-				fresh.pages = make([]atomic.Pointer[memPage], memDirLen)
+		lower := s-memDirBits > memPageBits
+		d = publish(&d.dirs[idx>>s&memDirMask], &m.tableBytes, memDirBytes, func() *memDir {
+			if lower {
+				return &memDir{dirs: make([]atomic.Pointer[memDir], memDirLen)}
 			}
-			if slot.CompareAndSwap(nil, fresh) {
-				m.tableBytes.Add(memDirBytes)
-				next = fresh
-			} else {
-				next = slot.Load() // the winner's; nil only after Close
-			}
-		}
-		d = next
+			return &memDir{pages: make([]atomic.Pointer[memPage], memDirLen)}
+		})
 	}
-	slot := &d.pages[idx>>memPageBits&memDirMask]
-	p := slot.Load()
-	for p == nil {
-		fresh := new(memPage)
-		if slot.CompareAndSwap(nil, fresh) {
-			m.tableBytes.Add(memPageBytes)
-			p = fresh
-		} else {
-			p = slot.Load()
+	return publish(&d.pages[idx>>memPageBits&memDirMask], &m.tableBytes, memPageBytes, func() *memPage {
+		return new(memPage)
+	})
+}
+
+// publish returns what slot holds, first filling an empty slot with fresh()
+// and counting its size in table. Racing writers publish with
+// compare-and-swap, and the losers use the winner's.
+func publish[T any](slot *atomic.Pointer[T], table *atomic.Uint64, size uint64, fresh func() *T) *T {
+	for {
+		if p := slot.Load(); p != nil {
+			return p
+		}
+		p := fresh()
+		if slot.CompareAndSwap(nil, p) {
+			table.Add(size)
+			return p
 		}
 	}
-	return p
 }
 
 func (m *Memory) read(buf []byte, off uint64) {

@@ -12,32 +12,34 @@ package main
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"log"
 	"net"
 	"os"
 	"os/signal"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	"github.com/pojntfx/go-nbd/pkg/backend"
 	"github.com/pojntfx/go-nbd/pkg/server"
+
+	"github.com/stackd/stackd/configs"
 )
 
 func main() {
 	socket := flag.String("socket", "", "unix socket to listen on (required)")
-	sizeFlag := flag.String("size", "1GiB", "export size: bytes, or a number with KiB, MiB or GiB")
+	sizeFlag := flag.String("size", "1GiB", "export size: bytes, or a number with a binary unit (KiB, MiB, GiB, ...)")
 	name := flag.String("export", "default", "export name")
 	delay := flag.Duration("delay", 0, "latency added to every read and write (0: none)")
 	flag.Parse()
 	if *socket == "" {
 		log.Fatal("gonbd-server: -socket is required")
 	}
-	size, err := parseSize(*sizeFlag)
+	size, err := configs.ParseSize(*sizeFlag)
 	if err != nil {
 		log.Fatalf("gonbd-server: -size: %v", err)
+	}
+	if size == 0 {
+		log.Fatal("gonbd-server: -size: an export needs at least one byte")
 	}
 
 	// The library's memory backend wants the whole device as one slice;
@@ -97,23 +99,4 @@ func (b delayed) ReadAt(p []byte, off int64) (int, error) {
 func (b delayed) WriteAt(p []byte, off int64) (int, error) {
 	time.Sleep(b.d)
 	return b.Backend.WriteAt(p, off)
-}
-
-func parseSize(s string) (int64, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
-	if err != nil || n <= 0 {
-		return 0, fmt.Errorf("%q is not a positive size", s)
-	}
-	return n * mult, nil
 }

@@ -70,18 +70,11 @@ func main() {
 			log.Fatalf("profile: export %q: %v", e.Name, err)
 		}
 		defer st.Close()
-		exports = append(exports, nbd.ExportConfig{
-			Name: e.Name, Description: e.Description, Device: st.Root,
-			ReadOnly: e.ReadOnly, Default: e.Default,
-		})
+		exports = append(exports, e.ServerExport(st.Root))
 	}
-	srv, err := nbd.NewServer(nbd.Options{
-		Exports:          exports,
-		MaxConnections:   cfg.Limits.MaxConnections,
-		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
-		MaxInFlight:      cfg.Limits.MaxInFlight,
-		PayloadBudget:    cfg.Limits.PayloadBudget,
-	})
+	opts := cfg.Limits.ServerOptions()
+	opts.Exports = exports
+	srv, err := nbd.NewServer(opts)
 	if err != nil {
 		log.Fatalf("profile: %v", err)
 	}

@@ -378,13 +378,14 @@ func fmtValue(w workload, v float64) string {
 	return fmt.Sprintf("%.0f", v)
 }
 
-// activeServers returns the columns that have at least one cell.
-func activeServers(cells []Cell) []server {
-	var out []server
-	for _, s := range servers {
+// present returns the items of all (columns or rows) that name at least
+// one cell, in all's order.
+func present[T any](all []T, name func(T) string, cells []Cell, cellName func(Cell) string) []T {
+	var out []T
+	for _, x := range all {
 		for _, c := range cells {
-			if c.Server == s.Name {
-				out = append(out, s)
+			if cellName(c) == name(x) {
+				out = append(out, x)
 				break
 			}
 		}
@@ -392,17 +393,14 @@ func activeServers(cells []Cell) []server {
 	return out
 }
 
+// activeServers returns the columns that have at least one cell.
+func activeServers(cells []Cell) []server {
+	return present(servers, func(s server) string { return s.Name }, cells, func(c Cell) string { return c.Server })
+}
+
+// activeWorkloads returns the rows that have at least one cell.
 func activeWorkloads(cells []Cell) []workload {
-	var out []workload
-	for _, w := range workloads {
-		for _, c := range cells {
-			if c.Workload == w.Name {
-				out = append(out, w)
-				break
-			}
-		}
-	}
-	return out
+	return present(workloads, func(w workload) string { return w.Name }, cells, func(c Cell) string { return c.Workload })
 }
 
 func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cells []Cell, census []CensusRow, mem map[string]any, prof []Profile) {

@@ -319,21 +319,12 @@ func (d *daemon) build(cfg *configs.Config) error {
 		d.stacks = append(d.stacks, st)
 		d.names = append(d.names, e.Name)
 		d.metrics.WatchStack(e.Name, st)
-		exports = append(exports, nbd.ExportConfig{
-			Name: e.Name, Description: e.Description, Device: st.Root,
-			ReadOnly: e.ReadOnly, Default: e.Default,
-		})
+		exports = append(exports, e.ServerExport(st.Root))
 		d.log.Info("export ready", "export", e.Name, "size", st.Root.Size(), "layers", len(st.Nodes), "read_only", e.ReadOnly)
 	}
-	srv, err := nbd.NewServer(nbd.Options{
-		Exports:          exports,
-		MaxConnections:   cfg.Limits.MaxConnections,
-		HandshakeTimeout: cfg.Limits.HandshakeTimeout,
-		MaxInFlight:      cfg.Limits.MaxInFlight,
-		PayloadBudget:    cfg.Limits.PayloadBudget,
-		Logger:           d.log,
-		Observer:         d.metrics,
-	})
+	opts := cfg.Limits.ServerOptions()
+	opts.Exports, opts.Logger, opts.Observer = exports, d.log, d.metrics
+	srv, err := nbd.NewServer(opts)
 	if err != nil {
 		d.closeStacks()
 		return err
