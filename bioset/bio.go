@@ -101,7 +101,7 @@ const (
 )
 
 // Extent is one BLOCK_STATUS result. Offset is in the coordinates of the top
-// device of the stack (see Bio.ExtentBase), so results from legs that
+// device of the stack (see Bio.TopOffset), so results from legs that
 // complete in any order can be put back into device order. An extent of
 // zero Length is an unused slot.
 type Extent struct {
@@ -141,14 +141,18 @@ type Bio struct {
 	// fills it from the front, in increasing offset; a layer that fans a
 	// bio out gives each child a disjoint, ordered part of the window.
 	Extents []Extent
-	// ExtentBase is the top-device offset that Offset corresponds to.
-	ExtentBase uint64
+	// TopOffset is the top-device offset that Offset corresponds to.
+	// Every layer keeps it as it remaps and splits, so that a leaf can
+	// place what it produces in the top bio's terms: BLOCK_STATUS
+	// extents, and lent READ memory (see Lend).
+	TopOffset uint64
 
 	// Private belongs to the bio's owner (the code that allocated it).
 	Private any
 
 	endIO     func(*Bio)
 	parent    *Bio
+	loans     *Loans // a top READ bio's loan table, or nil (see Lend)
 	remaining atomic.Int32
 	status    atomic.Uint32 // an errno; the first error wins
 	pool      *BioSet
@@ -190,7 +194,7 @@ func (b *Bio) Advance(n uint64) {
 	}
 	b.Offset += n
 	b.Length -= n
-	b.ExtentBase += n
+	b.TopOffset += n
 	if b.Op.HasPayload() {
 		b.Buf = b.Buf[n:]
 	}

@@ -185,7 +185,7 @@ func (bs *BioSet) Split(s *Submitter, b *Bio, n uint64) *Bio {
 	}
 	c := bs.Alloc(s)
 	c.Op, c.Flags, c.Dev = b.Op, b.Flags, b.Dev
-	c.Offset, c.Length, c.ExtentBase = b.Offset, n, b.ExtentBase
+	c.Offset, c.Length, c.TopOffset = b.Offset, n, b.TopOffset
 	if b.Op.HasPayload() {
 		c.Buf = b.Buf[:n:n]
 	}

@@ -11,6 +11,7 @@ import (
 // per request): the server's request path should allocate next to nothing.
 func TestSteadyStateAllocs(t *testing.T) {
 	dev := newMemDev(1<<20, allCaps)
+	dev.lendEvery = 1 // READs send lent memory, as from a RAM target
 	ts := startServer(t, oneExport(dev), "unix")
 	for _, structured := range []bool{false, true} {
 		r := dialRaw(t, ts)
@@ -51,6 +52,9 @@ func TestSteadyStateAllocs(t *testing.T) {
 		// given, hence the slack.
 		if per > 1 {
 			t.Errorf("structured=%v: %.2f allocations per request", structured, per)
+		}
+		if dev.lent.Load() == 0 {
+			t.Errorf("structured=%v: no READ was answered with lent memory", structured)
 		}
 	}
 }

@@ -13,11 +13,16 @@ import (
 // memDev is a small in-memory device for the tests: a byte slice with a
 // per-4-KiB-chunk allocation map for BLOCK_STATUS. It completes bios
 // synchronously, asynchronously after a random tiny delay (out of order),
-// or holds them until the test releases them (gate).
+// or holds them until the test releases them (gate). It can lend its
+// memory to READs (bioset.Lend) as a RAM target does.
 type memDev struct {
 	caps     bioset.Caps
 	maxDelay time.Duration // > 0: complete asynchronously after up to this
 	failOp   map[bioset.Op]syscall.Errno
+	// lendEvery > 0: a READ offers to lend every lendEvery-th devChunk of
+	// the device (by chunk number), and copies the rest.
+	lendEvery int
+	lent      atomic.Int64 // loans taken
 
 	mu    sync.Mutex
 	data  []byte
@@ -139,7 +144,17 @@ func (d *memDev) apply(b *bioset.Bio) error {
 	}
 	switch b.Op {
 	case bioset.OpRead:
-		copy(b.Buf, d.data[off:end])
+		for at := uint64(0); at < b.Length; {
+			pos := off + at
+			n := min(devChunk-pos%devChunk, b.Length-at)
+			src := d.data[pos : pos+n : pos+n]
+			if d.lendEvery > 0 && pos/devChunk%uint64(d.lendEvery) == 0 && b.Lend(at, src) {
+				d.lent.Add(1)
+			} else {
+				copy(b.Buf[at:at+n], src)
+			}
+			at += n
+		}
 	case bioset.OpWrite:
 		copy(d.data[off:end], b.Buf)
 		d.mark(off, end, true)
@@ -189,7 +204,7 @@ func (d *memDev) status(b *bioset.Bio) {
 			b.Extents[i].Length += next - pos
 		case i+1 < len(b.Extents):
 			i++
-			b.Extents[i] = bioset.Extent{Offset: b.ExtentBase + (pos - b.Offset), Length: next - pos, Flags: f}
+			b.Extents[i] = bioset.Extent{Offset: b.TopOffset + (pos - b.Offset), Length: next - pos, Flags: f}
 		default:
 			return // out of slots
 		}

@@ -13,9 +13,10 @@ import (
 
 // Replies leave a connection in batches. A batch is an iovec list: reply
 // headers and small bodies are encoded into the batch's arena, and a READ
-// reply's payload is sent from the request's own buffer, so the payload is
-// copied once, by the kernel, and never through a user-space write buffer.
-// One writev then sends every reply that was ready.
+// reply's payload is sent from the request's own buffer, or from the memory
+// the device lent in its place (bioset.Lend), so the payload is copied
+// once, by the kernel, and never through a user-space write buffer. One
+// writev then sends every reply that was ready.
 //
 // Two goroutines send batches, never at once (transmission.sendMu):
 //
@@ -43,6 +44,9 @@ const (
 	// maxIovecs is the kernel's UIO_MAXIOV: one writev sends at most this
 	// many slices.
 	maxIovecs = 1024
+	// maxReplyIovecs is the most iovecs one reply takes: its header, and a
+	// READ payload of lent pieces with a piece of the buffer around each.
+	maxReplyIovecs = 1 + 2*bioset.LoanSlots + 1
 )
 
 const msgNoExtents = "device reported no extents"
@@ -77,8 +81,10 @@ func (b *replyBatch) writeFd(fd uintptr) bool {
 
 func newReplyBatch(maxReplies int) replyBatch {
 	return replyBatch{
-		reqs:   make([]*request, 0, maxReplies),
-		iovBuf: make([][]byte, 0, 2*maxReplies),
+		reqs: make([]*request, 0, maxReplies),
+		// Room for a header and a payload per reply, and for the one
+		// reply of the most pieces: any reply fits an empty batch.
+		iovBuf: make([][]byte, 0, 2*maxReplies+maxReplyIovecs),
 		arena:  make([]byte, 0, replyArenaSize),
 		sysIov: make([]unix.Iovec, maxIovecs),
 	}
@@ -96,9 +102,19 @@ func metaLen(r *request) int {
 	return 28 // the longest header without a message: OFFSET_DATA's
 }
 
-// fits reports whether r's reply can join the batch.
+// iovecsLen is an upper bound on the iovecs r's reply adds to the batch.
+func iovecsLen(r *request) int {
+	if r.loans != nil {
+		return maxReplyIovecs
+	}
+	return 2
+}
+
+// fits reports whether r's reply can join the batch. The iovec bound keeps
+// iov within iovBuf, so that a batch never allocates.
 func (b *replyBatch) fits(r *request) bool {
-	return len(b.reqs) < cap(b.reqs) && cap(b.arena)-len(b.arena) >= metaLen(r)
+	return len(b.reqs) < cap(b.reqs) && cap(b.arena)-len(b.arena) >= metaLen(r) &&
+		cap(b.iovBuf)-len(b.iov) >= iovecsLen(r)
 }
 
 // reserve returns n bytes at the end of the arena, to be filled, and adds
@@ -120,6 +136,24 @@ func (b *replyBatch) reserve(n int) []byte {
 func (b *replyBatch) payload(p []byte) {
 	b.iov = append(b.iov, p)
 	b.open = false
+}
+
+// readPayload adds the data of READ r: the pieces its device lent, in
+// place, and between them the parts of r.buf the device filled.
+func (b *replyBatch) readPayload(r *request) {
+	pos := uint64(0)
+	if r.loans != nil {
+		for _, l := range r.loans.Sorted() {
+			if l.Pos > pos {
+				b.payload(r.buf[pos:l.Pos])
+			}
+			b.payload(l.Data)
+			pos = l.Pos + uint64(len(l.Data))
+		}
+	}
+	if pos < uint64(len(r.buf)) {
+		b.payload(r.buf[pos:])
+	}
 }
 
 // consume drops the first n sent bytes from the iovecs. Nothing joins a
@@ -202,7 +236,7 @@ func (c *conn) encodeReply(r *request) {
 		be.PutUint64(h[8:], r.cookie)
 		if r.cmd == cmdRead && code == 0 && r.length > 0 {
 			t.bytesOut += uint64(r.length)
-			b.payload(r.buf)
+			b.readPayload(r)
 		}
 		return
 	}
@@ -235,7 +269,7 @@ func (c *conn) encodeReply(r *request) {
 		chunkHeader(h, r.cookie, replyTypeOffsetData, 8+int(r.length))
 		be.PutUint64(h[20:], r.off)
 		t.bytesOut += uint64(r.length)
-		b.payload(r.buf)
+		b.readPayload(r)
 
 	case r.cmd == cmdBlockStatus:
 		h := b.reserve(24 + 8*len(ext))

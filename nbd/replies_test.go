@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/bioset"
 )
 
 // TestRepliesLeftForTheWriter pipelines more reply bytes than the socket
@@ -16,22 +18,31 @@ import (
 // of a half-sent batch, and requests it could not encode) to the writer.
 // Once the client reads, every reply must arrive exactly once, intact,
 // with a synchronous device (replies sent by the reader) and an
-// asynchronous one (replies sent by the writer as well).
+// asynchronous one (replies sent by the writer as well). With lending, the
+// device lends every other 4 KiB of a READ and copies the rest: a 1 MiB
+// reply is then lent pieces and copied ones interleaved, with more pieces
+// than a loan table holds, so that the last ones are copied however the
+// device offered them.
 func TestRepliesLeftForTheWriter(t *testing.T) {
 	for _, async := range []bool{false, true} {
 		for _, structured := range []bool{false, true} {
-			t.Run(fmt.Sprintf("async=%v/structured=%v", async, structured), func(t *testing.T) {
-				testRepliesLeftForTheWriter(t, async, structured)
-			})
+			for _, lend := range []bool{false, true} {
+				t.Run(fmt.Sprintf("async=%v/structured=%v/lend=%v", async, structured, lend), func(t *testing.T) {
+					testRepliesLeftForTheWriter(t, async, structured, lend)
+				})
+			}
 		}
 	}
 }
 
-func testRepliesLeftForTheWriter(t *testing.T, async, structured bool) {
+func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 	const size = 16 << 20
 	dev := newMemDev(size, allCaps)
 	if async {
 		dev.maxDelay = 200 * time.Microsecond
+	}
+	if lend {
+		dev.lendEvery = 2
 	}
 	for i := range dev.data {
 		dev.data[i] = byte(i*7 + i>>20)
@@ -111,6 +122,11 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured bool) {
 		if !bytes.Equal(data, dev.data[w.off:w.off+w.length]) {
 			t.Fatalf("cookie %d: wrong data", cookie)
 		}
+	}
+	// 64 1 MiB reads lend 32 pieces each (a full table), and the 4 KiB
+	// ones at even chunks one each.
+	if lent := dev.lent.Load(); lend && lent < 64*bioset.LoanSlots {
+		t.Errorf("the device lent %d pieces, want at least %d", lent, 64*bioset.LoanSlots)
 	}
 	// And the connection carries on.
 	r.request(cmdFlush, 0, 1000, 0, 0, nil)

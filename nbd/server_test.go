@@ -29,7 +29,7 @@ func (d nullDev) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 	case bioset.OpRead:
 		clear(b.Buf)
 	case bioset.OpBlockStatus:
-		b.Extents[0] = bioset.Extent{Offset: b.ExtentBase, Length: b.Length, Flags: bioset.ExtentHole | bioset.ExtentZero}
+		b.Extents[0] = bioset.Extent{Offset: b.TopOffset, Length: b.Length, Flags: bioset.ExtentHole | bioset.ExtentZero}
 	}
 	b.End(nil)
 }

@@ -36,6 +36,7 @@ type request struct {
 
 	window *[maxExtents]bioset.Extent // BLOCK_STATUS result slots
 	nslots int
+	loans  *bioset.Loans // memory a READ's leaves lent in place of buf (see bioset.Lend)
 
 	errno syscall.Errno // the reply's error; 0: success
 	msg   string        // message for a structured error reply
@@ -95,6 +96,10 @@ var (
 // extentWindows pools BLOCK_STATUS result windows (6 KiB each), which only
 // block-status requests need.
 var extentWindows = sync.Pool{New: func() any { return new([maxExtents]bioset.Extent) }}
+
+// loanTables pools READ loan tables (about 1 KiB each), taken per READ
+// rather than kept per request, so that an idle connection holds none.
+var loanTables = sync.Pool{New: func() any { return new(bioset.Loans) }}
 
 // transmit serves requests until the client disconnects, the connection
 // fails or the server shuts down, and returns once every request it
@@ -402,7 +407,19 @@ func (c *conn) submit(r *request) error {
 
 	switch r.op {
 	case bioset.OpRead:
-		b.Buf = r.buf
+		b.Buf, b.TopOffset = r.buf, r.off
+		if c.tx.raw != nil && r.length > 0 {
+			// Lent memory is sent in place by writev (replies.go). Without
+			// a RawConn the writer would copy it through Go code instead,
+			// racing (harmlessly, but visibly to the race detector) with
+			// writes to it; such sockets get copies. The payload budget
+			// still holds the whole buffer: lent bytes stand in for buffer
+			// bytes, one for one, so the memory a READ pins until its
+			// reply is sent (lent chunks a TRIM has since freed included)
+			// stays within what it was charged.
+			r.loans = loanTables.Get().(*bioset.Loans)
+			b.SetLoans(r.loans)
+		}
 	case bioset.OpWrite:
 		b.Buf = r.buf
 	case bioset.OpBlockStatus:
@@ -413,7 +430,7 @@ func (c *conn) submit(r *request) error {
 		}
 		slots := r.window[:r.nslots:r.nslots]
 		clear(slots)
-		b.Extents, b.ExtentBase = slots, r.off
+		b.Extents, b.TopOffset = slots, r.off
 		if c.caps&bioset.CapBlockStatus == 0 {
 			// The device cannot tell; the spec lets a server always
 			// report status 0 (allocated, contents unknown).
@@ -534,6 +551,10 @@ func (c *conn) release(r *request) {
 	}
 	if r.window != nil {
 		extentWindows.Put(r.window)
+	}
+	if r.loans != nil {
+		r.loans.Reset()
+		loanTables.Put(r.loans)
 	}
 	b := r.bio
 	*r = request{}

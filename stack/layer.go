@@ -29,7 +29,7 @@ func legCaps(legs []Device) bioset.Caps {
 
 // remap points b at dev at offset off and resubmits it: the zero-allocation
 // path for a bio that falls on a single leg. The extent window and
-// ExtentBase stay as they are, since the bio still covers the same range of
+// TopOffset stay as they are, since the bio still covers the same range of
 // the top device.
 func remap(s *bioset.Submitter, b *bioset.Bio, dev Device, off uint64) {
 	b.Dev = dev
@@ -46,11 +46,11 @@ func piece(c, b *bioset.Bio, dev Device, pos, n, legOff uint64, i, pieces int) {
 	c.Offset = legOff
 	c.Length = n
 	rel := pos - b.Offset
+	c.TopOffset = b.TopOffset + rel
 	if b.Op.HasPayload() {
 		c.Buf = b.Buf[rel : rel+n : rel+n]
 	}
 	if b.Op == bioset.OpBlockStatus {
-		c.ExtentBase = b.ExtentBase + rel
 		c.Extents = extentWindow(b.Extents, i, pieces)
 	}
 }

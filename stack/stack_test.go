@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"bytes"
 	"runtime"
 	"testing"
 	"time"
@@ -13,18 +14,44 @@ import (
 // completeBound.
 func request(t testing.TB, s *bioset.Submitter, dev Device, op bioset.Op, flags bioset.Flags, off, n uint64, buf []byte, extents []bioset.Extent) error {
 	t.Helper()
-	done := make(chan struct{})
 	var b bioset.Bio
-	b.Init(op, off, n, buf, func(*bioset.Bio) { close(done) })
+	b.Init(op, off, n, buf, nil)
 	b.Flags = flags
 	b.Dev = dev
 	b.Extents = extents
-	b.ExtentBase = off
-	s.Submit(&b)
+	b.TopOffset = off
+	return await(t, s, &b)
+}
+
+// readLent reads like request, but offers the leaves a loan table as the
+// protocol layer does (bioset.Lend), and then puts what they lent into buf.
+// It returns how many pieces were lent.
+func readLent(t testing.TB, s *bioset.Submitter, dev Device, off, n uint64, buf []byte) (int, error) {
+	t.Helper()
+	var b bioset.Bio
+	b.Init(bioset.OpRead, off, n, buf, nil)
+	b.Dev = dev
+	b.TopOffset = off
+	var loans bioset.Loans
+	b.SetLoans(&loans)
+	err := await(t, s, &b)
+	lent := loans.Sorted()
+	for _, l := range lent {
+		copy(buf[l.Pos:], l.Data)
+	}
+	return len(lent), err
+}
+
+// await submits b on s and waits for it to end, at most completeBound.
+func await(t testing.TB, s *bioset.Submitter, b *bioset.Bio) error {
+	t.Helper()
+	done := make(chan struct{})
+	b.SetEndIO(func(*bioset.Bio) { close(done) })
+	s.Submit(b)
 	select {
 	case <-done:
 	case <-time.After(completeBound):
-		t.Fatalf("%v %d+%d did not complete within %v", op, off, n, completeBound)
+		t.Fatalf("%v %d+%d did not complete within %v", b.Op, b.Offset, b.Length, completeBound)
 	}
 	return b.Err()
 }
@@ -273,5 +300,63 @@ func TestNodeStats(t *testing.T) {
 	}
 	if split.Errors() != 1 || stripe.Errors() != 1 || leg0.Errors()+leg1.Errors() != 1 {
 		t.Fatalf("errors: split %d stripe %d legs %d+%d, want 1, 1, 1 in all", split.Errors(), stripe.Errors(), leg0.Errors(), leg1.Errors())
+	}
+}
+
+// TestLendingThroughLayers: a read through split -> stripe -> linear ->
+// memory, every piece of it remapped or split by each layer on the way,
+// gets the memory leaves' bytes lent: one loan per 64 KiB stripe chunk it
+// touches, each at its place in the top buffer.
+func TestLendingThroughLayers(t *testing.T) {
+	const chunk = 64 << 10
+	legs := make([]Device, 4)
+	for i := range legs {
+		// Each stripe leg is two memory halves joined by a linear layer.
+		ln, err := NewLinear(memoryLegs(2, 1<<20), bioset.Options{Name: "t/linear", Capacity: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		legs[i] = ln
+	}
+	st, err := NewStripe(legs, chunk, bioset.Options{Name: "t/stripe", Capacity: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp, err := NewSplit(st, 1<<20, 0, bioset.Options{Name: "t/split", Capacity: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		sp.Close()
+		st.Close()
+		for _, l := range legs {
+			l.Close()
+		}
+	}()
+	var s bioset.Submitter
+	size := sp.Size()
+	pattern := make([]byte, size)
+	for i := range pattern {
+		pattern[i] = byte(i*31 + i>>16)
+	}
+	if err := request(t, &s, sp, bioset.OpWrite, 0, 0, size, pattern, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Aligned; unaligned across 17 stripe chunks; across the split's 1 MiB
+	// pieces and the linear joins.
+	for _, r := range [][2]uint64{{0, chunk}, {100, 1 << 20}, {3<<20 - 5000, 2 << 20}} {
+		off, n := r[0], r[1]
+		got := make([]byte, n)
+		lent, err := readLent(t, &s, sp, off, n, got)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chunks := int((off+n-1)/chunk - off/chunk + 1)
+		if want := min(chunks, bioset.LoanSlots); lent != want {
+			t.Errorf("read %d+%d: %d pieces lent, want %d (one per stripe chunk, up to a full table)", off, n, lent, want)
+		}
+		if !bytes.Equal(got, pattern[off:off+n]) {
+			t.Fatalf("read %d+%d: lent and copied pieces differ from what was written", off, n)
+		}
 	}
 }

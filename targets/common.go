@@ -79,7 +79,7 @@ func (f *extentFill) add(length uint64, flags bioset.ExtentFlags) bool {
 			return false
 		}
 		ext[f.n] = bioset.Extent{
-			Offset: f.b.ExtentBase + (f.pos - f.b.Offset),
+			Offset: f.b.TopOffset + (f.pos - f.b.Offset),
 			Length: length,
 			Flags:  flags,
 		}

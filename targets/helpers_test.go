@@ -58,18 +58,31 @@ func write(t testing.TB, dev bioset.Queue, off uint64, data []byte) {
 	mustDo(t, dev, bioset.OpWrite, 0, off, uint64(len(data)), data)
 }
 
+// read reads off+length as the protocol layer does: offering a loan table,
+// so that a target able to lend its memory does (bioset.Lend), and then
+// taking the lent pieces where the target did not copy.
 func read(t testing.TB, dev bioset.Queue, off, length uint64) []byte {
 	t.Helper()
 	buf := make([]byte, length)
 	for i := range buf {
 		buf[i] = 0xa5 // so that a target that forgets to fill shows up
 	}
-	mustDo(t, dev, bioset.OpRead, 0, off, length, buf)
+	var b bioset.Bio
+	b.Init(bioset.OpRead, off, length, buf, nil)
+	b.TopOffset = off
+	var loans bioset.Loans
+	b.SetLoans(&loans)
+	if err := submit(t, dev, &b); err != nil {
+		t.Fatalf("read at %d+%d: %v", off, length, err)
+	}
+	for _, l := range loans.Sorted() {
+		copy(buf[l.Pos:], l.Data)
+	}
 	return buf
 }
 
 // blockStatus asks for the status of off+length with slots result slots
-// and base as ExtentBase. It checks that the target wrote nothing past its
+// and base as TopOffset. It checks that the target wrote nothing past its
 // window and returns the used slots.
 func blockStatus(t testing.TB, dev bioset.Queue, off, length uint64, slots int, base uint64) []bioset.Extent {
 	t.Helper()
@@ -82,7 +95,7 @@ func blockStatus(t testing.TB, dev bioset.Queue, off, length uint64, slots int, 
 	var b bioset.Bio
 	b.Init(bioset.OpBlockStatus, off, length, nil, nil)
 	b.Extents = all[:slots]
-	b.ExtentBase = base
+	b.TopOffset = base
 	if err := submit(t, dev, &b); err != nil {
 		t.Fatalf("block status %d+%d: %v", off, length, err)
 	}

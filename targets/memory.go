@@ -66,6 +66,15 @@ const memStripes = 256
 // detector has nothing to report. Consecutive chunks have different
 // stripes, so one large sequential request and many small random ones both
 // spread out.
+//
+// The exception is a READ whose owner takes loans (bioset.Lend), as the
+// NBD server does: it is lent the chunks themselves, found under the lock
+// but read by the kernel once the lock is long dropped, when the reply goes
+// out. That saves a copy of every byte read, at the cost of the guarantee
+// above for reads that overlap a write in flight: such a read may show part
+// of the write (NBD leaves overlapping requests unordered; see
+// bioset/loan.go). A TRIM that frees a lent chunk meanwhile is harmless:
+// the loan keeps the old memory alive, and the reply shows the old bytes.
 type Memory struct {
 	size      uint64
 	chunk     uint64
@@ -187,7 +196,7 @@ func (m *Memory) perform(b *bioset.Bio) {
 	}
 	switch b.Op {
 	case bioset.OpRead:
-		m.read(b.Buf, b.Offset)
+		m.read(b)
 	case bioset.OpWrite:
 		m.write(b.Buf, b.Offset)
 	case bioset.OpTrim:
@@ -268,22 +277,26 @@ func publish[T any](slot *atomic.Pointer[T], table *atomic.Uint64, size uint64, 
 	}
 }
 
-func (m *Memory) read(buf []byte, off uint64) {
-	for len(buf) > 0 {
-		idx, in, n := m.piece(off, uint64(len(buf)))
+// read answers READ b: each allocated chunk's bytes are lent to the top
+// bio's owner if it takes loans (see bioset.Lend), and copied into b.Buf
+// otherwise; holes read as zeroes.
+func (m *Memory) read(b *bioset.Bio) {
+	buf, off := b.Buf, b.Offset
+	for at := uint64(0); at < b.Length; {
+		idx, in, n := m.piece(off+at, b.Length-at)
 		if p, _ := m.page(idx); p != nil {
 			st := m.stripe(idx)
 			st.RLock()
-			if c := p[idx&memPageMask]; c != nil {
-				copy(buf[:n], c[in:])
-			} else {
-				clear(buf[:n])
+			if c := p[idx&memPageMask]; c == nil {
+				clear(buf[at : at+n])
+			} else if !b.Lend(at, c[in:in+n:in+n]) {
+				copy(buf[at:at+n], c[in:])
 			}
 			st.RUnlock()
 		} else {
-			clear(buf[:n])
+			clear(buf[at : at+n])
 		}
-		buf, off = buf[n:], off+n
+		at += n
 	}
 }
 

@@ -157,7 +157,7 @@ func TestMemoryBlockStatus(t *testing.T) {
 	wantExtents(t, blockStatus(t, m, 0, 32*c, 16, 0),
 		ext(0, 2*c, 0), ext(2*c, c, hz), ext(3*c, c, 0), ext(4*c, 2*c, hz), ext(6*c, c, 0), ext(7*c, 25*c, hz))
 
-	// ExtentBase: results are in the top device's coordinates.
+	// TopOffset: results are in the top device's coordinates.
 	const base = 1 << 33
 	wantExtents(t, blockStatus(t, m, c+100, 3*c, 16, base),
 		ext(base, c-100, 0), ext(base+c-100, c, hz), ext(base+2*c-100, c, 0), ext(base+3*c-100, 100, hz))
@@ -170,6 +170,77 @@ func TestMemoryBlockStatus(t *testing.T) {
 	// Unaligned ranges are clipped to the request.
 	wantExtents(t, blockStatus(t, m, 10, 20, 3, 0), ext(0, 20, 0))
 	wantExtents(t, blockStatus(t, m, 2*c+1, c, 3, 7), ext(7, c-1, hz), ext(7+c-1, 1, 0))
+}
+
+// TestMemoryLends: a READ offered a loan table gets the allocated chunks'
+// bytes lent, in place, and zeroes copied for holes; past the table's
+// capacity the target copies.
+func TestMemoryLends(t *testing.T) {
+	const c = 4096
+	m := NewMemory(256*c, c)
+	defer m.Close()
+	data := make([]byte, 256*c)
+	for i := range data {
+		data[i] = byte(i*13 + i>>12)
+	}
+	// Chunks 0-1 and 3 written, 2 a hole, 4-99 written.
+	write(t, m, 0, data[:2*c])
+	write(t, m, 3*c, data[3*c:100*c])
+	clear(data[2*c : 3*c])
+	clear(data[100*c:])
+
+	lendingRead := func(off, length uint64) ([]byte, []bioset.Loan) {
+		buf := make([]byte, length)
+		for i := range buf {
+			buf[i] = 0xa5
+		}
+		var b bioset.Bio
+		b.Init(bioset.OpRead, off, length, buf, nil)
+		b.TopOffset = off
+		var loans bioset.Loans
+		b.SetLoans(&loans)
+		if err := submit(t, m, &b); err != nil {
+			t.Fatal(err)
+		}
+		lent := loans.Sorted()
+		return buf, lent
+	}
+
+	// From the middle of chunk 1 to the middle of chunk 3: chunk 1's
+	// tail and chunk 3's head lent, chunk 2 zeroed in the buffer.
+	buf, lent := lendingRead(c+100, 2*c+200)
+	if len(lent) != 2 || lent[0].Pos != 0 || len(lent[0].Data) != c-100 || lent[1].Pos != 2*c-100 || len(lent[1].Data) != 300 {
+		t.Fatalf("loans %v, want chunk 1's last %d bytes at 0 and chunk 3's first 300 at %d", loanRanges(lent), c-100, 2*c-100)
+	}
+	if !bytes.Equal(lent[0].Data, data[c+100:2*c]) || !bytes.Equal(lent[1].Data, data[3*c:3*c+300]) {
+		t.Fatal("lent bytes are not the chunks' contents")
+	}
+	if !bytes.Equal(buf[c-100:2*c-100], make([]byte, c)) {
+		t.Fatal("the hole was not zeroed in the buffer")
+	}
+	if buf[0] != 0xa5 || buf[2*c-100] != 0xa5 {
+		t.Fatal("the target copied into the buffer what it lent")
+	}
+
+	// 96 allocated chunks: the first LoanSlots lent, the rest copied.
+	buf, lent = lendingRead(4*c, 96*c)
+	if len(lent) != bioset.LoanSlots {
+		t.Fatalf("%d loans, want a full table of %d", len(lent), bioset.LoanSlots)
+	}
+	for _, l := range lent {
+		copy(buf[l.Pos:], l.Data)
+	}
+	if !bytes.Equal(buf, data[4*c:100*c]) {
+		t.Fatal("lent and copied pieces together differ from what was written")
+	}
+}
+
+func loanRanges(loans []bioset.Loan) [][2]uint64 {
+	var r [][2]uint64
+	for _, l := range loans {
+		r = append(r, [2]uint64{l.Pos, uint64(len(l.Data))})
+	}
+	return r
 }
 
 // Overlapping concurrent I/O: the race detector must stay quiet, and each
