@@ -28,9 +28,11 @@ type FileOptions struct {
 }
 
 // File is a target backed by a regular file or a block device. Syscalls
-// block, so Submit only queues the bio and a fixed pool of workers performs
-// it: the submitter, which may hold other layers' bios, never waits on the
-// disk.
+// may wait on the disk, and the submitter, which may hold other layers'
+// bios, must not: so a fixed pool of workers performs the bios, except a
+// READ or WRITE that is sure not to wait (see inline), which Submit does
+// at once. Handing a bio to a worker and back costs two goroutine
+// switches, as much as the I/O itself when the data is in the page cache.
 type File struct {
 	path     string
 	fd       int
@@ -41,10 +43,19 @@ type File struct {
 	closing  sync.Once
 	closeErr error
 
+	// inRAM: the file is on tmpfs or ramfs. Its reads and writes copy
+	// memory and never wait on a disk, like the memory target's, so they
+	// run inline without asking the kernel.
+	inRAM bool
+	// inlined counts the bios Submit performed itself, for tests.
+	inlined atomic.Uint64
+
 	// Learned at the first failure, so that a filesystem without a mode
 	// costs one failed syscall, not one per bio.
-	noPunch     atomic.Bool
-	noZeroRange atomic.Bool
+	noPunch       atomic.Bool
+	noZeroRange   atomic.Bool
+	noNowaitRead  atomic.Bool
+	noNowaitWrite atomic.Bool
 }
 
 // OpenFile opens path as a target of size bytes.
@@ -76,6 +87,10 @@ func OpenFile(path string, size uint64, o FileOptions) (*File, error) {
 		return nil, fmt.Errorf("targets: %s is %d bytes, smaller than the configured size %d", path, have, size)
 	}
 	f := &File{path: path, fd: fd, size: size, readOnly: o.ReadOnly}
+	var fs unix.Statfs_t
+	if unix.Fstatfs(fd, &fs) == nil && (fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC) {
+		f.inRAM = true
+	}
 	f.w = newWorkers(o.Workers, o.Delay, f.perform)
 	return f, nil
 }
@@ -171,9 +186,74 @@ func (f *File) Close() error {
 	return f.closeErr
 }
 
-// Submit queues b for the workers; it never blocks on I/O.
+// Submit performs b at once if that cannot wait on the disk, and queues
+// it for the workers otherwise; it never blocks on I/O.
 func (f *File) Submit(_ *bioset.Submitter, b *bioset.Bio) {
+	if f.w.delay == 0 && f.inline(b) {
+		return
+	}
 	f.w.push(b)
+}
+
+// fileInlineMax is the longest bio File.inline performs. Handing a bio to
+// a worker costs a few microseconds, copying 16 KiB about one. Longer
+// copies are better left to the workers, where they run on another CPU
+// while the submitter goes on to the next request: inline, 64 KiB random
+// reads ran at about 0.9x, and 1 MiB sequential ones at 0.7-0.95x, of the
+// workers' throughput (fio over a unix socket, tmpfs, 2 CPUs).
+const fileInlineMax = 16 << 10
+
+// inline tries a short READ, or WRITE without FUA, on the submitting goroutine,
+// and reports whether it did (b has then ended). Off tmpfs it asks the
+// kernel for RWF_NOWAIT: the call fails with EAGAIN rather than wait for
+// the disk (pages not cached, dirty-page throttling), and the bio goes to
+// the workers. A filesystem that cannot do RWF_NOWAIT at all (EOPNOTSUPP:
+// buffered writes on many) is remembered and not asked again.
+//
+// Anything short of the whole bio done goes to the workers, which redo it
+// from the start: a short or failed read changed nothing, and a short write
+// is rewritten with the same bytes. They also report the errors, EOF and
+// EINTR the way they always do.
+func (f *File) inline(b *bioset.Bio) bool {
+	var no *atomic.Bool
+	switch b.Op {
+	case bioset.OpRead:
+		no = &f.noNowaitRead
+	case bioset.OpWrite:
+		if f.readOnly || b.Flags&bioset.FlagFUA != 0 {
+			return false // EPERM, and fdatasync, are the workers' to do
+		}
+		no = &f.noNowaitWrite
+	default:
+		return false
+	}
+	if b.Length == 0 || b.Length > fileInlineMax || check(b, f.size) != 0 {
+		return false
+	}
+	flags := 0
+	if !f.inRAM {
+		if no.Load() {
+			return false
+		}
+		flags = unix.RWF_NOWAIT
+	}
+	var n int
+	var err error
+	iov := [][]byte{b.Buf}
+	if b.Op == bioset.OpRead {
+		n, err = unix.Preadv2(f.fd, iov, int64(b.Offset), flags)
+	} else {
+		n, err = unix.Pwritev2(f.fd, iov, int64(b.Offset), flags)
+	}
+	if err == unix.EOPNOTSUPP && flags != 0 {
+		no.Store(true)
+	}
+	if err != nil || n != len(b.Buf) {
+		return false
+	}
+	f.inlined.Add(1)
+	f.end(b, nil)
+	return true
 }
 
 func (f *File) perform(b *bioset.Bio) {

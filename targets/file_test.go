@@ -244,3 +244,119 @@ func TestFileCloseLeaksNothing(t *testing.T) {
 	}
 	waitGoroutines(t, before)
 }
+
+// ramDir returns a fresh directory on tmpfs (/dev/shm), where a File runs
+// its reads and writes inline.
+func ramDir(t *testing.T) string {
+	t.Helper()
+	var fs syscall.Statfs_t
+	if err := syscall.Statfs("/dev/shm", &fs); err != nil || fs.Type != 0x01021994 {
+		t.Skip("no tmpfs at /dev/shm on this machine")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "stackd-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// TestFileModelInRAM: the model on tmpfs, where READ and WRITE run inline
+// and everything else on the workers, in any mix.
+func TestFileModelInRAM(t *testing.T) {
+	f, err := OpenFile(filepath.Join(ramDir(t), "disk.img"), 1<<20+777, FileOptions{Workers: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !f.inRAM {
+		t.Fatal("a file on tmpfs is not recognised as RAM")
+	}
+	exerciseModel(t, f, modelOpts{ops: 800, maxLen: 96 << 10, trimZeroes: true, seed: 8})
+	if f.inlined.Load() == 0 {
+		t.Fatal("no bio ran inline on tmpfs")
+	}
+}
+
+// TestFileInline: which bios Submit performs itself, and that the inline
+// path allocates nothing.
+func TestFileInline(t *testing.T) {
+	path := filepath.Join(ramDir(t), "disk.img")
+	f, err := OpenFile(path, 1<<20, FileOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	data := bytes.Repeat([]byte("inline!!"), 512)
+	write(t, f, 4096, data)
+	if got := read(t, f, 4096, 4096); !bytes.Equal(got, data) {
+		t.Fatal("read back differs")
+	}
+	if n := f.inlined.Load(); n != 2 {
+		t.Fatalf("%d of a READ and a WRITE ran inline, want both", n)
+	}
+	// FUA needs fdatasync, FLUSH is one, TRIM a fallocate: the workers'.
+	mustDo(t, f, bioset.OpWrite, bioset.FlagFUA, 0, 4096, data)
+	mustDo(t, f, bioset.OpFlush, 0, 0, 0, nil)
+	mustDo(t, f, bioset.OpTrim, 0, 0, 4096, nil)
+	if n := f.inlined.Load(); n != 2 {
+		t.Fatalf("FUA, FLUSH or TRIM ran inline (%d inline)", n)
+	}
+
+	// Someone truncates the file behind the target's back: the inline
+	// read comes up short, and the workers read the missing tail as zeroes.
+	if err := os.Truncate(path, 4096+100); err != nil {
+		t.Fatal(err)
+	}
+	got := read(t, f, 4096, 4096)
+	if !bytes.Equal(got[:100], data[:100]) || !bytes.Equal(got[100:], make([]byte, 4096-100)) {
+		t.Fatal("a read across the truncated end is not data then zeroes")
+	}
+	if err := os.Truncate(path, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+
+	buf := make([]byte, 4096)
+	var b bioset.Bio
+	var s bioset.Submitter
+	for _, op := range []bioset.Op{bioset.OpWrite, bioset.OpRead} {
+		if n := testing.AllocsPerRun(100, func() {
+			b.Init(op, 8192, 4096, buf, nopEnd)
+			b.Dev = f
+			s.Submit(&b)
+		}); n != 0 {
+			t.Errorf("inline %v: %v allocations per bio, want 0", op, n)
+		}
+	}
+
+	// A delayed target never runs inline: the delay is the workers'.
+	d, err := OpenFile(filepath.Join(filepath.Dir(path), "delayed.img"), 1<<20, FileOptions{Delay: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	write(t, d, 0, data)
+	read(t, d, 0, 4096)
+	if n := d.inlined.Load(); n != 0 {
+		t.Fatalf("%d bios of a delayed target ran inline", n)
+	}
+}
+
+// TestFileInlineOnDisk: off tmpfs, a READ of cached data runs inline if
+// the filesystem can promise not to wait (RWF_NOWAIT), and the target
+// learns when it cannot; either way the data is right.
+func TestFileInlineOnDisk(t *testing.T) {
+	f, _ := openTestFile(t, 1<<20, FileOptions{})
+	data := bytes.Repeat([]byte("on disk!"), 512)
+	write(t, f, 0, data) // now in the page cache
+	for range 3 {
+		if got := read(t, f, 0, 4096); !bytes.Equal(got, data) {
+			t.Fatal("read back differs")
+		}
+	}
+	t.Logf("inline: %d; filesystem lacks RWF_NOWAIT for reads: %v, for writes: %v",
+		f.inlined.Load(), f.noNowaitRead.Load(), f.noNowaitWrite.Load())
+	if f.inlined.Load() == 0 && !f.noNowaitRead.Load() {
+		t.Fatal("cached reads went to the workers, though the filesystem takes RWF_NOWAIT")
+	}
+}
