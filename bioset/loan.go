@@ -31,25 +31,30 @@ import (
 // (the table is full, the bio has none, the memory is not its own to lend)
 // copies into Buf as always, and a reply may mix lent and copied pieces.
 
-// LoanSlots is how many pieces one table records. A 1 MiB read over 64 KiB
-// chunks needs 17 at most; a longer one, or one over smaller chunks, lends
-// its first LoanSlots pieces and has the rest copied.
-const LoanSlots = 32
-
 // Loan is one lent piece: Data stands for the top buffer's bytes from Pos.
 type Loan struct {
 	Pos  uint64
 	Data []byte
 }
 
-// Loans is a top READ bio's table of lent pieces. Leaves of one bio may
-// lend from several goroutines at once; each claims its slot atomically.
+// Loans is a top READ bio's table of lent pieces, of a fixed number of
+// slots: a read lends its first pieces, as many as there are slots, and has
+// the rest copied. Leaves of one bio may lend from several goroutines at
+// once; each claims its slot atomically.
 type Loans struct {
 	buf   []byte // the top bio's buffer
 	top   uint64 // the TopOffset of buf[0]
 	used  atomic.Int32
-	slots [LoanSlots]Loan
+	slots []Loan
 }
+
+// NewLoans returns an empty table of n slots.
+func NewLoans(n int) *Loans {
+	return &Loans{slots: make([]Loan, n)}
+}
+
+// Cap returns the number of slots.
+func (l *Loans) Cap() int { return len(l.slots) }
 
 // SetLoans offers l to the leaves of top READ bio b, whose Buf and
 // TopOffset must be set: lent pieces are placed by their TopOffset and
@@ -78,15 +83,16 @@ func (b *Bio) Lend(at uint64, p []byte) bool {
 		return false
 	}
 	// b.Buf must be the top buffer's bytes from b's TopOffset: the
-	// invariant every layer keeps (children get sub-slices, never copies).
+	// invariant every layer keeps (DESIGN.md rule 7: children get
+	// sub-slices, never copies).
 	// Checking it costs one comparison, and a layer that broke it gets
 	// copies, not misplaced data.
 	pos := b.TopOffset - l.top
 	if pos >= uint64(len(l.buf)) || uint64(len(b.Buf)) > uint64(len(l.buf))-pos || &l.buf[pos] != &b.Buf[0] {
 		return false
 	}
-	i := l.used.Add(1) - 1
-	if i >= LoanSlots {
+	i := int(l.used.Add(1) - 1)
+	if i >= len(l.slots) {
 		return false
 	}
 	l.slots[i] = Loan{Pos: pos + at, Data: p}
@@ -96,16 +102,14 @@ func (b *Bio) Lend(at uint64, p []byte) bool {
 // Sorted returns the lent pieces in buffer order. Call it once the top bio
 // has ended: every leaf is done lending then.
 func (l *Loans) Sorted() []Loan {
-	n := min(int(l.used.Load()), LoanSlots)
-	s := l.slots[:n]
+	s := l.slots[:min(int(l.used.Load()), len(l.slots))]
 	slices.SortFunc(s, func(a, b Loan) int { return cmp.Compare(a.Pos, b.Pos) })
 	return s
 }
 
 // Reset empties l for another bio, dropping its references to lent memory.
 func (l *Loans) Reset() {
-	n := min(int(l.used.Load()), LoanSlots)
-	clear(l.slots[:n])
+	clear(l.slots[:min(int(l.used.Load()), len(l.slots))])
 	l.used.Store(0)
 	l.buf, l.top = nil, 0
 }

@@ -13,7 +13,7 @@ func lendingRead(off, length uint64) (*Bio, *Loans, []byte) {
 	b := new(Bio)
 	b.Init(OpRead, off, length, buf, nil)
 	b.TopOffset = off
-	l := new(Loans)
+	l := NewLoans(8)
 	b.SetLoans(l)
 	return b, l, buf
 }
@@ -112,8 +112,11 @@ func TestLendRefuses(t *testing.T) {
 // TestLendTableFull: leaves lending from many goroutines at once fill the
 // table exactly; later loans are refused, and no slot is written twice.
 func TestLendTableFull(t *testing.T) {
-	const pieces = 4 * LoanSlots
-	top, l, _ := lendingRead(0, pieces)
+	const slots = 32
+	const pieces = 4 * slots
+	top, _, _ := lendingRead(0, pieces)
+	l := NewLoans(slots)
+	top.SetLoans(l)
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	taken := 0
@@ -129,12 +132,12 @@ func TestLendTableFull(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if taken != LoanSlots {
-		t.Fatalf("%d loans taken, want %d", taken, LoanSlots)
+	if taken != slots {
+		t.Fatalf("%d loans taken, want %d", taken, slots)
 	}
 	got := l.Sorted()
-	if len(got) != LoanSlots {
-		t.Fatalf("Sorted returned %d loans, want %d", len(got), LoanSlots)
+	if len(got) != slots {
+		t.Fatalf("Sorted returned %d loans, want %d", len(got), slots)
 	}
 	for i, g := range got {
 		if byte(g.Pos) != g.Data[0] || (i > 0 && g.Pos <= got[i-1].Pos) {

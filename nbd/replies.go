@@ -46,7 +46,7 @@ const (
 	maxIovecs = 1024
 	// maxReplyIovecs is the most iovecs one reply takes: its header, and a
 	// READ payload of lent pieces with a piece of the buffer around each.
-	maxReplyIovecs = 1 + 2*bioset.LoanSlots + 1
+	maxReplyIovecs = 1 + 2*maxLoans + 1
 )
 
 const msgNoExtents = "device reported no extents"
@@ -105,7 +105,7 @@ func metaLen(r *request) int {
 // iovecsLen is an upper bound on the iovecs r's reply adds to the batch.
 func iovecsLen(r *request) int {
 	if r.loans != nil {
-		return maxReplyIovecs
+		return 1 + 2*r.loans.Cap() + 1
 	}
 	return 2
 }

@@ -8,8 +8,6 @@ import (
 	"strconv"
 	"testing"
 	"time"
-
-	"github.com/stackd/stackd/bioset"
 )
 
 // TestRepliesLeftForTheWriter pipelines more reply bytes than the socket
@@ -123,10 +121,10 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 			t.Fatalf("cookie %d: wrong data", cookie)
 		}
 	}
-	// 64 1 MiB reads lend 32 pieces each (a full table), and the 4 KiB
-	// ones at even chunks one each.
-	if lent := dev.lent.Load(); lend && lent < 64*bioset.LoanSlots {
-		t.Errorf("the device lent %d pieces, want at least %d", lent, 64*bioset.LoanSlots)
+	// 64 1 MiB reads lend maxLoans pieces each (a full table), and the
+	// 4 KiB ones at even chunks one each.
+	if lent := dev.lent.Load(); lend && lent < 64*maxLoans {
+		t.Errorf("the device lent %d pieces, want at least %d", lent, 64*maxLoans)
 	}
 	// And the connection carries on.
 	r.request(cmdFlush, 0, 1000, 0, 0, nil)

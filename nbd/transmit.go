@@ -97,9 +97,35 @@ var (
 // block-status requests need.
 var extentWindows = sync.Pool{New: func() any { return new([maxExtents]bioset.Extent) }}
 
-// loanTables pools READ loan tables (about 1 KiB each), taken per READ
-// rather than kept per request, so that an idle connection holds none.
-var loanTables = sync.Pool{New: func() any { return new(bioset.Loans) }}
+// A READ's loan table (bioset.Loans) is taken from a pool per READ rather
+// than kept per request, so that an idle connection holds none, and sized to
+// the read. Tables are not charged to the payload budget; sized this way
+// they add at most 3% to what it bounds: about 128 bytes to a READ of under
+// 64 KiB, which is charged at least 4 KiB, and about 1.1 KiB to a longer
+// one, charged at least 64 KiB.
+const (
+	// maxLoans is a long READ's table: a 1 MiB read over 64 KiB chunks
+	// lends in 17 pieces at most. Longer reads, or reads over smaller
+	// chunks, lend their first maxLoans pieces and have the rest copied.
+	maxLoans = 32
+	// smallLoans is a short READ's: one under 64 KiB spans at most two
+	// chunks of 64 KiB (the memory target's default).
+	smallLoans      = 2
+	smallLoansBelow = 64 << 10
+)
+
+var loanTables = [2]sync.Pool{
+	{New: func() any { return bioset.NewLoans(smallLoans) }},
+	{New: func() any { return bioset.NewLoans(maxLoans) }},
+}
+
+// loanTablePool returns the pool of tables for READs of length bytes.
+func loanTablePool(length uint32) *sync.Pool {
+	if length < smallLoansBelow {
+		return &loanTables[0]
+	}
+	return &loanTables[1]
+}
 
 // transmit serves requests until the client disconnects, the connection
 // fails or the server shuts down, and returns once every request it
@@ -417,7 +443,7 @@ func (c *conn) submit(r *request) error {
 			// bytes, one for one, so the memory a READ pins until its
 			// reply is sent (lent chunks a TRIM has since freed included)
 			// stays within what it was charged.
-			r.loans = loanTables.Get().(*bioset.Loans)
+			r.loans = loanTablePool(r.length).Get().(*bioset.Loans)
 			b.SetLoans(r.loans)
 		}
 	case bioset.OpWrite:
@@ -554,7 +580,7 @@ func (c *conn) release(r *request) {
 	}
 	if r.loans != nil {
 		r.loans.Reset()
-		loanTables.Put(r.loans)
+		loanTablePool(r.length).Put(r.loans)
 	}
 	b := r.bio
 	*r = request{}

@@ -23,6 +23,9 @@ func request(t testing.TB, s *bioset.Submitter, dev Device, op bioset.Op, flags 
 	return await(t, s, &b)
 }
 
+// lendSlots is the size of readLent's loan table.
+const lendSlots = 32
+
 // readLent reads like request, but offers the leaves a loan table as the
 // protocol layer does (bioset.Lend), and then puts what they lent into buf.
 // It returns how many pieces were lent.
@@ -32,8 +35,8 @@ func readLent(t testing.TB, s *bioset.Submitter, dev Device, off, n uint64, buf 
 	b.Init(bioset.OpRead, off, n, buf, nil)
 	b.Dev = dev
 	b.TopOffset = off
-	var loans bioset.Loans
-	b.SetLoans(&loans)
+	loans := bioset.NewLoans(lendSlots)
+	b.SetLoans(loans)
 	err := await(t, s, &b)
 	lent := loans.Sorted()
 	for _, l := range lent {
@@ -352,7 +355,7 @@ func TestLendingThroughLayers(t *testing.T) {
 			t.Fatal(err)
 		}
 		chunks := int((off+n-1)/chunk - off/chunk + 1)
-		if want := min(chunks, bioset.LoanSlots); lent != want {
+		if want := min(chunks, lendSlots); lent != want {
 			t.Errorf("read %d+%d: %d pieces lent, want %d (one per stripe chunk, up to a full table)", off, n, lent, want)
 		}
 		if !bytes.Equal(got, pattern[off:off+n]) {

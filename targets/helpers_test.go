@@ -70,8 +70,8 @@ func read(t testing.TB, dev bioset.Queue, off, length uint64) []byte {
 	var b bioset.Bio
 	b.Init(bioset.OpRead, off, length, buf, nil)
 	b.TopOffset = off
-	var loans bioset.Loans
-	b.SetLoans(&loans)
+	loans := bioset.NewLoans(32)
+	b.SetLoans(loans)
 	if err := submit(t, dev, &b); err != nil {
 		t.Fatalf("read at %d+%d: %v", off, length, err)
 	}

@@ -197,8 +197,8 @@ func TestMemoryLends(t *testing.T) {
 		var b bioset.Bio
 		b.Init(bioset.OpRead, off, length, buf, nil)
 		b.TopOffset = off
-		var loans bioset.Loans
-		b.SetLoans(&loans)
+		loans := bioset.NewLoans(32)
+		b.SetLoans(loans)
 		if err := submit(t, m, &b); err != nil {
 			t.Fatal(err)
 		}
@@ -222,10 +222,11 @@ func TestMemoryLends(t *testing.T) {
 		t.Fatal("the target copied into the buffer what it lent")
 	}
 
-	// 96 allocated chunks: the first LoanSlots lent, the rest copied.
+	// 96 allocated chunks: the first 32 lent (a full table), the rest
+	// copied.
 	buf, lent = lendingRead(4*c, 96*c)
-	if len(lent) != bioset.LoanSlots {
-		t.Fatalf("%d loans, want a full table of %d", len(lent), bioset.LoanSlots)
+	if len(lent) != 32 {
+		t.Fatalf("%d loans, want a full table of 32", len(lent))
 	}
 	for _, l := range lent {
 		copy(buf[l.Pos:], l.Data)
