@@ -63,6 +63,17 @@ func write(t testing.TB, dev bioset.Queue, off uint64, data []byte) {
 // taking the lent pieces where the target did not copy.
 func read(t testing.TB, dev bioset.Queue, off, length uint64) []byte {
 	t.Helper()
+	buf, lent := readLending(t, dev, off, length)
+	for _, l := range lent {
+		copy(buf[l.Pos:], l.Data)
+	}
+	return buf
+}
+
+// readLending reads off+length offering a loan table of 32 slots, and
+// returns the buffer as the target left it and what it lent, in order.
+func readLending(t testing.TB, dev bioset.Queue, off, length uint64) ([]byte, []bioset.Loan) {
+	t.Helper()
 	buf := make([]byte, length)
 	for i := range buf {
 		buf[i] = 0xa5 // so that a target that forgets to fill shows up
@@ -75,10 +86,7 @@ func read(t testing.TB, dev bioset.Queue, off, length uint64) []byte {
 	if err := submit(t, dev, &b); err != nil {
 		t.Fatalf("read at %d+%d: %v", off, length, err)
 	}
-	for _, l := range loans.Sorted() {
-		copy(buf[l.Pos:], l.Data)
-	}
-	return buf
+	return buf, loans.Sorted()
 }
 
 // blockStatus asks for the status of off+length with slots result slots

@@ -189,26 +189,9 @@ func TestMemoryLends(t *testing.T) {
 	clear(data[2*c : 3*c])
 	clear(data[100*c:])
 
-	lendingRead := func(off, length uint64) ([]byte, []bioset.Loan) {
-		buf := make([]byte, length)
-		for i := range buf {
-			buf[i] = 0xa5
-		}
-		var b bioset.Bio
-		b.Init(bioset.OpRead, off, length, buf, nil)
-		b.TopOffset = off
-		loans := bioset.NewLoans(32)
-		b.SetLoans(loans)
-		if err := submit(t, m, &b); err != nil {
-			t.Fatal(err)
-		}
-		lent := loans.Sorted()
-		return buf, lent
-	}
-
 	// From the middle of chunk 1 to the middle of chunk 3: chunk 1's
 	// tail and chunk 3's head lent, chunk 2 zeroed in the buffer.
-	buf, lent := lendingRead(c+100, 2*c+200)
+	buf, lent := readLending(t, m, c+100, 2*c+200)
 	if len(lent) != 2 || lent[0].Pos != 0 || len(lent[0].Data) != c-100 || lent[1].Pos != 2*c-100 || len(lent[1].Data) != 300 {
 		t.Fatalf("loans %v, want chunk 1's last %d bytes at 0 and chunk 3's first 300 at %d", loanRanges(lent), c-100, 2*c-100)
 	}
@@ -224,7 +207,7 @@ func TestMemoryLends(t *testing.T) {
 
 	// 96 allocated chunks: the first 32 lent (a full table), the rest
 	// copied.
-	buf, lent = lendingRead(4*c, 96*c)
+	buf, lent = readLending(t, m, 4*c, 96*c)
 	if len(lent) != 32 {
 		t.Fatalf("%d loans, want a full table of 32", len(lent))
 	}
