@@ -84,9 +84,8 @@ func (b *Bio) Lend(at uint64, p []byte) bool {
 	}
 	// b.Buf must be the top buffer's bytes from b's TopOffset: the
 	// invariant every layer keeps (DESIGN.md rule 7: children get
-	// sub-slices, never copies).
-	// Checking it costs one comparison, and a layer that broke it gets
-	// copies, not misplaced data.
+	// sub-slices, never copies). Checking it costs one comparison, and a
+	// layer that broke it gets copies, not misplaced data.
 	pos := b.TopOffset - l.top
 	if pos >= uint64(len(l.buf)) || uint64(len(b.Buf)) > uint64(len(l.buf))-pos || &l.buf[pos] != &b.Buf[0] {
 		return false
