@@ -279,22 +279,22 @@ func publish[T any](slot *atomic.Pointer[T], table *atomic.Uint64, size uint64, 
 
 // read answers READ b: each allocated chunk's bytes are lent to the top
 // bio's owner if it takes loans (see bioset.Lend), and copied into b.Buf
-// otherwise; holes read as zeroes.
+// otherwise; holes read as zeroes, lent from the shared zeroes where they
+// can be (nothing ever writes those), cleared in b.Buf where not.
 func (m *Memory) read(b *bioset.Bio) {
-	buf, off := b.Buf, b.Offset
 	for at := uint64(0); at < b.Length; {
-		idx, in, n := m.piece(off+at, b.Length-at)
+		idx, in, n := m.piece(b.Offset+at, b.Length-at)
+		var c []byte
 		if p, _ := m.page(idx); p != nil {
 			st := m.stripe(idx)
 			st.RLock()
-			if c := p[idx&memPageMask]; c == nil {
-				clear(buf[at : at+n])
-			} else if !b.Lend(at, c[in:in+n:in+n]) {
-				copy(buf[at:at+n], c[in:])
+			if c = p[idx&memPageMask]; c != nil && !b.Lend(at, c[in:in+n:in+n]) {
+				copy(b.Buf[at:at+n], c[in:])
 			}
 			st.RUnlock()
-		} else {
-			clear(buf[at : at+n])
+		}
+		if c == nil && (n > uint64(len(zeroes)) || !b.Lend(at, zeroes[:n:n])) {
+			clear(b.Buf[at : at+n])
 		}
 		at += n
 	}

@@ -2,6 +2,7 @@ package targets
 
 import (
 	"bytes"
+	"fmt"
 	"math/rand/v2"
 	"runtime"
 	"sync"
@@ -190,19 +191,20 @@ func TestMemoryLends(t *testing.T) {
 	clear(data[100*c:])
 
 	// From the middle of chunk 1 to the middle of chunk 3: chunk 1's
-	// tail and chunk 3's head lent, chunk 2 zeroed in the buffer.
+	// tail, the shared zeroes for the hole, and chunk 3's head, all lent.
 	buf, lent := readLending(t, m, c+100, 2*c+200)
-	if len(lent) != 2 || lent[0].Pos != 0 || len(lent[0].Data) != c-100 || lent[1].Pos != 2*c-100 || len(lent[1].Data) != 300 {
-		t.Fatalf("loans %v, want chunk 1's last %d bytes at 0 and chunk 3's first 300 at %d", loanRanges(lent), c-100, 2*c-100)
+	want := [][2]uint64{{0, c - 100}, {c - 100, c}, {2*c - 100, 300}}
+	if got := loanRanges(lent); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("loans at %v, want %v", got, want)
 	}
-	if !bytes.Equal(lent[0].Data, data[c+100:2*c]) || !bytes.Equal(lent[1].Data, data[3*c:3*c+300]) {
+	if !bytes.Equal(lent[0].Data, data[c+100:2*c]) || !bytes.Equal(lent[2].Data, data[3*c:3*c+300]) {
 		t.Fatal("lent bytes are not the chunks' contents")
 	}
-	if !bytes.Equal(buf[c-100:2*c-100], make([]byte, c)) {
-		t.Fatal("the hole was not zeroed in the buffer")
+	if &lent[1].Data[0] != &zeroes[0] {
+		t.Fatal("the hole was not lent from the shared zeroes")
 	}
-	if buf[0] != 0xa5 || buf[2*c-100] != 0xa5 {
-		t.Fatal("the target copied into the buffer what it lent")
+	if !bytes.Equal(buf, bytes.Repeat([]byte{0xa5}, len(buf))) {
+		t.Fatal("the target wrote into the buffer though it lent everything")
 	}
 
 	// 96 allocated chunks: the first 32 lent (a full table), the rest
@@ -216,6 +218,16 @@ func TestMemoryLends(t *testing.T) {
 	}
 	if !bytes.Equal(buf, data[4*c:100*c]) {
 		t.Fatal("lent and copied pieces together differ from what was written")
+	}
+
+	// 32 allocated chunks fill the table; the holes after them are
+	// cleared in the buffer.
+	buf, lent = readLending(t, m, 68*c, 42*c)
+	if len(lent) != 32 || lent[31].Pos != 31*c {
+		t.Fatalf("loans at %v, want the 32 allocated chunks", loanRanges(lent))
+	}
+	if !bytes.Equal(buf[32*c:], make([]byte, 10*c)) {
+		t.Fatal("holes past a full table were not zeroed in the buffer")
 	}
 }
 
