@@ -8,8 +8,9 @@ import (
 // budget is a weighted semaphore over the bytes of payload buffers that
 // all connections of a server hold at once (DESIGN.md rule 7: bounded
 // everywhere). A connection's reader acquires before it reads a WRITE
-// payload or submits a READ, and releases once the reply is sent. When the budget is spent the reader stops reading its socket: the
-// client feels backpressure through TCP instead of the server growing.
+// payload or submits a READ, and releases once the reply is sent. When the
+// budget is spent the reader stops reading its socket: the client feels
+// backpressure through TCP instead of the server growing.
 //
 // Waiters are served in FIFO order, so a 32 MiB request is not starved by a
 // stream of small ones. Each waiter is a connection's reader (one at a

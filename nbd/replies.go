@@ -289,9 +289,9 @@ func (c *conn) encodeReply(r *request) {
 // sendBatch puts t.out on the wire and, once all of it is there, releases
 // its requests. With block false (the reader, which has t.raw) it makes
 // one non-blocking attempt and reports false if bytes are left, which then
-// wait in t.out for the writer. After a write error nothing more is written: the requests are
-// released unanswered, the socket is already closed. The caller holds
-// t.sendMu.
+// wait in t.out for the writer. After a write error nothing more is
+// written: the requests are released unanswered, the socket is already
+// closed. The caller holds t.sendMu.
 func (c *conn) sendBatch(block bool) bool {
 	t := c.tx
 	b := &t.out

@@ -431,9 +431,11 @@ func (c *conn) submit(r *request) error {
 	// completes (see readerActive).
 	c.tx.readerActive.Store(true)
 
+	// The top bio is the top device's range as the client asked for it,
+	// with the payload buffer of READ and WRITE (nil otherwise).
+	b.Buf, b.TopOffset = r.buf, r.off
 	switch r.op {
 	case bioset.OpRead:
-		b.Buf, b.TopOffset = r.buf, r.off
 		if c.tx.raw != nil && r.length > 0 {
 			// Lent memory is sent in place by writev (replies.go). Without
 			// a RawConn the writer would copy it through Go code instead,
@@ -446,8 +448,6 @@ func (c *conn) submit(r *request) error {
 			r.loans = loanTablePool(r.length).Get().(*bioset.Loans)
 			b.SetLoans(r.loans)
 		}
-	case bioset.OpWrite:
-		b.Buf = r.buf
 	case bioset.OpBlockStatus:
 		r.window = extentWindows.Get().(*[maxExtents]bioset.Extent)
 		r.nslots = maxExtents
@@ -456,7 +456,7 @@ func (c *conn) submit(r *request) error {
 		}
 		slots := r.window[:r.nslots:r.nslots]
 		clear(slots)
-		b.Extents, b.TopOffset = slots, r.off
+		b.Extents = slots
 		if c.caps&bioset.CapBlockStatus == 0 {
 			// The device cannot tell; the spec lets a server always
 			// report status 0 (allocated, contents unknown).
