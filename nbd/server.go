@@ -58,6 +58,18 @@ const (
 	// takes a minute to accept a reply it asked for has stopped reading:
 	// the Linux client and libnbd read replies as they come.
 	DefaultReplyTimeout = time.Minute
+	// MinReplyTimeout is the least ReplyTimeout allowed: the writer moves
+	// the write deadline at most once per replyDeadlineSlack, so a shorter
+	// timeout would be mostly slack.
+	MinReplyTimeout = 2 * replyDeadlineSlack
+	// DefaultMaxConnectionsPerClient caps Options.MaxConnectionsPerClient
+	// when zero; the default is a quarter of MaxConnections, at most this
+	// and at least 1. A quarter, so that one client that fills its share
+	// (with silent half-open handshakes, or idle connections after GO)
+	// leaves three quarters of the slots to everyone else. 64, because a
+	// real client opens far fewer: `nbd-client -C` a handful, fio one per
+	// job.
+	DefaultMaxConnectionsPerClient = 64
 	// DefaultPayloadBudget is Options.PayloadBudget when zero: room for
 	// eight maximum-size requests, or many small ones, at once.
 	DefaultPayloadBudget = 256 << 20
@@ -153,6 +165,20 @@ type Options struct {
 	// readers stop reading their sockets until replies free some. At
 	// least MaxPayload. Default DefaultPayloadBudget.
 	PayloadBudget int64
+	// MaxConnectionsPerClient caps the connections open at once from one
+	// client: one source IP address on TCP, one peer uid on unix sockets
+	// (SO_PEERCRED). Over the cap a new connection is closed at once, so
+	// that one client cannot take every slot of MaxConnections. Default:
+	// a quarter of MaxConnections, at most DefaultMaxConnectionsPerClient.
+	MaxConnectionsPerClient int
+	// ConnectionPayload caps the bytes of payload buffers one connection
+	// holds at once, within PayloadBudget: beyond it the connection's
+	// reader waits for its own replies to be sent. It keeps one client
+	// that stops reading its replies, or reads them slowly, from holding
+	// the whole budget while every other connection waits. At least
+	// MaxPayload, at most PayloadBudget. Default: a quarter of
+	// PayloadBudget, and at least MaxPayload.
+	ConnectionPayload int64
 	// ReplyTimeout bounds how long writing a reply to a client may take.
 	// A client that stops reading its replies while its requests hold
 	// payload buffers would otherwise keep that share of PayloadBudget
@@ -230,11 +256,23 @@ func NewServer(o Options) (*Server, error) {
 	if o.ReplyTimeout == 0 {
 		o.ReplyTimeout = DefaultReplyTimeout
 	}
+	if o.MaxConnectionsPerClient == 0 {
+		o.MaxConnectionsPerClient = DefaultPerClient(o.MaxConnections)
+	}
+	if o.ConnectionPayload == 0 {
+		o.ConnectionPayload = DefaultConnectionPayload(o.PayloadBudget)
+	}
 	switch {
-	case o.ReplyTimeout < 2*replyDeadlineSlack:
-		return nil, fmt.Errorf("nbd: ReplyTimeout %v < %v", o.ReplyTimeout, 2*replyDeadlineSlack)
+	case o.ReplyTimeout < MinReplyTimeout:
+		return nil, fmt.Errorf("nbd: ReplyTimeout %v < %v", o.ReplyTimeout, MinReplyTimeout)
 	case o.MaxConnections < 0:
 		return nil, fmt.Errorf("nbd: MaxConnections %d < 0", o.MaxConnections)
+	case o.MaxConnectionsPerClient < 0 || o.MaxConnectionsPerClient > o.MaxConnections:
+		return nil, fmt.Errorf("nbd: MaxConnectionsPerClient %d not in [1, MaxConnections %d]",
+			o.MaxConnectionsPerClient, o.MaxConnections)
+	case o.ConnectionPayload < MaxPayload || o.ConnectionPayload > o.PayloadBudget:
+		return nil, fmt.Errorf("nbd: ConnectionPayload %d not in [MaxPayload %d, PayloadBudget %d]",
+			o.ConnectionPayload, MaxPayload, o.PayloadBudget)
 	case o.HandshakeTimeout < 0:
 		return nil, fmt.Errorf("nbd: HandshakeTimeout %v < 0", o.HandshakeTimeout)
 	case o.MaxInFlight < MinMaxInFlight:
@@ -280,6 +318,20 @@ func NewServer(o Options) (*Server, error) {
 		s.byName[ec.Name] = e
 	}
 	return s, nil
+}
+
+// DefaultPerClient is MaxConnectionsPerClient's default for a server of
+// maxConns connections (see DefaultMaxConnectionsPerClient).
+func DefaultPerClient(maxConns int) int {
+	return max(1, min(DefaultMaxConnectionsPerClient, maxConns/4))
+}
+
+// DefaultConnectionPayload is ConnectionPayload's default for a payload
+// budget of budget bytes: a quarter, so that one connection that never
+// reads its replies leaves three quarters to the others, and never less
+// than one maximum-size request.
+func DefaultConnectionPayload(budget int64) int64 {
+	return min(budget, max(MaxPayload, budget/4))
 }
 
 // lookup returns the export a client's name selects, or nil.
