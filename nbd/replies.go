@@ -63,20 +63,25 @@ type replyBatch struct {
 	sysIov  []unix.Iovec
 	pending bool // a non-blocking send left bytes for the writer
 
-	// onSocket is writeFd bound once, so that handing it to
-	// RawConn.Write allocates nothing; block and err are its argument
-	// and result.
-	onSocket func(fd uintptr) bool
-	block    bool
-	err      error
+	// onSocket and trySocket are writeFd and tryFd bound once, so that
+	// handing them to the RawConn allocates nothing; err is their result.
+	onSocket  func(fd uintptr) bool
+	trySocket func(fd uintptr)
+	err       error
 }
 
-// writeFd is what RawConn.Write runs on the socket: RawConn.Write waits
-// for the socket to drain, under the write deadline, and calls again while
-// this reports false.
+// writeFd is what the writer's RawConn.Write runs on the socket:
+// RawConn.Write waits for the socket to drain, under the write deadline,
+// and calls again while this reports false.
 func (b *replyBatch) writeFd(fd uintptr) bool {
 	b.err = b.writevOnce(fd)
-	return b.err != syscall.EAGAIN || !b.block
+	return b.err != syscall.EAGAIN
+}
+
+// tryFd is what the reader's RawConn.Control runs on the socket: one
+// non-blocking attempt, which leaves b.err EAGAIN if the socket is full.
+func (b *replyBatch) tryFd(fd uintptr) {
+	b.err = b.writevOnce(fd)
 }
 
 func newReplyBatch(maxReplies int) replyBatch {
@@ -296,17 +301,27 @@ func (c *conn) sendBatch(block bool) bool {
 	t := c.tx
 	b := &t.out
 	if len(b.iov) > 0 && t.werr == nil {
-		if block {
-			c.armWriteDeadline()
-		}
 		var err error
-		if t.raw != nil {
-			b.block = block
-			err = t.raw.Write(b.onSocket)
-			if err == nil && b.err != syscall.EAGAIN {
+		switch {
+		case t.raw != nil && !block:
+			// The write deadline is the writer's (see armWriteDeadline):
+			// the reader's attempt cannot block, so there is nothing for a
+			// deadline to bound, and it must not trip over one the writer
+			// set for a send long finished. RawConn.Control runs writev on
+			// the socket without consulting the deadline (RawConn.Write
+			// would fail at once on an expired one). Control does not take
+			// the socket's write lock, which sendMu stands in for: the
+			// reader and the writer never send at once.
+			if err = t.raw.Control(b.trySocket); err == nil && b.err != syscall.EAGAIN {
 				err = b.err
 			}
-		} else {
+		case t.raw != nil:
+			c.armWriteDeadline()
+			if err = t.raw.Write(b.onSocket); err == nil {
+				err = b.err
+			}
+		default:
+			c.armWriteDeadline()
 			// Only the writer sends without a RawConn (see idle), and it
 			// blocks.
 			bufs := net.Buffers(b.iov)

@@ -40,3 +40,34 @@ func TestReplyTimeout(t *testing.T) {
 		t.Fatalf("read after the stuck client was dropped: %v", err)
 	}
 }
+
+// TestIdleAfterWriterReply: a healthy client that goes quiet for longer
+// than ReplyTimeout, after a reply large enough that the writer sent part
+// of it (and so set a write deadline), is served on its next request. The
+// deadline the writer set must not outlive the write it was set for: the
+// reader's next reply, sent long after, would fail at once.
+func TestIdleAfterWriterReply(t *testing.T) {
+	for _, network := range []string{"unix", "tcp"} {
+		t.Run(network, func(t *testing.T) {
+			t.Parallel()
+			dev := newMemDev(64<<20, allCaps)
+			o := oneExport(dev)
+			o.ReplyTimeout = MinReplyTimeout
+			ts := startServer(t, o, network)
+			c := ts.dial(t, ClientOptions{ExportName: "mem"})
+
+			big := make([]byte, MaxPayload) // more than a socket takes at once
+			if err := c.Read(tctx(t), 0, big); err != nil {
+				t.Fatalf("32 MiB read: %v", err)
+			}
+			time.Sleep(o.ReplyTimeout + time.Second)
+			small := make([]byte, 4096)
+			if err := c.Read(tctx(t), 0, small); err != nil {
+				t.Fatalf("4 KiB read after %v idle: %v", o.ReplyTimeout+time.Second, err)
+			}
+			if err := c.Write(tctx(t), 4096, small, 0); err != nil {
+				t.Fatalf("4 KiB write after idle: %v", err)
+			}
+		})
+	}
+}

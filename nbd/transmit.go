@@ -163,6 +163,7 @@ func (c *conn) transmit() {
 	}
 	t.endIO = c.endIO
 	t.out.onSocket = t.out.writeFd
+	t.out.trySocket = t.out.tryFd
 	for i := range t.reqs {
 		t.free = append(t.free, &t.reqs[i])
 	}
@@ -540,12 +541,21 @@ func (c *conn) writeLoop() {
 // replyDeadlineSlack is how stale the write deadline may get before the
 // writer moves it: re-arming it at most once a second keeps the timer
 // update off the per-reply path, and keeps the deadline at least
-// ReplyTimeout - replyDeadlineSlack ahead of any write.
+// ReplyTimeout - replyDeadlineSlack ahead of any write (MinReplyTimeout is
+// twice the slack, so that is at least the slack itself).
 const replyDeadlineSlack = time.Second
 
 // armWriteDeadline pushes the socket's write deadline to ReplyTimeout from
-// now, unless it was done less than replyDeadlineSlack ago. Only the writer
-// sets write deadlines during transmission.
+// now, unless it was done less than replyDeadlineSlack ago.
+//
+// Invariant: during transmission a write deadline bounds only the write it
+// was armed for. Every send that consults the deadline (the writer's
+// blocking sends, sendBatch with block true) calls this first, so none
+// meets a deadline armed for an earlier write that has since ended; the
+// reader's non-blocking sends do not consult it at all (sendBatch). A
+// deadline left over from a long-finished reply therefore never fails a
+// later one, however long the connection was idle in between: a kernel
+// client may sit quiet for hours.
 func (c *conn) armWriteDeadline() {
 	now := time.Now()
 	if now.Sub(c.tx.armed) < replyDeadlineSlack {
