@@ -208,6 +208,9 @@ type ServerStats struct {
 	PayloadCapacity int64
 	PayloadPeak     int64
 	PayloadWaits    uint64
+	// PayloadShareWaits counts the times a reader had to wait because its
+	// connection held its whole share (ConnectionPayload).
+	PayloadShareWaits uint64
 }
 
 // export is an ExportConfig ready to serve.
@@ -231,9 +234,10 @@ type Server struct {
 	shutdown  bool           // guarded by mu; no new connections once set
 	connWG    sync.WaitGroup // one per conn in conns; Add only under mu while !shutdown
 
-	accepted atomic.Uint64
-	rejected atomic.Uint64
-	connIDs  atomic.Uint64
+	accepted   atomic.Uint64
+	shareWaits atomic.Uint64 // readers that waited for their connection's payload share
+	rejected   atomic.Uint64
+	connIDs    atomic.Uint64
 }
 
 // NewServer checks o and returns a server ready to Serve.
@@ -497,12 +501,13 @@ func (s *Server) Stats() ServerStats {
 	s.mu.Unlock()
 	b := s.budget.stats()
 	return ServerStats{
-		ConnsOpen:       open,
-		ConnsAccepted:   s.accepted.Load(),
-		ConnsRejected:   s.rejected.Load(),
-		PayloadInUse:    b.used,
-		PayloadCapacity: b.capacity,
-		PayloadPeak:     b.peak,
-		PayloadWaits:    b.waits,
+		ConnsOpen:         open,
+		ConnsAccepted:     s.accepted.Load(),
+		ConnsRejected:     s.rejected.Load(),
+		PayloadInUse:      b.used,
+		PayloadCapacity:   b.capacity,
+		PayloadPeak:       b.peak,
+		PayloadWaits:      b.waits,
+		PayloadShareWaits: s.shareWaits.Load(),
 	}
 }

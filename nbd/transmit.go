@@ -50,8 +50,13 @@ type transmission struct {
 	endIO  func(*bioset.Bio) // c.endIO, bound once so that setting it does not allocate
 	reqs   []request
 	waiter *budgetWaiter
-	hdr    [requestHeaderLen]byte // reader's header buffer
-	raw    syscall.RawConn        // the socket's non-blocking side; nil: use nc only
+	// share is this connection's part of the server's payload budget
+	// (Options.ConnectionPayload): the reader takes a request's charge
+	// from it before the server's budget, so one connection can hold at
+	// most that much of the server's.
+	share *budget
+	hdr   [requestHeaderLen]byte // reader's header buffer
+	raw   syscall.RawConn        // the socket's non-blocking side; nil: use nc only
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -149,6 +154,7 @@ func (c *conn) transmit() {
 		reqs:   make([]request, o.MaxInFlight),
 		free:   make([]*request, 0, o.MaxInFlight),
 		waiter: newBudgetWaiter(),
+		share:  newBudget(o.ConnectionPayload),
 		wake:   make(chan struct{}, 1),
 		out:    newReplyBatch(o.MaxInFlight),
 	}
@@ -385,13 +391,38 @@ func (c *conn) check(r *request) (syscall.Errno, string) {
 
 // takePayload acquires budget and a buffer for r's payload. It fails only
 // when the connection is closing.
+//
+// The charge is taken from the connection's share first and from the
+// server's budget second, and each wait comes after the reader has sent the
+// replies it holds back (idle). Waiting for the share cannot deadlock, for
+// the reason waiting for the budget cannot (see budget): every byte of the
+// share belongs to a request of this connection that a device holds or
+// whose reply the writer will send, and both finish without the reader.
+// Nor can the order of the two: a reader that holds share bytes while it
+// waits for the budget holds nothing any other connection waits for.
+//
+// The share is what keeps one client from starving the rest. A client that
+// never reads its replies, or reads them slowly, holds payload until
+// they are sent: without the share, one such connection could hold the
+// whole budget and stop every other reader until ReplyTimeout dropped it
+// (and then reconnect and do it again); with it, it holds at most
+// ConnectionPayload, and the others share the rest.
 func (c *conn) takePayload(r *request) error {
+	t := c.tx
 	n := int(r.length)
 	charge := classSize(bufClass(n))
-	if !c.srv.budget.tryAcquire(charge) {
-		// Replies the reader holds back hold budget too.
+	if !t.share.tryAcquire(charge) {
+		// Replies the reader holds back hold share too.
 		c.idle()
-		if !c.srv.budget.acquire(c.tx.waiter, charge, c.stop) {
+		c.srv.shareWaits.Add(1)
+		if !t.share.acquire(t.waiter, charge, c.stop) {
+			return errStopped
+		}
+	}
+	if !c.srv.budget.tryAcquire(charge) {
+		c.idle()
+		if !c.srv.budget.acquire(t.waiter, charge, c.stop) {
+			t.share.release(charge)
 			return errStopped
 		}
 	}
@@ -584,6 +615,7 @@ func (c *conn) release(r *request) {
 	if r.pbuf != nil {
 		putBuf(r.pbuf)
 		c.srv.budget.release(r.charged)
+		t.share.release(r.charged)
 	}
 	if r.window != nil {
 		extentWindows.Put(r.window)
