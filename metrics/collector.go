@@ -41,7 +41,7 @@ var (
 	connsAccepted = desc("stackd_connections_accepted_total",
 		"NBD connections accepted under the max_connections limit.")
 	connsRejected = desc("stackd_connections_rejected_total",
-		"NBD connections closed at once because max_connections were open.")
+		"NBD connections closed at accept, by the limit that refused them: max_connections (the server is full) or max_connections_per_client.", "reason")
 	handshakeFailures = desc("stackd_handshake_failures_total",
 		"Connections that ended before transmission, by reason (a client's NBD_OPT_ABORT is not a failure).", "reason")
 	payloadCapacity = desc("stackd_payload_budget_capacity_bytes",
@@ -52,6 +52,8 @@ var (
 		"The most payload bytes ever held at once.")
 	payloadWaits = desc("stackd_payload_budget_waits_total",
 		"Times a connection stopped reading its socket because the payload budget was spent.")
+	payloadShareWaits = desc("stackd_payload_share_waits_total",
+		"Times a connection stopped reading its socket because it held its whole share of the payload budget (limits.connection_payload): a client slow to read its replies.")
 
 	// Per layer and target, read from stack.NodeStats at scrape time.
 	layerRequests = desc("stackd_layer_requests_total",
@@ -86,7 +88,7 @@ var allDescs = []*prometheus.Desc{
 	buildInfo,
 	exportRequests, exportBytes, exportErrors, exportDuration, exportInFlight, exportBad, exportSize,
 	connsOpen, connsAccepted, connsRejected, handshakeFailures,
-	payloadCapacity, payloadInUse, payloadPeak, payloadWaits,
+	payloadCapacity, payloadInUse, payloadPeak, payloadWaits, payloadShareWaits,
 	layerRequests, layerBytes, layerErrors,
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
@@ -147,17 +149,20 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	for reason, n := range m.handshakes {
 		ch <- counter(handshakeFailures, n, reason)
 	}
+	for reason, n := range m.refusals {
+		ch <- counter(connsRejected, n, reason)
+	}
 	m.mu.Unlock()
 
 	if srv != nil {
 		s := srv.Stats()
 		ch <- gauge(connsOpen, float64(s.ConnsOpen))
 		ch <- counter(connsAccepted, s.ConnsAccepted)
-		ch <- counter(connsRejected, s.ConnsRejected)
 		ch <- gauge(payloadCapacity, float64(s.PayloadCapacity))
 		ch <- gauge(payloadInUse, float64(s.PayloadInUse))
 		ch <- gauge(payloadPeak, float64(s.PayloadPeak))
 		ch <- counter(payloadWaits, s.PayloadWaits)
+		ch <- counter(payloadShareWaits, s.PayloadShareWaits)
 	}
 
 	for _, ws := range stacks {

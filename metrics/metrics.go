@@ -74,6 +74,8 @@ type Metrics struct {
 
 	mu         sync.Mutex // guards the fields below; never taken per request
 	handshakes map[string]uint64
+	refusals   map[string]uint64 // connections refused at accept, by reason
+	refuseLog  limiter
 	server     *nbd.Server
 	stacks     []watchedStack
 }
@@ -112,6 +114,7 @@ func New(o Options) *Metrics {
 		version:    o.Version,
 		exports:    make(map[string]*exportStats, len(o.Exports)),
 		handshakes: make(map[string]uint64, len(handshakeReasons)),
+		refusals:   make(map[string]uint64, len(refusalReasons)),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -134,6 +137,9 @@ func New(o Options) *Metrics {
 	// the first failure.
 	for _, r := range handshakeReasons {
 		m.handshakes[r] = 0
+	}
+	for _, r := range refusalReasons {
+		m.refusals[r] = 0
 	}
 	m.reg.MustRegister(&collector{m: m})
 	if !o.NoRuntimeCollectors {
@@ -188,15 +194,23 @@ func (m *Metrics) ConnOpened() {}
 // ConnClosed does nothing; see ConnOpened.
 func (m *Metrics) ConnClosed() {}
 
+// ConnRefused counts a connection refused at accept, by reason, and logs
+// it rate-limited: a client that reconnects in a loop as it is refused
+// would otherwise write a line per attempt. Not on the request path.
+func (m *Metrics) ConnRefused(reason, remote string) {
+	m.mu.Lock()
+	countReason(m.refusals, reason)
+	m.mu.Unlock()
+	if ok, suppressed := m.refuseLog.allow(m.now(), m.every); ok {
+		m.log.Warn("connection refused", "reason", reason, "remote", remote, "suppressed", suppressed)
+	}
+}
+
 // HandshakeFailed counts a failed handshake by reason. Not on the request
 // path, so a lock is fine here.
 func (m *Metrics) HandshakeFailed(reason string) {
 	m.mu.Lock()
-	if _, known := m.handshakes[reason]; known || len(m.handshakes) < maxHandshakeReasons {
-		m.handshakes[reason]++
-	} else {
-		m.handshakes[reasonOther]++
-	}
+	countReason(m.handshakes, reason)
 	m.mu.Unlock()
 }
 

@@ -183,7 +183,8 @@ func TestWorkloadSeries(t *testing.T) {
 		// Server-wide.
 		{"stackd_connections_open", nil, 2},
 		{"stackd_connections_accepted_total", nil, 3},
-		{"stackd_connections_rejected_total", nil, 0},
+		{"stackd_connections_rejected_total", []string{"reason=max_connections"}, 0},
+		{"stackd_connections_rejected_total", []string{"reason=max_connections_per_client"}, 0},
 		{"stackd_handshake_failures_total", []string{"reason=eof"}, 1},
 		{"stackd_handshake_failures_total", []string{"reason=timeout"}, 0},
 		{"stackd_payload_budget_capacity_bytes", nil, nbd.DefaultPayloadBudget},
@@ -462,18 +463,50 @@ func TestHandshakeReasons(t *testing.T) {
 		}
 	}
 	m.HandshakeFailed("timeout")
-	for i := range 3 * maxHandshakeReasons {
+	for i := range 3 * maxReasons {
 		m.HandshakeFailed("odd" + string(rune('a'+i%26)) + string(rune('a'+i/26)))
 	}
 	g = gather(t, m)
 	if v := g.value(t, "stackd_handshake_failures_total", "reason=timeout"); v != 1 {
 		t.Errorf("timeout: %v", v)
 	}
-	if n := len(g["stackd_handshake_failures_total"].GetMetric()); n > maxHandshakeReasons+1 {
+	if n := len(g["stackd_handshake_failures_total"].GetMetric()); n > maxReasons+1 {
 		t.Errorf("%d reasons: the label is unbounded", n)
 	}
-	if v := g.sum("stackd_handshake_failures_total"); v != 1+3*maxHandshakeReasons {
-		t.Errorf("%v failures counted, want %d", v, 1+3*maxHandshakeReasons)
+	if v := g.sum("stackd_handshake_failures_total"); v != 1+3*maxReasons {
+		t.Errorf("%v failures counted, want %d", v, 1+3*maxReasons)
+	}
+}
+
+// TestConnRefused: refusals are counted by reason, every reason from the
+// first scrape on, and a client refused in a loop writes one log line per
+// interval, not one per attempt.
+func TestConnRefused(t *testing.T) {
+	var logged bytes.Buffer
+	m := New(Options{
+		NoRuntimeCollectors: true,
+		LogInterval:         time.Hour,
+		Logger:              slog.New(slog.NewTextHandler(&logged, nil)),
+	})
+	g := gather(t, m)
+	for _, r := range refusalReasons {
+		if v := g.value(t, "stackd_connections_rejected_total", label("reason", r)); v != 0 {
+			t.Errorf("reason %s: %v before any refusal", r, v)
+		}
+	}
+	for range 1000 {
+		m.ConnRefused(nbd.RefusedPerClient, "127.0.0.1:40000")
+	}
+	m.ConnRefused(nbd.RefusedMaxConnections, "127.0.0.2:40001")
+	g = gather(t, m)
+	if v := g.value(t, "stackd_connections_rejected_total", "reason=max_connections_per_client"); v != 1000 {
+		t.Errorf("per client: %v, want 1000", v)
+	}
+	if v := g.value(t, "stackd_connections_rejected_total", "reason=max_connections"); v != 1 {
+		t.Errorf("max connections: %v, want 1", v)
+	}
+	if n := strings.Count(logged.String(), "connection refused"); n != 1 {
+		t.Errorf("%d log lines for 1001 refusals in one interval, want 1:\n%s", n, logged.String())
 	}
 }
 

@@ -33,9 +33,24 @@ func errnoName(e syscall.Errno) string {
 // that a rate over them sees the first failure.
 var handshakeReasons = nbd.HandshakeFailureReasons
 
-// maxHandshakeReasons bounds the reason label should the server ever pass
-// reasons outside its documented set; beyond it they count as "other".
+// refusalReasons are, likewise, the reasons a connection is refused at
+// accept.
+var refusalReasons = nbd.ConnRefusalReasons
+
+// maxReasons bounds a reason label should the server ever pass reasons
+// outside its documented set; beyond it they count as "other".
 const (
-	maxHandshakeReasons = 32
-	reasonOther         = "other"
+	maxReasons  = 32
+	reasonOther = "other"
 )
+
+// countReason counts one event under reason in counts, or under
+// reasonOther once counts holds maxReasons labels. The caller holds the
+// lock that guards counts.
+func countReason(counts map[string]uint64, reason string) {
+	if _, known := counts[reason]; known || len(counts) < maxReasons {
+		counts[reason]++
+	} else {
+		counts[reasonOther]++
+	}
+}

@@ -21,6 +21,7 @@ type conn struct {
 	nc     net.Conn
 	id     uint64
 	remote string
+	client clientID // for the per-client cap; see Server.admit
 	start  time.Time
 	br     *bufio.Reader
 	bw     *bufio.Writer

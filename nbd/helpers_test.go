@@ -117,7 +117,15 @@ type rawConn struct {
 
 func dialRaw(t testing.TB, ts *testServer) *rawConn {
 	t.Helper()
-	nc, err := net.DialTimeout(ts.network, ts.addr, ioTimeout)
+	return dialRawFrom(t, ts, nil)
+}
+
+// dialRawFrom dials ts from the local address from (nil: any), so that a
+// TCP test can be two clients: 127.0.0.1 and 127.0.0.2 are both loopback.
+func dialRawFrom(t testing.TB, ts *testServer, from net.Addr) *rawConn {
+	t.Helper()
+	d := net.Dialer{Timeout: ioTimeout, LocalAddr: from}
+	nc, err := d.Dial(ts.network, ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -288,6 +296,7 @@ type countingObserver struct {
 	mu                 sync.Mutex
 	opened, closed     int
 	handshakeFailed    map[string]int
+	refused            map[string]int
 	started, done, bad int
 	doneBytes          uint64
 	doneErrs           int
@@ -295,6 +304,14 @@ type countingObserver struct {
 
 func (o *countingObserver) ConnOpened() { o.mu.Lock(); o.opened++; o.mu.Unlock() }
 func (o *countingObserver) ConnClosed() { o.mu.Lock(); o.closed++; o.mu.Unlock() }
+func (o *countingObserver) ConnRefused(reason, _ string) {
+	o.mu.Lock()
+	if o.refused == nil {
+		o.refused = map[string]int{}
+	}
+	o.refused[reason]++
+	o.mu.Unlock()
+}
 func (o *countingObserver) HandshakeFailed(reason string) {
 	o.mu.Lock()
 	if o.handshakeFailed == nil {

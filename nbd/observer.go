@@ -16,6 +16,10 @@ type Observer interface {
 	// under the MaxConnections cap, handshake included.
 	ConnOpened()
 	ConnClosed()
+	// ConnRefused reports a connection closed at accept, over a cap.
+	// reason is one of ConnRefusalReasons; remote is the client's address,
+	// for a log line only (it is no metric label: it carries the port).
+	ConnRefused(reason, remote string)
 	// HandshakeFailed reports a connection that ended before transmission
 	// for a reason other than the client's NBD_OPT_ABORT. reason is one of
 	// a fixed set of short labels, safe as a metric label: "timeout",
@@ -41,6 +45,7 @@ type NopObserver struct{}
 
 func (NopObserver) ConnOpened()                                                         {}
 func (NopObserver) ConnClosed()                                                         {}
+func (NopObserver) ConnRefused(string, string)                                          {}
 func (NopObserver) HandshakeFailed(string)                                              {}
 func (NopObserver) RequestStarted(string, bioset.Op)                                    {}
 func (NopObserver) RequestDone(string, bioset.Op, uint64, syscall.Errno, time.Duration) {}
@@ -112,4 +117,15 @@ const (
 	reasonTooManyOptions = "too_many_options"
 	reasonShutdown       = "shutdown"
 	reasonIO             = "io"
+)
+
+// ConnRefusalReasons lists every reason Observer.ConnRefused reports, so
+// that a metric can export each from the start, at zero.
+var ConnRefusalReasons = []string{RefusedMaxConnections, RefusedPerClient}
+
+// Connection refusal reasons, named by the limit (configs' key) that
+// refused the connection.
+const (
+	RefusedMaxConnections = "max_connections"
+	RefusedPerClient      = "max_connections_per_client"
 )

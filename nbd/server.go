@@ -196,8 +196,9 @@ type Options struct {
 // ServerStats is a snapshot of a server's counters.
 type ServerStats struct {
 	// ConnsOpen is the number of connections open now, handshake
-	// included; ConnsAccepted the number ever accepted under the cap, and
-	// ConnsRejected the number closed at once because of it.
+	// included; ConnsAccepted the number ever accepted under the caps, and
+	// ConnsRejected the number closed at once because of one
+	// (MaxConnections or MaxConnectionsPerClient).
 	ConnsOpen     int
 	ConnsAccepted uint64
 	ConnsRejected uint64
@@ -231,8 +232,9 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	shutdown  bool           // guarded by mu; no new connections once set
-	connWG    sync.WaitGroup // one per conn in conns; Add only under mu while !shutdown
+	perClient map[clientID]int // open connections per client, guarded by mu; no zero entries
+	shutdown  bool             // guarded by mu; no new connections once set
+	connWG    sync.WaitGroup   // one per conn in conns; Add only under mu while !shutdown
 
 	accepted   atomic.Uint64
 	shareWaits atomic.Uint64 // readers that waited for their connection's payload share
@@ -294,6 +296,7 @@ func NewServer(o Options) (*Server, error) {
 		budget:    newBudget(o.PayloadBudget),
 		listeners: make(map[net.Listener]struct{}),
 		conns:     make(map[*conn]struct{}),
+		perClient: make(map[clientID]int),
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -404,23 +407,38 @@ func (s *Server) serveConn(nc net.Conn) {
 }
 
 // admit registers nc as a connection, or closes it at once when the server
-// is shutting down or MaxConnections are open.
+// is shutting down, MaxConnections are open, or its client has
+// MaxConnectionsPerClient open.
+//
+// The per-client cap is checked here, at accept, before the connection
+// costs anything but a file descriptor: the slots are what a client takes
+// with silent sockets that never finish their handshake (each holds a slot
+// for HandshakeTimeout, and it can reopen each one as it is closed), or
+// with idle connections after GO, which must not time out because kernel
+// clients idle for hours. Either way it takes only its own share.
 func (s *Server) admit(nc net.Conn) *conn {
+	cl := clientOf(nc)
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
 		nc.Close()
 		return nil
 	}
-	if len(s.conns) >= s.opts.MaxConnections {
+	refusal := ""
+	switch {
+	case len(s.conns) >= s.opts.MaxConnections:
+		refusal = RefusedMaxConnections
+	case s.perClient[cl] >= s.opts.MaxConnectionsPerClient:
+		refusal = RefusedPerClient
+	}
+	if refusal != "" {
 		s.mu.Unlock()
-		s.rejected.Add(1)
-		s.log.Warn("nbd: too many connections; closing new one",
-			"remote", nc.RemoteAddr().String(), "max", s.opts.MaxConnections)
-		nc.Close()
+		s.refuse(nc, refusal)
 		return nil
 	}
+	s.perClient[cl]++
 	c := newConn(s, nc)
+	c.client = cl
 	s.conns[c] = struct{}{}
 	// Under mu and only while !shutdown: Shutdown's Wait starts after it
 	// sets shutdown, so no Add can race with it.
@@ -433,10 +451,27 @@ func (s *Server) admit(nc net.Conn) *conn {
 	return c
 }
 
+// refuse closes a connection admit turned away, and counts it. The
+// Observer logs it, rate-limited: a client refused in a loop must not
+// flood the log (without an Observer it is logged at debug level only).
+func (s *Server) refuse(nc net.Conn, reason string) {
+	remote := nc.RemoteAddr().String()
+	nc.Close()
+	s.rejected.Add(1)
+	if s.obs != nil {
+		s.obs.ConnRefused(reason, remote)
+		return
+	}
+	s.log.Debug("nbd: connection refused", "reason", reason, "remote", remote)
+}
+
 // connDone forgets c once it has ended completely.
 func (s *Server) connDone(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if s.perClient[c.client]--; s.perClient[c.client] <= 0 {
+		delete(s.perClient, c.client)
+	}
 	s.mu.Unlock()
 	if s.obs != nil {
 		s.obs.ConnClosed()

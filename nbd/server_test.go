@@ -43,7 +43,11 @@ func badRequestServer(t *testing.T) (*testServer, *memDev) {
 		{Name: "bare", Device: newMemDev(1<<20, 0)},
 		{Name: "ro", Device: newMemDev(1<<20, allCaps), ReadOnly: true},
 		{Name: "big", Device: nullDev{8 << 30}},
-	}}, "unix")
+	},
+		// Its tests open many connections from this one uid, and are not
+		// about the per-client cap.
+		MaxConnectionsPerClient: DefaultMaxConnections,
+	}, "unix")
 	return ts, dev
 }
 
@@ -425,6 +429,7 @@ func TestShutdownDeadline(t *testing.T) {
 func TestMaxConnections(t *testing.T) {
 	o := oneExport(newMemDev(4096, 0))
 	o.MaxConnections = 2
+	o.MaxConnectionsPerClient = 2 // one client here: the test is about the server's cap
 	ts := startServer(t, o, "tcp")
 	a, b := dialRaw(t, ts), dialRaw(t, ts)
 	a.start("mem", false, false)
