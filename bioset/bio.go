@@ -5,9 +5,9 @@
 // It follows the Linux block layer: bio chaining and splitting from
 // block/bio.c, the depth-first two-list submission order of
 // submit_bio_noacct (block/blk-core.c), and the per-bio_set rescuer that
-// guarantees forward progress when a pool runs dry. The rules it enforces are
-// written down in DESIGN.md ("Forward progress: the rules") and again beside
-// the code that enforces each one.
+// guarantees forward progress when a pool runs dry. The rules it enforces
+// are numbered and stated in docs/DESIGN.md; the comment beside the code
+// that enforces each one cites it by number and says how.
 package bioset
 
 import (
@@ -233,9 +233,10 @@ func Errno(err error) syscall.Errno {
 // allocator that waits for it) and drops its reference to the parent; an
 // unchained bio calls its endIO.
 //
-// Completion never allocates and never waits for another bio (rule 6), so
-// End is safe from any goroutine, including a target's worker and the
-// Submitter loop itself. The walk up the chain is a loop, not recursion.
+// Completion never allocates and never waits for another bio
+// (docs/DESIGN.md rule 6), so End is safe from any goroutine, including a
+// target's worker and the Submitter loop itself. The walk up the chain is a
+// loop, not recursion.
 func (b *Bio) End(err error) {
 	b.SetError(err)
 	for b != nil {

@@ -24,7 +24,7 @@ type Options struct {
 
 // BioSet is a bounded pool of bios owned by one layer, with a rescuer.
 //
-// Rule 3, one layer, one pool: a layer allocates its children only from its
+// docs/DESIGN.md rule 3, one layer, one pool: a layer allocates its children only from its
 // own BioSet. If two layers shared one, the lower could wait for bios that
 // only the upper can free while the upper waits for the lower.
 type BioSet struct {
@@ -36,7 +36,7 @@ type BioSet struct {
 	freeList  []*Bio
 	inUse     int
 	rescuerOn bool
-	// puntForeign breaks rule 5 on purpose: the test suite sets it to show
+	// puntForeign breaks docs/DESIGN.md rule 5 on purpose: the test suite sets it to show
 	// the deadlock that punting another pool's bios causes.
 	puntForeign bool
 
@@ -92,7 +92,7 @@ func (bs *BioSet) TryAlloc() *Bio {
 // empty. s is the Submitter of the calling goroutine (nil outside any
 // Submit). The bio has one reference, no parent and no error.
 //
-// Rule 5, the rescuer. A layer calls Alloc from inside its Submit, and the
+// docs/DESIGN.md rule 5, the rescuer. A layer calls Alloc from inside its Submit, and the
 // bios it allocated earlier in that Submit (or that are queued from an
 // earlier one) sit on s, unsubmitted, until Submit returns. If the pool is
 // empty and Alloc simply waited, it could wait for one of those very bios:
@@ -108,7 +108,7 @@ func (bs *BioSet) TryAlloc() *Bio {
 // addressed to a device at or above this layer, whose Submit may allocate
 // from this very pool; if the rescuer ran it, the rescuer itself could block
 // here waiting for bios that only it can submit. This pool's own bios are
-// addressed to devices below it (rule 3 and an acyclic stack), which never
+// addressed to devices below it (rule 3, and an acyclic stack), which never
 // allocate from it, so the rescuer never waits on its own pool. The pool
 // below has a rescuer of its own for the same reason, and so on down.
 func (bs *BioSet) Alloc(s *Submitter) *Bio {

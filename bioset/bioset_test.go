@@ -213,7 +213,7 @@ func (r *recorder) Submit(s *Submitter, b *Bio) {
 	b.End(nil)
 }
 
-// TestDepthFirstOrder checks rule 2: after a Submit, bios for lower devices
+// TestDepthFirstOrder checks docs/DESIGN.md rule 2: after a Submit, bios for lower devices
 // run before a requeued bio for the same device, and both before bios that
 // were pending earlier; and rule 1: none of it recurses.
 func TestDepthFirstOrder(t *testing.T) {

@@ -30,6 +30,8 @@ import (
 // Lending is an optimisation, never a requirement: a leaf that cannot lend
 // (the table is full, the bio has none, the memory is not its own to lend)
 // copies into Buf as always, and a reply may mix lent and copied pieces.
+// docs/DESIGN.md ("Lending") places this in the request path and counts
+// what lent memory can pin.
 
 // Loan is one lent piece: Data stands for the top buffer's bytes from Pos.
 type Loan struct {
@@ -83,7 +85,7 @@ func (b *Bio) Lend(at uint64, p []byte) bool {
 		return false
 	}
 	// b.Buf must be the top buffer's bytes from b's TopOffset: the
-	// invariant every layer keeps (DESIGN.md rule 7: children get
+	// invariant every layer keeps (docs/DESIGN.md rule 9: children get
 	// sub-slices, never copies). Checking it costs one comparison, and a
 	// layer that broke it gets copies, not misplaced data.
 	pos := b.TopOffset - l.top

@@ -6,13 +6,13 @@ package bioset
 // and passes it down explicitly. A Submitter must not be shared between
 // goroutines.
 //
-// Rule 1, recursion becomes iteration: a bio submitted while a Queue's
+// docs/DESIGN.md rule 1, recursion becomes iteration: a bio submitted while a Queue's
 // Submit is running on this Submitter is only queued; it is handled after
 // that Submit returns. However deep the stack, the Go stack stays one Submit
 // deep, and a layer that splits a 2 GiB TRIM into thousands of pieces does
 // not recurse thousands of times.
 //
-// Rule 2, depth-first order: after a Submit returns, the bios it produced
+// docs/DESIGN.md rule 2, depth-first order: after a Submit returns, the bios it produced
 // for other (lower) devices go first, then those for the same device (a
 // requeued remainder), then those that were pending before it ran. Lower
 // devices thus finish a piece before the layer above produces the next one,

@@ -2,9 +2,9 @@
 // and builds a stack of layers over leaf targets from a Spec.
 //
 // A layer remaps a bio in place when it falls on one leg, and otherwise
-// serves it with children allocated from the layer's own BioSet (rule 3),
-// each submitted before the next is allocated (rule 4). Layers never import
-// the NBD code: they see only bios.
+// serves it with children allocated from the layer's own BioSet, each
+// submitted before the next is allocated (docs/DESIGN.md rules 3 and 4).
+// Layers never import the NBD code: they see only bios.
 package stack
 
 import "github.com/stackd/stackd/bioset"

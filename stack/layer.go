@@ -4,8 +4,8 @@ import (
 	"github.com/stackd/stackd/bioset"
 )
 
-// layer is what every stacking layer has: its own pool (rule 3), its size
-// and the capabilities it passes up.
+// layer is what every stacking layer has: its own pool (docs/DESIGN.md
+// rule 3), its size and the capabilities it passes up.
 type layer struct {
 	pool *bioset.BioSet
 	size uint64
@@ -82,8 +82,9 @@ func (l *layer) fanOutFlush(s *bioset.Submitter, b *bioset.Bio, legs []Device) {
 		return
 	}
 	for _, leg := range legs {
-		// Rule 4: each child is submitted before the next allocation, so
-		// the rescuer can take it if that allocation finds the pool empty.
+		// docs/DESIGN.md rule 4: each child is submitted before the next
+		// allocation, so the rescuer can take it if that allocation finds
+		// the pool empty.
 		c := l.child(s, b)
 		c.Dev = leg
 		s.Submit(c)

@@ -60,7 +60,7 @@ func (ln *Linear) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		leg := first + i
 		legEnd := ln.starts[leg] + ln.legs[leg].Size()
 		n := min(legEnd, end) - pos
-		c := ln.child(s, b)
+		c := ln.child(s, b) // docs/DESIGN.md rule 4, as in Stripe.Submit
 		piece(c, b, ln.legs[leg], pos, n, pos-ln.starts[leg], i, pieces)
 		s.Submit(c)
 		pos += n

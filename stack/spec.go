@@ -55,5 +55,6 @@ type PoolSpec struct {
 
 // DefaultPoolCapacity is a layer's pool size when the Spec gives none: large
 // enough that a 32 MiB request through a 64 KiB-chunk stripe (512 children)
-// rarely waits, small enough to stay a bound (a bio is about 150 bytes).
+// rarely waits, small enough to stay a bound (a bio is 168 bytes on
+// amd64).
 const DefaultPoolCapacity = 1024

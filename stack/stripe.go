@@ -95,7 +95,9 @@ func (st *Stripe) Submit(s *bioset.Submitter, b *bioset.Bio) {
 	for i := 0; i < pieces && pos < end; i++ {
 		n := min(st.chunk-pos%st.chunk, end-pos)
 		leg, legOff := st.locate(pos)
-		// Rule 4: allocate, fill, submit, and only then allocate the next.
+		// docs/DESIGN.md rule 4: c is submitted before the next child
+		// is allocated, so that the rescuer can take it if that
+		// allocation finds the pool empty.
 		c := st.child(s, b)
 		piece(c, b, st.legs[leg], pos, n, legOff, i, pieces)
 		s.Submit(c)
@@ -126,7 +128,7 @@ func (st *Stripe) submitPerLeg(s *bioset.Submitter, b *bioset.Bio) {
 		if hi <= lo {
 			continue
 		}
-		c := st.child(s, b)
+		c := st.child(s, b) // docs/DESIGN.md rule 4, as in Submit
 		c.Dev, c.Offset, c.Length = leg, lo, hi-lo
 		s.Submit(c)
 	}

@@ -73,8 +73,9 @@ const memStripes = 256
 // out. That saves a copy of every byte read, at the cost of the guarantee
 // above for reads that overlap a write in flight: such a read may show part
 // of the write (NBD leaves overlapping requests unordered; see
-// bioset/loan.go). A TRIM that frees a lent chunk meanwhile is harmless:
-// the loan keeps the old memory alive, and the reply shows the old bytes.
+// docs/DESIGN.md, "Lending"). A TRIM that frees a lent chunk meanwhile is
+// harmless: the loan keeps the old memory alive, and the reply shows the old
+// bytes.
 type Memory struct {
 	size      uint64
 	chunk     uint64

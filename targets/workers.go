@@ -28,8 +28,8 @@ const DefaultBackendWorkers = 4
 // pool or a layer's bounded BioSet, so the ring stops growing at the total
 // in flight and steady state allocates nothing. A fixed-size channel would
 // have to be sized for that same worst case up front, or else block — and a
-// blocked Submit would stall a Submitter holding other layers' bios, which
-// is exactly what the rescuer rules exist to avoid.
+// blocked Submit would stall a Submitter holding other layers' bios, with no
+// rescuer to release them (docs/DESIGN.md rule 8).
 type workers struct {
 	do    func(*bioset.Bio)
 	delay time.Duration
