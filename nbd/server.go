@@ -12,10 +12,13 @@
 // (replies.go). It knows nothing of layers: the device is a bioset.Queue.
 //
 // Everything a client can make the server hold is bounded: connections
-// (Options.MaxConnections), requests in flight per connection (a BioSet of
+// (Options.MaxConnections, and Options.MaxConnectionsPerClient of them per
+// client), requests in flight per connection (a BioSet of
 // Options.MaxInFlight top bios), payload bytes across the server
-// (Options.PayloadBudget; when spent, readers stop reading their sockets),
-// and option data during the handshake (maxOptionLen).
+// (Options.PayloadBudget; when spent, readers stop reading their sockets)
+// and per connection (Options.ConnectionPayload), and option data during
+// the handshake (maxOptionLen). docs/DESIGN.md, "Memory bounds", lists
+// each bound and where it is enforced.
 package nbd
 
 import (

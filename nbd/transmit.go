@@ -138,7 +138,7 @@ func loanTablePool(length uint32) *sync.Pool {
 func (c *conn) transmit() {
 	o := &c.srv.opts
 	t := &transmission{
-		// No rescuer (DESIGN.md rule 5): a rescuer is needed when Alloc
+		// No rescuer (docs/DESIGN.md rule 5): a rescuer is needed when Alloc
 		// may wait while bios queued on the caller's Submitter have not
 		// reached their devices. Only the reader allocates from this pool,
 		// and always between Submits: its Submitter is idle, nothing sits
@@ -473,10 +473,11 @@ func (c *conn) submit(r *request) error {
 			// a RawConn the writer would copy it through Go code instead,
 			// racing (harmlessly, but visibly to the race detector) with
 			// writes to it; such sockets get copies. The payload budget
-			// still holds the whole buffer: lent bytes stand in for buffer
-			// bytes, one for one, so the memory a READ pins until its
-			// reply is sent (lent chunks a TRIM has since freed included)
-			// stays within what it was charged.
+			// still charges the whole buffer, which stays held. Lent
+			// memory is the target's and counted there, except a chunk a
+			// TRIM frees while the reply waits: that stays alive
+			// uncharged, at most one chunk per loan slot (docs/DESIGN.md,
+			// "Memory bounds").
 			r.loans = loanTablePool(r.length).Get().(*bioset.Loans)
 			b.SetLoans(r.loans)
 		}
@@ -509,8 +510,8 @@ func (c *conn) submit(r *request) error {
 
 // endIO runs when a top bio and all its children have ended, on whatever
 // goroutine ended the last of them (a target's worker, a rescuer, the
-// reader inside Submit). Rule 6: it neither blocks nor allocates; it
-// queues the request for its reply (see replies.go).
+// reader inside Submit). docs/DESIGN.md rule 6: it neither blocks nor
+// allocates; it queues the request for its reply (see replies.go).
 func (c *conn) endIO(b *bioset.Bio) {
 	r := b.Private.(*request)
 	if err := b.Err(); err != nil {

@@ -147,7 +147,7 @@ ro.shutdown()
 print(json.dumps({"row": "done"}))
 `
 
-// TestBadRequests checks DESIGN.md's table of bad requests through
+// TestBadRequests checks the README's table of bad requests through
 // libnbd with its client-side checks off. Misaligned requests are not
 // tested: the server advertises a minimum block size of 1, so nothing is
 // misaligned. Unknown commands, which libnbd cannot send, are covered by

@@ -54,7 +54,7 @@ func checkKnown(t *testing.T, d *daemon) {
 
 // TestRawBadRequests sends requests no well-behaved client sends, each
 // followed by a valid request on the same connection: the server answers
-// with the error the spec (and DESIGN.md) gives, and the connection lives.
+// with the error the spec (and the README) gives, and the connection lives.
 func TestRawBadRequests(t *testing.T) {
 	d := startDaemon(t, daemonConfig{Exports: []export{
 		{Name: "default", Stack: memStack(rawExportSize / 4)},
@@ -138,7 +138,7 @@ func TestRawBadRequests(t *testing.T) {
 			length  uint32
 			payload []byte
 		}{
-			// DESIGN.md: FUA is accepted on every command once advertised.
+			// The README: FUA is accepted on every command once advertised.
 			{"READ|FUA", fua, cmdRead, 0, 512, nil},
 			{"WRITE|FUA", fua, cmdWrite, 20 * MiB, 1024, payload},
 			{"FLUSH|FUA", fua, cmdFlush, 0, 0, nil},
