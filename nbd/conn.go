@@ -43,7 +43,8 @@ type conn struct {
 	metaID       uint32 // nonzero: BLOCK_STATUS is allowed and replies carry it
 	optBuf       []byte
 
-	// Transmission phase; see transmit.go.
+	// Transmission phase; see transmit.go. Set under mu, once, so that
+	// beginClose can tell a handshake from a transmission.
 	tx *transmission
 }
 
@@ -95,15 +96,24 @@ func (c *conn) serve() {
 }
 
 // beginClose asks the connection to end gracefully: a handshake in
-// progress fails, the transmission reader stops reading requests, and the
-// requests already submitted are answered before the socket closes.
+// progress fails; in transmission the requests already submitted are
+// answered, and those that arrive meanwhile get NBD_ESHUTDOWN (see
+// transmission.draining); then the socket closes.
 func (c *conn) beginClose() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.closing = true
+	c.stopOnce.Do(func() { close(c.stop) })
+	if t := c.tx; t != nil {
+		t.draining.Store(true)
+		if t.submitted.Load() > 0 {
+			// The last of them to be released ends the reader (endDrain).
+			// Before, the store: see transmission.submitted.
+			return
+		}
+	}
 	// Wakes a reader blocked on the socket; see setDeadline.
 	c.nc.SetReadDeadline(aLongTimeAgo)
-	c.stopOnce.Do(func() { close(c.stop) })
 }
 
 // closeNow closes the socket at once. In-flight requests still complete in

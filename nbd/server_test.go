@@ -845,3 +845,53 @@ func TestOptionFlood(t *testing.T) {
 	}
 	r.expectClosed()
 }
+
+// TestShutdownDrainAnswersESHUTDOWN: requests that arrive while a
+// shutdown drains the ones already submitted are answered with
+// NBD_ESHUTDOWN, as doc/proto.md describes, a WRITE's payload read past
+// to keep the framing; the submitted ones complete; then the server hangs
+// up.
+func TestShutdownDrainAnswersESHUTDOWN(t *testing.T) {
+	dev := newMemDev(1<<20, allCaps)
+	ts := startServer(t, oneExport(dev), "unix")
+	r := dialRaw(t, ts)
+	r.start("mem", false, false)
+	dev.gate()
+	r.request(cmdWrite, 0, 1, 0, 4096, bytes.Repeat([]byte{7}, 4096))
+	if !dev.waitHeld(1, ioTimeout) {
+		t.Fatal("the write did not reach the device")
+	}
+	done := make(chan error, 1)
+	go func() { done <- ts.srv.Shutdown(tctx(t)) }()
+	waitFor(t, "the connection to drain", func() bool {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		for c := range ts.srv.conns {
+			c.mu.Lock()
+			draining := c.tx != nil && c.tx.draining.Load()
+			c.mu.Unlock()
+			return draining
+		}
+		return false
+	})
+
+	r.request(cmdWrite, 0, 2, 4096, 4096, bytes.Repeat([]byte{8}, 4096))
+	r.request(cmdRead, 0, 3, 0, 4096, nil)
+	for _, want := range []uint64{2, 3} {
+		code, cookie, _ := r.simple(0)
+		if cookie != want || code != errShutdown {
+			t.Fatalf("reply to cookie %d with error %d, want cookie %d with ESHUTDOWN (%d)", cookie, code, want, errShutdown)
+		}
+	}
+	dev.open()
+	if code, cookie, _ := r.simple(0); cookie != 1 || code != 0 {
+		t.Fatalf("the write submitted before the shutdown: cookie %d error %d", cookie, code)
+	}
+	r.expectClosed()
+	if err := <-done; err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if got := dev.snapshot(); got[0] != 7 || got[4096] != 0 {
+		t.Fatalf("device holds %d at 0 (want 7: submitted before) and %d at 4096 (want 0: refused)", got[0], got[4096])
+	}
+}

@@ -41,6 +41,9 @@ type request struct {
 	errno syscall.Errno // the reply's error; 0: success
 	msg   string        // message for a structured error reply
 	bad   bool          // rejected by check: never reached the device
+	// counted: in transmission.submitted, from just before submit until
+	// release.
+	counted bool
 }
 
 // transmission is a connection's state in the transmission phase.
@@ -85,6 +88,20 @@ type transmission struct {
 	// store, so its push came before the reader's lock, and the reader
 	// takes it.
 	readerActive atomic.Bool
+
+	// draining is set by beginClose in transmission: the server is
+	// shutting down. The reader then submits nothing more; each request it
+	// decodes from then on is answered with NBD_ESHUTDOWN (doc/proto.md:
+	// a server that is shutting down may answer requests with it, and
+	// should not submit new ones), until the requests submitted before are
+	// answered, and then it stops reading.
+	draining atomic.Bool
+	// submitted counts the requests handed to the device whose reply is
+	// not yet sent. The drain ends when it reaches zero: release
+	// decrements and then loads draining; beginClose stores draining and
+	// then loads submitted. Whichever comes second sees the other, so one
+	// of them wakes the reader, or both do, which is harmless.
+	submitted atomic.Int64
 
 	requests uint64 // reader only
 	bytesIn  uint64 // reader only
@@ -173,7 +190,9 @@ func (c *conn) transmit() {
 	for i := range t.reqs {
 		t.free = append(t.free, &t.reqs[i])
 	}
+	c.mu.Lock()
 	c.tx = t
+	c.mu.Unlock()
 	c.srv.log.Info("nbd: connection opened", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
 		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0)
 
@@ -256,6 +275,9 @@ func (c *conn) readLoop() error {
 		t.requests++
 
 		errno, msg := c.check(r)
+		if errno == 0 && t.draining.Load() {
+			errno, msg = syscall.ESHUTDOWN, "server shutting down"
+		}
 		if cmd == cmdWrite && length > 0 {
 			if errno != 0 {
 				// Keep framing: a rejected WRITE's payload is read and
@@ -293,10 +315,18 @@ func (c *conn) readLoop() error {
 			c.enqueue(r)
 			continue
 		}
+		r.counted = true
+		t.submitted.Add(1)
 		if err := c.submit(r); err != nil {
 			return err
 		}
 	}
+}
+
+// endDrain ends a shutdown's drain once the last request submitted before
+// it has been answered: it wakes the reader, which stops reading.
+func (c *conn) endDrain() {
+	c.nc.SetReadDeadline(aLongTimeAgo)
 }
 
 // allocRequest takes a top bio and a request for a new request, waiting
@@ -625,8 +655,12 @@ func (c *conn) release(r *request) {
 		r.loans.Reset()
 		loanTablePool(r.length).Put(r.loans)
 	}
+	counted := r.counted
 	b := r.bio
 	*r = request{}
+	if counted && t.submitted.Add(-1) == 0 && t.draining.Load() {
+		c.endDrain()
+	}
 	t.mu.Lock()
 	t.free = append(t.free, r)
 	t.inflight--
