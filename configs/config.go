@@ -27,6 +27,11 @@ const (
 	DefaultPayloadBudget    = nbd.DefaultPayloadBudget
 	MinPayloadBudget        = nbd.MaxPayload
 	DefaultHandshakeTimeout = nbd.DefaultHandshakeTimeout
+	DefaultReplyTimeout     = nbd.DefaultReplyTimeout
+	MinReplyTimeout         = nbd.MinReplyTimeout
+	// MinConnectionPayload is ConnectionPayload's floor: one connection
+	// must be able to hold the largest request any client may send.
+	MinConnectionPayload = nbd.MaxPayload
 
 	// MaxStringLen bounds export names and descriptions: the NBD
 	// protocol forbids longer strings (doc/proto.md, "Conventions").
@@ -78,6 +83,22 @@ type Limits struct {
 	// HandshakeTimeout bounds the NBD handshake, so an idle client cannot
 	// hold a connection slot forever. Default 10s.
 	HandshakeTimeout time.Duration
+	// ReplyTimeout bounds how long writing one reply to a client may
+	// take, so a client that stops reading its replies gives back the
+	// budget its requests hold. Default 1m, at least MinReplyTimeout.
+	ReplyTimeout time.Duration
+	// ConnectionPayload caps the payload bytes one connection holds at
+	// once, within PayloadBudget, so one client cannot hold the whole
+	// budget. Default nbd.DefaultConnectionPayload(PayloadBudget): a
+	// quarter of it, at least MinConnectionPayload; never more than
+	// PayloadBudget.
+	ConnectionPayload int64
+	// MaxConnectionsPerClient caps the connections open at once from one
+	// source IP address (TCP) or peer uid (unix socket), so one client
+	// cannot take every slot. Default nbd.DefaultPerClient(MaxConnections):
+	// a quarter of MaxConnections, at most 64; never more than
+	// MaxConnections.
+	MaxConnectionsPerClient int
 }
 
 // WithDefaults returns l with each zero field set to its default.
@@ -93,6 +114,17 @@ func (l Limits) WithDefaults() Limits {
 	}
 	if l.HandshakeTimeout == 0 {
 		l.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if l.ReplyTimeout == 0 {
+		l.ReplyTimeout = DefaultReplyTimeout
+	}
+	// These two default to a share of the limits above, so they are
+	// filled in after them.
+	if l.ConnectionPayload == 0 {
+		l.ConnectionPayload = nbd.DefaultConnectionPayload(l.PayloadBudget)
+	}
+	if l.MaxConnectionsPerClient == 0 {
+		l.MaxConnectionsPerClient = nbd.DefaultPerClient(l.MaxConnections)
 	}
 	return l
 }
@@ -195,10 +227,13 @@ func Default() *Config {
 // adds the exports, and its logger and observer if any.
 func (l Limits) ServerOptions() nbd.Options {
 	return nbd.Options{
-		MaxConnections:   l.MaxConnections,
-		HandshakeTimeout: l.HandshakeTimeout,
-		MaxInFlight:      l.MaxInFlight,
-		PayloadBudget:    l.PayloadBudget,
+		MaxConnections:          l.MaxConnections,
+		MaxConnectionsPerClient: l.MaxConnectionsPerClient,
+		HandshakeTimeout:        l.HandshakeTimeout,
+		MaxInFlight:             l.MaxInFlight,
+		PayloadBudget:           l.PayloadBudget,
+		ConnectionPayload:       l.ConnectionPayload,
+		ReplyTimeout:            l.ReplyTimeout,
 	}
 }
 

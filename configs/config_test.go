@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -25,7 +26,11 @@ func TestDefault(t *testing.T) {
 	if c.MetricsAddress != "127.0.0.1:9810" {
 		t.Errorf("MetricsAddress = %q", c.MetricsAddress)
 	}
-	wantLimits := Limits{MaxConnections: 1024, MaxInFlight: 256, PayloadBudget: 256 << 20, HandshakeTimeout: 10 * time.Second}
+	wantLimits := Limits{
+		MaxConnections: 1024, MaxConnectionsPerClient: 64, MaxInFlight: 256,
+		PayloadBudget: 256 << 20, ConnectionPayload: 64 << 20,
+		HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
+	}
 	if c.Limits != wantLimits {
 		t.Errorf("Limits = %+v, want %+v", c.Limits, wantLimits)
 	}
@@ -180,8 +185,11 @@ func TestSpecMapping(t *testing.T) {
 		limits:
 		  max_connections: 10
 		  max_in_flight: 0
-		  payload_budget: 33554432
+		  max_connections_per_client: 10
+		  payload_budget: 96MiB
+		  connection_payload: 33554432
 		  handshake_timeout: 1m30s
+		  reply_timeout: 2s
 		exports:
 		  - name: first
 		    description: "the first"
@@ -215,7 +223,11 @@ func TestSpecMapping(t *testing.T) {
 	want := &Config{
 		Listeners:      []Listener{{"tcp", ":10809"}, {"unix", "/run/stackd/nbd.sock"}},
 		MetricsAddress: "[::1]:9810",
-		Limits:         Limits{MaxConnections: 10, MaxInFlight: 256, PayloadBudget: 32 << 20, HandshakeTimeout: 90 * time.Second},
+		Limits: Limits{
+			MaxConnections: 10, MaxConnectionsPerClient: 10, MaxInFlight: 256,
+			PayloadBudget: 96 << 20, ConnectionPayload: 32 << 20,
+			HandshakeTimeout: 90 * time.Second, ReplyTimeout: 2 * time.Second,
+		},
 		Exports: []Export{
 			{
 				Name: "first", Description: "the first",
@@ -245,6 +257,75 @@ func TestSpecMapping(t *testing.T) {
 	}
 	if e, ok := c.Export(""); !ok || e.Name != "second" {
 		t.Errorf(`Export("") = %v, %v; want "second"`, e, ok)
+	}
+}
+
+// TestLimitDefaults: a share left out (or 0) is the default share of the
+// limit in effect over it, whether that limit was given or defaulted; and
+// the limits reach the server's options.
+func TestLimitDefaults(t *testing.T) {
+	for _, c := range []struct {
+		limits string
+		want   Limits
+	}{
+		{"", Limits{
+			MaxConnections: 1024, MaxConnectionsPerClient: 64, MaxInFlight: 256,
+			PayloadBudget: 256 << 20, ConnectionPayload: 64 << 20,
+			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
+		}},
+		// A quarter of each, and never below one connection or one
+		// maximum-size request.
+		{"{max_connections: 100, payload_budget: 1GiB}", Limits{
+			MaxConnections: 100, MaxConnectionsPerClient: 25, MaxInFlight: 256,
+			PayloadBudget: 1 << 30, ConnectionPayload: 256 << 20,
+			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
+		}},
+		{"{max_connections: 3, payload_budget: 64MiB, max_connections_per_client: 0, connection_payload: 0, reply_timeout: 0s}", Limits{
+			MaxConnections: 3, MaxConnectionsPerClient: 1, MaxInFlight: 256,
+			PayloadBudget: 64 << 20, ConnectionPayload: 32 << 20,
+			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
+		}},
+		// The shares may be the whole, and each limit at its floor.
+		{"{max_connections: 7, max_connections_per_client: 7, payload_budget: 40MiB, connection_payload: 40MiB, reply_timeout: 2s}", Limits{
+			MaxConnections: 7, MaxConnectionsPerClient: 7, MaxInFlight: 256,
+			PayloadBudget: 40 << 20, ConnectionPayload: 40 << 20,
+			HandshakeTimeout: 10 * time.Second, ReplyTimeout: 2 * time.Second,
+		}},
+		{"{max_connections_per_client: 1, payload_budget: 32MiB, connection_payload: 32MiB}", Limits{
+			MaxConnections: 1024, MaxConnectionsPerClient: 1, MaxInFlight: 256,
+			PayloadBudget: 32 << 20, ConnectionPayload: 32 << 20,
+			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
+		}},
+	} {
+		src := "limits: " + c.limits + "\nexports:\n  - name: a\n    stack: {null: {size: 1MiB}}\n"
+		cfg, err := Parse("t.yaml", []byte(src))
+		if err != nil {
+			t.Errorf("limits %q: %v", c.limits, err)
+			continue
+		}
+		if cfg.Limits != c.want {
+			t.Errorf("limits %q:\n got %+v\nwant %+v", c.limits, cfg.Limits, c.want)
+		}
+		o := cfg.Limits.ServerOptions()
+		got := Limits{
+			MaxConnections: o.MaxConnections, MaxConnectionsPerClient: o.MaxConnectionsPerClient,
+			MaxInFlight: o.MaxInFlight, PayloadBudget: o.PayloadBudget, ConnectionPayload: o.ConnectionPayload,
+			HandshakeTimeout: o.HandshakeTimeout, ReplyTimeout: o.ReplyTimeout,
+		}
+		if got != c.want {
+			t.Errorf("limits %q: ServerOptions carry\n %+v\nwant %+v", c.limits, got, c.want)
+		}
+		// What Parse accepts, the server must too: the two check the
+		// same bounds in two places.
+		st, err := stack.Build("a", cfg.Exports[0].Stack)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o.Exports = []nbd.ExportConfig{cfg.Exports[0].ServerExport(st.Root)}
+		if _, err := nbd.NewServer(o); err != nil {
+			t.Errorf("limits %q: the server refuses them: %v", c.limits, err)
+		}
+		st.Close()
 	}
 }
 

@@ -518,16 +518,24 @@ func (d *decoder) metrics(n *yaml.Node, keyLine int) string {
 
 func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 	var l Limits
-	f := d.mapping(n, keyLine, "limits", "max_connections", "max_in_flight", "payload_budget", "handshake_timeout")
+	f := d.mapping(n, keyLine, "limits", "max_connections", "max_connections_per_client", "max_in_flight",
+		"payload_budget", "connection_payload", "handshake_timeout", "reply_timeout")
 	if f == nil {
 		return l
 	}
+	// maxConnsOK and budgetOK say whether the limits that bound the
+	// per-client and per-connection shares are known (given and valid,
+	// or absent: the default); if not, the share is not checked against
+	// them, so that one mistake is reported once.
+	maxConnsOK, budgetOK := true, true
 	if v := f.val["max_connections"]; v != nil {
+		maxConnsOK = false
 		if i, ok := d.integer(v, "max_connections"); ok {
 			if i < 0 || i > math.MaxInt32 {
 				d.errorf(v, "max_connections: %d is out of range; want 1 to %d (0 or absent: %d)", i, math.MaxInt32, DefaultMaxConnections)
 			} else {
 				l.MaxConnections = int(i)
+				maxConnsOK = true
 			}
 		}
 	}
@@ -545,6 +553,7 @@ func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 		}
 	}
 	if v := f.val["payload_budget"]; v != nil {
+		budgetOK = false
 		if s, ok := d.size(v, "payload_budget"); ok {
 			switch {
 			case s > math.MaxInt64:
@@ -553,6 +562,7 @@ func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 				d.errorf(v, "payload_budget: %s is too small; a client may send a single %s request, so the budget must be at least that", FormatSize(s), FormatSize(MinPayloadBudget))
 			default:
 				l.PayloadBudget = int64(s)
+				budgetOK = true
 			}
 		}
 	}
@@ -561,7 +571,62 @@ func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 			l.HandshakeTimeout = t
 		}
 	}
+	if v := f.val["reply_timeout"]; v != nil {
+		if t, ok := d.duration(v, "reply_timeout"); ok {
+			if t != 0 && t < MinReplyTimeout {
+				d.errorf(v, "reply_timeout: %s is too short; the server renews a connection's write deadline only once every %s, so the timeout must be at least %s", t, MinReplyTimeout/2, MinReplyTimeout)
+			} else {
+				l.ReplyTimeout = t
+			}
+		}
+	}
+	// The shares are checked against the limits in effect: as given, or
+	// their defaults.
+	effective := l.WithDefaults()
+	if v := f.val["connection_payload"]; v != nil {
+		if s, ok := d.size(v, "connection_payload"); ok {
+			budget := uint64(effective.PayloadBudget)
+			switch {
+			case s == 0:
+			case s < MinConnectionPayload:
+				d.errorf(v, "connection_payload: %s is too small; a client may send a single %s request, so a connection must be able to hold at least that", FormatSize(s), FormatSize(MinConnectionPayload))
+			case !budgetOK:
+			case s > budget:
+				d.errorf(v, "connection_payload: %s is more than payload_budget (%s); it is one connection's share of the budget all connections hold together, so it cannot be larger than the budget",
+					FormatSize(s), inEffect(FormatSize(budget), l.PayloadBudget != 0, f.val["payload_budget"]))
+			default:
+				l.ConnectionPayload = int64(s)
+			}
+		}
+	}
+	if v := f.val["max_connections_per_client"]; v != nil {
+		if i, ok := d.integer(v, "max_connections_per_client"); ok {
+			maxConns := int64(effective.MaxConnections)
+			switch {
+			case i == 0:
+			case i < 0 && maxConnsOK:
+				d.errorf(v, "max_connections_per_client: %d is out of range; want 1 to %d, the max_connections in effect (0 or absent: %d)", i, maxConns, effective.MaxConnectionsPerClient)
+			case i < 0:
+				d.errorf(v, "max_connections_per_client: %d is out of range; want 1 to max_connections", i)
+			case !maxConnsOK:
+			case i > maxConns:
+				d.errorf(v, "max_connections_per_client: %d is more than max_connections (%s); it is one client's share of the connections the server allows in all, so it cannot be larger than that",
+					i, inEffect(strconv.FormatInt(maxConns, 10), l.MaxConnections != 0, f.val["max_connections"]))
+			default:
+				l.MaxConnectionsPerClient = int(i)
+			}
+		}
+	}
 	return l
+}
+
+// inEffect describes a limit's value in effect, for a message about a
+// share it bounds: where it was set (n), or that it is the default.
+func inEffect(value string, set bool, n *yaml.Node) string {
+	if set {
+		return fmt.Sprintf("%s at line %d", value, n.Line)
+	}
+	return value + ", its default"
 }
 
 // exportCtx is what checks deep in a stack need to know of its export.

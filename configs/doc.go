@@ -14,10 +14,19 @@
 //	  address: 127.0.0.1:9810    # default; "off", "" or empty: no metrics
 //	limits:                      # each optional; absent or 0: the default
 //	  max_connections: 1024      # open connections; more are refused
+//	  max_connections_per_client: 64  # open connections from one IP
+//	                             # address (TCP) or peer uid (unix); 1 to
+//	                             # max_connections; default a quarter of
+//	                             # max_connections, at most 64
 //	  max_in_flight: 256         # requests per connection; at least 128
 //	  payload_budget: 256MiB     # payload bytes held by all connections
 //	                             # together; at least 32MiB
+//	  connection_payload: 64MiB  # payload bytes held by one connection;
+//	                             # 32MiB to payload_budget; default a
+//	                             # quarter of payload_budget, at least 32MiB
 //	  handshake_timeout: 10s     # time to finish the NBD handshake
+//	  reply_timeout: 1m          # time to write one reply; a client that
+//	                             # does not take it is dropped; at least 2s
 //	exports:                     # at least one
 //	  - name: default            # required, unique, 1 to 4096 bytes
 //	    description: "striped RAM disk"   # optional, at most 4096 bytes

@@ -988,6 +988,133 @@ func TestExportErrors(t *testing.T) {
 			want: `test.yaml:2: handshake_timeout: "10 seconds" is not a duration; want a number and a unit such as 10s, 1ms or 250us`,
 		},
 		{
+			name: "reply_timeout below the deadline's renewal period",
+			yaml: `
+				limits:
+				  reply_timeout: 1500ms
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: reply_timeout: 1.5s is too short; the server renews a connection's write deadline only once every 1s, so the timeout must be at least 2s`,
+		},
+		{
+			name: "malformed reply_timeout",
+			yaml: `
+				limits:
+				  reply_timeout: 3
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: reply_timeout: "3" is not a duration; want a number and a unit such as 10s, 1ms or 250us`,
+		},
+		{
+			name: "connection_payload below one request",
+			yaml: `
+				limits:
+				  connection_payload: 1MiB
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: connection_payload: 1MiB is too small; a client may send a single 32MiB request, so a connection must be able to hold at least that`,
+		},
+		{
+			name: "connection_payload above the default budget",
+			yaml: `
+				limits:
+				  connection_payload: 512MiB
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: connection_payload: 512MiB is more than payload_budget (256MiB, its default); it is one connection's share of the budget all connections hold together, so it cannot be larger than the budget`,
+		},
+		{
+			name: "connection_payload above the budget given",
+			yaml: `
+				limits:
+				  payload_budget: 64MiB
+				  connection_payload: 96MiB
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:3: connection_payload: 96MiB is more than payload_budget (64MiB at line 2); it is one connection's share of the budget all connections hold together, so it cannot be larger than the budget`,
+		},
+		{
+			// The budget's own mistake is reported, not again as the
+			// share's.
+			name: "connection_payload under a bad budget",
+			yaml: `
+				limits:
+				  payload_budget: 1MiB
+				  connection_payload: 64MiB
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: payload_budget: 1MiB is too small; a client may send a single 32MiB request, so the budget must be at least that`,
+		},
+		{
+			name: "negative max_connections_per_client",
+			yaml: `
+				limits:
+				  max_connections: 100
+				  max_connections_per_client: -1
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:3: max_connections_per_client: -1 is out of range; want 1 to 100, the max_connections in effect (0 or absent: 25)`,
+		},
+		{
+			name: "max_connections_per_client above max_connections given",
+			yaml: `
+				limits:
+				  max_connections_per_client: 11
+				  max_connections: 10
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: max_connections_per_client: 11 is more than max_connections (10 at line 3); it is one client's share of the connections the server allows in all, so it cannot be larger than that`,
+		},
+		{
+			name: "max_connections_per_client above the default max_connections",
+			yaml: `
+				limits:
+				  max_connections_per_client: 2000
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: max_connections_per_client: 2000 is more than max_connections (1024, its default); it is one client's share of the connections the server allows in all, so it cannot be larger than that`,
+		},
+		{
+			name: "max_connections_per_client under a bad max_connections",
+			yaml: `
+				limits:
+				  max_connections: -5
+				  max_connections_per_client: 2000
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: max_connections: -5 is out of range; want 1 to 2147483647 (0 or absent: 1024)`,
+		},
+		{
+			name: "max_connections_per_client not a number",
+			yaml: `
+				limits:
+				  max_connections_per_client: many
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: max_connections_per_client must be a whole number, not "many"`,
+		},
+		{
+			name: "misspelt per-client limit",
+			yaml: `
+				limits:
+				  max_connection_per_client: 8
+				exports:
+				  - name: a
+				    stack: {memory: {size: 1MiB}}`,
+			want: `test.yaml:2: unknown key "max_connection_per_client" in limits (did you mean "max_connections_per_client"?)`,
+		},
+		{
 			name: "unknown limit",
 			yaml: `
 				limits:

@@ -3,6 +3,7 @@ package targets
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,9 +62,10 @@ type File struct {
 // OpenFile opens path as a target of size bytes.
 //
 // A missing path is created as a sparse file of size bytes (size must then
-// not be 0). An existing regular file must be at least size bytes — serving
-// a file smaller than configured would make the tail of the device silently
-// fail or read zeroes — and size 0 means its current size. A block device
+// not be 0), synced with its directory before OpenFile returns. An
+// existing regular file must be at least size bytes — serving a file
+// smaller than configured would make the tail of the device silently fail
+// or read zeroes — and size 0 means its current size. A block device
 // serves its whole size unless size is smaller.
 func OpenFile(path string, size uint64, o FileOptions) (*File, error) {
 	flags := unix.O_RDWR | unix.O_CLOEXEC
@@ -131,8 +133,38 @@ func openOrCreate(path string, flags int, size uint64, readOnly bool) (int, erro
 			unix.Unlink(path)
 			return -1, fmt.Errorf("targets: create %s with %d bytes: %w", path, size, err)
 		}
+		if err := syncCreated(fd, path); err != nil {
+			unix.Close(fd)
+			unix.Unlink(path)
+			return -1, fmt.Errorf("targets: create %s: %w", path, err)
+		}
 		return fd, nil
 	}
+}
+
+// syncCreated makes a file just created and sized survive a crash: its
+// inode (the size) with fsync, then its directory, because the new entry
+// is durable only once the directory is synced. Without it, a crash right
+// after start could lose the file, or leave it empty, under clients that
+// were told their FLUSHes were done.
+func syncCreated(fd int, path string) error {
+	if err := retry(func() error { return unix.Fsync(fd) }); err != nil {
+		return fmt.Errorf("fsync: %w", err)
+	}
+	dir := filepath.Dir(path)
+	dfd, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open its directory to sync it: %w", err)
+	}
+	defer unix.Close(dfd)
+	err = retry(func() error { return unix.Fsync(dfd) })
+	// EINVAL: the filesystem cannot sync a directory (some FUSE and
+	// network filesystems); there is nothing stronger to ask of it, and
+	// refusing to start would make it unusable.
+	if err != nil && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
 }
 
 // deviceSize returns the size of the regular file or block device open as

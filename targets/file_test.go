@@ -3,7 +3,9 @@ package targets
 import (
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"syscall"
@@ -50,6 +52,89 @@ func TestFileCreatesSparse(t *testing.T) {
 	if _, err := OpenFile(filepath.Join(t.TempDir(), "none"), 0, FileOptions{}); err == nil {
 		t.Fatal("creating a file of size 0 succeeded")
 	}
+}
+
+// createUnderStrace names the file that TestFileCreationIsDurable's child
+// process creates: the test binary re-run under strace.
+const createUnderStrace = "STACKD_TEST_CREATE_FILE"
+
+// TestFileCreationIsDurable: once a missing file is created and sized, its
+// inode and then its directory are fsynced, before OpenFile returns, so
+// that a crash right after stackd starts cannot lose the file or its size
+// (a new directory entry is durable only once the directory is synced).
+// A crash cannot be staged here, so the test watches the syscalls for
+// real: it runs itself under strace, which names the path of each fd (-y),
+// and checks the order creat, ftruncate, fsync(file), fsync(dir).
+func TestFileCreationIsDurable(t *testing.T) {
+	if path := os.Getenv(createUnderStrace); path != "" {
+		f, err := OpenFile(path, 1<<20, FileOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		return
+	}
+	straceBin, err := exec.LookPath("strace")
+	if err != nil {
+		missingTool(t, "strace not found: install Debian's strace")
+	}
+	// EvalSymlinks: strace prints the fd's real path.
+	dir, err := filepath.EvalSymlinks(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "disk.img")
+	trace := filepath.Join(t.TempDir(), "strace.out")
+	cmd := exec.Command(straceBin, "-f", "-qq", "-y", "-o", trace,
+		"-e", "trace=openat,ftruncate,fsync,fdatasync",
+		os.Args[0], "-test.run=^TestFileCreationIsDurable$", "-test.count=1")
+	cmd.Env = append(os.Environ(), createUnderStrace+"="+path)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		if strings.Contains(string(out), "ptrace") {
+			missingTool(t, "strace cannot trace here: %s", out)
+		}
+		t.Fatalf("the child that creates %s: %v\n%s", path, err, out)
+	}
+	data, err := os.ReadFile(trace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each step must come after the one before it, and succeed; "= 0"
+	// may follow on a "<... resumed>" line when another thread's call
+	// interleaves, so a step is matched by its call and checked for
+	// success by the absence of an error on the rest of its line.
+	fd := `\d+<` + regexp.QuoteMeta(path) + `>`
+	steps := []struct{ what, re string }{
+		{"create the file", `openat\(.*"` + regexp.QuoteMeta(path) + `", [^)]*O_CREAT\|O_EXCL`},
+		{"size it", `ftruncate\(` + fd + `, 1048576`},
+		{"fsync the file", `fsync\(` + fd + `\)`},
+		{"fsync its directory", `fsync\(\d+<` + regexp.QuoteMeta(dir) + `>\)`},
+	}
+	lines := strings.Split(string(data), "\n")
+	at := 0
+	for _, step := range steps {
+		re := regexp.MustCompile(step.re)
+		for at < len(lines) && !re.MatchString(lines[at]) {
+			at++
+		}
+		if at == len(lines) {
+			t.Fatalf("OpenFile did not %s (%s) after the steps before it; the syscalls it made:\n%s", step.what, step.re, data)
+		}
+		if strings.Contains(lines[at], "= -1 ") {
+			t.Fatalf("%s failed: %s", step.what, lines[at])
+		}
+		at++
+	}
+}
+
+// missingTool skips the test, or fails it under CI=true, where every tool
+// a test needs must be installed.
+func missingTool(t *testing.T, format string, args ...any) {
+	t.Helper()
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("CI=true: "+format, args...)
+	}
+	t.Skipf(format, args...)
 }
 
 func TestFileExisting(t *testing.T) {
