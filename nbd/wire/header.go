@@ -1,0 +1,234 @@
+package wire
+
+import (
+	"encoding/binary"
+	"slices"
+)
+
+var be = binary.BigEndian
+
+// Every Put function writes its structure, magic included, at the start of
+// b, which must be at least that structure's length (it panics
+// otherwise, as a slice index would). Every Decode function reads the
+// structure at the start of b, which must likewise be long enough, and
+// reports false if its magic is wrong; the fields are decoded either way.
+// The `_ = b[n-1]` line in each checks the length once, so that the loads
+// and stores after it need no checks of their own.
+
+// Magic returns the 32-bit magic that begins a request, a simple reply or
+// a structured reply chunk: a reader of replies dispatches on it, and any
+// reader reports it when it is wrong.
+func Magic(b []byte) uint32 { return be.Uint32(b) }
+
+// PutGreeting encodes the server's greeting: NBDMAGIC, IHAVEOPT and its
+// handshake flags (FlagFixedNewstyle, FlagNoZeroes), GreetingLen bytes.
+func PutGreeting(b []byte, flags uint16) {
+	_ = b[GreetingLen-1]
+	be.PutUint64(b[0:], MagicNBD)
+	be.PutUint64(b[8:], MagicOption)
+	be.PutUint16(b[16:], flags)
+}
+
+// DecodeGreeting decodes the server's greeting. ok is false unless it
+// begins with both magic numbers of the newstyle handshake.
+func DecodeGreeting(b []byte) (flags uint16, ok bool) {
+	_ = b[GreetingLen-1]
+	return be.Uint16(b[16:]), be.Uint64(b[0:]) == MagicNBD && be.Uint64(b[8:]) == MagicOption
+}
+
+// Request is a request header. A WRITE's payload of Length bytes follows
+// it on the wire.
+type Request struct {
+	Flags  uint16 // CmdFlag*
+	Type   uint16 // Cmd*
+	Cookie uint64 // chosen by the client, echoed in the reply
+	Offset uint64
+	Length uint32
+}
+
+// PutRequest encodes r's header, RequestHeaderLen bytes.
+func PutRequest(b []byte, r Request) {
+	_ = b[RequestHeaderLen-1]
+	be.PutUint32(b[0:], MagicRequest)
+	be.PutUint16(b[4:], r.Flags)
+	be.PutUint16(b[6:], r.Type)
+	be.PutUint64(b[8:], r.Cookie)
+	be.PutUint64(b[16:], r.Offset)
+	be.PutUint32(b[24:], r.Length)
+}
+
+// AppendRequest appends r's header to b.
+func AppendRequest(b []byte, r Request) []byte {
+	b, h := grow(b, RequestHeaderLen)
+	PutRequest(h, r)
+	return b
+}
+
+// DecodeRequest decodes a request header; ok is false unless its magic is
+// NBD_REQUEST_MAGIC.
+func DecodeRequest(b []byte) (r Request, ok bool) {
+	_ = b[RequestHeaderLen-1]
+	r = Request{
+		Flags:  be.Uint16(b[4:]),
+		Type:   be.Uint16(b[6:]),
+		Cookie: be.Uint64(b[8:]),
+		Offset: be.Uint64(b[16:]),
+		Length: be.Uint32(b[24:]),
+	}
+	return r, be.Uint32(b[0:]) == MagicRequest
+}
+
+// SimpleReply is a simple reply. A successful READ's data follows it on
+// the wire.
+type SimpleReply struct {
+	Error  uint32 // 0, or an error value (see Errors)
+	Cookie uint64
+}
+
+// PutSimpleReply encodes r, SimpleReplyLen bytes.
+func PutSimpleReply(b []byte, r SimpleReply) {
+	_ = b[SimpleReplyLen-1]
+	be.PutUint32(b[0:], MagicSimpleReply)
+	be.PutUint32(b[4:], r.Error)
+	be.PutUint64(b[8:], r.Cookie)
+}
+
+// DecodeSimpleReply decodes a simple reply; ok is false unless its magic
+// is NBD_SIMPLE_REPLY_MAGIC.
+func DecodeSimpleReply(b []byte) (r SimpleReply, ok bool) {
+	_ = b[SimpleReplyLen-1]
+	r = SimpleReply{Error: be.Uint32(b[4:]), Cookie: be.Uint64(b[8:])}
+	return r, be.Uint32(b[0:]) == MagicSimpleReply
+}
+
+// Chunk is the header of a structured reply chunk. Length bytes of data
+// follow it on the wire.
+type Chunk struct {
+	Flags  uint16 // ReplyFlagDone on a reply's last chunk
+	Type   uint16 // ReplyType*
+	Cookie uint64
+	Length uint32
+}
+
+// PutChunk encodes c's header, ChunkHeaderLen bytes.
+func PutChunk(b []byte, c Chunk) {
+	_ = b[ChunkHeaderLen-1]
+	be.PutUint32(b[0:], MagicStructuredReply)
+	be.PutUint16(b[4:], c.Flags)
+	be.PutUint16(b[6:], c.Type)
+	be.PutUint64(b[8:], c.Cookie)
+	be.PutUint32(b[16:], c.Length)
+}
+
+// DecodeChunk decodes a chunk header; ok is false unless its magic is
+// NBD_STRUCTURED_REPLY_MAGIC.
+func DecodeChunk(b []byte) (c Chunk, ok bool) {
+	_ = b[ChunkHeaderLen-1]
+	c = Chunk{Flags: be.Uint16(b[4:]), Type: be.Uint16(b[6:]), Cookie: be.Uint64(b[8:]), Length: be.Uint32(b[16:])}
+	return c, be.Uint32(b[0:]) == MagicStructuredReply
+}
+
+// Option is the header of an option request, which the client sends
+// during the handshake. Length bytes of data follow it on the wire.
+type Option struct {
+	Type   uint32 // Opt*
+	Length uint32
+}
+
+// PutOption encodes o's header, OptionHeaderLen bytes.
+func PutOption(b []byte, o Option) {
+	_ = b[OptionHeaderLen-1]
+	be.PutUint64(b[0:], MagicOption)
+	be.PutUint32(b[8:], o.Type)
+	be.PutUint32(b[12:], o.Length)
+}
+
+// AppendOption appends an option request of type typ with data to b: its
+// header, then data.
+func AppendOption(b []byte, typ uint32, data []byte) []byte {
+	b, h := grow(b, OptionHeaderLen)
+	PutOption(h, Option{Type: typ, Length: uint32(len(data))})
+	return append(b, data...)
+}
+
+// DecodeOption decodes an option request header; ok is false unless its
+// magic is IHAVEOPT.
+func DecodeOption(b []byte) (o Option, ok bool) {
+	_ = b[OptionHeaderLen-1]
+	o = Option{Type: be.Uint32(b[8:]), Length: be.Uint32(b[12:])}
+	return o, be.Uint64(b[0:]) == MagicOption
+}
+
+// OptionReply is the header of an option reply, which the server sends
+// during the handshake. Length bytes of data follow it on the wire.
+type OptionReply struct {
+	Option uint32 // the option answered
+	Type   uint32 // Rep*
+	Length uint32
+}
+
+// PutOptionReply encodes r's header, OptionReplyHeaderLen bytes.
+func PutOptionReply(b []byte, r OptionReply) {
+	_ = b[OptionReplyHeaderLen-1]
+	be.PutUint64(b[0:], MagicOptionReply)
+	be.PutUint32(b[8:], r.Option)
+	be.PutUint32(b[12:], r.Type)
+	be.PutUint32(b[16:], r.Length)
+}
+
+// DecodeOptionReply decodes an option reply header; ok is false unless
+// its magic is the option reply magic.
+func DecodeOptionReply(b []byte) (r OptionReply, ok bool) {
+	_ = b[OptionReplyHeaderLen-1]
+	r = OptionReply{Option: be.Uint32(b[8:]), Type: be.Uint32(b[12:]), Length: be.Uint32(b[16:])}
+	return r, be.Uint64(b[0:]) == MagicOptionReply
+}
+
+// PutInfoExport encodes the data of NBD_INFO_EXPORT: its type, the
+// export's size and its transmission flags, InfoExportLen bytes.
+func PutInfoExport(b []byte, size uint64, flags uint16) {
+	_ = b[InfoExportLen-1]
+	be.PutUint16(b[0:], InfoExport)
+	be.PutUint64(b[2:], size)
+	be.PutUint16(b[10:], flags)
+}
+
+// DecodeInfoExport decodes the data of an NBD_REP_INFO reply. ok is false
+// unless it is an NBD_INFO_EXPORT of the right length. Unlike the other
+// Decode functions it takes data of any length.
+func DecodeInfoExport(data []byte) (size uint64, flags uint16, ok bool) {
+	if len(data) != InfoExportLen || be.Uint16(data) != InfoExport {
+		return 0, 0, false
+	}
+	return be.Uint64(data[2:]), be.Uint16(data[10:]), true
+}
+
+// AppendString appends s as the spec sends a string inside option data:
+// a 32-bit length, then the bytes.
+func AppendString(b []byte, s string) []byte {
+	b = be.AppendUint32(b, uint32(len(s)))
+	return append(b, s...)
+}
+
+// CutString decodes a string that AppendString encoded at the start of b,
+// and returns what follows it. ok is false if b is too short for the
+// length it states; the length is checked against b before anything is
+// copied, so a client's claim never sizes an allocation.
+func CutString(b []byte) (s string, rest []byte, ok bool) {
+	if len(b) < 4 {
+		return "", nil, false
+	}
+	n := be.Uint32(b)
+	if uint64(n) > uint64(len(b)-4) {
+		return "", nil, false
+	}
+	return string(b[4 : 4+n]), b[4+n:], true
+}
+
+// grow extends b by n bytes and returns it with the new bytes, for an
+// Append function to fill in.
+func grow(b []byte, n int) (all, tail []byte) {
+	l := len(b)
+	b = slices.Grow(b, n)[:l+n]
+	return b, b[l:]
+}
