@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestRoundTrip drives one client connection with many concurrent workers
@@ -44,10 +45,10 @@ func testRoundTrip(t *testing.T, network string, structured bool) {
 	if c.Size() != uint64(workers*region) {
 		t.Fatalf("Size() = %d", c.Size())
 	}
-	want := uint16(FlagHasFlags | FlagCanMultiConn | FlagSendFlush | FlagSendFUA | FlagSendTrim |
-		FlagSendWriteZeroes | FlagSendFastZero | FlagSendCache)
+	want := uint16(wire.FlagHasFlags | wire.FlagCanMultiConn | wire.FlagSendFlush | wire.FlagSendFUA | wire.FlagSendTrim |
+		wire.FlagSendWriteZeroes | wire.FlagSendFastZero | wire.FlagSendCache)
 	if structured {
-		want |= FlagSendDF
+		want |= wire.FlagSendDF
 	}
 	if c.Flags() != want {
 		t.Fatalf("Flags() = %#x, want %#x", c.Flags(), want)
@@ -99,14 +100,14 @@ func roundTripWorker(ctx context.Context, c *Client, base uint64, model []byte, 
 			fill.Read(data)
 			var flags uint16
 			if i%3 == 0 {
-				flags = CmdFlagFUA
+				flags = wire.CmdFlagFUA
 			}
 			if err := c.Write(ctx, base+uint64(off), data, flags); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
 			copy(model[off:], data)
 		case 3:
-			if err := c.WriteZeroes(ctx, base+uint64(off), uint32(n), CmdFlagNoHole); err != nil {
+			if err := c.WriteZeroes(ctx, base+uint64(off), uint32(n), wire.CmdFlagNoHole); err != nil {
 				return fmt.Errorf("write zeroes: %w", err)
 			}
 			clear(model[off : off+n])
@@ -278,7 +279,7 @@ func TestReadOnlyExport(t *testing.T) {
 	ts := startServer(t, o, "unix")
 	c := ts.dial(t, ClientOptions{})
 	ctx := tctx(t)
-	if c.Flags()&FlagReadOnly == 0 {
+	if c.Flags()&wire.FlagReadOnly == 0 {
 		t.Fatalf("flags %#x lack READ_ONLY", c.Flags())
 	}
 	for name, err := range map[string]error{

@@ -3,6 +3,8 @@ package nbd
 import (
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestReplyTimeout: a client that sends reads and never reads the replies
@@ -19,7 +21,7 @@ func TestReplyTimeout(t *testing.T) {
 	// 48 MiB of replies: far more than the socket buffers hold, so the
 	// writer blocks once they fill.
 	for i := 0; i < 48; i++ {
-		stuck.request(cmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
+		stuck.request(wire.CmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
 	}
 	waitFor(t, "the stuck client's replies to hold budget", func() bool {
 		return ts.srv.Stats().PayloadInUse > 0

@@ -4,11 +4,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 func TestBudgetFIFOAndCancel(t *testing.T) {
@@ -139,29 +139,10 @@ func TestParseOptions(t *testing.T) {
 	if name, q, ok := parseMetaRequest(metaData("e", "base:allocation", "x:y")); !ok || name != "e" || fmt.Sprint(q) != "[base:allocation x:y]" {
 		t.Fatalf("parseMetaRequest: %q %v %v", name, q, ok)
 	}
-	huge := be.AppendUint32(appendString(nil, "e"), 1<<31)
-	for _, bad := range [][]byte{nil, appendString(nil, "e"), huge, append(metaData("e", "q"), 1)} {
+	huge := be.AppendUint32(wire.AppendString(nil, "e"), 1<<31)
+	for _, bad := range [][]byte{nil, wire.AppendString(nil, "e"), huge, append(metaData("e", "q"), 1)} {
 		if _, _, ok := parseMetaRequest(bad); ok {
 			t.Errorf("parseMetaRequest(% x) accepted", bad)
-		}
-	}
-}
-
-// TestReplyErrorsAreWireValues: wireError relies on NBD's error values
-// being Linux's errno numbers.
-func TestReplyErrorsAreWireValues(t *testing.T) {
-	wire := []uint32{errPerm, errIO, errNoMem, errInval, errNoSpc, errOverflow, errNotSup, errShutdown}
-	for i, re := range ReplyErrors {
-		if uint32(re.Errno) != wire[i] {
-			t.Errorf("%s is errno %d, NBD value %d", re.Name, re.Errno, wire[i])
-		}
-		if got := ReplyErrorIndex(re.Errno); got != i {
-			t.Errorf("ReplyErrorIndex(%s) = %d, want %d", re.Name, got, i)
-		}
-	}
-	for e, want := range map[syscall.Errno]uint32{syscall.EDQUOT: errNoSpc, syscall.EFBIG: errNoSpc, syscall.EOPNOTSUPP: errNotSup, syscall.EROFS: errIO} {
-		if got := wireError(e); got != want {
-			t.Errorf("wireError(%v) = %d, want %d", e, got, want)
 		}
 	}
 }

@@ -49,10 +49,7 @@ type Request struct {
 // PutRequest encodes r's header, RequestHeaderLen bytes.
 func PutRequest(b []byte, r Request) {
 	_ = b[RequestHeaderLen-1]
-	be.PutUint32(b[0:], MagicRequest)
-	be.PutUint16(b[4:], r.Flags)
-	be.PutUint16(b[6:], r.Type)
-	be.PutUint64(b[8:], r.Cookie)
+	putHead(b, MagicRequest, r.Flags, r.Type, r.Cookie)
 	be.PutUint64(b[16:], r.Offset)
 	be.PutUint32(b[24:], r.Length)
 }
@@ -68,14 +65,25 @@ func AppendRequest(b []byte, r Request) []byte {
 // NBD_REQUEST_MAGIC.
 func DecodeRequest(b []byte) (r Request, ok bool) {
 	_ = b[RequestHeaderLen-1]
-	r = Request{
-		Flags:  be.Uint16(b[4:]),
-		Type:   be.Uint16(b[6:]),
-		Cookie: be.Uint64(b[8:]),
-		Offset: be.Uint64(b[16:]),
-		Length: be.Uint32(b[24:]),
-	}
-	return r, be.Uint32(b[0:]) == MagicRequest
+	r.Flags, r.Type, r.Cookie, ok = head(b, MagicRequest)
+	r.Offset, r.Length = be.Uint64(b[16:]), be.Uint32(b[24:])
+	return r, ok
+}
+
+// A request header and a chunk header begin alike: a 32-bit magic, 16
+// bits of flags, a 16-bit type and the 64-bit cookie.
+
+func putHead(b []byte, magic uint32, flags, typ uint16, cookie uint64) {
+	_ = b[15]
+	be.PutUint32(b[0:], magic)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], typ)
+	be.PutUint64(b[8:], cookie)
+}
+
+func head(b []byte, magic uint32) (flags, typ uint16, cookie uint64, ok bool) {
+	_ = b[15]
+	return be.Uint16(b[4:]), be.Uint16(b[6:]), be.Uint64(b[8:]), be.Uint32(b[0:]) == magic
 }
 
 // SimpleReply is a simple reply. A successful READ's data follows it on
@@ -113,10 +121,7 @@ type Chunk struct {
 // PutChunk encodes c's header, ChunkHeaderLen bytes.
 func PutChunk(b []byte, c Chunk) {
 	_ = b[ChunkHeaderLen-1]
-	be.PutUint32(b[0:], MagicStructuredReply)
-	be.PutUint16(b[4:], c.Flags)
-	be.PutUint16(b[6:], c.Type)
-	be.PutUint64(b[8:], c.Cookie)
+	putHead(b, MagicStructuredReply, c.Flags, c.Type, c.Cookie)
 	be.PutUint32(b[16:], c.Length)
 }
 
@@ -124,39 +129,37 @@ func PutChunk(b []byte, c Chunk) {
 // NBD_STRUCTURED_REPLY_MAGIC.
 func DecodeChunk(b []byte) (c Chunk, ok bool) {
 	_ = b[ChunkHeaderLen-1]
-	c = Chunk{Flags: be.Uint16(b[4:]), Type: be.Uint16(b[6:]), Cookie: be.Uint64(b[8:]), Length: be.Uint32(b[16:])}
-	return c, be.Uint32(b[0:]) == MagicStructuredReply
+	c.Flags, c.Type, c.Cookie, ok = head(b, MagicStructuredReply)
+	c.Length = be.Uint32(b[16:])
+	return c, ok
 }
 
-// Option is the header of an option request, which the client sends
-// during the handshake. Length bytes of data follow it on the wire.
-type Option struct {
-	Type   uint32 // Opt*
-	Length uint32
-}
+// An option request, which the client sends during the handshake, is a
+// header of OptionHeaderLen bytes (IHAVEOPT, the option's type, the length
+// of its data) and then the data.
 
-// PutOption encodes o's header, OptionHeaderLen bytes.
-func PutOption(b []byte, o Option) {
+// PutOption encodes the header of an option request of type typ (Opt*)
+// with length bytes of data.
+func PutOption(b []byte, typ, length uint32) {
 	_ = b[OptionHeaderLen-1]
 	be.PutUint64(b[0:], MagicOption)
-	be.PutUint32(b[8:], o.Type)
-	be.PutUint32(b[12:], o.Length)
+	be.PutUint32(b[8:], typ)
+	be.PutUint32(b[12:], length)
 }
 
 // AppendOption appends an option request of type typ with data to b: its
 // header, then data.
 func AppendOption(b []byte, typ uint32, data []byte) []byte {
 	b, h := grow(b, OptionHeaderLen)
-	PutOption(h, Option{Type: typ, Length: uint32(len(data))})
+	PutOption(h, typ, uint32(len(data)))
 	return append(b, data...)
 }
 
-// DecodeOption decodes an option request header; ok is false unless its
-// magic is IHAVEOPT.
-func DecodeOption(b []byte) (o Option, ok bool) {
+// DecodeOption decodes the header of an option request; ok is false
+// unless its magic is IHAVEOPT.
+func DecodeOption(b []byte) (typ, length uint32, ok bool) {
 	_ = b[OptionHeaderLen-1]
-	o = Option{Type: be.Uint32(b[8:]), Length: be.Uint32(b[12:])}
-	return o, be.Uint64(b[0:]) == MagicOption
+	return be.Uint32(b[8:]), be.Uint32(b[12:]), be.Uint64(b[0:]) == MagicOption
 }
 
 // OptionReply is the header of an option reply, which the server sends

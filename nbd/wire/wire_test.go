@@ -28,7 +28,6 @@ func TestHeaderLayouts(t *testing.T) {
 	simpleBytes := unhex(t, "67446698 00000016 0000000000000007")
 	chunk := Chunk{Flags: ReplyFlagDone, Type: ReplyTypeError, Cookie: 9, Length: 6}
 	chunkBytes := unhex(t, "668e33ef 0001 8001 0000000000000009 00000006")
-	opt := Option{Type: OptGo, Length: 6}
 	optBytes := unhex(t, "49484156454f5054 00000007 00000006")
 	optRep := OptionReply{Option: OptGo, Type: RepErrUnknown, Length: 0}
 	optRepBytes := unhex(t, "0003e889045565a9 00000007 80000006 00000000")
@@ -46,8 +45,11 @@ func TestHeaderLayouts(t *testing.T) {
 			func(b []byte) (bool, bool) { r, ok := DecodeSimpleReply(b); return r == simple, ok }},
 		{"chunk", func(b []byte) { PutChunk(b, chunk) }, chunkBytes,
 			func(b []byte) (bool, bool) { r, ok := DecodeChunk(b); return r == chunk, ok }},
-		{"option", func(b []byte) { PutOption(b, opt) }, optBytes,
-			func(b []byte) (bool, bool) { r, ok := DecodeOption(b); return r == opt, ok }},
+		{"option", func(b []byte) { PutOption(b, OptGo, 6) }, optBytes,
+			func(b []byte) (bool, bool) {
+				typ, n, ok := DecodeOption(b)
+				return typ == OptGo && n == 6, ok
+			}},
 		{"option reply", func(b []byte) { PutOptionReply(b, optRep) }, optRepBytes,
 			func(b []byte) (bool, bool) { r, ok := DecodeOptionReply(b); return r == optRep, ok }},
 		{"greeting", func(b []byte) { PutGreeting(b, FlagFixedNewstyle|FlagNoZeroes) }, unhex(t, "4e42444d41474943 49484156454f5054 0003"),
