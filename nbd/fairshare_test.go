@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -16,7 +17,7 @@ import (
 // returns how long that took: the well-behaved client of the fair-share
 // tests. It fails the test if the reads do not finish within ioTimeout,
 // which is what starvation looks like.
-func readThroughput(t *testing.T, c *Client, total int) time.Duration {
+func readThroughput(t *testing.T, c *client.Client, total int) time.Duration {
 	t.Helper()
 	const size, depth = 1 << 20, 8
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
@@ -83,7 +84,7 @@ func TestConnectionPayloadShare(t *testing.T) {
 				t.Fatalf("default share %d is not below the budget %d", share, budget)
 			}
 
-			good := ts.dial(t, ClientOptions{ExportName: "mem"})
+			good := ts.dial(t, client.Options{ExportName: "mem"})
 			const total = 128 << 20
 			alone := fastest(3, func() time.Duration { return readThroughput(t, good, total) })
 

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -76,11 +77,11 @@ func oneExport(dev Export) Options {
 	return Options{Exports: []ExportConfig{{Name: "mem", Description: "test memory", Device: dev, Default: true}}}
 }
 
-func (ts *testServer) dial(t testing.TB, o ClientOptions) *Client {
+func (ts *testServer) dial(t testing.TB, o client.Options) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
-	c, err := Dial(ctx, ts.network, ts.addr, o)
+	c, err := client.Dial(ctx, ts.network, ts.addr, o)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}

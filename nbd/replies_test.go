@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -155,7 +156,7 @@ func TestReaderAnswersSynchronousCompletions(t *testing.T) {
 			o := oneExport(dev)
 			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			ts := startServer(t, o, "unix")
-			c := ts.dial(t, ClientOptions{})
+			c := ts.dial(t, client.Options{})
 			ctx := tctx(t)
 			buf := make([]byte, 4096)
 			for i := range n {

@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -28,7 +29,7 @@ func TestReplyTimeout(t *testing.T) {
 	})
 
 	// Another client is served while the stuck one waits.
-	c := ts.dial(t, ClientOptions{ExportName: "mem"})
+	c := ts.dial(t, client.Options{ExportName: "mem"})
 	buf := make([]byte, 4096)
 	if err := c.Read(tctx(t), 0, buf); err != nil {
 		t.Fatalf("read beside a stuck client: %v", err)
@@ -56,7 +57,7 @@ func TestIdleAfterWriterReply(t *testing.T) {
 			o := oneExport(dev)
 			o.ReplyTimeout = MinReplyTimeout
 			ts := startServer(t, o, network)
-			c := ts.dial(t, ClientOptions{ExportName: "mem"})
+			c := ts.dial(t, client.Options{ExportName: "mem"})
 
 			big := make([]byte, MaxPayload) // more than a socket takes at once
 			if err := c.Read(tctx(t), 0, big); err != nil {

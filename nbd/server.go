@@ -1,6 +1,7 @@
-// Package nbd speaks the Network Block Device protocol: a server that
-// serves exports (anything that accepts bios: a stack of layers or a bare
-// target) and a client.
+// Package nbd is a Network Block Device server: it serves exports
+// (anything that accepts bios: a stack of layers or a bare target). The
+// wire format it speaks is package nbd/wire, which the client, package
+// nbd/client, shares.
 //
 // The server follows the shape of net/http and x/net/http2: per
 // connection, a reader goroutine decodes requests and submits each to the

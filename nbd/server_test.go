@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -311,7 +312,7 @@ func TestBudgetBackpressure(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, clients*perConn+1)
 	for i := range clients {
-		c := ts.dial(t, ClientOptions{})
+		c := ts.dial(t, client.Options{})
 		for j := range perConn {
 			wg.Add(1)
 			go func() {
@@ -355,7 +356,7 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 	const n = 50
 	dev := newMemDev(n*4096, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	dev.gate()
 	ctx := tctx(t)
 	errs := make(chan error, n)
@@ -401,7 +402,7 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 func TestShutdownDeadline(t *testing.T) {
 	dev := newMemDev(1<<20, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	dev.gate()
 	errc := make(chan error, 1)
 	go func() { errc <- c.Write(tctx(t), 0, make([]byte, 4096), 0) }()
@@ -454,7 +455,7 @@ func TestObserverAndLimits(t *testing.T) {
 	o.HandshakeTimeout = 200 * time.Millisecond
 	ts := startServer(t, o, "unix")
 
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
 	if err := c.Write(ctx, 0, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -552,7 +553,7 @@ func TestDroppedHandshakes(t *testing.T) {
 	if st := ts.srv.Stats(); st.ConnsAccepted != 200 {
 		t.Fatalf("accepted %d", st.ConnsAccepted)
 	}
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	if err := c.Flush(tctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -776,7 +777,7 @@ func TestLogging(t *testing.T) {
 	o := oneExport(newMemDev(1<<20, allCaps))
 	o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
 	ts := startServer(t, o, "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
 	for range 10 {
 		if err := c.Write(ctx, 0, make([]byte, 1000), 0); err != nil {

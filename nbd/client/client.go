@@ -1,8 +1,19 @@
-package nbd
+// Package client is an NBD client: one connection to an NBD server, with
+// any number of requests in flight on it, their replies matched by cookie
+// as they arrive in any order, simple or structured. The tests drive
+// stackd's server through it, and a remote leg of a stack can serve its
+// bios through it.
+//
+// It speaks the protocol through package nbd/wire and sees blocks only as
+// package bioset describes them. It does not import package nbd, the
+// server: the server's own tests use this client, and an import of nbd
+// from here would make that a cycle.
+package client
 
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,22 +26,31 @@ import (
 	"github.com/stackd/stackd/nbd/wire"
 )
 
+var be = binary.BigEndian
+
 // Client limits.
 const (
 	// maxOptionReplyLen bounds the data of one option reply the client
 	// reads: names and descriptions are at most 4096 bytes each.
 	maxOptionReplyLen = 64 << 10
-	// maxChunkLen bounds a structured reply chunk: a READ of MaxPayload
-	// plus its offset, or a block status reply of 2^20 extents (the most
-	// the spec lets a server send).
-	maxChunkLen = max(MaxPayload+8, 4+8<<20)
+	// maxChunkLen bounds a structured reply chunk: a READ of
+	// wire.DefaultMaxPayload plus its offset, or a block status reply of
+	// 2^20 extents (the most the spec lets a server send).
+	maxChunkLen = max(wire.DefaultMaxPayload+8, 4+8<<20)
 	// closeTimeout bounds how long Close waits for the server to answer
 	// what is in flight and hang up after NBD_CMD_DISC.
 	closeTimeout = 5 * time.Second
+	// readBufSize holds a few hundred reply headers; READ data larger
+	// than what is buffered is read straight into the caller's buffer.
+	readBufSize = 16 << 10
 )
 
-// ClientOptions configure Dial.
-type ClientOptions struct {
+// aLongTimeAgo is a deadline in the past: setting it makes a blocked
+// read or write return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Options configure Dial.
+type Options struct {
 	// ExportName selects the export; empty selects the server's default.
 	ExportName string
 	// StructuredReplies negotiates NBD_OPT_STRUCTURED_REPLY. If the
@@ -43,8 +63,8 @@ type ClientOptions struct {
 
 // Errors of the client.
 var (
-	// ErrClientClosed is returned by requests on a closed Client.
-	ErrClientClosed = errors.New("nbd: client closed")
+	// ErrClosed is returned by requests on a closed Client.
+	ErrClosed = errors.New("nbd: client closed")
 	// ErrUnknownExport matches (errors.Is) the OptionError Dial returns
 	// when the server has no export of that name.
 	ErrUnknownExport = errors.New("nbd: unknown export")
@@ -130,7 +150,7 @@ type call struct {
 
 // Dial connects to an NBD server, negotiates and selects an export. ctx
 // bounds the connection and handshake only.
-func Dial(ctx context.Context, network, addr string, o ClientOptions) (*Client, error) {
+func Dial(ctx context.Context, network, addr string, o Options) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
@@ -212,14 +232,14 @@ type clientHandshake struct {
 
 func startHandshake(nc net.Conn) (*clientHandshake, error) {
 	h := &clientHandshake{nc: nc, br: bufio.NewReaderSize(nc, readBufSize)}
-	var g [18]byte
+	var g [wire.GreetingLen]byte
 	if _, err := io.ReadFull(h.br, g[:]); err != nil {
 		return nil, err
 	}
-	if be.Uint64(g[0:]) != wire.MagicNBD || be.Uint64(g[8:]) != wire.MagicOption {
+	hflags, ok := wire.DecodeGreeting(g[:])
+	if !ok {
 		return nil, fmt.Errorf("%w: not a newstyle NBD server", ErrProtocol)
 	}
-	hflags := be.Uint16(g[16:])
 	if hflags&wire.FlagFixedNewstyle == 0 {
 		return nil, fmt.Errorf("%w: server does not support fixed newstyle negotiation", ErrProtocol)
 	}
@@ -235,31 +255,27 @@ func startHandshake(nc net.Conn) (*clientHandshake, error) {
 }
 
 func (h *clientHandshake) sendOption(opt uint32, data []byte) error {
-	b := make([]byte, wire.OptionHeaderLen, wire.OptionHeaderLen+len(data))
-	be.PutUint64(b[0:], wire.MagicOption)
-	be.PutUint32(b[8:], opt)
-	be.PutUint32(b[12:], uint32(len(data)))
-	_, err := h.nc.Write(append(b, data...))
+	_, err := h.nc.Write(wire.AppendOption(make([]byte, 0, wire.OptionHeaderLen+len(data)), opt, data))
 	return err
 }
 
 func (h *clientHandshake) readOptionReply(opt uint32) (typ uint32, data []byte, err error) {
-	var r [wire.OptionReplyHeaderLen]byte
-	if _, err := io.ReadFull(h.br, r[:]); err != nil {
+	var b [wire.OptionReplyHeaderLen]byte
+	if _, err := io.ReadFull(h.br, b[:]); err != nil {
 		return 0, nil, err
 	}
-	if be.Uint64(r[0:]) != wire.MagicOptionReply {
+	r, ok := wire.DecodeOptionReply(b[:])
+	if !ok {
 		return 0, nil, fmt.Errorf("%w: bad option reply magic", ErrProtocol)
 	}
-	if got := be.Uint32(r[8:]); got != opt {
-		return 0, nil, fmt.Errorf("%w: reply to option %d while waiting for %d", ErrProtocol, got, opt)
+	if r.Option != opt {
+		return 0, nil, fmt.Errorf("%w: reply to option %d while waiting for %d", ErrProtocol, r.Option, opt)
 	}
-	typ = be.Uint32(r[12:])
-	n := be.Uint32(r[16:])
-	if n > maxOptionReplyLen {
-		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, n)
+	if r.Length > maxOptionReplyLen {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, r.Length)
 	}
-	data = make([]byte, n)
+	typ = r.Type
+	data = make([]byte, r.Length)
 	_, err = io.ReadFull(h.br, data)
 	return typ, data, err
 }
@@ -271,7 +287,7 @@ func optionError(opt, typ uint32, data []byte) error {
 	return &OptionError{Option: opt, Reply: typ, Message: string(data)}
 }
 
-func newClient(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, error) {
+func newClient(ctx context.Context, nc net.Conn, o Options) (*Client, error) {
 	c := &Client{nc: nc, calls: make(map[uint64]*call), readerDone: make(chan struct{})}
 	err := withDeadline(ctx, nc, func() error { return c.negotiate(o) })
 	if err != nil {
@@ -281,7 +297,7 @@ func newClient(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, erro
 	return c, nil
 }
 
-func (c *Client) negotiate(o ClientOptions) error {
+func (c *Client) negotiate(o Options) error {
 	h, err := startHandshake(c.nc)
 	if err != nil {
 		return err
@@ -342,10 +358,11 @@ func (c *Client) negotiate(o ClientOptions) error {
 		case typ == wire.RepInfo && len(data) >= 2:
 			switch be.Uint16(data) {
 			case wire.InfoExport:
-				if len(data) != 12 {
+				size, flags, ok := wire.DecodeInfoExport(data)
+				if !ok {
 					return fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrProtocol, len(data))
 				}
-				c.size, c.flags = be.Uint64(data[2:]), be.Uint16(data[10:])
+				c.size, c.flags = size, flags
 				gotExport = true
 			case wire.InfoBlockSize:
 				if len(data) == 14 {
@@ -370,7 +387,7 @@ func (c *Client) exportName(h *clientHandshake, name string) error {
 	if err := h.sendOption(wire.OptExportName, []byte(name)); err != nil {
 		return err
 	}
-	n := 10
+	n := wire.ExportNameReplyLen
 	if !h.noZeroes {
 		n += wire.ExportNameZeroes
 	}
@@ -386,7 +403,7 @@ func (c *Client) exportName(h *clientHandshake, name string) error {
 // Size returns the export's size in bytes.
 func (c *Client) Size() uint64 { return c.size }
 
-// Flags returns the export's transmission flags (Flag*).
+// Flags returns the export's transmission flags (wire.Flag*).
 func (c *Client) Flags() uint16 { return c.flags }
 
 // Structured reports whether structured replies were negotiated.
@@ -398,18 +415,19 @@ func (c *Client) BlockSize() (minimum, preferred, maximum uint32) {
 	return c.blockSize[0], c.blockSize[1], c.blockSize[2]
 }
 
-// Read fills buf from the export at off. len(buf) is at most MaxPayload.
+// Read fills buf from the export at off. len(buf) is at most
+// wire.DefaultMaxPayload.
 func (c *Client) Read(ctx context.Context, off uint64, buf []byte) error {
-	if len(buf) > MaxPayload {
+	if len(buf) > wire.DefaultMaxPayload {
 		return fmt.Errorf("nbd: read of %d bytes exceeds the maximum payload", len(buf))
 	}
 	return c.do(ctx, &call{cmd: wire.CmdRead, off: off, length: uint32(len(buf)), buf: buf}, 0, nil)
 }
 
 // Write writes buf to the export at off. flags are command flags
-// (wire.CmdFlagFUA). len(buf) is at most MaxPayload.
+// (wire.CmdFlagFUA). len(buf) is at most wire.DefaultMaxPayload.
 func (c *Client) Write(ctx context.Context, off uint64, buf []byte, flags uint16) error {
-	if len(buf) > MaxPayload {
+	if len(buf) > wire.DefaultMaxPayload {
 		return fmt.Errorf("nbd: write of %d bytes exceeds the maximum payload", len(buf))
 	}
 	return c.do(ctx, &call{cmd: wire.CmdWrite, off: off, length: uint32(len(buf))}, flags, buf)
@@ -465,7 +483,7 @@ func (c *Client) do(ctx context.Context, ca *call, flags uint16, payload []byte)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return ErrClientClosed
+		return ErrClosed
 	}
 	if c.err != nil {
 		err := c.err
@@ -503,12 +521,7 @@ func (c *Client) do(ctx context.Context, ca *call, flags uint16, payload []byte)
 // send writes one request header and its payload.
 func (c *Client) send(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) error {
 	var h [wire.RequestHeaderLen]byte
-	be.PutUint32(h[0:], wire.MagicRequest)
-	be.PutUint16(h[4:], flags)
-	be.PutUint16(h[6:], cmd)
-	be.PutUint64(h[8:], cookie)
-	be.PutUint64(h[16:], off)
-	be.PutUint32(h[24:], length)
+	wire.PutRequest(h[:], wire.Request{Flags: flags, Type: cmd, Cookie: cookie, Offset: off, Length: length})
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(payload) == 0 {
@@ -544,7 +557,7 @@ func (c *Client) Close() error {
 			t.Stop()
 		}
 	}
-	c.breakConn(ErrClientClosed)
+	c.breakConn(ErrClosed)
 	<-c.readerDone
 	return nil
 }
@@ -569,7 +582,7 @@ func (c *Client) readLoop() {
 	case c.err != nil:
 		err = c.err
 	case c.closed:
-		err = ErrClientClosed
+		err = ErrClosed
 	case errors.Is(err, io.EOF):
 		err = fmt.Errorf("nbd: server closed the connection: %w", err)
 	}
@@ -631,12 +644,13 @@ func (c *Client) readReplies() error {
 		if _, err := io.ReadFull(c.br, h[:4]); err != nil {
 			return err
 		}
-		switch m := be.Uint32(h[:4]); m {
+		switch m := wire.Magic(h[:4]); m {
 		case wire.MagicSimpleReply:
 			if _, err := io.ReadFull(c.br, h[4:wire.SimpleReplyLen]); err != nil {
 				return err
 			}
-			code, cookie := be.Uint32(h[4:]), be.Uint64(h[8:])
+			r, _ := wire.DecodeSimpleReply(h[:]) // the magic was checked above
+			code, cookie := r.Error, r.Cookie
 			ca, err := c.lookup(cookie)
 			if err != nil {
 				return err
@@ -662,8 +676,8 @@ func (c *Client) readReplies() error {
 			if !c.structured {
 				return fmt.Errorf("%w: structured reply not negotiated", ErrProtocol)
 			}
-			flags, typ := be.Uint16(h[4:]), be.Uint16(h[6:])
-			cookie, length := be.Uint64(h[8:]), be.Uint32(h[16:])
+			ch, _ := wire.DecodeChunk(h[:]) // the magic was checked above
+			flags, typ, cookie, length := ch.Flags, ch.Type, ch.Cookie, ch.Length
 			ca, err := c.lookup(cookie)
 			if err != nil {
 				return err
@@ -767,15 +781,16 @@ func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 		if typ&wire.ReplyTypeErrorBit == 0 {
 			return fmt.Errorf("%w: unknown reply chunk type %d", ErrProtocol, typ)
 		}
-		if len(p) < 6 {
+		if len(p) < wire.ErrorChunkLen {
 			return fmt.Errorf("%w: error chunk of %d bytes", ErrProtocol, len(p))
 		}
 		code, mlen := be.Uint32(p), int(be.Uint16(p[4:]))
-		if mlen > len(p)-6 {
+		msg := p[wire.ErrorChunkLen:]
+		if mlen > len(msg) {
 			return fmt.Errorf("%w: error message longer than its chunk", ErrProtocol)
 		}
 		if ca.err == nil {
-			ca.err = &RemoteError{Errno: wire.DecodeErrno(code), Message: string(p[6 : 6+mlen])}
+			ca.err = &RemoteError{Errno: wire.DecodeErrno(code), Message: string(msg[:mlen])}
 		}
 	}
 	return nil
