@@ -59,8 +59,8 @@ type transmission struct {
 	// from it before the server's budget, so one connection can hold at
 	// most that much of the server's.
 	share *budget
-	hdr   [wire.RequestHeaderLen]byte // reader's header buffer
-	raw   syscall.RawConn             // the socket's non-blocking side; nil: use nc only
+	hdr   wire.RequestHeader // reader's header buffer, decoded in place
+	raw   syscall.RawConn    // the socket's non-blocking side; nil: use nc only
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -245,13 +245,11 @@ func (c *conn) readLoop() error {
 		if _, err := io.ReadFull(c.br, t.hdr[:]); err != nil {
 			return err
 		}
-		// Decoded in place, inlined: the header's fields go straight
-		// into registers and the request, with no copy of the header.
-		h, ok := wire.DecodeRequest(t.hdr[:])
-		if !ok {
-			return fmt.Errorf("%w: bad request magic %#x", errFraming, wire.Magic(t.hdr[:]))
+		h := &t.hdr
+		if m := h.Magic(); m != wire.MagicRequest {
+			return fmt.Errorf("%w: bad request magic %#x", errFraming, m)
 		}
-		cmd, length := h.Type, h.Length
+		cmd, length := h.Type(), h.Length()
 		if cmd == wire.CmdDisc {
 			// The spec: handle outstanding requests, then close. The
 			// caller waits for them.
@@ -266,10 +264,10 @@ func (c *conn) readLoop() error {
 		}
 
 		r := c.allocRequest()
-		r.cookie = h.Cookie
-		r.off = h.Offset
+		r.cookie = h.Cookie()
+		r.off = h.Offset()
 		r.length = length
-		r.cmd, r.flags = cmd, h.Flags
+		r.cmd, r.flags = cmd, h.Flags()
 		if c.srv.obs != nil {
 			r.start = time.Now()
 		}

@@ -159,12 +159,12 @@ func (c *fakeConn) optReply(opt, typ uint32, data []byte) {
 
 func (s *fakeServer) transmit(c *fakeConn) {
 	for {
-		var h [wire.RequestHeaderLen]byte
+		var h wire.RequestHeader
 		if _, err := io.ReadFull(c.nc, h[:]); err != nil {
 			return
 		}
-		r, ok := wire.DecodeRequest(h[:])
-		if !ok || r.Type == wire.CmdDisc {
+		r := wire.Request{Flags: h.Flags(), Type: h.Type(), Cookie: h.Cookie(), Offset: h.Offset(), Length: h.Length()}
+		if h.Magic() != wire.MagicRequest || r.Type == wire.CmdDisc {
 			return
 		}
 		var payload []byte

@@ -12,6 +12,7 @@ var be = binary.BigEndian
 // otherwise, as a slice index would). Every Decode function reads the
 // structure at the start of b, which must likewise be long enough, and
 // reports false if its magic is wrong; the fields are decoded either way.
+// A request header is decoded in place instead (RequestHeader).
 // The `_ = b[n-1]` line in each checks the length once, so that the loads
 // and stores after it need no checks of their own.
 
@@ -36,8 +37,8 @@ func DecodeGreeting(b []byte) (flags uint16, ok bool) {
 	return be.Uint16(b[16:]), be.Uint64(b[0:]) == MagicNBD && be.Uint64(b[8:]) == MagicOption
 }
 
-// Request is a request header. A WRITE's payload of Length bytes follows
-// it on the wire.
+// Request is a request header, to be encoded. A WRITE's payload of
+// Length bytes follows it on the wire.
 type Request struct {
 	Flags  uint16 // CmdFlag*
 	Type   uint16 // Cmd*
@@ -61,29 +62,30 @@ func AppendRequest(b []byte, r Request) []byte {
 	return b
 }
 
-// DecodeRequest decodes a request header; ok is false unless its magic is
-// NBD_REQUEST_MAGIC.
-func DecodeRequest(b []byte) (r Request, ok bool) {
-	_ = b[RequestHeaderLen-1]
-	r.Flags, r.Type, r.Cookie, ok = head(b, MagicRequest)
-	r.Offset, r.Length = be.Uint64(b[16:]), be.Uint32(b[24:])
-	return r, ok
-}
+// RequestHeader is a request header as it lies on the wire, to be
+// decoded in place: a reader reads a header into one, and each method
+// decodes one field from its bytes, a load and a byte swap once inlined.
+// The server's reader decodes every request this way. (It is not decoded
+// into a Request: a struct of five fields is more than the compiler keeps
+// in registers, so the value would be built on the stack and copied, which
+// measured several nanoseconds a request.)
+type RequestHeader [RequestHeaderLen]byte
+
+func (h *RequestHeader) Magic() uint32  { return be.Uint32(h[0:]) } // MagicRequest, if it is one
+func (h *RequestHeader) Flags() uint16  { return be.Uint16(h[4:]) }
+func (h *RequestHeader) Type() uint16   { return be.Uint16(h[6:]) }
+func (h *RequestHeader) Cookie() uint64 { return be.Uint64(h[8:]) }
+func (h *RequestHeader) Offset() uint64 { return be.Uint64(h[16:]) }
+func (h *RequestHeader) Length() uint32 { return be.Uint32(h[24:]) }
 
 // A request header and a chunk header begin alike: a 32-bit magic, 16
 // bits of flags, a 16-bit type and the 64-bit cookie.
-
 func putHead(b []byte, magic uint32, flags, typ uint16, cookie uint64) {
 	_ = b[15]
 	be.PutUint32(b[0:], magic)
 	be.PutUint16(b[4:], flags)
 	be.PutUint16(b[6:], typ)
 	be.PutUint64(b[8:], cookie)
-}
-
-func head(b []byte, magic uint32) (flags, typ uint16, cookie uint64, ok bool) {
-	_ = b[15]
-	return be.Uint16(b[4:]), be.Uint16(b[6:]), be.Uint64(b[8:]), be.Uint32(b[0:]) == magic
 }
 
 // SimpleReply is a simple reply. A successful READ's data follows it on
@@ -129,9 +131,8 @@ func PutChunk(b []byte, c Chunk) {
 // NBD_STRUCTURED_REPLY_MAGIC.
 func DecodeChunk(b []byte) (c Chunk, ok bool) {
 	_ = b[ChunkHeaderLen-1]
-	c.Flags, c.Type, c.Cookie, ok = head(b, MagicStructuredReply)
-	c.Length = be.Uint32(b[16:])
-	return c, ok
+	c = Chunk{Flags: be.Uint16(b[4:]), Type: be.Uint16(b[6:]), Cookie: be.Uint64(b[8:]), Length: be.Uint32(b[16:])}
+	return c, be.Uint32(b[0:]) == MagicStructuredReply
 }
 
 // An option request, which the client sends during the handshake, is a

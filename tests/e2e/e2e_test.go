@@ -818,7 +818,7 @@ func (tp *tap) setBad(msg string) {
 // follow decodes the client's side of one connection: flags, options,
 // then requests, until EOF.
 func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
-	var hdr [wire.RequestHeaderLen]byte
+	var hdr wire.RequestHeader
 	if _, err := io.ReadFull(r, hdr[:4]); err != nil { // client flags
 		return err
 	}
@@ -851,11 +851,10 @@ func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
 			}
 			return err
 		}
-		h, ok := wire.DecodeRequest(hdr[:])
-		if !ok {
-			return fmt.Errorf("request magic %#x", wire.Magic(hdr[:]))
+		if m := hdr.Magic(); m != wire.MagicRequest {
+			return fmt.Errorf("request magic %#x", m)
 		}
-		flags, cmd, length := h.Flags, h.Type, h.Length
+		flags, cmd, length := hdr.Flags(), hdr.Type(), hdr.Length()
 		tp.mu.Lock()
 		o := tp.stats.ops[cmd]
 		if o == nil {
