@@ -3,6 +3,11 @@
 // and results.json (every run, summarised, plus the medians).
 //
 //	report -raw bench/results/raw -out bench/results
+//	report -from bench/results/results.json -out DIR
+//
+// The raw output is not committed, so -from renders again from a
+// results.json that report wrote: its runs, census, memory and profile
+// summaries are all the tables and the chart need.
 //
 // Each cell of the table is the median over the repetitions of one
 // (workload, server) pair: IOPS for 4 KiB workloads, MB/s (10^6 bytes per
@@ -235,32 +240,77 @@ func median(v []float64) float64 {
 
 func main() {
 	raw := flag.String("raw", "bench/results/raw", "directory of run.sh's raw output")
+	from := flag.String("from", "", "a results.json that report wrote, to render again instead of the raw output")
 	out := flag.String("out", "bench/results", "directory to write results.md, chart.svg and results.json to")
 	flag.Parse()
 
-	meta := readKV(filepath.Join(*raw, "meta.txt"))
-	runs, err := loadRuns(*raw, meta)
+	var res results
+	var err error
+	if *from != "" {
+		res, err = loadResults(*from)
+	} else {
+		res, err = loadRaw(*raw, filepath.Join(*out, "profile"))
+	}
 	if err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	cells := summarise(runs)
-	census := loadCensus(*raw)
-	mem := loadMemory(*raw)
-	prof := loadProfiles(filepath.Join(*out, "profile"))
+	// The cells are always computed again, from the runs: -from reads
+	// them back only as part of the document.
+	res.Cells = summarise(res.Runs)
 
 	var md strings.Builder
-	writeMarkdown(&md, meta, runs, cells, census, mem, prof)
+	writeMarkdown(&md, res)
 	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(cells, meta)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(res.Cells, res.Meta)), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	doc := map[string]any{"meta": meta, "cells": cells, "runs": runs, "census": census, "memory": mem, "profile": prof}
-	b, _ := json.MarshalIndent(doc, "", " ")
+	b, err := json.MarshalIndent(res, "", " ")
+	if err != nil {
+		log.Fatalf("report: results.json: %v", err)
+	}
 	if err := os.WriteFile(filepath.Join(*out, "results.json"), append(b, '\n'), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
+}
+
+// results is what results.json holds, and all that the tables and the
+// chart are made of. The fields are in the order of their names, the
+// order results.json has always had.
+type results struct {
+	Cells   []Cell            `json:"cells"`
+	Census  []CensusRow       `json:"census"`
+	Memory  map[string]any    `json:"memory"`
+	Meta    map[string]string `json:"meta"`
+	Profile []Profile         `json:"profile"`
+	Runs    []Run             `json:"runs"`
+}
+
+// loadRaw reads run.sh's raw output, and the profiles from their directory.
+func loadRaw(raw, profiles string) (results, error) {
+	meta := readKV(filepath.Join(raw, "meta.txt"))
+	runs, err := loadRuns(raw, meta)
+	if err != nil {
+		return results{}, err
+	}
+	return results{Meta: meta, Runs: runs, Census: loadCensus(raw), Memory: loadMemory(raw), Profile: loadProfiles(profiles)}, nil
+}
+
+// loadResults reads a results.json that report wrote.
+func loadResults(path string) (results, error) {
+	var res results
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		return res, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(res.Runs) == 0 {
+		return res, fmt.Errorf("%s: no runs", path)
+	}
+	return res, nil
 }
 
 func loadRuns(raw string, meta map[string]string) ([]Run, error) {
@@ -403,7 +453,8 @@ func activeWorkloads(cells []Cell) []workload {
 	return present(workloads, func(w workload) string { return w.Name }, cells, func(c Cell) string { return c.Workload })
 }
 
-func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cells []Cell, census []CensusRow, mem map[string]any, prof []Profile) {
+func writeMarkdown(md *strings.Builder, res results) {
+	meta, runs, cells, census, mem, prof := res.Meta, res.Runs, res.Cells, res.Census, res.Memory, res.Profile
 	p := func(format string, a ...any) { fmt.Fprintf(md, format, a...) }
 	cols := activeServers(cells)
 	rows := activeWorkloads(cells)
