@@ -2,12 +2,14 @@
 // table: results.md (Markdown), chart.svg (IOPS per server and workload)
 // and results.json (every run, summarised, plus the medians).
 //
-//	report -raw bench/results/raw -out bench/results
-//	report -from bench/results/results.json -out DIR
+//	report [-workloads bench/workloads.tsv] -raw bench/results/raw -out bench/results
+//	report [-workloads bench/workloads.tsv] -from bench/results/results.json -out DIR
 //
-// The raw output is not committed, so -from renders again from a
-// results.json that report wrote: its runs, census, memory and profile
-// summaries are all the tables and the chart need.
+// The rows, their labels and the goals come from bench/workloads.tsv, the
+// file run.sh and ab.sh take the fio options from. The raw output is not
+// committed, so -from renders again from a results.json that report wrote:
+// its runs, census, memory and profile summaries are all the tables and
+// the chart need.
 //
 // Each cell of the table is the median over the repetitions of one
 // (workload, server) pair: IOPS for 4 KiB workloads, MB/s (10^6 bytes per
@@ -32,22 +34,49 @@ import (
 	"strings"
 )
 
-// workload describes a row of the table.
+// workload describes a row of the table: a line of bench/workloads.tsv.
 type workload struct {
 	Name  string
 	Label string
 	MBps  bool // report MB/s instead of IOPS
+	// Versus is the server whose throughput the default stack's goal is a
+	// ratio to, and Goal that ratio, at least; "" and 0 for no goal.
+	Versus string
+	Goal   float64
 }
 
-var workloads = []workload{
-	{"rr4k-qd1", "4 KiB randread qd1", false},
-	{"rr4k-qd32", "4 KiB randread qd32", false},
-	{"rw4k-qd1", "4 KiB randwrite qd1", false},
-	{"rw4k-qd32", "4 KiB randwrite qd32", false},
-	{"sr1m-qd8", "1 MiB seq read qd8", true},
-	{"sw1m-qd8", "1 MiB seq write qd8", true},
-	{"rr4k-qd32-4conn", "4 KiB randread qd32 × 4 conns", false},
-	{"rr4k-qd32-1ms", "4 KiB randread qd32, 1 ms leg", false},
+// workloads are the rows, in the table's order; main loads them.
+var workloads []workload
+
+// loadWorkloads reads bench/workloads.tsv: comment lines, a header, then
+// one workload a line, "-" for an empty field.
+func loadWorkloads(path string) ([]workload, error) {
+	rows, err := readTSV(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []workload
+	for _, r := range rows {
+		for k, v := range r {
+			if v == "-" {
+				r[k] = ""
+			}
+		}
+		w := workload{Name: r["name"], Label: r["label"], MBps: r["unit"] == "mbps", Versus: r["versus"]}
+		if w.Name == "" || w.Label == "" || (r["unit"] != "iops" && r["unit"] != "mbps") {
+			return nil, fmt.Errorf("%s: workload %q needs a name, a label and a unit (iops or mbps)", path, w.Name)
+		}
+		if w.Versus != "" {
+			if w.Goal, err = strconv.ParseFloat(r["goal"], 64); err != nil || w.Goal <= 0 {
+				return nil, fmt.Errorf("%s: workload %s: goal %q is not a ratio", path, w.Name, r["goal"])
+			}
+		}
+		out = append(out, w)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no workloads", path)
+	}
+	return out, nil
 }
 
 // server describes a column.
@@ -67,22 +96,6 @@ var servers = []server{
 	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", "#ff9896"},
 	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", "#2ca02c"},
 	{"go-nbd", "go-nbd memory", "nbdkit-memory", "#9467bd"},
-}
-
-// goal is one target of issue 5, for stackd's default stack.
-type goal struct {
-	Workload string
-	Versus   string
-	Min      float64
-}
-
-var goals = []goal{
-	{"rr4k-qd32", "nbdkit-memory", 1.3},
-	{"rw4k-qd32", "nbdkit-memory", 1.3},
-	{"sr1m-qd8", "nbdkit-memory", 1.2},
-	{"sw1m-qd8", "nbdkit-memory", 1.2},
-	{"rr4k-qd32-4conn", "go-nbd", 2},
-	{"rr4k-qd32-1ms", "go-nbd", 2},
 }
 
 // Run is one fio run of the table.
@@ -198,13 +211,19 @@ func readKV(path string) map[string]string {
 	return m
 }
 
-// readTSV reads a tab-separated file with a header line into maps.
+// readTSV reads a tab-separated file with a header line into maps; it
+// skips blank lines and lines that start with #.
 func readTSV(path string) ([]map[string]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) == 0 {
 		return nil, nil
 	}
@@ -239,13 +258,17 @@ func median(v []float64) float64 {
 }
 
 func main() {
+	wlFile := flag.String("workloads", "bench/workloads.tsv", "the workloads: the table's rows, their labels and goals")
 	raw := flag.String("raw", "bench/results/raw", "directory of run.sh's raw output")
 	from := flag.String("from", "", "a results.json that report wrote, to render again instead of the raw output")
 	out := flag.String("out", "bench/results", "directory to write results.md, chart.svg and results.json to")
 	flag.Parse()
 
-	var res results
 	var err error
+	if workloads, err = loadWorkloads(*wlFile); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	var res results
 	if *from != "" {
 		res, err = loadResults(*from)
 	} else {
@@ -503,21 +526,21 @@ func writeMarkdown(md *strings.Builder, res results) {
 
 	p("## Goals (issue 5), stackd default stack\n\n")
 	p("| workload | versus | goal | measured | | with GOMAXPROCS=1 | |\n|---|---|---:|---:|---|---:|---|\n")
-	for _, g := range goals {
-		b := find(cells, g.Workload, g.Versus)
-		if b == nil || b.Median == 0 {
+	for _, g := range workloads {
+		b := find(cells, g.Name, g.Versus)
+		if g.Versus == "" || b == nil || b.Median == 0 {
 			continue
 		}
-		p("| %s | %s | ≥ %.1f× |", wlByName(g.Workload).Label, serverByName(g.Versus).Label, g.Min)
+		p("| %s | %s | ≥ %.1f× |", g.Label, serverByName(g.Versus).Label, g.Goal)
 		for _, col := range []string{"stackd-default", "stackd-default-p1"} {
-			a := find(cells, g.Workload, col)
+			a := find(cells, g.Name, col)
 			if a == nil {
 				p(" n/a | |")
 				continue
 			}
 			r := a.Median / b.Median
 			verdict := "met"
-			if r < g.Min {
+			if r < g.Goal {
 				verdict = "**short**"
 			}
 			p(" %.2f× | %s |", r, verdict)
