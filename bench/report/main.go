@@ -524,7 +524,7 @@ func writeMarkdown(md *strings.Builder, res results) {
 	p("\nThe 1 ms row runs against delayed twins: stackd's default stack with `delay: 1ms` on each memory leaf, nbdkit memory under `--filter=delay delay-read=1ms delay-write=1ms`, and the go-nbd server with a 1 ms sleep in its backend.\n\n")
 	p("![IOPS per server and workload](chart.svg)\n\n")
 
-	p("## Goals (issue 5), stackd default stack\n\n")
+	p("## Throughput goals: stackd default stack against its peers\n\n")
 	p("| workload | versus | goal | measured | | with GOMAXPROCS=1 | |\n|---|---|---:|---:|---|---:|---|\n")
 	for _, g := range workloads {
 		b := find(cells, g.Name, g.Versus)
