@@ -23,7 +23,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"html"
+	"image/color"
 	"log"
 	"math"
 	"os"
@@ -84,18 +84,18 @@ type server struct {
 	Name     string
 	Label    string
 	Baseline string // the column its ratio is taken against
-	Color    string
+	Color    color.RGBA
 }
 
 var servers = []server{
-	{"stackd-default", "stackd default stack", "nbdkit-memory", "#1f77b4"},
-	{"stackd-default-p1", "stackd default stack, GOMAXPROCS=1", "nbdkit-memory", "#08519c"},
-	{"stackd-memory", "stackd memory", "nbdkit-memory", "#6baed6"},
-	{"stackd-file", "stackd file (tmpfs)", "nbdkit-file", "#9ecae1"},
-	{"nbdkit-memory", "nbdkit memory", "nbdkit-memory", "#d62728"},
-	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", "#ff9896"},
-	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", "#2ca02c"},
-	{"go-nbd", "go-nbd memory", "nbdkit-memory", "#9467bd"},
+	{"stackd-default", "stackd default stack", "nbdkit-memory", rgb(0x1f77b4)},
+	{"stackd-default-p1", "stackd default stack, GOMAXPROCS=1", "nbdkit-memory", rgb(0x08519c)},
+	{"stackd-memory", "stackd memory", "nbdkit-memory", rgb(0x6baed6)},
+	{"stackd-file", "stackd file (tmpfs)", "nbdkit-file", rgb(0x9ecae1)},
+	{"nbdkit-memory", "nbdkit memory", "nbdkit-memory", rgb(0xd62728)},
+	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", rgb(0xff9896)},
+	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", rgb(0x2ca02c)},
+	{"go-nbd", "go-nbd memory", "nbdkit-memory", rgb(0x9467bd)},
 }
 
 // Run is one fio run of the table.
@@ -286,7 +286,11 @@ func main() {
 	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(res.Cells, res.Meta)), 0o644); err != nil {
+	svg, err := chart(res.Cells, res.Meta)
+	if err != nil {
+		log.Fatalf("report: chart: %v", err)
+	}
+	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), svg, 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
 	b, err := json.MarshalIndent(res, "", " ")
@@ -811,116 +815,4 @@ func loadProfiles(dir string) []Profile {
 		out = append(out, pr)
 	}
 	return out
-}
-
-// chart draws one small bar chart per workload, servers side by side, each
-// panel on its own scale (IOPS, or MB/s for 1 MiB workloads).
-func chart(cells []Cell, meta map[string]string) string {
-	cols := activeServers(cells)
-	rows := activeWorkloads(cells)
-	const (
-		perRow  = 4
-		panelW  = 300
-		panelH  = 250
-		padL    = 20
-		legendH = 70
-		titleH  = 40
-	)
-	nrows := (len(rows) + perRow - 1) / perRow
-	width := padL*2 + perRow*panelW
-	height := titleH + legendH + nrows*panelH + 20
-	var b strings.Builder
-	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif">`+"\n", width, height, width, height)
-	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	p(`<text x="%d" y="26" font-size="18" font-weight="bold">stackd and its peers under fio --ioengine=nbd (median of %s runs; higher is better)</text>`+"\n", padL, html.EscapeString(meta["reps"]))
-	p(`<text x="%d" y="%d" font-size="11" fill="#555">bars: median; whiskers: fastest and slowest run; each panel on its own scale</text>`+"\n", padL, height-6)
-	// Legend.
-	for i, s := range cols {
-		x := padL + (i%4)*290
-		y := titleH + 10 + (i/4)*24
-		p(`<rect x="%d" y="%d" width="14" height="14" fill="%s"/><text x="%d" y="%d" font-size="13">%s</text>`+"\n", x, y, s.Color, x+20, y+12, html.EscapeString(s.Label))
-	}
-	for i, w := range rows {
-		x0 := padL + (i%perRow)*panelW
-		y0 := titleH + legendH + (i/perRow)*panelH
-		plotX, plotY := x0+45, y0+30
-		plotW, plotH := panelW-60, panelH-70
-		unit := "IOPS"
-		if w.MBps {
-			unit = "MB/s"
-		}
-		p(`<text x="%d" y="%d" font-size="13" font-weight="bold">%s (%s)</text>`+"\n", x0+10, y0+18, html.EscapeString(w.Label), unit)
-		var top float64
-		for _, s := range cols {
-			if c := find(cells, w.Name, s.Name); c != nil {
-				top = math.Max(top, c.Max)
-			}
-		}
-		if top == 0 {
-			continue
-		}
-		step := niceStep(top / 4)
-		top = math.Ceil(top/step) * step
-		for v := 0.0; v <= top+step/2; v += step {
-			y := float64(plotY+plotH) - v/top*float64(plotH)
-			p(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", plotX, y, plotX+plotW, y)
-			p(`<text x="%d" y="%.1f" font-size="10" text-anchor="end">%s</text>`+"\n", plotX-4, y+3, axisLabel(v))
-		}
-		bw := float64(plotW) / float64(len(cols))
-		for j, s := range cols {
-			c := find(cells, w.Name, s.Name)
-			bx := float64(plotX) + float64(j)*bw + bw*0.12
-			if c == nil {
-				p(`<text x="%.1f" y="%d" font-size="9" fill="#999" text-anchor="middle">n/a</text>`+"\n", bx+bw*0.38, plotY+plotH-4)
-				continue
-			}
-			h := c.Median / top * float64(plotH)
-			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %s</title></rect>`+"\n",
-				bx, float64(plotY+plotH)-h, bw*0.76, h, s.Color, html.EscapeString(s.Label), html.EscapeString(fmtValue(w, c.Median)))
-			// Whisker: min to max of the repetitions.
-			cx := bx + bw*0.38
-			ylo := float64(plotY+plotH) - c.Min/top*float64(plotH)
-			yhi := float64(plotY+plotH) - c.Max/top*float64(plotH)
-			p(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#333"/>`+"\n", cx, ylo, cx, yhi)
-			label := shortValue(c.Median)
-			if w.MBps {
-				label = fmt.Sprintf("%.0f", c.Median)
-			}
-			p(`<text x="%.1f" y="%.1f" font-size="8.5" text-anchor="middle">%s</text>`+"\n", cx, math.Min(yhi, float64(plotY+plotH)-h)-3, html.EscapeString(label))
-		}
-		p(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", plotX, plotY+plotH, plotX+plotW, plotY+plotH)
-	}
-	p("</svg>\n")
-	return b.String()
-}
-
-func niceStep(x float64) float64 {
-	if x <= 0 {
-		return 1
-	}
-	e := math.Pow(10, math.Floor(math.Log10(x)))
-	for _, m := range []float64{1, 2, 2.5, 5, 10} {
-		if m*e >= x {
-			return m * e
-		}
-	}
-	return 10 * e
-}
-
-func axisLabel(v float64) string {
-	switch {
-	case v >= 1e6:
-		return strconv.FormatFloat(v/1e6, 'f', -1, 64) + "M"
-	case v >= 1e3:
-		return strconv.FormatFloat(v/1e3, 'f', -1, 64) + "k"
-	}
-	return strconv.FormatFloat(v, 'f', -1, 64)
-}
-
-func shortValue(v float64) string {
-	if v >= 1e3 {
-		return fmt.Sprintf("%.1fk", v/1e3)
-	}
-	return fmt.Sprintf("%.0f", v)
 }
