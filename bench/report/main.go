@@ -606,9 +606,8 @@ func writeMarkdown(md *strings.Builder, res results) {
 		p("Counted with `perf stat` in separate runs (tracing costs a little, so these runs are not the table's): each server runs under perf from start to exit, so every thread counts, filling its export, then serving one fio run without ramp; the divisor is the requests of that run (the fill adds under 1%% to the syscalls). socket rd/wr: read, readv, recvfrom, recvmsg / write, writev, sendto, sendmsg; file: pread64, pwrite64, preadv(2), pwritev(2), lseek; wait: epoll_wait, epoll_pwait, poll, ppoll; futex; all: every syscall. ctxsw: context switches per request. IOPS: fio's, under tracing.\n\n")
 		p("| workload | server | IOPS | all | socket rd | socket wr | file | futex | wait | other | ctxsw |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, c := range census {
-			p("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
-				wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
-				c.PerIO["all"], c.PerIO["sock_read"], c.PerIO["sock_write"], c.PerIO["file"], c.PerIO["futex"], c.PerIO["wait"], c.PerIO["other"], c.PerIO["ctxsw"])
+			p("| %s | %s | %s |%s\n", wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
+				perIOCells(c.PerIO, "all", "sock_read", "sock_write", "file", "futex", "wait", "other", "ctxsw"))
 		}
 		p("\n")
 	}
@@ -626,11 +625,20 @@ func writeMarkdown(md *strings.Builder, res results) {
 		p("bench/profile serves the embedded default configuration (no metrics) and profiles one fio run; full listings in profile/*.top.txt, CPU profiles in profile/*.cpu.pprof (open with `go tool pprof`). Socket reads and writes are read/write syscalls from /proc/self/io, context switches from getrusage (both exact); syscalls and futex from perf attached for the run (a lower bound). IOPS are under profiling and tracing, lower than the table's.\n\n")
 		p("| workload | IOPS | CPU µs/req | syscalls/req | socket rd/req | socket wr/req | futex/req | ctxsw/req | allocs/req | bytes alloc/req | GC cycles |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, pr := range prof {
-			p("| %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %d |\n",
-				wlByName(pr.Workload).Label, fmtValue(wlByName(pr.Workload), pr.IOPS), pr.CPUUs, pr.PerIO["all"], pr.PerIO["sock_read"], pr.PerIO["sock_write"], pr.PerIO["futex"], pr.PerIO["ctxsw"], pr.AllocsPerIO, pr.BytesPerIO, pr.GCCycles)
+			p("| %s | %s | %.1f |%s %.2f | %.0f | %d |\n", wlByName(pr.Workload).Label, fmtValue(wlByName(pr.Workload), pr.IOPS), pr.CPUUs,
+				perIOCells(pr.PerIO, "all", "sock_read", "sock_write", "futex", "ctxsw"), pr.AllocsPerIO, pr.BytesPerIO, pr.GCCycles)
 		}
 		p("\n")
 	}
+}
+
+// perIOCells prints the per-request counts of keys as table cells.
+func perIOCells(perIO map[string]float64, keys ...string) string {
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %.2f |", perIO[k])
+	}
+	return b.String()
 }
 
 func table(md *strings.Builder, rows []workload, cols []server, cells []Cell, f func(workload, *Cell) string) {
