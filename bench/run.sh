@@ -2,7 +2,8 @@
 # bench/run.sh — stackd against its peers under fio, side by side.
 #
 #   bench/run.sh                                  # full run, ~23 minutes
-#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # smoke run, ~8 minutes
+#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # short run, ~8 minutes
+#   BENCH_SMOKE=1 bench/run.sh                    # smoke run, ~4 minutes
 #
 # One command reproduces bench/results/: it builds stackd, the go-nbd peer
 # (bench/gonbd-server) and the profiling harness (bench/profile), starts
@@ -37,6 +38,12 @@
 # and says which run against the delayed twins and in which phases.
 #
 # Environment (all optional):
+#   BENCH_SMOKE=0        1 checks the scripts end to end, not the servers:
+#                        the knobs below that are unset default to their
+#                        shortest (1 s runs, one repetition, 64 MiB
+#                        exports, no waiting for a quiet machine, no
+#                        retries) and the results go to a new directory
+#                        under /tmp, never to bench/results
 #   BENCH_RUNTIME=5      seconds measured per fio run (after the ramp)
 #   BENCH_RAMP=1         seconds of ramp-up per run, not measured
 #   BENCH_REPS=3         repetitions per (workload, server); the table is
@@ -71,6 +78,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
+	: "${BENCH_RUNTIME:=1}" "${BENCH_RAMP:=1}" "${BENCH_REPS:=1}" "${BENCH_SIZE_MIB:=64}"
+	: "${BENCH_MEM_RUNTIME:=2}" "${BENCH_PROFILE_RUNTIME:=2}"
+	: "${BENCH_QUIET_START:=0}" "${BENCH_QUIET_BUDGET:=0}" "${BENCH_RETRIES:=0}"
+	: "${BENCH_OUT:=$(mktemp -d /tmp/stackd-bench-smoke.XXXXXX)}"
+fi
 RUNTIME=${BENCH_RUNTIME:-5}
 RAMP=${BENCH_RAMP:-1}
 REPS=${BENCH_REPS:-3}
