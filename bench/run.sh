@@ -281,7 +281,7 @@ run_one() {
 	local rep=$1 wl=$2 srv=$3 inst=$4 attempt
 	for attempt in $(seq 0 "$RETRIES"); do
 		measure "$@" "$attempt" && return 0
-		if ((RETRY_BUDGET <= 0)); then
+		if ((attempt == RETRIES || RETRY_BUDGET <= 0)); then
 			# measure logged the run as disturbed; count it after all.
 			sed -i '$ s/\tdisturbed\t/\tok\t/' "$RUNS"
 			return 0
@@ -289,7 +289,6 @@ run_one() {
 		RETRY_BUDGET=$((RETRY_BUDGET - 1))
 		log "$wl on $inst disturbed by other load; running it again"
 	done
-	sed -i '$ s/\tdisturbed\t/\tok\t/' "$RUNS"
 }
 
 # measure REP WORKLOAD SERVER INSTANCE ATTEMPT runs fio once; it fails if
