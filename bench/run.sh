@@ -137,7 +137,12 @@ log "building stackd, gonbd-server, profile and report (from the current tree)"
 	&& go build -o "$BIN/profile" ./bench/profile \
 	&& go build -o "$BIN/report" ./bench/report)
 REVISION=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(cd "$ROOT" && git status --porcelain -- cmd nbd stack targets bioset configs go.mod 2>/dev/null | wc -l)
+# Outside a git checkout (a copy of the tree) both are unknown, not fatal.
+if DIRTY=$(cd "$ROOT" && git status --porcelain -- cmd nbd stack targets bioset configs go.mod 2>/dev/null); then
+	DIRTY=$(printf '%s' "$DIRTY" | grep -c '^' || true)
+else
+	DIRTY=unknown
+fi
 
 # -------------------------------------------------------------- servers ---
 
