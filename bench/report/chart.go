@@ -49,9 +49,6 @@ func chart(cells []Cell, meta map[string]string) ([]byte, error) {
 	plot.DefaultFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
 	cols := activeServers(cells)
 	rows := activeWorkloads(cells)
-	if len(cols) == 0 || len(rows) == 0 {
-		return nil, fmt.Errorf("no cells to draw")
-	}
 	nrows := (len(rows) + chartPerRow - 1) / chartPerRow
 	w := vg.Length(chartWidth)
 	h := vg.Length(chartTitleH+chartLegendH+chartFootH+2*chartMargin) + vg.Length(nrows*chartPanelH)

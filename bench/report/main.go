@@ -21,9 +21,11 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"image/color"
+	"io/fs"
 	"log"
 	"math"
 	"os"
@@ -286,12 +288,8 @@ func main() {
 	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	svg, err := chart(res.Cells, res.Meta)
-	if err != nil {
+	if err := writeChart(filepath.Join(*out, "chart.svg"), res); err != nil {
 		log.Fatalf("report: chart: %v", err)
-	}
-	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), svg, 0o644); err != nil {
-		log.Fatalf("report: %v", err)
 	}
 	b, err := json.MarshalIndent(res, "", " ")
 	if err != nil {
@@ -300,6 +298,24 @@ func main() {
 	if err := os.WriteFile(filepath.Join(*out, "results.json"), append(b, '\n'), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
+}
+
+// writeChart draws the chart to path. With no run that succeeded there is
+// nothing to draw: the tables say so, results.json keeps the failed runs,
+// and an older chart is removed rather than left to pass for this one.
+func writeChart(path string, res results) error {
+	if len(res.Cells) == 0 {
+		log.Print("report: no run succeeded, so no chart")
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	svg, err := chart(res.Cells, res.Meta)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, svg, 0o644)
 }
 
 // results is what results.json holds, and all that the tables and the
