@@ -20,7 +20,8 @@ type Spec struct {
 	Kind string
 
 	// split: requests longer than MaxBytes are cut into pieces of at most
-	// MaxBytes, and no piece crosses a multiple of Boundary (0: none).
+	// MaxBytes, and no piece crosses a multiple of Boundary (0: none);
+	// BLOCK_STATUS is passed whole (see Split for why).
 	MaxBytes uint64
 	Boundary uint64
 

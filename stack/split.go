@@ -11,6 +11,14 @@ import (
 // front piece to a child, which goes down first, and the remainder is
 // requeued to the split itself. Each pass allocates one child, so the split
 // never holds more than one unsubmitted child of its own.
+//
+// BLOCK_STATUS is not cut at all. It reads no data and changes none, so
+// neither limit concerns it (max_bytes bounds the buffer a bio pins,
+// boundary is an alignment lower layers may rely on for what touches the
+// data), and every layer answers any range by its own geometry. Cutting
+// it would only spread its result slots over the pieces, and the answer
+// would end at the first piece that ran short of them: through a 1 MiB
+// split, mapping an empty gigabyte took thousands of requests.
 type Split struct {
 	layer
 	leg      Device
@@ -43,7 +51,7 @@ func (sp *Split) frontLen(off, n uint64) uint64 {
 
 // Submit implements bioset.Queue.
 func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
-	if !b.Op.HasRange() {
+	if !b.Op.HasRange() || b.Op == bioset.OpBlockStatus {
 		remap(s, b, sp.leg, b.Offset)
 		return
 	}
@@ -52,25 +60,8 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		remap(s, b, sp.leg, b.Offset)
 		return
 	}
-	var window []bioset.Extent
-	if b.Op == bioset.OpBlockStatus {
-		// Give the front piece its share of the result slots: one slot
-		// per remaining piece, or all that are left if there are fewer.
-		pieces := 1 + (b.Length-n+sp.maxBytes-1)/sp.maxBytes
-		w := max(1, uint64(len(b.Extents))/pieces)
-		window = b.Extents[:w:w]
-		b.Extents = b.Extents[w:]
-	}
 	front := sp.pool.Split(s, b, n)
 	front.Dev = sp.leg
-	front.Extents = window
-	if b.Op == bioset.OpBlockStatus && len(b.Extents) == 0 {
-		// No slots left for the rest: the reply will cover less than
-		// was asked, which NBD allows. Drop the remainder.
-		s.Submit(front)
-		b.End(nil)
-		return
-	}
 	// The remainder goes back to this layer: the Submitter runs the front
 	// (for a lower device) first, then comes back for the next piece. It
 	// is addressed to the split itself rather than to whatever wrapper it
