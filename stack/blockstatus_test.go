@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"fmt"
 	"slices"
 	"testing"
 
@@ -240,6 +241,56 @@ func TestBlockStatusFewSlots(t *testing.T) {
 		if slots == 16 && !slices.Equal(got, want) {
 			t.Fatalf("%d slots: answer %v, want %v", slots, got, want)
 		}
+	}
+}
+
+// TestNoPayloadOpsWhole: TRIM, WRITE_ZEROES and CACHE of NBD's largest
+// length (4 GiB - 64 KiB here) and a BLOCK_STATUS of the same reach each
+// RAM leg of the default shape as one bio, not one per 1 MiB: max_bytes
+// limits payloads. With a boundary, the split still cuts the first three
+// there, and BLOCK_STATUS still goes whole.
+func TestNoPayloadOpsWhole(t *testing.T) {
+	const n = 4*gib - 64*kib
+	for _, boundary := range []uint64{0, 256 * mib} {
+		t.Run(fmt.Sprintf("boundary=%d", boundary), func(t *testing.T) {
+			st, err := Build("bs", defaultShape(gib, boundary))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			var s bioset.Submitter
+			for _, op := range []bioset.Op{bioset.OpTrim, bioset.OpWriteZeroes, bioset.OpCache, bioset.OpBlockStatus} {
+				var slots []bioset.Extent
+				if op == bioset.OpBlockStatus {
+					slots = make([]bioset.Extent, replySlots)
+				}
+				if err := request(t, &s, st.Root, op, 0, 0, n, nil, slots); err != nil {
+					t.Fatalf("%v: %v", op, err)
+				}
+				// Per leg: one bio, or one per piece the boundary cuts
+				// (each piece spans every leg).
+				want := uint64(1)
+				if boundary != 0 && op != bioset.OpBlockStatus {
+					want = (n + boundary - 1) / boundary
+				}
+				var bytes uint64
+				for _, nd := range st.Nodes {
+					if nd.Kind != KindMemory {
+						continue
+					}
+					if got := nd.Stats.Requests(op); got != want {
+						t.Errorf("%v: %s got %d bios, want %d", op, nd.Path, got, want)
+					}
+					bytes += nd.Stats.Bytes(op)
+				}
+				if bytes != n {
+					t.Errorf("%v: the legs got %d bytes in all, want %d", op, bytes, uint64(n))
+				}
+				if op == bioset.OpBlockStatus && (slots[0] != bioset.Extent{Offset: 0, Length: n, Flags: holeZero}) {
+					t.Errorf("block status: %v, want one hole of %d bytes", slots[:2], uint64(n))
+				}
+			}
+		})
 	}
 }
 
