@@ -19,8 +19,10 @@
 #   AB_NEW             revision to measure instead of the working tree
 #   AB_RUNTIME=4       seconds measured per fio run (after a 1 s ramp)
 #   AB_REPS=5          repetitions per (workload, build)
-#   AB_WORKLOADS       subset of: rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32
-#                      sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn
+#   AB_WORKLOADS       subset of the workloads in bench/workloads.tsv
+#                      (default: those that run against every server; the
+#                      delayed ones need delayed twins, which ab.sh does
+#                      not start)
 #   AB_BASE_ENV, AB_NEW_ENV
 #                      environment for each build's process, e.g.
 #                      AB_BASE=HEAD AB_NEW_ENV=GOMAXPROCS=1 compares a
@@ -34,28 +36,23 @@ BASE=${AB_BASE:-HEAD}
 NEW=${AB_NEW:-}
 RUNTIME=${AB_RUNTIME:-4}
 REPS=${AB_REPS:-5}
-WORKLOADS=${AB_WORKLOADS:-rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn}
+WORKLOADS=${AB_WORKLOADS:-$(workload_names servers all)}
 SIZE_MIB=1024
 
-for tool in go fio nbdinfo jq git; do
-	command -v "$tool" >/dev/null || { echo "ab.sh: $tool not found" >&2; exit 2; }
-done
+need_tools go fio nbdinfo jq git
+# shellcheck disable=SC2086 # a list of words
+check_workloads $WORKLOADS
 
 WORK=$(mktemp -d /dev/shm/stackd-ab.XXXXXX)
 declare -A PID=()
 cleanup() {
-	local b
-	for b in "${!PID[@]}"; do
-		kill -TERM "${PID[$b]}" 2>/dev/null || true
-		wait "${PID[$b]}" 2>/dev/null || true
-	done
+	stop_all
 	git -C "$ROOT" worktree remove --force "$WORK/base-src" 2>/dev/null || true
 	git -C "$ROOT" worktree remove --force "$WORK/new-src" 2>/dev/null || true
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 log "building base ($BASE) and new (${NEW:-working tree})"
 git -C "$ROOT" worktree add --detach "$WORK/base-src" "$BASE" >/dev/null 2>&1
@@ -67,24 +64,14 @@ if [[ -n $NEW ]]; then
 fi
 (cd "$NEW_SRC" && go build -o "$WORK/stackd-new" ./cmd/stackd)
 
-sock() { echo "$WORK/$1.sock"; }
-uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }
-
 start() {
-	local b=$1 leg=$((SIZE_MIB / 4)) i
-	{
-		printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack:\n' "$(sock "$b")"
-		printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
-		for i in 1 2 3 4; do printf '              - memory: {size: %dMiB}\n' "$leg"; done
-	} >"$WORK/$b.yaml"
-	local envvar=AB_${b^^}_ENV
+	local b=$1 envvar=AB_${1^^}_ENV
+	stackd_config "$(sock "$b")" "$(default_stack "$SIZE_MIB")" >"$WORK/$b.yaml"
+	# shellcheck disable=SC2086 # VAR=VALUE words for env
 	env ${!envvar:-} "$WORK/stackd-$b" serve -config "$WORK/$b.yaml" -log-level warn >"$WORK/$b.log" 2>&1 &
 	PID[$b]=$!
-	for _ in $(seq 100); do
-		nbdinfo --size "$(uri "$b")" >/dev/null 2>&1 && break
-		sleep 0.1
-	done
-	fio --name=prefill --ioengine=nbd --uri="$(uri "$b")" --rw=write --bs=1M --iodepth=8 >/dev/null
+	wait_ready "$b"
+	prefill "$(uri "$b")"
 }
 
 CLK_TCK=$(getconf CLK_TCK)
@@ -94,19 +81,17 @@ RESULTS=$WORK/results.tsv
 # measure WORKLOAD BUILD appends "workload build rate cpu_us_per_request".
 measure() {
 	local wl=$1 b=$2 c0 c1 fpid
-	fio --name="$wl" --ioengine=nbd --uri="$(uri "$b")" $(fio_args "$wl") \
-		--time_based --runtime="$RUNTIME" --ramp_time=1 \
-		--norandommap --randrepeat=0 --group_reporting \
-		--output-format=json --output="$WORK/out.json" >/dev/null &
+	fio_run "$wl" "$(uri "$b")" "$RUNTIME" 1 "$WORK/out.json" >/dev/null &
 	fpid=$!
 	sleep 1
 	c0=$(cpu_ticks "${PID[$b]}")
 	wait "$fpid"
 	c1=$(cpu_ticks "${PID[$b]}")
-	jq -r --arg wl "$wl" --arg b "$b" --argjson cpu $((c1 - c0)) --argjson clk "$CLK_TCK" '
+	jq -r --arg wl "$wl" --arg b "$b" --arg unit "$(workload_field "$wl" unit)" \
+		--argjson cpu $((c1 - c0)) --argjson clk "$CLK_TCK" '
 		.jobs[0] as $j
 		| ($j.read.total_ios + $j.write.total_ios) as $n
-		| (if ($wl | startswith("s")) then ($j.read.bw_bytes + $j.write.bw_bytes) / 1e6
+		| (if $unit == "mbps" then ($j.read.bw_bytes + $j.write.bw_bytes) / 1e6
 		   else $j.read.iops + $j.write.iops end) as $rate
 		| "\($wl)\t\($b)\t\($rate)\t\(if $n > 0 then $cpu / $clk * 1e6 / $n else 0 end)"' \
 		"$WORK/out.json" | tee -a "$RESULTS" | awk -F'\t' '{ printf "  %s %-4s %10.0f %8.1fus/req\n", $1, $2, $3, $4 }' >&2

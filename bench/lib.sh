@@ -1,19 +1,142 @@
-# Shell functions bench/run.sh and bench/ab.sh share: the fio workloads
-# both run, and how both read a server's CPU time. Sourced, not run.
+# Shell functions bench/run.sh and bench/ab.sh share: the fio workloads of
+# bench/workloads.tsv, the default stack's configuration, starting and
+# stopping servers, and how both read a server's CPU time. Sourced, not run.
+#
+# The functions that name a server use the caller's WORK (its scratch
+# directory: NAME's socket is WORK/NAME.sock, its log WORK/NAME.log) and
+# PID (an associative array: NAME's process id).
 
-# fio_args WORKLOAD prints the workload's fio options.
-fio_args() {
-	case $1 in
-	rr4k-qd1) echo "--rw=randread --bs=4k --iodepth=1" ;;
-	rr4k-qd32) echo "--rw=randread --bs=4k --iodepth=32" ;;
-	rw4k-qd1) echo "--rw=randwrite --bs=4k --iodepth=1" ;;
-	rw4k-qd32) echo "--rw=randwrite --bs=4k --iodepth=32" ;;
-	sr1m-qd8) echo "--rw=read --bs=1M --iodepth=8" ;;
-	sw1m-qd8) echo "--rw=write --bs=1M --iodepth=8" ;;
-	rr4k-qd32-4conn) echo "--rw=randread --bs=4k --iodepth=32 --numjobs=4" ;;
-	rr4k-qd32-1ms) echo "--rw=randread --bs=4k --iodepth=32" ;;
-	*) echo "bench: unknown workload $1" >&2; exit 2 ;;
-	esac
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORKLOADS_FILE=$BENCH_DIR/workloads.tsv
+BENCH_SCRIPT=${0##*/}
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# need_tools TOOL... exits if a tool is not on PATH.
+need_tools() {
+	local tool
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null || { echo "$BENCH_SCRIPT: $tool not found" >&2; exit 2; }
+	done
+}
+
+# workloads_awk PROGRAM [AWK-OPTION...] runs the awk PROGRAM over the
+# workloads of workloads.tsv, one a record, with idx[COLUMN] set to the
+# number of COLUMN's field.
+workloads_awk() {
+	local program=$1
+	shift
+	awk -F'\t' "$@" '
+		/^#/ || NF == 0 { next }
+		!head { for (i = 1; i <= NF; i++) idx[$i] = i; head = 1; next }
+		'"$program" "$WORKLOADS_FILE"
+}
+
+# workload_names [COLUMN WORD] prints the names of the workloads in
+# workloads.tsv, in its order, on one line; with COLUMN and WORD, only those
+# whose COLUMN holds WORD.
+workload_names() {
+	workloads_awk '
+		col == "" || index(" " $idx[col] " ", " " word " ") { printf "%s%s", sep, $1; sep = " " }
+		END { print "" }' -v col="${1:-}" -v word="${2:-}"
+}
+
+# workload_field NAME COLUMN prints one field of a workload in workloads.tsv
+# ("" for "-"); it fails for a workload or column the file lacks.
+workload_field() {
+	workloads_awk '
+		$1 == name && col in idx { v = $idx[col]; print (v == "-" ? "" : v); found = 1; exit }
+		END { if (!found) exit 1 }' -v name="$1" -v col="$2" && return 0
+	echo "$BENCH_SCRIPT: no workload $1 with a column $2 in $WORKLOADS_FILE" >&2
+	return 1
+}
+
+# check_workloads NAME... exits unless every NAME is in workloads.tsv, so
+# that a misspelt BENCH_WORKLOADS fails before anything is measured.
+check_workloads() {
+	local wl
+	for wl in "$@"; do
+		workload_field "$wl" name >/dev/null || exit 2
+	done
+}
+
+# fio_run WORKLOAD URI RUNTIME RAMP JSON runs WORKLOAD's fio job against
+# URI for RAMP (not measured) plus RUNTIME seconds and writes fio's JSON
+# report to JSON.
+fio_run() {
+	local opts
+	opts=$(workload_field "$1" fio) || return 2
+	# shellcheck disable=SC2086 # the options are words
+	fio --name="$1" --ioengine=nbd --uri="$2" $opts \
+		--time_based --runtime="$3" --ramp_time="$4" \
+		--norandommap --randrepeat=0 --group_reporting \
+		--output-format=json --output="$5"
+}
+
+# prefill URI writes the whole export once, so that reads hit data and no
+# server is measured reading holes.
+prefill() {
+	fio --name=prefill --ioengine=nbd --uri="$1" --rw=write --bs=1M --iodepth=8 >/dev/null
+}
+
+# stackd_config SOCKET STACK-YAML prints a stackd configuration that serves
+# STACK-YAML (the value of `stack:`, indented by 6) as export "default" on a
+# unix socket, without metrics. It holds only keys that every revision of
+# stackd knows, because ab.sh serves it from old builds too.
+stackd_config() {
+	printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack:\n%s\n' "$1" "$2"
+}
+
+# default_stack SIZE-MIB [LEAF-SETTINGS] prints the default stack, for
+# stackd_config: split 1 MiB -> stripe 64 KiB x 4 -> memory, SIZE-MIB in
+# all; LEAF-SETTINGS is added to every memory leaf, e.g. ", delay: 1ms".
+default_stack() {
+	local leg=$(($1 / 4)) i
+	printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
+	for i in 1 2 3 4; do
+		printf '              - memory: {size: %dMiB%s}\n' "$leg" "${2:-}"
+	done
+}
+
+sock() { echo "$WORK/$1.sock"; }
+uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }
+
+# wait_ready NAME waits until server NAME answers on its socket; it exits,
+# with the server's log, if the server dies or does not answer in 20 s.
+wait_ready() {
+	local name=$1
+	for _ in $(seq 200); do
+		if ! kill -0 "${PID[$name]}" 2>/dev/null; then
+			echo "$BENCH_SCRIPT: $name exited during start:" >&2
+			cat "$WORK/$name.log" >&2
+			exit 1
+		fi
+		nbdinfo --size "$(uri "$name")" >/dev/null 2>&1 && return 0
+		sleep 0.1
+	done
+	echo "$BENCH_SCRIPT: $name does not answer on $(sock "$name")" >&2
+	exit 1
+}
+
+# stop_pid PID ends a process: SIGTERM, then SIGKILL if it is still there
+# after 5 s.
+stop_pid() {
+	local pid=$1
+	kill -TERM "$pid" 2>/dev/null || return 0
+	for _ in $(seq 50); do
+		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+		sleep 0.1
+	done
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+# stop_all stops every server in PID.
+stop_all() {
+	local name
+	for name in "${!PID[@]}"; do
+		stop_pid "${PID[$name]}"
+	done
 }
 
 # cpu_ticks PID prints the process's user+system CPU time in clock ticks.

@@ -2,7 +2,8 @@
 # bench/run.sh — stackd against its peers under fio, side by side.
 #
 #   bench/run.sh                                  # full run, ~23 minutes
-#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # smoke run, ~8 minutes
+#   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # short run, ~8 minutes
+#   BENCH_SMOKE=1 bench/run.sh                    # smoke run, ~4 minutes
 #
 # One command reproduces bench/results/: it builds stackd, the go-nbd peer
 # (bench/gonbd-server) and the profiling harness (bench/profile), starts
@@ -27,25 +28,30 @@
 #   qemu-nbd        qemu-nbd -f raw -e 0 -t on a tmpfs file (defaults:
 #                   --cache=writeback, --aio=threads)
 #   go-nbd          bench/gonbd-server: go-nbd's server.Handle + memory backend
-# The 1 ms workload runs against delayed twins of three of them:
+# The workloads that workloads.tsv marks `delayed` (the 1 ms leg) run
+# against delayed twins of three of them:
 #   stackd-default with `delay: 1ms` on its four memory leaves, nbdkit
 #   memory under --filter=delay (delay-read=1ms delay-write=1ms), and
 #   gonbd-server -delay 1ms. The other columns are n/a for that row.
 #
-# Workloads (rows): 4 KiB randread and randwrite at qd1 and qd32; 1 MiB
-# sequential read and write at qd8; 4 KiB randread qd32 over 4 connections
-# (fio numjobs=4); 4 KiB randread qd32 against the 1 ms legs.
+# Workloads (rows): bench/workloads.tsv names them, gives their fio options
+# and says which run against the delayed twins and in which phases.
 #
 # Environment (all optional):
+#   BENCH_SMOKE=0        1 checks the scripts end to end, not the servers:
+#                        the knobs below that are unset default to their
+#                        shortest (1 s runs, one repetition, 64 MiB
+#                        exports, no waiting for a quiet machine, no
+#                        retries) and the results go to a new directory
+#                        under /tmp, never to bench/results
 #   BENCH_RUNTIME=5      seconds measured per fio run (after the ramp)
 #   BENCH_RAMP=1         seconds of ramp-up per run, not measured
 #   BENCH_REPS=3         repetitions per (workload, server); the table is
 #                        their median
 #   BENCH_SIZE_MIB=1024  export size (a multiple of 4)
 #   BENCH_SERVERS        space-separated subset of the servers above
-#   BENCH_WORKLOADS      space-separated subset of: rr4k-qd1 rr4k-qd32
-#                        rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8
-#                        rr4k-qd32-4conn rr4k-qd32-1ms
+#   BENCH_WORKLOADS      space-separated subset of the workloads in
+#                        bench/workloads.tsv (default: all of them)
 #   BENCH_MEMORY=1       0 skips the peak-RSS measurement
 #   BENCH_MEM_RUNTIME=10 seconds of the 64-connection write storm
 #   BENCH_CENSUS=1       0 skips the syscall census (needs perf)
@@ -72,6 +78,12 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=bench/lib.sh
 source "$ROOT/bench/lib.sh"
+if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
+	: "${BENCH_RUNTIME:=1}" "${BENCH_RAMP:=1}" "${BENCH_REPS:=1}" "${BENCH_SIZE_MIB:=64}"
+	: "${BENCH_MEM_RUNTIME:=2}" "${BENCH_PROFILE_RUNTIME:=2}"
+	: "${BENCH_QUIET_START:=0}" "${BENCH_QUIET_BUDGET:=0}" "${BENCH_RETRIES:=0}"
+	: "${BENCH_OUT:=$(mktemp -d /tmp/stackd-bench-smoke.XXXXXX)}"
+fi
 RUNTIME=${BENCH_RUNTIME:-5}
 RAMP=${BENCH_RAMP:-1}
 REPS=${BENCH_REPS:-3}
@@ -87,9 +99,8 @@ RETRIES=${BENCH_RETRIES:-2}
 RETRY_BUDGET=${BENCH_RETRY_BUDGET:-20}
 QUIET_BUDGET=${BENCH_QUIET_BUDGET:-300}
 ALL_SERVERS="stackd-default stackd-default-p1 stackd-memory stackd-file nbdkit-memory nbdkit-file qemu-nbd go-nbd"
-ALL_WORKLOADS="rr4k-qd1 rr4k-qd32 rw4k-qd1 rw4k-qd32 sr1m-qd8 sw1m-qd8 rr4k-qd32-4conn rr4k-qd32-1ms"
 SERVERS=${BENCH_SERVERS:-$ALL_SERVERS}
-WORKLOADS=${BENCH_WORKLOADS:-$ALL_WORKLOADS}
+WORKLOADS=${BENCH_WORKLOADS:-$(workload_names)}
 # The payload budget stackd runs with; the default, written out so the
 # memory measurement states what it is measured against.
 PAYLOAD_BUDGET=256MiB
@@ -98,9 +109,9 @@ if (( SIZE_MIB % 4 != 0 )); then
 	echo "BENCH_SIZE_MIB must be a multiple of 4" >&2
 	exit 2
 fi
-for tool in go fio nbdkit qemu-nbd nbdinfo; do
-	command -v "$tool" >/dev/null || { echo "run.sh: $tool not found" >&2; exit 2; }
-done
+need_tools go fio nbdkit qemu-nbd nbdinfo
+# shellcheck disable=SC2086 # a list of words
+check_workloads $WORKLOADS
 
 WORK=$(mktemp -d /dev/shm/stackd-bench.XXXXXX)
 BIN=$WORK/bin
@@ -111,24 +122,8 @@ declare -A PID=()
 CLK_TCK=$(getconf CLK_TCK)
 NCPU=$(nproc)
 
-log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-
-stop_pid() {
-	local pid=$1
-	kill -TERM "$pid" 2>/dev/null || return 0
-	for _ in $(seq 50); do
-		kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-		sleep 0.1
-	done
-	kill -KILL "$pid" 2>/dev/null || true
-	wait "$pid" 2>/dev/null || true
-}
-
 cleanup() {
-	local name
-	for name in "${!PID[@]}"; do
-		stop_pid "${PID[$name]}"
-	done
+	stop_all
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -142,35 +137,22 @@ log "building stackd, gonbd-server, profile and report (from the current tree)"
 	&& go build -o "$BIN/profile" ./bench/profile \
 	&& go build -o "$BIN/report" ./bench/report)
 REVISION=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
-DIRTY=$(cd "$ROOT" && git status --porcelain -- cmd nbd stack targets bioset configs go.mod 2>/dev/null | wc -l)
+# Outside a git checkout (a copy of the tree) both are unknown, not fatal.
+if DIRTY=$(cd "$ROOT" && git status --porcelain -- cmd nbd stack targets bioset configs go.mod 2>/dev/null); then
+	DIRTY=$(printf '%s' "$DIRTY" | grep -c '^' || true)
+else
+	DIRTY=unknown
+fi
 
 # -------------------------------------------------------------- servers ---
 
-sock() { echo "$WORK/$1.sock"; }
-uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }
-
-# stackd_config NAME STACK-YAML writes a bench config serving STACK-YAML
-# (the value of `stack:`, indented by 6) as export "default" on NAME's socket.
-stackd_config() {
-	cat >"$WORK/$1.yaml" <<-EOF
-	listen:
-	  - unix: $(sock "$1")
-	metrics: {address: off}
-	limits:
-	  payload_budget: $PAYLOAD_BUDGET
-	exports:
-	  - name: default
-	    stack:
-	$2
-	EOF
-}
-
-default_stack() { # $1: extra leaf settings, e.g. ", delay: 1ms"
-	local leg=$((SIZE_MIB / 4)) i
-	printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
-	for i in 1 2 3 4; do
-		printf '              - memory: {size: %dMiB%s}\n' "$leg" "$1"
-	done
+# config NAME STACK-YAML writes NAME's stackd configuration: STACK-YAML
+# served on NAME's socket, with the payload budget written out.
+config() {
+	{
+		stackd_config "$(sock "$1")" "$2"
+		printf 'limits:\n  payload_budget: %s\n' "$PAYLOAD_BUDGET"
+	} >"$WORK/$1.yaml"
 }
 
 # start NAME launches one server instance in the background, under the
@@ -182,14 +164,14 @@ start() {
 	rm -f "$s"
 	case $name in
 	stackd-default | stackd-default-p1)
-		stackd_config "$name" "$(default_stack "")" ;;
+		config "$name" "$(default_stack "$SIZE_MIB")" ;;
 	stackd-default-delay)
-		stackd_config "$name" "$(default_stack ", delay: 1ms")" ;;
+		config "$name" "$(default_stack "$SIZE_MIB" ", delay: 1ms")" ;;
 	stackd-memory)
-		stackd_config "$name" "      memory: {size: ${SIZE_MIB}MiB}" ;;
+		config "$name" "      memory: {size: ${SIZE_MIB}MiB}" ;;
 	stackd-file)
 		truncate -s "${SIZE_MIB}M" "$WORK/$name.img"
-		stackd_config "$name" "      file: {path: $WORK/$name.img, size: ${SIZE_MIB}MiB}" ;;
+		config "$name" "      file: {path: $WORK/$name.img, size: ${SIZE_MIB}MiB}" ;;
 	nbdkit-file | qemu-nbd)
 		truncate -s "${SIZE_MIB}M" "$WORK/$name.img" ;;
 	esac
@@ -217,21 +199,6 @@ start() {
 	wait_ready "$name"
 }
 
-wait_ready() {
-	local name=$1 i
-	for i in $(seq 200); do
-		if ! kill -0 "${PID[$name]}" 2>/dev/null; then
-			echo "run.sh: $name exited during start:" >&2
-			cat "$WORK/$name.log" >&2
-			exit 1
-		fi
-		nbdinfo --size "$(uri "$name")" >/dev/null 2>&1 && return 0
-		sleep 0.1
-	done
-	echo "run.sh: $name does not answer on $(sock "$name")" >&2
-	exit 1
-}
-
 stop() {
 	stop_pid "${PID[$1]}"
 	unset "PID[$1]"
@@ -255,7 +222,7 @@ stop_wrapped() {
 # instance WORKLOAD SERVER prints the server instance that runs WORKLOAD in
 # SERVER's column, or nothing if the pair is n/a.
 instance() {
-	if [[ $1 == *-1ms ]]; then
+	if [[ $(workload_field "$1" servers) == delayed ]]; then
 		case $2 in
 		stackd-default | nbdkit-memory | go-nbd) echo "$2-delay" ;;
 		esac
@@ -294,11 +261,6 @@ quiet_gate() {
 	done
 }
 
-prefill() {
-	fio --name=prefill --ioengine=nbd --uri="$(uri "$1")" --rw=write --bs=1M --iodepth=8 \
-		--output-format=json --output="$WORK/prefill-$1.json" >/dev/null
-}
-
 # ----------------------------------------------------------------- runs ---
 
 RUNS=$RAW/runs.tsv
@@ -324,7 +286,7 @@ run_one() {
 	local rep=$1 wl=$2 srv=$3 inst=$4 attempt
 	for attempt in $(seq 0 "$RETRIES"); do
 		measure "$@" "$attempt" && return 0
-		if ((RETRY_BUDGET <= 0)); then
+		if ((attempt == RETRIES || RETRY_BUDGET <= 0)); then
 			# measure logged the run as disturbed; count it after all.
 			sed -i '$ s/\tdisturbed\t/\tok\t/' "$RUNS"
 			return 0
@@ -332,7 +294,6 @@ run_one() {
 		RETRY_BUDGET=$((RETRY_BUDGET - 1))
 		log "$wl on $inst disturbed by other load; running it again"
 	done
-	sed -i '$ s/\tdisturbed\t/\tok\t/' "$RUNS"
 }
 
 # measure REP WORKLOAD SERVER INSTANCE ATTEMPT runs fio once; it fails if
@@ -344,10 +305,7 @@ measure() {
 	children_ms
 	f0=$CHILD_MS
 	# fio's ramp is not measured: sample the server's CPU time from its end.
-	fio --name="$wl" --ioengine=nbd --uri="$(uri "$inst")" $(fio_args "$wl") \
-		--time_based --runtime="$RUNTIME" --ramp_time="$RAMP" \
-		--norandommap --randrepeat=0 --group_reporting \
-		--output-format=json --output="$RAW/$file" >"$WORK/fio.log" 2>&1 &
+	fio_run "$wl" "$(uri "$inst")" "$RUNTIME" "$RAMP" "$RAW/$file" >"$WORK/fio.log" 2>&1 &
 	fpid=$!
 	sleep "$RAMP"
 	c0=$(cpu_ticks "${PID[$inst]}")
@@ -424,7 +382,7 @@ fi
 log "starting ${#instances[@]} servers and filling each export (${SIZE_MIB} MiB)"
 for inst in "${instances[@]}"; do
 	start "$inst"
-	prefill "$inst"
+	prefill "$(uri "$inst")"
 done
 
 total=0
@@ -461,8 +419,8 @@ done
 
 # ------------------------------------------------------- syscall census ---
 # perf counts each server's syscalls (by kind), context switches and CPU
-# time while fio runs 4k randread and randwrite at qd32. Tracing costs a
-# little, so these runs are separate from the table's.
+# time while fio runs the census workloads of workloads.tsv. Tracing costs
+# a little, so these runs are separate from the table's.
 
 events=
 if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/null 2>&1; then
@@ -475,11 +433,12 @@ if command -v perf >/dev/null && perf stat -e raw_syscalls:sys_enter true >/dev/
 		fi
 	done
 fi
+read -r -a census <<<"$(workload_names phases census)"
 if [[ $DO_CENSUS == 1 && -n $events ]]; then
-	log "syscall census: ${#servers[@]} servers x 2 workloads"
+	log "syscall census: ${#servers[@]} servers x ${#census[@]} workloads"
 	printf 'workload\tserver\tfile\tperf\n' >"$RAW/census.tsv"
 	for srv in "${servers[@]}"; do
-		for wl in rr4k-qd32 rw4k-qd32; do
+		for wl in "${census[@]}"; do
 			# perf stat runs the server from start to exit: counters of
 			# threads created after perf attaches to a running process
 			# would only be added when those threads exit, so attaching
@@ -489,10 +448,8 @@ if [[ $DO_CENSUS == 1 && -n $events ]]; then
 			WRAP=(perf stat -x, -e "$events" -o "$RAW/census.$wl.$srv.csv" --)
 			start "$srv"
 			WRAP=()
-			prefill "$srv"
-			fio --name="$wl" --ioengine=nbd --uri="$(uri "$srv")" $(fio_args "$wl") \
-				--time_based --runtime="$RUNTIME" --norandommap --randrepeat=0 --group_reporting \
-				--output-format=json --output="$RAW/census.$wl.$srv.json" >/dev/null 2>&1 \
+			prefill "$(uri "$srv")"
+			fio_run "$wl" "$(uri "$srv")" "$RUNTIME" 0 "$RAW/census.$wl.$srv.json" >/dev/null 2>&1 \
 				|| log "census: fio failed on $srv"
 			stop_wrapped "$srv"
 			rm -f "$WORK/$srv.img"
@@ -510,7 +467,7 @@ fi
 if [[ $DO_MEMORY == 1 ]]; then
 	log "memory: 64 connections x 128 x 1 MiB writes for ${MEM_RUNTIME}s against stackd-default"
 	start stackd-default
-	prefill stackd-default
+	prefill "$(uri stackd-default)"
 	pid=${PID[stackd-default]}
 	rss_before=$(awk '/^VmRSS/ {print $2}' "/proc/$pid/status")
 	hwm_before=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
@@ -551,7 +508,7 @@ fi
 if [[ $DO_PROFILE == 1 ]]; then
 	PROF=$OUT/profile
 	mkdir -p "$PROF"
-	for wl in rr4k-qd32 rw4k-qd32; do
+	for wl in $(workload_names phases profile); do
 		log "profile: stackd default stack, $wl, ${PROFILE_RUNTIME}s"
 		dir=$WORK/prof-$wl
 		mkdir -p "$dir"
@@ -559,12 +516,10 @@ if [[ $DO_PROFILE == 1 ]]; then
 		"$BIN/profile" -socket "$s" -out "$dir" >"$WORK/profile.log" 2>&1 &
 		PID[profile]=$!
 		wait_ready profile
-		prefill profile
+		prefill "$(uri profile)"
 		kill -USR1 "${PID[profile]}"
 		sleep 0.2
-		fio --name="$wl" --ioengine=nbd --uri="$(uri profile)" $(fio_args "$wl") \
-			--time_based --runtime="$PROFILE_RUNTIME" --norandommap --randrepeat=0 \
-			--group_reporting --output-format=json --output="$dir/fio.json" >/dev/null 2>&1 &
+		fio_run "$wl" "$(uri profile)" "$PROFILE_RUNTIME" 0 "$dir/fio.json" >/dev/null 2>&1 &
 		fpid=$!
 		if [[ -n $events ]]; then
 			perf stat -x, -e "$events" -p "${PID[profile]}" -o "$dir/perf.csv" -- sleep "$PROFILE_RUNTIME" 2>/dev/null || true
@@ -603,5 +558,5 @@ fi
 # --------------------------------------------------------------- report ---
 
 log "writing $OUT/results.md"
-"$BIN/report" -raw "$RAW" -out "$OUT"
+"$BIN/report" -workloads "$WORKLOADS_FILE" -raw "$RAW" -out "$OUT"
 log "done"

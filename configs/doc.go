@@ -17,7 +17,7 @@
 //	  max_connections_per_client: 64  # open connections from one IP
 //	                             # address (TCP) or peer uid (unix); 1 to
 //	                             # max_connections; default a quarter of
-//	                             # max_connections, at most 64
+//	                             # max_connections, 4 to 64
 //	  max_in_flight: 256         # requests per connection; at least 128
 //	  payload_budget: 256MiB     # payload bytes held by all connections
 //	                             # together; at least 32MiB
@@ -49,10 +49,12 @@
 // holds the kind's settings:
 //
 //	split:  {max_bytes, boundary, pool, leg}
-//	    Cuts requests into pieces of at most max_bytes (required, at least
-//	    512, a multiple of 512) that do not cross a multiple of boundary
-//	    (optional; 0, the default, for none; else a multiple of 512).
-//	    leg is exactly one stack node.
+//	    Cuts reads and writes into pieces of at most max_bytes (required,
+//	    at least 512, a multiple of 512) that do not cross a multiple of
+//	    boundary (optional; 0, the default, for none; else a multiple of
+//	    512). Trims, zeroes and cache requests carry no payload and are cut
+//	    at boundary only; block status passes whole. leg is exactly one
+//	    stack node.
 //	stripe: {chunk, pool, legs}
 //	    RAID0: chunk (required, a multiple of 512) bytes to each leg in
 //	    turn. legs is a list of at least 2 stack nodes of the same size,

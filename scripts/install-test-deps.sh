@@ -14,6 +14,9 @@ wanted=(
 	nbdkit:nbdkit
 	# promtool checks deploy/prometheus (metrics/deploy_test.go).
 	prometheus:promtool
+	# strace watches the file target fsync a new image and its directory
+	# (targets/file_test.go).
+	strace:strace
 )
 
 missing=()

@@ -19,8 +19,9 @@ const (
 type Spec struct {
 	Kind string
 
-	// split: requests longer than MaxBytes are cut into pieces of at most
-	// MaxBytes, and no piece crosses a multiple of Boundary (0: none).
+	// split: READ and WRITE longer than MaxBytes are cut into pieces of
+	// at most MaxBytes, and no piece of any op but BLOCK_STATUS crosses a
+	// multiple of Boundary (0: none). See Split for why.
 	MaxBytes uint64
 	Boundary uint64
 

@@ -2,7 +2,14 @@
 // table: results.md (Markdown), chart.svg (IOPS per server and workload)
 // and results.json (every run, summarised, plus the medians).
 //
-//	report -raw bench/results/raw -out bench/results
+//	report [-workloads bench/workloads.tsv] -raw bench/results/raw -out bench/results
+//	report [-workloads bench/workloads.tsv] -from bench/results/results.json -out DIR
+//
+// The rows, their labels and the goals come from bench/workloads.tsv, the
+// file run.sh and ab.sh take the fio options from. The raw output is not
+// committed, so -from renders again from a results.json that report wrote:
+// its runs, census, memory and profile summaries are all the tables and
+// the chart need.
 //
 // Each cell of the table is the median over the repetitions of one
 // (workload, server) pair: IOPS for 4 KiB workloads, MB/s (10^6 bytes per
@@ -14,9 +21,11 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"html"
+	"image/color"
+	"io/fs"
 	"log"
 	"math"
 	"os"
@@ -27,22 +36,49 @@ import (
 	"strings"
 )
 
-// workload describes a row of the table.
+// workload describes a row of the table: a line of bench/workloads.tsv.
 type workload struct {
 	Name  string
 	Label string
 	MBps  bool // report MB/s instead of IOPS
+	// Versus is the server whose throughput the default stack's goal is a
+	// ratio to, and Goal that ratio, at least; "" and 0 for no goal.
+	Versus string
+	Goal   float64
 }
 
-var workloads = []workload{
-	{"rr4k-qd1", "4 KiB randread qd1", false},
-	{"rr4k-qd32", "4 KiB randread qd32", false},
-	{"rw4k-qd1", "4 KiB randwrite qd1", false},
-	{"rw4k-qd32", "4 KiB randwrite qd32", false},
-	{"sr1m-qd8", "1 MiB seq read qd8", true},
-	{"sw1m-qd8", "1 MiB seq write qd8", true},
-	{"rr4k-qd32-4conn", "4 KiB randread qd32 × 4 conns", false},
-	{"rr4k-qd32-1ms", "4 KiB randread qd32, 1 ms leg", false},
+// workloads are the rows, in the table's order; main loads them.
+var workloads []workload
+
+// loadWorkloads reads bench/workloads.tsv: comment lines, a header, then
+// one workload a line, "-" for an empty field.
+func loadWorkloads(path string) ([]workload, error) {
+	rows, err := readTSV(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []workload
+	for _, r := range rows {
+		for k, v := range r {
+			if v == "-" {
+				r[k] = ""
+			}
+		}
+		w := workload{Name: r["name"], Label: r["label"], MBps: r["unit"] == "mbps", Versus: r["versus"]}
+		if w.Name == "" || w.Label == "" || (r["unit"] != "iops" && r["unit"] != "mbps") {
+			return nil, fmt.Errorf("%s: workload %q needs a name, a label and a unit (iops or mbps)", path, w.Name)
+		}
+		if w.Versus != "" {
+			if w.Goal, err = strconv.ParseFloat(r["goal"], 64); err != nil || w.Goal <= 0 {
+				return nil, fmt.Errorf("%s: workload %s: goal %q is not a ratio", path, w.Name, r["goal"])
+			}
+		}
+		out = append(out, w)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no workloads", path)
+	}
+	return out, nil
 }
 
 // server describes a column.
@@ -50,34 +86,18 @@ type server struct {
 	Name     string
 	Label    string
 	Baseline string // the column its ratio is taken against
-	Color    string
+	Color    color.RGBA
 }
 
 var servers = []server{
-	{"stackd-default", "stackd default stack", "nbdkit-memory", "#1f77b4"},
-	{"stackd-default-p1", "stackd default stack, GOMAXPROCS=1", "nbdkit-memory", "#08519c"},
-	{"stackd-memory", "stackd memory", "nbdkit-memory", "#6baed6"},
-	{"stackd-file", "stackd file (tmpfs)", "nbdkit-file", "#9ecae1"},
-	{"nbdkit-memory", "nbdkit memory", "nbdkit-memory", "#d62728"},
-	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", "#ff9896"},
-	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", "#2ca02c"},
-	{"go-nbd", "go-nbd memory", "nbdkit-memory", "#9467bd"},
-}
-
-// goal is one target of issue 5, for stackd's default stack.
-type goal struct {
-	Workload string
-	Versus   string
-	Min      float64
-}
-
-var goals = []goal{
-	{"rr4k-qd32", "nbdkit-memory", 1.3},
-	{"rw4k-qd32", "nbdkit-memory", 1.3},
-	{"sr1m-qd8", "nbdkit-memory", 1.2},
-	{"sw1m-qd8", "nbdkit-memory", 1.2},
-	{"rr4k-qd32-4conn", "go-nbd", 2},
-	{"rr4k-qd32-1ms", "go-nbd", 2},
+	{"stackd-default", "stackd default stack", "nbdkit-memory", rgb(0x1f77b4)},
+	{"stackd-default-p1", "stackd default stack, GOMAXPROCS=1", "nbdkit-memory", rgb(0x08519c)},
+	{"stackd-memory", "stackd memory", "nbdkit-memory", rgb(0x6baed6)},
+	{"stackd-file", "stackd file (tmpfs)", "nbdkit-file", rgb(0x9ecae1)},
+	{"nbdkit-memory", "nbdkit memory", "nbdkit-memory", rgb(0xd62728)},
+	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", rgb(0xff9896)},
+	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", rgb(0x2ca02c)},
+	{"go-nbd", "go-nbd memory", "nbdkit-memory", rgb(0x9467bd)},
 }
 
 // Run is one fio run of the table.
@@ -193,13 +213,19 @@ func readKV(path string) map[string]string {
 	return m
 }
 
-// readTSV reads a tab-separated file with a header line into maps.
+// readTSV reads a tab-separated file with a header line into maps; it
+// skips blank lines and lines that start with #.
 func readTSV(path string) ([]map[string]string, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
 	}
-	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	var lines []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
 	if len(lines) == 0 {
 		return nil, nil
 	}
@@ -234,33 +260,100 @@ func median(v []float64) float64 {
 }
 
 func main() {
+	wlFile := flag.String("workloads", "bench/workloads.tsv", "the workloads: the table's rows, their labels and goals")
 	raw := flag.String("raw", "bench/results/raw", "directory of run.sh's raw output")
+	from := flag.String("from", "", "a results.json that report wrote, to render again instead of the raw output")
 	out := flag.String("out", "bench/results", "directory to write results.md, chart.svg and results.json to")
 	flag.Parse()
 
-	meta := readKV(filepath.Join(*raw, "meta.txt"))
-	runs, err := loadRuns(*raw, meta)
+	var err error
+	if workloads, err = loadWorkloads(*wlFile); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	var res results
+	if *from != "" {
+		res, err = loadResults(*from)
+	} else {
+		res, err = loadRaw(*raw, filepath.Join(*out, "profile"))
+	}
 	if err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	cells := summarise(runs)
-	census := loadCensus(*raw)
-	mem := loadMemory(*raw)
-	prof := loadProfiles(filepath.Join(*out, "profile"))
+	// The cells are always computed again, from the runs: -from reads
+	// them back only as part of the document.
+	res.Cells = summarise(res.Runs)
 
 	var md strings.Builder
-	writeMarkdown(&md, meta, runs, cells, census, mem, prof)
+	writeMarkdown(&md, res)
 	if err := os.WriteFile(filepath.Join(*out, "results.md"), []byte(md.String()), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
-	if err := os.WriteFile(filepath.Join(*out, "chart.svg"), []byte(chart(cells, meta)), 0o644); err != nil {
-		log.Fatalf("report: %v", err)
+	if err := writeChart(filepath.Join(*out, "chart.svg"), res); err != nil {
+		log.Fatalf("report: chart: %v", err)
 	}
-	doc := map[string]any{"meta": meta, "cells": cells, "runs": runs, "census": census, "memory": mem, "profile": prof}
-	b, _ := json.MarshalIndent(doc, "", " ")
+	b, err := json.MarshalIndent(res, "", " ")
+	if err != nil {
+		log.Fatalf("report: results.json: %v", err)
+	}
 	if err := os.WriteFile(filepath.Join(*out, "results.json"), append(b, '\n'), 0o644); err != nil {
 		log.Fatalf("report: %v", err)
 	}
+}
+
+// writeChart draws the chart to path. With no run that succeeded there is
+// nothing to draw: the tables say so, results.json keeps the failed runs,
+// and an older chart is removed rather than left to pass for this one.
+func writeChart(path string, res results) error {
+	if len(res.Cells) == 0 {
+		log.Print("report: no run succeeded, so no chart")
+		if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return nil
+	}
+	svg, err := chart(res.Cells, res.Meta)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, svg, 0o644)
+}
+
+// results is what results.json holds, and all that the tables and the
+// chart are made of. The fields are in the order of their names, the
+// order results.json has always had.
+type results struct {
+	Cells   []Cell            `json:"cells"`
+	Census  []CensusRow       `json:"census"`
+	Memory  map[string]any    `json:"memory"`
+	Meta    map[string]string `json:"meta"`
+	Profile []Profile         `json:"profile"`
+	Runs    []Run             `json:"runs"`
+}
+
+// loadRaw reads run.sh's raw output, and the profiles from their directory.
+func loadRaw(raw, profiles string) (results, error) {
+	meta := readKV(filepath.Join(raw, "meta.txt"))
+	runs, err := loadRuns(raw, meta)
+	if err != nil {
+		return results{}, err
+	}
+	return results{Meta: meta, Runs: runs, Census: loadCensus(raw), Memory: loadMemory(raw), Profile: loadProfiles(profiles)}, nil
+}
+
+// loadResults reads a results.json that report wrote.
+func loadResults(path string) (results, error) {
+	var res results
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(data, &res); err != nil {
+		return res, fmt.Errorf("%s: %w", path, err)
+	}
+	if len(res.Runs) == 0 {
+		return res, fmt.Errorf("%s: no runs", path)
+	}
+	return res, nil
 }
 
 func loadRuns(raw string, meta map[string]string) ([]Run, error) {
@@ -403,7 +496,8 @@ func activeWorkloads(cells []Cell) []workload {
 	return present(workloads, func(w workload) string { return w.Name }, cells, func(c Cell) string { return c.Workload })
 }
 
-func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cells []Cell, census []CensusRow, mem map[string]any, prof []Profile) {
+func writeMarkdown(md *strings.Builder, res results) {
+	meta, runs, cells, census, mem, prof := res.Meta, res.Runs, res.Cells, res.Census, res.Memory, res.Profile
 	p := func(format string, a ...any) { fmt.Fprintf(md, format, a...) }
 	cols := activeServers(cells)
 	rows := activeWorkloads(cells)
@@ -450,23 +544,23 @@ func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cell
 	p("\nThe 1 ms row runs against delayed twins: stackd's default stack with `delay: 1ms` on each memory leaf, nbdkit memory under `--filter=delay delay-read=1ms delay-write=1ms`, and the go-nbd server with a 1 ms sleep in its backend.\n\n")
 	p("![IOPS per server and workload](chart.svg)\n\n")
 
-	p("## Goals (issue 5), stackd default stack\n\n")
+	p("## Throughput goals: stackd default stack against its peers\n\n")
 	p("| workload | versus | goal | measured | | with GOMAXPROCS=1 | |\n|---|---|---:|---:|---|---:|---|\n")
-	for _, g := range goals {
-		b := find(cells, g.Workload, g.Versus)
-		if b == nil || b.Median == 0 {
+	for _, g := range workloads {
+		b := find(cells, g.Name, g.Versus)
+		if g.Versus == "" || b == nil || b.Median == 0 {
 			continue
 		}
-		p("| %s | %s | ≥ %.1f× |", wlByName(g.Workload).Label, serverByName(g.Versus).Label, g.Min)
+		p("| %s | %s | ≥ %.1f× |", g.Label, serverByName(g.Versus).Label, g.Goal)
 		for _, col := range []string{"stackd-default", "stackd-default-p1"} {
-			a := find(cells, g.Workload, col)
+			a := find(cells, g.Name, col)
 			if a == nil {
 				p(" n/a | |")
 				continue
 			}
 			r := a.Median / b.Median
 			verdict := "met"
-			if r < g.Min {
+			if r < g.Goal {
 				verdict = "**short**"
 			}
 			p(" %.2f× | %s |", r, verdict)
@@ -528,9 +622,8 @@ func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cell
 		p("Counted with `perf stat` in separate runs (tracing costs a little, so these runs are not the table's): each server runs under perf from start to exit, so every thread counts, filling its export, then serving one fio run without ramp; the divisor is the requests of that run (the fill adds under 1%% to the syscalls). socket rd/wr: read, readv, recvfrom, recvmsg / write, writev, sendto, sendmsg; file: pread64, pwrite64, preadv(2), pwritev(2), lseek; wait: epoll_wait, epoll_pwait, poll, ppoll; futex; all: every syscall. ctxsw: context switches per request. IOPS: fio's, under tracing.\n\n")
 		p("| workload | server | IOPS | all | socket rd | socket wr | file | futex | wait | other | ctxsw |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, c := range census {
-			p("| %s | %s | %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n",
-				wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
-				c.PerIO["all"], c.PerIO["sock_read"], c.PerIO["sock_write"], c.PerIO["file"], c.PerIO["futex"], c.PerIO["wait"], c.PerIO["other"], c.PerIO["ctxsw"])
+			p("| %s | %s | %s |%s\n", wlByName(c.Workload).Label, serverByName(c.Server).Label, fmtValue(wlByName(c.Workload), c.IOPS),
+				perIOCells(c.PerIO, "all", "sock_read", "sock_write", "file", "futex", "wait", "other", "ctxsw"))
 		}
 		p("\n")
 	}
@@ -548,11 +641,20 @@ func writeMarkdown(md *strings.Builder, meta map[string]string, runs []Run, cell
 		p("bench/profile serves the embedded default configuration (no metrics) and profiles one fio run; full listings in profile/*.top.txt, CPU profiles in profile/*.cpu.pprof (open with `go tool pprof`). Socket reads and writes are read/write syscalls from /proc/self/io, context switches from getrusage (both exact); syscalls and futex from perf attached for the run (a lower bound). IOPS are under profiling and tracing, lower than the table's.\n\n")
 		p("| workload | IOPS | CPU µs/req | syscalls/req | socket rd/req | socket wr/req | futex/req | ctxsw/req | allocs/req | bytes alloc/req | GC cycles |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n")
 		for _, pr := range prof {
-			p("| %s | %s | %.1f | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f | %d |\n",
-				wlByName(pr.Workload).Label, fmtValue(wlByName(pr.Workload), pr.IOPS), pr.CPUUs, pr.PerIO["all"], pr.PerIO["sock_read"], pr.PerIO["sock_write"], pr.PerIO["futex"], pr.PerIO["ctxsw"], pr.AllocsPerIO, pr.BytesPerIO, pr.GCCycles)
+			p("| %s | %s | %.1f |%s %.2f | %.0f | %d |\n", wlByName(pr.Workload).Label, fmtValue(wlByName(pr.Workload), pr.IOPS), pr.CPUUs,
+				perIOCells(pr.PerIO, "all", "sock_read", "sock_write", "futex", "ctxsw"), pr.AllocsPerIO, pr.BytesPerIO, pr.GCCycles)
 		}
 		p("\n")
 	}
+}
+
+// perIOCells prints the per-request counts of keys as table cells.
+func perIOCells(perIO map[string]float64, keys ...string) string {
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, " %.2f |", perIO[k])
+	}
+	return b.String()
 }
 
 func table(md *strings.Builder, rows []workload, cols []server, cells []Cell, f func(workload, *Cell) string) {
@@ -737,116 +839,4 @@ func loadProfiles(dir string) []Profile {
 		out = append(out, pr)
 	}
 	return out
-}
-
-// chart draws one small bar chart per workload, servers side by side, each
-// panel on its own scale (IOPS, or MB/s for 1 MiB workloads).
-func chart(cells []Cell, meta map[string]string) string {
-	cols := activeServers(cells)
-	rows := activeWorkloads(cells)
-	const (
-		perRow  = 4
-		panelW  = 300
-		panelH  = 250
-		padL    = 20
-		legendH = 70
-		titleH  = 40
-	)
-	nrows := (len(rows) + perRow - 1) / perRow
-	width := padL*2 + perRow*panelW
-	height := titleH + legendH + nrows*panelH + 20
-	var b strings.Builder
-	p := func(format string, a ...any) { fmt.Fprintf(&b, format, a...) }
-	p(`<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif">`+"\n", width, height, width, height)
-	p(`<rect width="100%%" height="100%%" fill="white"/>` + "\n")
-	p(`<text x="%d" y="26" font-size="18" font-weight="bold">stackd and its peers under fio --ioengine=nbd (median of %s runs; higher is better)</text>`+"\n", padL, html.EscapeString(meta["reps"]))
-	p(`<text x="%d" y="%d" font-size="11" fill="#555">bars: median; whiskers: fastest and slowest run; each panel on its own scale</text>`+"\n", padL, height-6)
-	// Legend.
-	for i, s := range cols {
-		x := padL + (i%4)*290
-		y := titleH + 10 + (i/4)*24
-		p(`<rect x="%d" y="%d" width="14" height="14" fill="%s"/><text x="%d" y="%d" font-size="13">%s</text>`+"\n", x, y, s.Color, x+20, y+12, html.EscapeString(s.Label))
-	}
-	for i, w := range rows {
-		x0 := padL + (i%perRow)*panelW
-		y0 := titleH + legendH + (i/perRow)*panelH
-		plotX, plotY := x0+45, y0+30
-		plotW, plotH := panelW-60, panelH-70
-		unit := "IOPS"
-		if w.MBps {
-			unit = "MB/s"
-		}
-		p(`<text x="%d" y="%d" font-size="13" font-weight="bold">%s (%s)</text>`+"\n", x0+10, y0+18, html.EscapeString(w.Label), unit)
-		var top float64
-		for _, s := range cols {
-			if c := find(cells, w.Name, s.Name); c != nil {
-				top = math.Max(top, c.Max)
-			}
-		}
-		if top == 0 {
-			continue
-		}
-		step := niceStep(top / 4)
-		top = math.Ceil(top/step) * step
-		for v := 0.0; v <= top+step/2; v += step {
-			y := float64(plotY+plotH) - v/top*float64(plotH)
-			p(`<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", plotX, y, plotX+plotW, y)
-			p(`<text x="%d" y="%.1f" font-size="10" text-anchor="end">%s</text>`+"\n", plotX-4, y+3, axisLabel(v))
-		}
-		bw := float64(plotW) / float64(len(cols))
-		for j, s := range cols {
-			c := find(cells, w.Name, s.Name)
-			bx := float64(plotX) + float64(j)*bw + bw*0.12
-			if c == nil {
-				p(`<text x="%.1f" y="%d" font-size="9" fill="#999" text-anchor="middle">n/a</text>`+"\n", bx+bw*0.38, plotY+plotH-4)
-				continue
-			}
-			h := c.Median / top * float64(plotH)
-			p(`<rect x="%.1f" y="%.1f" width="%.1f" height="%.1f" fill="%s"><title>%s: %s</title></rect>`+"\n",
-				bx, float64(plotY+plotH)-h, bw*0.76, h, s.Color, html.EscapeString(s.Label), html.EscapeString(fmtValue(w, c.Median)))
-			// Whisker: min to max of the repetitions.
-			cx := bx + bw*0.38
-			ylo := float64(plotY+plotH) - c.Min/top*float64(plotH)
-			yhi := float64(plotY+plotH) - c.Max/top*float64(plotH)
-			p(`<line x1="%.1f" y1="%.1f" x2="%.1f" y2="%.1f" stroke="#333"/>`+"\n", cx, ylo, cx, yhi)
-			label := shortValue(c.Median)
-			if w.MBps {
-				label = fmt.Sprintf("%.0f", c.Median)
-			}
-			p(`<text x="%.1f" y="%.1f" font-size="8.5" text-anchor="middle">%s</text>`+"\n", cx, math.Min(yhi, float64(plotY+plotH)-h)-3, html.EscapeString(label))
-		}
-		p(`<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="#333"/>`+"\n", plotX, plotY+plotH, plotX+plotW, plotY+plotH)
-	}
-	p("</svg>\n")
-	return b.String()
-}
-
-func niceStep(x float64) float64 {
-	if x <= 0 {
-		return 1
-	}
-	e := math.Pow(10, math.Floor(math.Log10(x)))
-	for _, m := range []float64{1, 2, 2.5, 5, 10} {
-		if m*e >= x {
-			return m * e
-		}
-	}
-	return 10 * e
-}
-
-func axisLabel(v float64) string {
-	switch {
-	case v >= 1e6:
-		return strconv.FormatFloat(v/1e6, 'f', -1, 64) + "M"
-	case v >= 1e3:
-		return strconv.FormatFloat(v/1e3, 'f', -1, 64) + "k"
-	}
-	return strconv.FormatFloat(v, 'f', -1, 64)
-}
-
-func shortValue(v float64) string {
-	if v >= 1e3 {
-		return fmt.Sprintf("%.1fk", v/1e3)
-	}
-	return fmt.Sprintf("%.0f", v)
 }

@@ -14,16 +14,27 @@
 #	stackd.port=PORT        the host's NBD port, reached as 10.0.2.2
 #	stackd.export=NAME      the export to attach
 #	stackd.conns=N          nbd-client connections (-C N), default 1
-#	stackd.job=fs           the scenario (the only one so far)
+#	stackd.job=JOB          the scenario: fs (the default) or idle
 #	stackd.max_sectors_kb=N the largest request the kernel makes, in KiB
 #	                        (default: the kernel's own, 128 or 1280)
+#	stackd.idle=SECONDS     how long the idle job leaves the device idle
+#	stackd.timeout=SECONDS  the kernel's request timeout (nbd-client -t);
+#	                        default none: a request waits for ever
 #
-# The scenario: raw O_DIRECT writes, reads and zeroing across the 64 KiB
-# stripe chunk and 1 MiB split boundaries (before mkfs, so the filesystem
-# the host checks afterwards is intact); mkfs.ext4; 32 MiB of random files
-# and 500 small ones (unpacked from a tar the initramfs carries); their
+# fs: raw O_DIRECT writes, reads and zeroing across the 64 KiB stripe
+# chunk and 1 MiB split boundaries (before mkfs, so the filesystem the
+# host checks afterwards is intact); mkfs.ext4; 32 MiB of random files and
+# 500 small ones (unpacked from a tar the initramfs carries); their
 # checksums verified after a remount with the page cache dropped; fstrim;
 # e2fsck; detach.
+#
+# idle: a 32 MiB write and a 32 MiB read (with max_sectors_kb raised, one
+# request each: the read's reply is larger than any socket buffer, so
+# stackd's writer goroutine sends its tail and arms the write deadline);
+# then the device sits idle for stackd.idle seconds, longer than the
+# reply_timeout stackd runs with; then a small read, a small write and the
+# large read again, each of which must succeed; detach. A connection that
+# merely idled must not be dropped, however short the reply timeout.
 
 export PATH=/bin:/sbin
 /bin/busybox --install -s /bin
@@ -50,7 +61,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /var && ln -s /run /var/run
 
-port="" export="" conns=1 job=fs max_sectors_kb=""
+port="" export="" conns=1 job=fs max_sectors_kb="" idle="" timeout=""
 for w in $(cat /proc/cmdline); do
 	case $w in
 	stackd.port=*) port=${w#*=} ;;
@@ -58,10 +69,16 @@ for w in $(cat /proc/cmdline); do
 	stackd.conns=*) conns=${w#*=} ;;
 	stackd.job=*) job=${w#*=} ;;
 	stackd.max_sectors_kb=*) max_sectors_kb=${w#*=} ;;
+	stackd.idle=*) idle=${w#*=} ;;
+	stackd.timeout=*) timeout=${w#*=} ;;
 	esac
 done
 [ -n "$port" ] || fail "no stackd.port= on the kernel command line"
-[ "$job" = fs ] || fail "unknown job $job"
+case $job in
+fs) ;;
+idle) [ -n "$idle" ] || fail "stackd.job=idle needs stackd.idle=SECONDS" ;;
+*) fail "unknown job $job" ;;
+esac
 echo "E2E-INFO kernel $(uname -r)"
 step start
 
@@ -86,6 +103,7 @@ dev=/dev/nbd0
 set -- /sbin/nbd-client 10.0.2.2 "$port" $dev
 [ -n "$export" ] && set -- "$@" -N "$export"
 [ "$conns" -gt 1 ] && set -- "$@" -C "$conns"
+[ -n "$timeout" ] && set -- "$@" -t "$timeout"
 "$@" >/tmp/log 2>&1 || fail "nbd-client: $(tr '\n' ' ' </tmp/log)"
 i=0
 while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
@@ -100,16 +118,14 @@ for f in logical_block_size max_sectors_kb max_hw_sectors_kb discard_max_bytes w
 done
 step attached
 
-# --- Raw I/O, before mkfs. -------------------------------------------------
 if [ -n "$max_sectors_kb" ]; then
 	echo "$max_sectors_kb" >$q/max_sectors_kb || fail "cannot set max_sectors_kb to $max_sectors_kb"
 	echo "E2E-INFO max_sectors_kb now $(cat $q/max_sectors_kb)"
 fi
 MiB=1048576
 KiB=1024
-# 6 MiB of random data, the pattern for every raw write.
-run dd if=/dev/urandom of=/tmp/pat bs=64k count=96
 
+# --- What both jobs use. ----------------------------------------------------
 # check OFF LEN FILE [BS]: the device's LEN bytes at OFF, read with
 # O_DIRECT in blocks of BS (default: the largest of 1 MiB, 64 KiB, 4 KiB
 # and 512 that divides LEN), equal FILE.
@@ -135,6 +151,43 @@ zeroes() {
 	dd if=/dev/zero of=/tmp/want bs=512 count=$(($2 / 512)) 2>/dev/null
 	check "$1" "$2" /tmp/want
 }
+
+# detach: detaches the device and reports success.
+detach() {
+	echo "E2E-INFO stat $(cat /sys/block/nbd0/stat)"
+	run /sbin/nbd-client -d $dev
+	step detached
+	echo E2E-PASS
+	sync
+	poweroff -f
+	sleep 10
+}
+
+# --- The idle job. ----------------------------------------------------------
+if [ "$job" = idle ]; then
+	run dd if=/dev/urandom of=/tmp/big bs=1M count=32
+	run dd if=/tmp/big of=$dev bs=32M count=1 oflag=direct
+	step big-written
+	check 0 $((32 * MiB)) /tmp/big $((32 * MiB))
+	step big-read
+	sleep "$idle"
+	step idle
+	# The first request after the idle spell is the one whose reply a
+	# stale write deadline would fail: a small read, answered at once.
+	dd if=/tmp/big of=/tmp/head bs=4k count=1 2>/dev/null
+	check 0 $((4 * KiB)) /tmp/head
+	step read-after-idle
+	dd if=/dev/urandom of=/tmp/small bs=4k count=1 2>/dev/null
+	run dd if=/tmp/small of=$dev bs=4k seek=$((33 * MiB)) count=1 oflag=direct,seek_bytes
+	check $((33 * MiB)) $((4 * KiB)) /tmp/small
+	check 0 $((32 * MiB)) /tmp/big $((32 * MiB))
+	step io-after-idle
+	detach
+fi
+
+# --- Raw I/O, before mkfs. -------------------------------------------------
+# 6 MiB of random data, the pattern for every raw write.
+run dd if=/dev/urandom of=/tmp/pat bs=64k count=96
 
 # 3 MiB from 1 MiB - 8 KiB in 64 KiB writes: crosses the 1, 2 and 3 MiB
 # split boundaries and 48 chunk boundaries.
@@ -201,10 +254,4 @@ echo "E2E-INFO fstrim $(cat /tmp/log)"
 run umount /mnt
 /sbin/e2fsck -fn $dev >/tmp/log 2>&1 || fail "e2fsck -fn exited $?: $(tail -n 5 /tmp/log)"
 step fsck
-echo "E2E-INFO stat $(cat /sys/block/nbd0/stat)"
-run /sbin/nbd-client -d $dev
-step detached
-echo E2E-PASS
-sync
-poweroff -f
-sleep 10
+detach
