@@ -60,7 +60,7 @@ func handshakeBytes(opts ...[]byte) []byte {
 	for _, o := range opts {
 		b = append(b, o...)
 	}
-	return append(b, optionBytes(wire.OptGo, infoData("mem"))...)
+	return append(b, optionBytes(wire.OptGo, wire.AppendInfoRequest(nil, "mem"))...)
 }
 
 func optionBytes(opt uint32, data []byte) []byte { return wire.AppendOption(nil, opt, data) }
@@ -95,11 +95,11 @@ func FuzzOptionParser(f *testing.F) {
 	f.Add(flags)
 	f.Add(handshakeBytes())
 	f.Add(cat(flags, optionBytes(wire.OptList, nil), optionBytes(wire.OptAbort, nil)))
-	f.Add(cat(flags, optionBytes(wire.OptInfo, infoData("mem", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 9))))
+	f.Add(cat(flags, optionBytes(wire.OptInfo, wire.AppendInfoRequest(nil, "mem", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 9))))
 	f.Add(cat(flags, optionBytes(wire.OptStructuredReply, nil),
-		optionBytes(wire.OptListMetaContext, metaData("mem")),
-		optionBytes(wire.OptSetMetaContext, metaData("mem", wire.MetaBaseAllocation, "base:")),
-		optionBytes(wire.OptGo, infoData("", wire.InfoName))))
+		optionBytes(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem")),
+		optionBytes(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation, "base:")),
+		optionBytes(wire.OptGo, wire.AppendInfoRequest(nil, "", wire.InfoName))))
 	f.Add(cat(flags, optionBytes(wire.OptExportName, []byte("ro"))))
 	f.Add(cat(flags, optionBytes(wire.OptExportName, []byte("nope"))))
 	f.Add(cat(flags, optionBytes(99, []byte("junk")), optionBytes(wire.OptGo, []byte{0, 0, 0, 200})))
@@ -133,7 +133,7 @@ func FuzzRequestDecoder(f *testing.F) {
 	prefixes := [][]byte{
 		handshakeBytes(),
 		handshakeBytes(optionBytes(wire.OptStructuredReply, nil)),
-		handshakeBytes(optionBytes(wire.OptStructuredReply, nil), optionBytes(wire.OptSetMetaContext, metaData("mem", wire.MetaBaseAllocation))),
+		handshakeBytes(optionBytes(wire.OptStructuredReply, nil), optionBytes(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))),
 	}
 	srv := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, input []byte) {

@@ -142,7 +142,7 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		return false, c.optReply(opt, wire.RepAck, nil)
 
 	case wire.OptInfo, wire.OptGo:
-		name, infos, ok := parseInfoRequest(data)
+		name, infos, ok := wire.DecodeInfoRequest(data)
 		if !ok {
 			return false, c.optReply(opt, wire.RepErrInvalid, []byte("malformed info request"))
 		}
@@ -279,7 +279,7 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 	if !c.structured {
 		return c.optReply(opt, wire.RepErrInvalid, []byte("negotiate structured replies first"))
 	}
-	name, queries, ok := parseMetaRequest(data)
+	name, queries, ok := wire.DecodeMetaContextRequest(data)
 	if !ok {
 		return c.optReply(opt, wire.RepErrInvalid, []byte("malformed meta context request"))
 	}
@@ -324,54 +324,4 @@ func (c *conn) optReply(opt, typ uint32, payload []byte) error {
 	}
 	_, err := c.bw.Write(payload)
 	return err
-}
-
-// parseInfoRequest decodes the data of NBD_OPT_INFO and NBD_OPT_GO:
-// a 32-bit name length, the name, a 16-bit count and that many 16-bit
-// information types, with nothing left over.
-func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
-	name, rest, ok := wire.CutString(data)
-	if !ok || len(rest) < 2 {
-		return "", nil, false
-	}
-	k := int(be.Uint16(rest))
-	rest = rest[2:]
-	if len(rest) != 2*k {
-		return "", nil, false
-	}
-	infos = make([]uint16, k)
-	for i := range infos {
-		infos[i] = be.Uint16(rest[2*i:])
-	}
-	return name, infos, true
-}
-
-// parseMetaRequest decodes the data of NBD_OPT_LIST_META_CONTEXT and
-// NBD_OPT_SET_META_CONTEXT: a 32-bit name length and the name, a 32-bit
-// query count, then each query as a 32-bit length and the string, with
-// nothing left over.
-func parseMetaRequest(data []byte) (name string, queries []string, ok bool) {
-	s, rest, ok := wire.CutString(data)
-	if !ok || len(rest) < 4 {
-		return "", nil, false
-	}
-	n := be.Uint32(rest)
-	rest = rest[4:]
-	// Each query takes at least 4 bytes: a count larger than that allows
-	// is malformed, and bounding it here bounds the loop.
-	if uint64(n) > uint64(len(rest)/4) {
-		return "", nil, false
-	}
-	for range n {
-		var q string
-		q, rest, ok = wire.CutString(rest)
-		if !ok {
-			return "", nil, false
-		}
-		queries = append(queries, q)
-	}
-	if len(rest) != 0 {
-		return "", nil, false
-	}
-	return s, queries, true
 }

@@ -187,26 +187,6 @@ func (r *rawConn) reply(opt uint32) (typ uint32, data []byte) {
 	return rep.Type, r.read(int(rep.Length))
 }
 
-// infoData encodes the data of NBD_OPT_INFO/GO.
-func infoData(name string, infos ...uint16) []byte {
-	b := wire.AppendString(nil, name)
-	b = be.AppendUint16(b, uint16(len(infos)))
-	for _, i := range infos {
-		b = be.AppendUint16(b, i)
-	}
-	return b
-}
-
-// metaData encodes the data of NBD_OPT_{LIST,SET}_META_CONTEXT.
-func metaData(name string, queries ...string) []byte {
-	b := wire.AppendString(nil, name)
-	b = be.AppendUint32(b, uint32(len(queries)))
-	for _, q := range queries {
-		b = wire.AppendString(b, q)
-	}
-	return b
-}
-
 // start does a whole handshake with GO and returns size and flags.
 func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 	r.t.Helper()
@@ -219,7 +199,7 @@ func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 		}
 	}
 	if meta {
-		r.option(wire.OptSetMetaContext, metaData(name, wire.MetaBaseAllocation))
+		r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, name, wire.MetaBaseAllocation))
 		typ, data := r.reply(wire.OptSetMetaContext)
 		if typ != wire.RepMetaContext || string(data[4:]) != wire.MetaBaseAllocation {
 			r.t.Fatalf("SET_META_CONTEXT: reply %#x %q", typ, data)
@@ -228,7 +208,7 @@ func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 			r.t.Fatalf("SET_META_CONTEXT: final reply %#x", typ)
 		}
 	}
-	r.option(wire.OptGo, infoData(name))
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, name))
 	var size uint64
 	var flags uint16
 	for {

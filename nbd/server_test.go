@@ -197,10 +197,10 @@ func TestStructuredReplies(t *testing.T) {
 	r2.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
 	r2.option(wire.OptStructuredReply, nil)
 	r2.reply(wire.OptStructuredReply)
-	r2.option(wire.OptSetMetaContext, metaData("ro", wire.MetaBaseAllocation))
+	r2.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "ro", wire.MetaBaseAllocation))
 	r2.reply(wire.OptSetMetaContext)
 	r2.reply(wire.OptSetMetaContext)
-	r2.option(wire.OptGo, infoData("full"))
+	r2.option(wire.OptGo, wire.AppendInfoRequest(nil, "full"))
 	for typ, _ := r2.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r2.reply(wire.OptGo) {
 	}
 	r2.request(wire.CmdBlockStatus, 0, 1, 0, 512, nil)
@@ -508,7 +508,7 @@ func TestHugeOptionLength(t *testing.T) {
 	if typ, _ := r.reply(1234); typ != wire.RepErrTooBig {
 		t.Fatalf("oversized option: reply %#x", typ)
 	}
-	r.option(wire.OptGo, infoData(""))
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, ""))
 	for typ, _ := r.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r.reply(wire.OptGo) {
 		if typ != wire.RepInfo {
 			t.Fatalf("GO: reply %#x", typ)
@@ -597,7 +597,7 @@ func TestOptionHaggling(t *testing.T) {
 	expect(wire.OptStartTLS, wire.RepErrUnsup)
 
 	// INFO with every information request, one unknown, one repeated.
-	r.option(wire.OptInfo, infoData("other", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 77, wire.InfoName))
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "other", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 77, wire.InfoName))
 	infos := map[uint16][]byte{}
 	for {
 		typ, data := r.reply(wire.OptInfo)
@@ -623,48 +623,48 @@ func TestOptionHaggling(t *testing.T) {
 		t.Fatalf("INFO_BLOCK_SIZE % x", bs)
 	}
 	// The canonical name of the default export.
-	r.option(wire.OptInfo, infoData("", wire.InfoName))
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "", wire.InfoName))
 	expect(wire.OptInfo, wire.RepInfo)
 	if name := expect(wire.OptInfo, wire.RepInfo); string(name[2:]) != "mem" {
 		t.Fatalf("canonical name %q", name)
 	}
 	expect(wire.OptInfo, wire.RepAck)
 
-	r.option(wire.OptInfo, infoData("nope"))
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "nope"))
 	expect(wire.OptInfo, wire.RepErrUnknown)
 	r.option(wire.OptGo, []byte{0, 0, 0, 9, 'x'})
 	expect(wire.OptGo, wire.RepErrInvalid)
 	r.option(wire.OptStructuredReply, []byte("x"))
 	expect(wire.OptStructuredReply, wire.RepErrInvalid)
-	r.option(wire.OptSetMetaContext, metaData("mem", wire.MetaBaseAllocation))
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))
 	expect(wire.OptSetMetaContext, wire.RepErrInvalid) // structured replies first
 
 	r.option(wire.OptStructuredReply, nil)
 	expect(wire.OptStructuredReply, wire.RepAck)
 	for _, q := range [][]string{nil, {"base:"}, {wire.MetaBaseAllocation, "x-other:thing"}} {
-		r.option(wire.OptListMetaContext, metaData("mem", q...))
+		r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", q...))
 		data := expect(wire.OptListMetaContext, wire.RepMetaContext)
 		if be.Uint32(data) != 0 || string(data[4:]) != wire.MetaBaseAllocation {
 			t.Fatalf("LIST_META_CONTEXT %q: % x", q, data)
 		}
 		expect(wire.OptListMetaContext, wire.RepAck)
 	}
-	r.option(wire.OptListMetaContext, metaData("mem", "x-other:thing"))
+	r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", "x-other:thing"))
 	expect(wire.OptListMetaContext, wire.RepAck)
-	r.option(wire.OptListMetaContext, metaData("mem", "base:allocation")[:10])
+	r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", "base:allocation")[:10])
 	expect(wire.OptListMetaContext, wire.RepErrInvalid)
-	r.option(wire.OptSetMetaContext, metaData("nope", wire.MetaBaseAllocation))
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "nope", wire.MetaBaseAllocation))
 	expect(wire.OptSetMetaContext, wire.RepErrUnknown)
-	r.option(wire.OptSetMetaContext, metaData("mem", "base:", "qemu:dirty-bitmap:x"))
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", "base:", "qemu:dirty-bitmap:x"))
 	expect(wire.OptSetMetaContext, wire.RepAck) // nothing selected
-	r.option(wire.OptSetMetaContext, metaData("mem", wire.MetaBaseAllocation))
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))
 	if data := expect(wire.OptSetMetaContext, wire.RepMetaContext); be.Uint32(data) != metaBaseAllocationID {
 		t.Fatalf("SET_META_CONTEXT id % x", data)
 	}
 	expect(wire.OptSetMetaContext, wire.RepAck)
 
 	// GO with no information requests, as the kernel's nbd-client sends it.
-	r.option(wire.OptGo, infoData("mem"))
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, "mem"))
 	e := expect(wire.OptGo, wire.RepInfo)
 	if be.Uint16(e) != wire.InfoExport || be.Uint64(e[2:]) != 1<<20 {
 		t.Fatalf("GO: % x", e)

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
-	"github.com/stackd/stackd/nbd/wire"
 )
 
 func TestBudgetFIFOAndCancel(t *testing.T) {
@@ -123,26 +122,6 @@ func TestCompactExtents(t *testing.T) {
 		got := compactExtents(tc.slots, tc.off, tc.n)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
 			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
-func TestParseOptions(t *testing.T) {
-	if name, infos, ok := parseInfoRequest(infoData("abc", 1, 3)); !ok || name != "abc" || fmt.Sprint(infos) != "[1 3]" {
-		t.Fatalf("parseInfoRequest: %q %v %v", name, infos, ok)
-	}
-	for _, bad := range [][]byte{nil, {0, 0, 0, 1}, {0, 0, 0, 9, 'a', 0, 0}, append(infoData("a", 1), 0)} {
-		if _, _, ok := parseInfoRequest(bad); ok {
-			t.Errorf("parseInfoRequest(% x) accepted", bad)
-		}
-	}
-	if name, q, ok := parseMetaRequest(metaData("e", "base:allocation", "x:y")); !ok || name != "e" || fmt.Sprint(q) != "[base:allocation x:y]" {
-		t.Fatalf("parseMetaRequest: %q %v %v", name, q, ok)
-	}
-	huge := be.AppendUint32(wire.AppendString(nil, "e"), 1<<31)
-	for _, bad := range [][]byte{nil, wire.AppendString(nil, "e"), huge, append(metaData("e", "q"), 1)} {
-		if _, _, ok := parseMetaRequest(bad); ok {
-			t.Errorf("parseMetaRequest(% x) accepted", bad)
 		}
 	}
 }

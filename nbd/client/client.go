@@ -318,9 +318,7 @@ func (c *Client) negotiate(o Options) error {
 		}
 	}
 	if o.MetaContext && c.structured {
-		q := wire.AppendString(nil, o.ExportName)
-		q = be.AppendUint32(q, 1)
-		q = wire.AppendString(q, wire.MetaBaseAllocation)
+		q := wire.AppendMetaContextRequest(nil, o.ExportName, wire.MetaBaseAllocation)
 		if err := h.sendOption(wire.OptSetMetaContext, q); err != nil {
 			return err
 		}
@@ -342,9 +340,7 @@ func (c *Client) negotiate(o Options) error {
 		}
 	}
 
-	q := wire.AppendString(nil, o.ExportName)
-	q = be.AppendUint16(q, 1)
-	q = be.AppendUint16(q, wire.InfoBlockSize)
+	q := wire.AppendInfoRequest(nil, o.ExportName, wire.InfoBlockSize)
 	if err := h.sendOption(wire.OptGo, q); err != nil {
 		return err
 	}

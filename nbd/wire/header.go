@@ -207,28 +207,6 @@ func DecodeInfoExport(data []byte) (size uint64, flags uint16, ok bool) {
 	return be.Uint64(data[2:]), be.Uint16(data[10:]), true
 }
 
-// AppendString appends s as the spec sends a string inside option data:
-// a 32-bit length, then the bytes.
-func AppendString(b []byte, s string) []byte {
-	b = be.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
-
-// CutString decodes a string that AppendString encoded at the start of b,
-// and returns what follows it. ok is false if b is too short for the
-// length it states; the length is checked against b before anything is
-// copied, so a client's claim never sizes an allocation.
-func CutString(b []byte) (s string, rest []byte, ok bool) {
-	if len(b) < 4 {
-		return "", nil, false
-	}
-	n := be.Uint32(b)
-	if uint64(n) > uint64(len(b)-4) {
-		return "", nil, false
-	}
-	return string(b[4 : 4+n]), b[4+n:], true
-}
-
 // grow extends b by n bytes and returns it with the new bytes, for an
 // Append function to fill in.
 func grow(b []byte, n int) (all, tail []byte) {

@@ -3,6 +3,7 @@ package wire
 import (
 	"bytes"
 	"encoding/hex"
+	"fmt"
 	"strings"
 	"syscall"
 	"testing"
@@ -193,6 +194,26 @@ func TestErrorTable(t *testing.T) {
 	for _, v := range []uint32{2, 13, 30, 109, 1 << 31} {
 		if got := DecodeErrno(v); got != syscall.EINVAL {
 			t.Errorf("DecodeErrno(%d) = %v, want EINVAL", v, got)
+		}
+	}
+}
+
+func TestOptionData(t *testing.T) {
+	if name, infos, ok := DecodeInfoRequest(AppendInfoRequest(nil, "abc", 1, 3)); !ok || name != "abc" || fmt.Sprint(infos) != "[1 3]" {
+		t.Fatalf("DecodeInfoRequest: %q %v %v", name, infos, ok)
+	}
+	for _, bad := range [][]byte{nil, {0, 0, 0, 1}, {0, 0, 0, 9, 'a', 0, 0}, append(AppendInfoRequest(nil, "a", 1), 0)} {
+		if _, _, ok := DecodeInfoRequest(bad); ok {
+			t.Errorf("DecodeInfoRequest(% x) accepted", bad)
+		}
+	}
+	if name, q, ok := DecodeMetaContextRequest(AppendMetaContextRequest(nil, "e", "base:allocation", "x:y")); !ok || name != "e" || fmt.Sprint(q) != "[base:allocation x:y]" {
+		t.Fatalf("DecodeMetaContextRequest: %q %v %v", name, q, ok)
+	}
+	huge := be.AppendUint32(AppendString(nil, "e"), 1<<31)
+	for _, bad := range [][]byte{nil, AppendString(nil, "e"), huge, append(AppendMetaContextRequest(nil, "e", "q"), 1)} {
+		if _, _, ok := DecodeMetaContextRequest(bad); ok {
+			t.Errorf("DecodeMetaContextRequest(% x) accepted", bad)
 		}
 	}
 }

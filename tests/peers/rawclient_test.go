@@ -71,8 +71,7 @@ func optionHeader(opt, length uint32) []byte {
 
 // goOption is a complete NBD_OPT_GO for name with no information requests.
 func goOption(name string) []byte {
-	data := append(wire.AppendString(nil, name), 0, 0)
-	return wire.AppendOption(nil, wire.OptGo, data)
+	return wire.AppendOption(nil, wire.OptGo, wire.AppendInfoRequest(nil, name))
 }
 
 // optionReply is one option reply.
