@@ -131,9 +131,8 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 			return false, c.optReply(opt, wire.RepErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
 		for _, e := range c.srv.exports {
-			p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
-			be.PutUint32(p, uint32(len(e.Name)))
-			p = append(p, e.Name...)
+			// The name as a string; the description fills the rest.
+			p := wire.AppendString(make([]byte, 0, 4+len(e.Name)+len(e.Description)), e.Name)
 			p = append(p, e.Description...)
 			if err := c.optReply(opt, wire.RepServer, p); err != nil {
 				return false, err

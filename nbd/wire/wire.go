@@ -1,16 +1,18 @@
 // Package wire is the NBD protocol's wire format, in one place: its
 // constants, named after doc/proto.md in the NetworkBlockDevice/nbd
 // repository (the spec's name is beside each), the sizes of its fixed
-// structures, the encoding and decoding of their headers, and the table of
-// the errors a reply can carry. The server (package nbd), the client
-// (package nbd/client) and the tests all speak it through this package.
+// structures, the encoding and decoding of their headers and of the
+// structured option data, and the table of the errors a reply can carry.
+// The server (package nbd), the client (package nbd/client) and the tests
+// all speak it through this package.
 //
-// The helpers work on byte slices the caller provides and never allocate,
-// except the Append forms, which grow the slice they are given as append
-// does; each is small enough for the compiler to inline, so that the
-// server's request path decodes a header in place, and encodes a reply
-// into its arena, at the cost of the loads and stores alone. All integers
-// on the wire are big-endian.
+// The header helpers (header.go) work on byte slices the caller provides
+// and never allocate, except the Append forms, which grow the slice they
+// are given as append does; each is small enough for the compiler to
+// inline, so that the server's request path decodes a header in place,
+// and encodes a reply into its arena, at the cost of the loads and stores
+// alone. The option data helpers (options.go) serve the handshake and
+// allocate what they decode. All integers on the wire are big-endian.
 package wire
 
 // Magic numbers.
