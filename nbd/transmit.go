@@ -670,39 +670,14 @@ func (c *conn) release(r *request) {
 }
 
 // compactExtents turns a device's BLOCK_STATUS result slots into the
-// reply's extents, in place: the contiguous run starting at off (slots of
-// zero length are unused and skipped; the first gap ends the run),
-// clipped to [off, off+length), with neighbours of equal flags merged and
-// flags outside base:allocation dropped. Empty means no usable answer.
+// reply's extents, in place: flags outside base:allocation are dropped
+// first, so that neighbours differing only in those merge, and then the
+// layers' one compaction (bioset.CompactExtents) keeps the contiguous run
+// from off, clipped to [off, off+length) and merged. Empty means no usable
+// answer.
 func compactExtents(slots []bioset.Extent, off, length uint64) []bioset.Extent {
-	end := off + length
-	pos := off
-	out := slots[:0] // never ahead of the slot being read
-	for _, e := range slots {
-		if pos >= end {
-			break
-		}
-		if e.Length == 0 {
-			continue
-		}
-		if e.Offset > pos {
-			break // a gap: nothing after it is known to be contiguous
-		}
-		eEnd := e.Offset + e.Length
-		if eEnd < e.Offset {
-			eEnd = ^uint64(0)
-		}
-		if eEnd <= pos {
-			continue // already covered
-		}
-		eEnd = min(eEnd, end)
-		flags := e.Flags & (bioset.ExtentHole | bioset.ExtentZero)
-		if n := len(out); n > 0 && out[n-1].Flags == flags {
-			out[n-1].Length += eEnd - pos
-		} else {
-			out = append(out, bioset.Extent{Offset: pos, Length: eEnd - pos, Flags: flags})
-		}
-		pos = eEnd
+	for i := range slots {
+		slots[i].Flags &= bioset.ExtentHole | bioset.ExtentZero
 	}
-	return out
+	return slots[:bioset.CompactExtents(slots, off, length)]
 }
