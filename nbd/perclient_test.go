@@ -86,6 +86,8 @@ func TestPerClientConnections(t *testing.T) {
 	refused := obs.refused[RefusedPerClient]
 	full := obs.refused[RefusedMaxConnections]
 	obs.mu.Unlock()
+	t.Logf("the first client holds %d of %d slots; %d of its connections refused while the second was served",
+		perClient, o.MaxConnections, refused)
 	if refused < o.MaxConnections-perClient || full != 0 {
 		t.Errorf("refusals: %d per client (want at least %d), %d for a full server (want 0)",
 			refused, o.MaxConnections-perClient, full)
