@@ -36,9 +36,6 @@ const (
 	// MaxStringLen bounds export names and descriptions: the NBD
 	// protocol forbids longer strings (doc/proto.md, "Conventions").
 	MaxStringLen = 4096
-	// MaxPoolCapacity bounds a layer's pool: beyond a million bios a pool
-	// is no longer a meaningful bound.
-	MaxPoolCapacity = 1 << 20
 
 	// DefaultSource is the Source of the configuration Default returns.
 	DefaultSource = "<embedded default>"

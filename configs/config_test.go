@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -41,19 +42,13 @@ func TestDefault(t *testing.T) {
 	if e.Name != "default" || !e.Default || e.ReadOnly {
 		t.Errorf("export %q default=%v read_only=%v", e.Name, e.Default, e.ReadOnly)
 	}
-	mem := stack.Spec{Kind: stack.KindMemory, Size: 256 << 20}
-	want := stack.Spec{
-		Kind: stack.KindSplit, MaxBytes: 1 << 20,
-		Legs: []stack.Spec{{
-			Kind: stack.KindStripe, Chunk: 64 << 10,
-			Legs: []stack.Spec{mem, mem, mem, mem},
-		}},
+	mem := "memory 256MiB()"
+	want := "split 1GiB max_bytes=1MiB pool=1024(stripe 1GiB chunk=64KiB legs=4 pool=1024(" + strings.Repeat(mem, 4) + "))"
+	if got := specString(e.Stack); got != want {
+		t.Errorf("Stack = %s\nwant %s", got, want)
 	}
-	if !reflect.DeepEqual(e.Stack, want) {
-		t.Errorf("Stack = %+v\nwant %+v", e.Stack, want)
-	}
-	if size, err := StackSize(e.Stack); err != nil || size != 1<<30 {
-		t.Errorf("StackSize = %d, %v; want 1GiB", size, err)
+	if size, ok := e.Stack.Size(); !ok || size != 1<<30 {
+		t.Errorf("Size = %d, %v; want 1GiB", size, ok)
 	}
 	if got, ok := c.Export(""); !ok || got.Name != "default" {
 		t.Errorf(`Export("") = %v, %v`, got, ok)
@@ -121,60 +116,6 @@ func TestFormatTreeAttributes(t *testing.T) {
 	}
 }
 
-func TestSizes(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		n    uint64
-		back string
-	}{
-		{"0", 0, "0B"},
-		{"512", 512, "512B"},
-		{"1000", 1000, "1000B"},
-		{"1024", 1024, "1KiB"},
-		{"4KiB", 4 << 10, "4KiB"},
-		{"4K", 4 << 10, "4KiB"},
-		{"4 KiB", 4 << 10, "4KiB"},
-		{" 64KiB ", 64 << 10, "64KiB"},
-		{"1536KiB", 1536 << 10, "1536KiB"},
-		{"1MiB", 1 << 20, "1MiB"},
-		{"256M", 256 << 20, "256MiB"},
-		{"1GiB", 1 << 30, "1GiB"},
-		{"1536MiB", 1536 << 20, "1536MiB"},
-		{"1G", 1 << 30, "1GiB"},
-		{"2TiB", 2 << 40, "2TiB"},
-		{"3T", 3 << 40, "3TiB"},
-		{"2048GiB", 2 << 40, "2TiB"},
-		{"100B", 100, "100B"},
-		{"16777215TiB", 16777215 << 40, "16777215TiB"},
-		{"18446744073709551615", 1<<64 - 1, "18446744073709551615B"},
-	} {
-		n, err := ParseSize(c.in)
-		if err != nil || n != c.n {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", c.in, n, err, c.n)
-			continue
-		}
-		if got := FormatSize(n); got != c.back {
-			t.Errorf("FormatSize(%d) = %q, want %q", n, got, c.back)
-		}
-		if again, err := ParseSize(FormatSize(n)); err != nil || again != n {
-			t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), again, err)
-		}
-	}
-	for _, bad := range []string{"", "KiB", "-1", "1.5GiB", "1MB", "1kB", "1 mib", "1Mb", "1e9", "0x10", "16777216TiB", "99999999999999999999"} {
-		if n, err := ParseSize(bad); err == nil {
-			t.Errorf("ParseSize(%q) = %d, want an error", bad, n)
-		}
-	}
-	// Every power of two and its neighbours survive a round trip.
-	for shift := 0; shift < 64; shift++ {
-		for _, n := range []uint64{1 << shift, 1<<shift + 512, 3 << shift >> 1} {
-			if back, err := ParseSize(FormatSize(n)); err != nil || back != n {
-				t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), back, err)
-			}
-		}
-	}
-}
-
 func TestSpecMapping(t *testing.T) {
 	src := dedent(`
 		listen:
@@ -219,7 +160,11 @@ func TestSpecMapping(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := stack.Spec{Kind: stack.KindMemory, Size: 1 << 20, Chunk: 8 << 10, Delay: time.Millisecond}
+	mem := "memory 1MiB chunk=8KiB delay=1ms()"
+	wantStacks := []string{
+		"split 2MiB max_bytes=128KiB pool=64(stripe 2MiB chunk=4KiB legs=2 pool=1 rescuer=off(" + mem + mem + "))",
+		"linear 2097156KiB legs=2 pool=1024(null 4KiB()null 2GiB())",
+	}
 	want := &Config{
 		Listeners:      []Listener{{"tcp", ":10809"}, {"unix", "/run/stackd/nbd.sock"}},
 		MetricsAddress: "[::1]:9810",
@@ -231,26 +176,20 @@ func TestSpecMapping(t *testing.T) {
 		Exports: []Export{
 			{
 				Name: "first", Description: "the first",
-				Stack: stack.Spec{
-					Kind: stack.KindSplit, MaxBytes: 128 << 10, Pool: stack.PoolSpec{Capacity: 64},
-					Legs: []stack.Spec{{
-						Kind: stack.KindStripe, Chunk: 4 << 10, Pool: stack.PoolSpec{Capacity: 1, NoRescuer: true},
-						Legs: []stack.Spec{mem, mem},
-					}},
-				},
 			},
 			{
 				Name: "second", Default: true, ReadOnly: true,
-				Stack: stack.Spec{
-					Kind: stack.KindLinear,
-					Legs: []stack.Spec{
-						{Kind: stack.KindNull, Size: 4 << 10},
-						{Kind: stack.KindNull, Size: 2 << 30},
-					},
-				},
 			},
 		},
 		Source: "test.yaml",
+	}
+	for i := range c.Exports {
+		if i < len(wantStacks) {
+			if got := specString(c.Exports[i].Stack); got != wantStacks[i] {
+				t.Errorf("export %d: Stack = %s\nwant %s", i, got, wantStacks[i])
+			}
+		}
+		c.Exports[i].Stack = stack.Spec{}
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
@@ -383,7 +322,7 @@ func TestLoad(t *testing.T) {
 	if c.Source != path {
 		t.Errorf("Source = %q, want %q", c.Source, path)
 	}
-	if got, want := c.Exports[0].Stack.Path, filepath.Join(dir, "disk.img"); got != want {
+	if got, want := c.Exports[0].Stack.Config.(*stack.FileConfig).Path.S, filepath.Join(dir, "disk.img"); got != want {
 		t.Errorf("Path = %q, want %q", got, want)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); !errors.Is(err, os.ErrNotExist) {
@@ -638,8 +577,8 @@ func TestFileAccepted(t *testing.T) {
 			t.Errorf("%s: %v", c.name, err)
 			continue
 		}
-		if n, err := StackSize(cfg.Exports[0].Stack); err != nil || n != c.size {
-			t.Errorf("%s: StackSize = %d, %v; want %d", c.name, n, err, c.size)
+		if n, ok := cfg.Exports[0].Stack.Size(); !ok || n != c.size {
+			t.Errorf("%s: Size = %d, %v; want %d", c.name, n, ok, c.size)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "new.img")); !errors.Is(err, os.ErrNotExist) {
@@ -707,4 +646,19 @@ func TestUnwritableDirectory(t *testing.T) {
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
+}
+
+// specString describes a stack as its kinds ask `stackd check` to print
+// it, each node followed by its legs in parentheses.
+func specString(s stack.Spec) string {
+	n, ok := s.Size()
+	size := "size unknown"
+	if ok {
+		size = settings.FormatSize(n)
+	}
+	out := strings.Join(append([]string{s.Kind(), size}, s.Config.Describe()...), " ") + "("
+	for _, l := range s.Config.LegSpecs() {
+		out += specString(l)
+	}
+	return out + ")"
 }

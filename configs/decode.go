@@ -18,6 +18,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -31,16 +32,9 @@ type decoder struct {
 	// dir anchors relative file paths; "" means the working directory.
 	dir  string
 	errs []*Error
-	// files lists each file target's first use, so that a file backs at
+	// host is shared by the stacks of every export: a file backs at
 	// most one leg in the whole configuration.
-	files []fileUse
-}
-
-type fileUse struct {
-	path   string
-	line   int
-	export string
-	stat   fileStat
+	host stack.Host
 }
 
 func newDecoder(source string) *decoder {
@@ -53,6 +47,16 @@ func newDecoder(source string) *decoder {
 
 func (d *decoder) errorAt(line int, format string, args ...any) {
 	d.errs = append(d.errs, &Error{File: d.file, Line: line, Msg: fmt.Sprintf(format, args...)})
+}
+
+// add records the problems of a settings decode.
+func (d *decoder) add(err error) {
+	var l settings.Errors
+	if errors.As(err, &l) {
+		for _, e := range l {
+			d.errorAt(e.Line, "%s", e.Msg)
+		}
+	}
 }
 
 func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
@@ -198,9 +202,6 @@ func (f *fields) need(d *decoder, key string) *yaml.Node {
 // keyHints explain unknown keys that are a likely confusion rather than a
 // typo.
 var keyHints = map[string]string{
-	"split.legs":  `split has exactly one leg: write "leg:" and a single stack node`,
-	"stripe.leg":  `stripe takes a list: write "legs:"`,
-	"linear.leg":  `linear takes a list: write "legs:"`,
 	"export.size": `an export's size is its stack's size; give sizes to the leaf targets`,
 }
 
@@ -211,20 +212,20 @@ var keyHints = map[string]string{
 func (d *decoder) mapping(n *yaml.Node, keyLine int, what string, known ...string) *fields {
 	n = deref(n)
 	f := &fields{what: what, line: n.Line, key: map[string]*yaml.Node{}, val: map[string]*yaml.Node{}}
-	if isNull(n) {
+	if settings.IsNull(n) {
 		if keyLine > 0 {
 			f.line = keyLine
 		}
 		return f
 	}
 	if n.Kind != yaml.MappingNode {
-		d.errorf(n, "%s must be a mapping of keys to values, not %s", what, describe(n))
+		d.errorf(n, "%s must be a mapping of keys to values, not %s", what, settings.Describe(n))
 		return nil
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := deref(n.Content[i]), n.Content[i+1]
 		if k.Kind != yaml.ScalarNode {
-			d.errorf(k, "%s: a key must be a plain name, not %s", what, describe(k))
+			d.errorf(k, "%s: a key must be a plain name, not %s", what, settings.Describe(k))
 			continue
 		}
 		name := k.Value
@@ -232,7 +233,7 @@ func (d *decoder) mapping(n *yaml.Node, keyLine int, what string, known ...strin
 		case name == "<<":
 			d.errorf(k, "%s: merge keys (<<) are not supported; repeat the keys or use an alias for the whole value", what)
 		case !slices.Contains(known, name):
-			d.errorf(k, "unknown key %q in %s%s", name, what, suggest(name, known, keyHints[what+"."+name]))
+			d.errorf(k, "unknown key %q in %s%s", name, what, settings.Suggest(name, known, keyHints[what+"."+name]))
 		case f.key[name] != nil:
 			d.errorf(k, "%s: duplicate key %q (first at line %d)", what, name, f.key[name].Line)
 		default:
@@ -242,45 +243,6 @@ func (d *decoder) mapping(n *yaml.Node, keyLine int, what string, known ...strin
 	return f
 }
 
-// suggest returns a parenthesised hint for an unknown name: the given
-// hint, else the closest known name, else the list of known names.
-func suggest(name string, known []string, hint string) string {
-	if hint != "" {
-		return "; " + hint
-	}
-	best, bestDist := "", 3
-	for _, k := range known {
-		if dist := editDistance(strings.ToLower(name), k); dist < bestDist {
-			best, bestDist = k, dist
-		}
-	}
-	if best != "" {
-		return fmt.Sprintf(" (did you mean %q?)", best)
-	}
-	return " (want " + strings.Join(known, ", ") + ")"
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
-
 func deref(n *yaml.Node) *yaml.Node {
 	for n != nil && n.Kind == yaml.AliasNode {
 		n = n.Alias
@@ -288,123 +250,49 @@ func deref(n *yaml.Node) *yaml.Node {
 	return n
 }
 
-func isNull(n *yaml.Node) bool {
-	return n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null"
+// value decodes n into v, one of package settings' value types, naming
+// its problem what.
+func (d *decoder) value(n *yaml.Node, what string, v any) bool {
+	err := settings.Named(n, 0, what, v)
+	d.add(err)
+	return err == nil
 }
 
-// describe names what a node is, for "want X, not Y" messages.
-func describe(n *yaml.Node) string {
-	n = deref(n)
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		switch n.ShortTag() {
-		case "!!null":
-			return "empty"
-		case "!!bool":
-			return n.Value
-		case "!!int", "!!float":
-			return "the number " + n.Value
-		default:
-			return strconv.Quote(n.Value)
-		}
-	}
-	return "an unexpected YAML node"
-}
-
-// str decodes a string. Numbers and booleans are refused so that a value
-// such as `name: 1e3` or `path: no` is not silently read as text.
 func (d *decoder) str(n *yaml.Node, what string) (string, bool) {
-	n = deref(n)
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
-		hint := ""
-		if n.Kind == yaml.ScalarNode && !isNull(n) {
-			hint = " (quote it to make it a string)"
-		}
-		d.errorf(n, "%s must be a string, not %s%s", what, describe(n), hint)
-		return "", false
-	}
-	return n.Value, true
+	var v settings.String
+	ok := d.value(n, what, &v)
+	return v.S, ok
 }
 
 func (d *decoder) boolean(n *yaml.Node, what string) (bool, bool) {
-	n = deref(n)
-	var b bool
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&b) != nil {
-		d.errorf(n, "%s must be true or false, not %s", what, describe(n))
-		return false, false
-	}
-	return b, true
+	var v settings.Bool
+	ok := d.value(n, what, &v)
+	return v.B, ok
 }
 
 func (d *decoder) integer(n *yaml.Node, what string) (int64, bool) {
-	n = deref(n)
-	var i int64
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&i) != nil {
-		d.errorf(n, "%s must be a whole number, not %s", what, describe(n))
-		return 0, false
-	}
-	return i, true
+	var v settings.Int
+	ok := d.value(n, what, &v)
+	return v.N, ok
 }
 
-// size decodes a size: a YAML integer (bytes) or a string ParseSize
-// accepts.
 func (d *decoder) size(n *yaml.Node, what string) (uint64, bool) {
-	n = deref(n)
-	if n.Kind == yaml.ScalarNode {
-		switch n.ShortTag() {
-		case "!!int":
-			var u uint64
-			if err := n.Decode(&u); err == nil {
-				return u, true
-			}
-			var i int64
-			if err := n.Decode(&i); err == nil && i < 0 {
-				d.errorf(n, "%s: %s: a size cannot be negative", what, n.Value)
-				return 0, false
-			}
-			d.errorf(n, "%s: %s is too large", what, n.Value)
-			return 0, false
-		case "!!str", "!!float":
-			s, err := ParseSize(n.Value)
-			if err != nil {
-				d.errorf(n, "%s: %v", what, err)
-				return 0, false
-			}
-			return s, true
-		}
-	}
-	d.errorf(n, "%s must be a size such as 4096 or 256MiB, not %s", what, describe(n))
-	return 0, false
+	var v settings.Size
+	ok := d.value(n, what, &v)
+	return v.Bytes, ok
 }
 
-// duration decodes a non-negative time.ParseDuration string.
 func (d *decoder) duration(n *yaml.Node, what string) (time.Duration, bool) {
-	n = deref(n)
-	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!str" && n.ShortTag() != "!!int") {
-		d.errorf(n, "%s must be a duration such as 10s or 1ms, not %s", what, describe(n))
-		return 0, false
-	}
-	t, err := time.ParseDuration(n.Value)
-	if err != nil {
-		d.errorf(n, "%s: %q is not a duration; want a number and a unit such as 10s, 1ms or 250us", what, n.Value)
-		return 0, false
-	}
-	if t < 0 {
-		d.errorf(n, "%s: %s: a duration cannot be negative", what, n.Value)
-		return 0, false
-	}
-	return t, true
+	var v settings.Duration
+	ok := d.value(n, what, &v)
+	return v.D, ok
 }
 
 // sequence checks that n is a list.
 func (d *decoder) sequence(n *yaml.Node, what string) ([]*yaml.Node, bool) {
 	n = deref(n)
 	if n.Kind != yaml.SequenceNode {
-		d.errorf(n, "%s must be a list (lines starting with \"- \"), not %s", what, describe(n))
+		d.errorf(n, "%s must be a list (lines starting with \"- \"), not %s", what, settings.Describe(n))
 		return nil, false
 	}
 	return n.Content, true
@@ -428,7 +316,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 	for _, item := range items {
 		item = deref(item)
 		if item.Kind != yaml.MappingNode || len(item.Content) != 2 {
-			d.errorf(item, "a listener is a mapping with one key, tcp or unix, such as \"- tcp: 127.0.0.1:10809\"; got %s", describe(item))
+			d.errorf(item, "a listener is a mapping with one key, tcp or unix, such as \"- tcp: 127.0.0.1:10809\"; got %s", settings.Describe(item))
 			continue
 		}
 		k, v := deref(item.Content[0]), item.Content[1]
@@ -463,7 +351,7 @@ func (d *decoder) listeners(n *yaml.Node) []Listener {
 			}
 			l.Address = path
 		default:
-			d.errorf(k, "unknown listener kind %q%s", k.Value, suggest(k.Value, []string{"tcp", "unix"}, ""))
+			d.errorf(k, "unknown listener kind %q%s", k.Value, settings.Suggest(k.Value, []string{"tcp", "unix"}, ""))
 			continue
 		}
 		if first, dup := seen[l]; dup {
@@ -502,7 +390,7 @@ func (d *decoder) metrics(n *yaml.Node, keyLine int) string {
 	if v == nil {
 		return DefaultMetricsAddress
 	}
-	if isNull(deref(v)) {
+	if settings.IsNull(deref(v)) {
 		return ""
 	}
 	addr, ok := d.str(v, "metrics address")
@@ -557,9 +445,9 @@ func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 		if s, ok := d.size(v, "payload_budget"); ok {
 			switch {
 			case s > math.MaxInt64:
-				d.errorf(v, "payload_budget: %s is too large", FormatSize(s))
+				d.errorf(v, "payload_budget: %s is too large", settings.FormatSize(s))
 			case s != 0 && s < MinPayloadBudget:
-				d.errorf(v, "payload_budget: %s is too small; a client may send a single %s request, so the budget must be at least that", FormatSize(s), FormatSize(MinPayloadBudget))
+				d.errorf(v, "payload_budget: %s is too small; a client may send a single %s request, so the budget must be at least that", settings.FormatSize(s), settings.FormatSize(MinPayloadBudget))
 			default:
 				l.PayloadBudget = int64(s)
 				budgetOK = true
@@ -589,11 +477,11 @@ func (d *decoder) limits(n *yaml.Node, keyLine int) Limits {
 			switch {
 			case s == 0:
 			case s < MinConnectionPayload:
-				d.errorf(v, "connection_payload: %s is too small; a client may send a single %s request, so a connection must be able to hold at least that", FormatSize(s), FormatSize(MinConnectionPayload))
+				d.errorf(v, "connection_payload: %s is too small; a client may send a single %s request, so a connection must be able to hold at least that", settings.FormatSize(s), settings.FormatSize(MinConnectionPayload))
 			case !budgetOK:
 			case s > budget:
 				d.errorf(v, "connection_payload: %s is more than payload_budget (%s); it is one connection's share of the budget all connections hold together, so it cannot be larger than the budget",
-					FormatSize(s), inEffect(FormatSize(budget), l.PayloadBudget != 0, f.val["payload_budget"]))
+					settings.FormatSize(s), inEffect(settings.FormatSize(budget), l.PayloadBudget != 0, f.val["payload_budget"]))
 			default:
 				l.ConnectionPayload = int64(s)
 			}
@@ -693,9 +581,9 @@ func (d *decoder) exports(n *yaml.Node) []Export {
 			}
 		}
 		if v := f.need(d, "stack"); v != nil {
-			spec, size, known := d.node(v, f.key["stack"].Line, "stack", &exportCtx{name: e.Name, readOnly: e.ReadOnly})
+			spec, size, known := d.stack(v, f.key["stack"].Line, &exportCtx{name: e.Name, readOnly: e.ReadOnly})
 			if known && size > math.MaxInt64 {
-				d.errorf(v, "export %q is %s, more than NBD clients can address (8EiB less one byte)", e.Name, FormatSize(size))
+				d.errorf(v, "export %q is %s, more than NBD clients can address (8EiB less one byte)", e.Name, settings.FormatSize(size))
 			}
 			e.Stack = spec
 		}
@@ -722,293 +610,20 @@ func (d *decoder) checkString(n *yaml.Node, what, s string) bool {
 	return false
 }
 
-var kinds = []string{stack.KindSplit, stack.KindStripe, stack.KindLinear, stack.KindMemory, stack.KindFile, stack.KindNull}
-
-// node decodes a stack node: a mapping with exactly one key, its kind.
-// keyLine is the line of the key n is the value of ("stack:", "leg:"),
-// what names it in messages. It returns the Spec, the node's size in bytes
-// and whether that size is known: false after a problem below, so that the
-// layers above skip the checks that need it.
-func (d *decoder) node(n *yaml.Node, keyLine int, what string, ex *exportCtx) (stack.Spec, uint64, bool) {
+// stack decodes an export's stack, checks what it needs of the host, and
+// returns the Spec, its size and whether that size is known.
+func (d *decoder) stack(n *yaml.Node, keyLine int, ex *exportCtx) (stack.Spec, uint64, bool) {
 	var spec stack.Spec
-	m := deref(n)
-	if m.Kind != yaml.MappingNode {
-		line := n.Line
-		if isNull(m) && keyLine > 0 {
-			line = keyLine
+	var p settings.Problems
+	p.Add(settings.Named(n, keyLine, "stack", &spec))
+	spec.Walk(func(s stack.Spec) {
+		if r, ok := s.Config.(interface{ ResolvePaths(dir string) }); ok {
+			r.ResolvePaths(d.dir)
 		}
-		d.errorAt(line, "%s must be a stack node, a mapping with one key naming its kind such as \"memory: {size: 1GiB}\"; got %s", what, describe(m))
-		return spec, 0, false
-	}
-	switch len(m.Content) / 2 {
-	case 0:
-		d.errorf(m, "%s has no kind; want one of %s", what, strings.Join(kinds, ", "))
-		return spec, 0, false
-	case 1:
-	default:
-		var names []string
-		for i := 0; i < len(m.Content); i += 2 {
-			names = append(names, deref(m.Content[i]).Value)
-		}
-		d.errorf(m, "%s has %d keys (%s); a stack node has exactly one, its kind (put legs under \"leg:\" or \"legs:\")",
-			what, len(names), strings.Join(names, ", "))
-		return spec, 0, false
-	}
-	k, v := deref(m.Content[0]), m.Content[1]
-	switch k.Value {
-	case stack.KindSplit:
-		return d.split(v, k.Line, ex)
-	case stack.KindStripe:
-		return d.stripe(v, k.Line, ex)
-	case stack.KindLinear:
-		return d.linear(v, k.Line, ex)
-	case stack.KindMemory:
-		return d.memory(v, k.Line)
-	case stack.KindNull:
-		return d.null(v, k.Line)
-	case stack.KindFile:
-		return d.fileNode(v, k.Line, ex)
-	}
-	d.errorf(k, "unknown kind %q%s", k.Value, suggest(k.Value, kinds, ""))
-	return spec, 0, false
-}
-
-// blockSize is the unit of NBD I/O stackd serves: offsets, lengths and the
-// sizes and boundaries of layers are multiples of it.
-const blockSize = 512
-
-// minMemoryChunk is the smallest memory allocation chunk: a page.
-const minMemoryChunk = 4 << 10
-
-func (d *decoder) pool(f *fields) stack.PoolSpec {
-	var p stack.PoolSpec
-	v := f.val["pool"]
-	if v == nil {
-		return p
-	}
-	pf := d.mapping(v, f.key["pool"].Line, f.what+" pool", "capacity", "rescuer")
-	if pf == nil {
-		return p
-	}
-	if c := pf.val["capacity"]; c != nil {
-		if i, ok := d.integer(c, "pool capacity"); ok {
-			if i < 1 || i > MaxPoolCapacity {
-				d.errorf(c, "pool capacity: %d is out of range; want 1 to %d bios (absent: %d)", i, MaxPoolCapacity, stack.DefaultPoolCapacity)
-			} else {
-				p.Capacity = int(i)
-			}
-		}
-	}
-	if r := pf.val["rescuer"]; r != nil {
-		if on, ok := d.boolean(r, "pool rescuer"); ok {
-			p.NoRescuer = !on
-		}
-	}
-	return p
-}
-
-// blocks decodes an optional size that must be a positive multiple of
-// 512, reporting "KIND KEY: …".
-func (d *decoder) blocks(f *fields, key string, required bool) (uint64, bool) {
-	what := f.what + " " + key
-	var v *yaml.Node
-	if required {
-		v = f.need(d, key)
-	} else {
-		v = f.val[key]
-	}
-	if v == nil {
-		return 0, !required
-	}
-	s, ok := d.size(v, what)
-	switch {
-	case !ok:
-		return 0, false
-	case s == 0:
-		d.errorf(v, "%s must be greater than zero", what)
-		return 0, false
-	case s%blockSize != 0:
-		d.errorf(v, "%s: %s is not a multiple of %d bytes", what, FormatSize(s), blockSize)
-		return 0, false
-	}
-	return s, true
-}
-
-func (d *decoder) split(n *yaml.Node, keyLine int, ex *exportCtx) (stack.Spec, uint64, bool) {
-	spec := stack.Spec{Kind: stack.KindSplit}
-	f := d.mapping(n, keyLine, "split", "max_bytes", "boundary", "pool", "leg")
-	if f == nil {
-		return spec, 0, false
-	}
-	spec.MaxBytes, _ = d.blocks(f, "max_bytes", true)
-	if v := f.val["boundary"]; v != nil {
-		// 0 is allowed: no boundary.
-		if b, ok := d.size(v, "split boundary"); ok {
-			if b%blockSize != 0 {
-				d.errorf(v, "split boundary: %s is not a multiple of %d bytes (0: no boundary)", FormatSize(b), blockSize)
-			} else {
-				spec.Boundary = b
-			}
-		}
-	}
-	spec.Pool = d.pool(f)
-	v := f.need(d, "leg")
-	if v == nil {
-		return spec, 0, false
-	}
-	if deref(v).Kind == yaml.SequenceNode {
-		d.errorf(v, "split leg must be a single stack node, not a list; a split has exactly one leg")
-		return spec, 0, false
-	}
-	leg, size, known := d.node(v, f.key["leg"].Line, "split leg", ex)
-	spec.Legs = []stack.Spec{leg}
+	})
+	d.host.Export, d.host.ReadOnly = ex.name, ex.readOnly
+	d.host.CheckHost(spec, &p)
+	size, known := spec.CheckSize(&p)
+	d.add(p.Err())
 	return spec, size, known
-}
-
-// legs decodes a layer's list of legs. It returns their specs, sizes, the
-// node of each leg (for messages) and whether every size is known.
-func (d *decoder) legs(f *fields, min int, ex *exportCtx) ([]stack.Spec, []uint64, []*yaml.Node, bool) {
-	v := f.need(d, "legs")
-	if v == nil {
-		return nil, nil, nil, false
-	}
-	items, ok := d.sequence(v, f.what+" legs")
-	if !ok {
-		return nil, nil, nil, false
-	}
-	if len(items) < min {
-		noun := "legs"
-		if min == 1 {
-			noun = "leg"
-		}
-		d.errorAt(listLine(v, f.key["legs"].Line), "%s needs at least %d %s, has %d", f.what, min, noun, len(items))
-		return nil, nil, nil, false
-	}
-	specs := make([]stack.Spec, len(items))
-	sizes := make([]uint64, len(items))
-	allKnown := true
-	for i, item := range items {
-		var known bool
-		specs[i], sizes[i], known = d.node(item, 0, fmt.Sprintf("%s leg %d", f.what, i+1), ex)
-		allKnown = allKnown && known
-	}
-	return specs, sizes, items, allKnown
-}
-
-// listLine is where to report a problem with a list as a whole: its
-// first line, or its key's when it is empty ("legs: []").
-func listLine(v *yaml.Node, keyLine int) int {
-	if v = deref(v); len(v.Content) == 0 || v.Style&yaml.FlowStyle != 0 {
-		return keyLine
-	}
-	return v.Line
-}
-
-func (d *decoder) stripe(n *yaml.Node, keyLine int, ex *exportCtx) (stack.Spec, uint64, bool) {
-	spec := stack.Spec{Kind: stack.KindStripe}
-	f := d.mapping(n, keyLine, "stripe", "chunk", "pool", "legs")
-	if f == nil {
-		return spec, 0, false
-	}
-	chunk, chunkOK := d.blocks(f, "chunk", true)
-	spec.Chunk = chunk
-	spec.Pool = d.pool(f)
-	legs, sizes, nodes, known := d.legs(f, 2, ex)
-	spec.Legs = legs
-	if !known || !chunkOK {
-		return spec, 0, false
-	}
-	for i := 1; i < len(sizes); i++ {
-		if sizes[i] != sizes[0] {
-			d.errorf(nodes[i], "stripe leg %d is %s but leg 1 (line %d) is %s; the legs of a stripe must be the same size",
-				i+1, FormatSize(sizes[i]), nodes[0].Line, FormatSize(sizes[0]))
-			return spec, 0, false
-		}
-	}
-	if sizes[0] < chunk {
-		d.errorf(nodes[0], "stripe legs are %s, smaller than the %s chunk; each leg must hold at least one chunk",
-			FormatSize(sizes[0]), FormatSize(chunk))
-		return spec, 0, false
-	}
-	per := sizes[0] - sizes[0]%chunk
-	total, overflow := mulOverflows(per, uint64(len(sizes)))
-	if overflow {
-		d.errorf(nodes[0], "stripe is larger than 16EiB")
-		return spec, 0, false
-	}
-	return spec, total, true
-}
-
-func mulOverflows(a, b uint64) (uint64, bool) {
-	if a != 0 && b > math.MaxUint64/a {
-		return 0, true
-	}
-	return a * b, false
-}
-
-func (d *decoder) linear(n *yaml.Node, keyLine int, ex *exportCtx) (stack.Spec, uint64, bool) {
-	spec := stack.Spec{Kind: stack.KindLinear}
-	f := d.mapping(n, keyLine, "linear", "pool", "legs")
-	if f == nil {
-		return spec, 0, false
-	}
-	spec.Pool = d.pool(f)
-	legs, sizes, nodes, known := d.legs(f, 1, ex)
-	spec.Legs = legs
-	if !known {
-		return spec, 0, false
-	}
-	var total uint64
-	for i, s := range sizes {
-		if total+s < total {
-			d.errorf(nodes[i], "linear is larger than 16EiB")
-			return spec, 0, false
-		}
-		total += s
-	}
-	return spec, total, true
-}
-
-func (d *decoder) delay(f *fields) time.Duration {
-	if v := f.val["delay"]; v != nil {
-		t, _ := d.duration(v, f.what+" delay")
-		return t
-	}
-	return 0
-}
-
-func (d *decoder) memory(n *yaml.Node, keyLine int) (stack.Spec, uint64, bool) {
-	spec := stack.Spec{Kind: stack.KindMemory}
-	f := d.mapping(n, keyLine, "memory", "size", "chunk", "delay")
-	if f == nil {
-		return spec, 0, false
-	}
-	size, ok := d.blocks(f, "size", true)
-	spec.Size = size
-	if v := f.val["chunk"]; v != nil {
-		if c, good := d.size(v, "memory chunk"); good {
-			switch {
-			case c&(c-1) != 0 || c == 0:
-				d.errorf(v, "memory chunk: %s is not a power of two", FormatSize(c))
-			case c < minMemoryChunk:
-				d.errorf(v, "memory chunk: %s is smaller than %s, a page", FormatSize(c), FormatSize(minMemoryChunk))
-			default:
-				spec.Chunk = c
-			}
-		}
-	}
-	spec.Delay = d.delay(f)
-	return spec, size, ok
-}
-
-func (d *decoder) null(n *yaml.Node, keyLine int) (stack.Spec, uint64, bool) {
-	spec := stack.Spec{Kind: stack.KindNull}
-	f := d.mapping(n, keyLine, "null", "size", "delay")
-	if f == nil {
-		return spec, 0, false
-	}
-	size, ok := d.blocks(f, "size", true)
-	spec.Size = size
-	spec.Delay = d.delay(f)
-	return spec, size, ok
 }

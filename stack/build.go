@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	"github.com/stackd/stackd/bioset"
-	"github.com/stackd/stackd/targets"
 )
 
 // Node is one layer or target of a built stack.
@@ -61,7 +60,7 @@ func (st *Stack) Close() error {
 // name. On error, whatever was already built is closed.
 func Build(name string, spec Spec) (*Stack, error) {
 	st := &Stack{}
-	root, err := st.build(name+"/"+spec.Kind, spec)
+	root, err := st.build(name+"/"+spec.Kind(), spec)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -71,12 +70,15 @@ func Build(name string, spec Spec) (*Stack, error) {
 }
 
 func (st *Stack) build(path string, spec Spec) (Device, error) {
+	if spec.Config == nil {
+		return nil, fmt.Errorf("%s: a node with no kind", path)
+	}
 	var legs []Device
 	first := len(st.Nodes)
-	for i, l := range spec.Legs {
+	for i, l := range spec.Config.LegSpecs() {
 		p := path + "/leg" + strconv.Itoa(i)
-		if spec.Kind == KindSplit {
-			p = path + "/" + l.Kind
+		if kinds[spec.Kind()].OneLeg {
+			p = path + "/" + l.Kind()
 		}
 		d, err := st.build(p, l)
 		if err != nil {
@@ -84,45 +86,12 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 		}
 		legs = append(legs, d)
 	}
-	if len(legs) > 0 && (spec.Kind == KindMemory || spec.Kind == KindNull || spec.Kind == KindFile) {
-		return nil, fmt.Errorf("%s: a %s target has no legs", path, spec.Kind)
-	}
-	pool := bioset.Options{Name: path, Capacity: spec.Pool.Capacity, NoRescuer: spec.Pool.NoRescuer}
-	if pool.Capacity == 0 {
-		pool.Capacity = DefaultPoolCapacity
-	}
-	var (
-		dev Device
-		err error
-	)
-	switch spec.Kind {
-	case KindSplit:
-		if len(legs) != 1 {
-			return nil, fmt.Errorf("%s: split needs exactly one leg, has %d", path, len(legs))
-		}
-		dev, err = NewSplit(legs[0], spec.MaxBytes, spec.Boundary, pool)
-	case KindStripe:
-		dev, err = NewStripe(legs, spec.Chunk, pool)
-	case KindLinear:
-		dev, err = NewLinear(legs, pool)
-	case KindMemory:
-		m := targets.NewMemory(spec.Size, spec.Chunk)
-		m.SetDelay(spec.Delay)
-		dev = m
-	case KindNull:
-		n := targets.NewNull(spec.Size)
-		n.SetDelay(spec.Delay)
-		dev = n
-	case KindFile:
-		dev, err = targets.OpenFile(spec.Path, spec.Size, targets.FileOptions{Delay: spec.Delay})
-	default:
-		return nil, fmt.Errorf("%s: unknown kind %q", path, spec.Kind)
-	}
+	dev, err := spec.Config.Build(legs, BuildContext{Path: path})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	c := &counted{Device: dev}
-	n := Node{Path: path, Kind: spec.Kind, Dev: c, Stats: &c.stats}
+	n := Node{Path: path, Kind: spec.Kind(), Dev: c, Stats: &c.stats}
 	if l, ok := dev.(interface{ Pool() *bioset.BioSet }); ok {
 		n.Pool = l.Pool()
 	}

@@ -235,10 +235,7 @@ type capsLimited struct {
 func (c capsLimited) Caps() bioset.Caps { return c.caps }
 
 func TestBuildPathsAndErrors(t *testing.T) {
-	spec := Spec{Kind: KindSplit, MaxBytes: 1 << 20, Legs: []Spec{{
-		Kind: KindStripe, Chunk: 65536, Legs: []Spec{
-			{Kind: KindMemory, Size: 1 << 20}, {Kind: KindMemory, Size: 1 << 20},
-		}}}}
+	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)))
 	st, err := Build("default", spec)
 	if err != nil {
 		t.Fatal(err)
@@ -260,7 +257,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 		t.Fatalf("size %d", st.Root.Size())
 	}
 
-	bad := Spec{Kind: KindStripe, Chunk: 4096, Legs: []Spec{{Kind: KindMemory, Size: 1 << 20}, {Kind: KindMemory, Size: 2 << 20}}}
+	bad := stripeSpec(4096, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(2<<20, 0))
 	if _, err := Build("x", bad); err == nil {
 		t.Fatal("stripe over legs of unequal size built")
 	}
@@ -270,10 +267,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 // requeued remainder included only once — and a layer's errors are the
 // sum of its targets'.
 func TestNodeStats(t *testing.T) {
-	spec := Spec{Kind: KindSplit, MaxBytes: 1 << 20, Legs: []Spec{{
-		Kind: KindStripe, Chunk: 65536, Legs: []Spec{
-			{Kind: KindMemory, Size: 4 << 20}, {Kind: KindMemory, Size: 4 << 20},
-		}}}}
+	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(4<<20, 0), memorySpec(4<<20, 0)))
 	st, err := Build("s", spec)
 	if err != nil {
 		t.Fatal(err)
