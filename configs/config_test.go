@@ -96,7 +96,7 @@ func TestFormatTreeAttributes(t *testing.T) {
 		          - null: {size: 1536MiB, delay: 1us}
 		  - name: b
 		    stack: {null: {size: 512}}`), "IMG", img)
-	c, err := Parse("test.yaml", []byte(src))
+	c, err := parseAndCheck("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func TestSpecMapping(t *testing.T) {
 				t.Errorf("export %d: Stack = %s\nwant %s", i, got, wantStacks[i])
 			}
 		}
-		c.Exports[i].Stack = stack.Spec{}
+		c.Exports[i].Stack, c.Exports[i].line = stack.Spec{}, 0
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
@@ -375,7 +375,7 @@ func TestExamples(t *testing.T) {
 				t.Fatal(err)
 			}
 			data = bytes.ReplaceAll(data, []byte("/var/lib/stackd"), []byte(dir))
-			c, err := Parse(path, data)
+			c, err := parseAndCheck(path, data)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -389,165 +389,6 @@ func TestExamples(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestFileErrors covers the checks Parse makes of file targets on disk.
-func TestFileErrors(t *testing.T) {
-	mkfile := func(name string, size int64) func(*testing.T, string) {
-		return func(t *testing.T, dir string) {
-			path := filepath.Join(dir, name)
-			if err := os.WriteFile(path, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(path, size); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	runErrorCases(t, []errorCase{
-		{
-			name: "file without path",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {size: 1MiB}`,
-			want: `test.yaml:4: file needs "path"`,
-		},
-		{
-			name: "file with empty path",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: "", size: 1MiB}`,
-			want: `test.yaml:4: file path must not be empty`,
-		},
-		{
-			name: "missing file without size",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/a.img`,
-			want: `test.yaml:5: file $DIR/a.img does not exist; give a size for stackd to create it with`,
-		},
-		{
-			name: "missing file in a missing directory",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/sub/a.img
-				        size: 1MiB`,
-			want: `test.yaml:5: file $DIR/sub/a.img does not exist, and neither does its directory $DIR/sub`,
-		},
-		{
-			name: "missing file on a read-only export",
-			yaml: `
-				exports:
-				  - name: a
-				    read_only: true
-				    stack:
-				      file:
-				        path: $DIR/a.img
-				        size: 1MiB`,
-			want: `test.yaml:6: file $DIR/a.img does not exist, and a read-only export cannot create it`,
-		},
-		{
-			name:  "existing file smaller than its size",
-			setup: mkfile("a.img", 1<<20),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/a.img
-				        size: 2MiB`,
-			want: `test.yaml:6: file $DIR/a.img is 1MiB, smaller than its configured size 2MiB; grow it (truncate -s 2MiB $DIR/a.img) or give a smaller size`,
-		},
-		{
-			name:  "existing empty file without size",
-			setup: mkfile("a.img", 0),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR/a.img}`,
-			want: `test.yaml:4: file $DIR/a.img is empty; give a size and grow the file to it (truncate -s SIZE $DIR/a.img)`,
-		},
-		{
-			name:  "existing file of odd size without size",
-			setup: mkfile("a.img", 1000),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR/a.img}`,
-			want: `test.yaml:4: file $DIR/a.img is 1000 bytes, not a multiple of 512; give a size to serve a prefix of it`,
-		},
-		{
-			name: "directory as a file",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR, size: 1MiB}`,
-			want: `test.yaml:4: $DIR is a directory`,
-		},
-		{
-			name: "file used twice",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {path: $DIR/x.img, size: 1MiB}}
-				  - name: b
-				    stack:
-				      linear:
-				        legs:
-				          - file: {path: $DIR/y.img, size: 1MiB}
-				          - file: {path: $DIR/sub/../x.img, size: 1MiB}`,
-			want: `test.yaml:9: file $DIR/x.img is already used at line 3 (export "a"); a file can back only one leg`,
-		},
-		{
-			name: "file used twice through a symlink",
-			setup: func(t *testing.T, dir string) {
-				mkfile("x.img", 1<<20)(t, dir)
-				if err := os.Symlink(filepath.Join(dir, "x.img"), filepath.Join(dir, "link.img")); err != nil {
-					t.Fatal(err)
-				}
-			},
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      stripe:
-				        chunk: 4KiB
-				        legs:
-				          - file: {path: $DIR/x.img}
-				          - file: {path: $DIR/link.img}`,
-			want: `test.yaml:8: file $DIR/link.img is already used at line 7 (export "a"); a file can back only one leg`,
-		},
-		{
-			name: "file size not a multiple of 512",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {path: $DIR/a.img, size: 1000}}`,
-			want: `test.yaml:3: file size: 1000B is not a multiple of 512 bytes`,
-		},
-		{
-			name: "unknown file key",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {name: $DIR/a.img, size: 1MiB}}`,
-			want: "test.yaml:3: unknown key \"name\" in file (want path, size, delay)\n" +
-				`test.yaml:3: file needs "path"`,
-		},
-	})
 }
 
 // TestFileAccepted covers file targets Parse accepts, and the sizes it
@@ -572,7 +413,7 @@ func TestFileAccepted(t *testing.T) {
 	} {
 		src := strings.NewReplacer("IMG", img, "DIR", dir).Replace(
 			"exports:\n  - name: a\n    stack: " + c.stack + "\n")
-		cfg, err := Parse("test.yaml", []byte(src))
+		cfg, err := parseAndCheck("test.yaml", []byte(src))
 		if err != nil {
 			t.Errorf("%s: %v", c.name, err)
 			continue
@@ -617,7 +458,7 @@ func TestUnwritableFile(t *testing.T) {
 		t.Skip("cannot make a file unwritable here")
 	}
 	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + img + "}\n"
-	_, err := Parse("test.yaml", []byte(src))
+	_, err := parseAndCheck("test.yaml", []byte(src))
 	wantPrefix := "test.yaml:4: file " + img + " is not writable ("
 	wantSuffix := "); mark the export read_only: true, or make the file writable"
 	if err == nil || !strings.HasPrefix(err.Error(), wantPrefix) || !strings.HasSuffix(err.Error(), wantSuffix) {
@@ -625,7 +466,7 @@ func TestUnwritableFile(t *testing.T) {
 	}
 	// Read-only, it is fine.
 	src = "exports:\n  - name: a\n    read_only: true\n    stack:\n      file: {path: " + img + "}\n"
-	if _, err := Parse("test.yaml", []byte(src)); err != nil {
+	if _, err := parseAndCheck("test.yaml", []byte(src)); err != nil {
 		t.Errorf("read-only export of an unwritable file: %v", err)
 	}
 }
@@ -640,7 +481,7 @@ func TestUnwritableDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + sub + "/a.img, size: 1MiB}\n"
-	_, err := Parse("test.yaml", []byte(src))
+	_, err := parseAndCheck("test.yaml", []byte(src))
 	want := "test.yaml:4: file " + sub + "/a.img does not exist, and its directory " + sub +
 		" is not writable (permission denied), so stackd cannot create it"
 	if err == nil || err.Error() != want {
@@ -661,4 +502,13 @@ func specString(s stack.Spec) string {
 		out += specString(l)
 	}
 	return out + ")"
+}
+
+// parseAndCheck is what `stackd check` does: Parse, then CheckHost.
+func parseAndCheck(source string, data []byte) (*Config, error) {
+	c, err := Parse(source, data)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.CheckHost()
 }

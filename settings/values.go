@@ -11,17 +11,27 @@ import (
 )
 
 // The value types below each decode one YAML scalar and keep its line;
-// Line is 0 when the value was not given or could not be decoded.
+// Line is 0 when the value was not given or could not be decoded, and Bad
+// says which: given, but not decoded (its problem is reported already).
 
 // Size is a number of bytes: a YAML integer, or a string ParseSize
 // accepts ("256MiB").
 type Size struct {
 	Bytes uint64
 	Line  int
+	Bad   bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (s *Size) UnmarshalYAML(n *yaml.Node) error {
+	err := s.decode(n)
+	if err != nil {
+		*s = Size{Bad: true}
+	}
+	return err
+}
+
+func (s *Size) decode(n *yaml.Node) error {
 	if n.Kind == yaml.ScalarNode {
 		switch n.ShortTag() {
 		case "!!int":
@@ -51,10 +61,19 @@ func (s *Size) UnmarshalYAML(n *yaml.Node) error {
 type Duration struct {
 	D    time.Duration
 	Line int
+	Bad  bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	err := d.decode(n)
+	if err != nil {
+		*d = Duration{Bad: true}
+	}
+	return err
+}
+
+func (d *Duration) decode(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!str" && n.ShortTag() != "!!int") {
 		return Invalid(n, " must be a duration such as 10s or 1ms, not %s", Describe(n))
 	}
@@ -73,10 +92,19 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 type Int struct {
 	N    int64
 	Line int
+	Bad  bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (i *Int) UnmarshalYAML(n *yaml.Node) error {
+	err := i.decode(n)
+	if err != nil {
+		*i = Int{Bad: true}
+	}
+	return err
+}
+
+func (i *Int) decode(n *yaml.Node) error {
 	var v int64
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&v) != nil {
 		return Invalid(n, " must be a whole number, not %s", Describe(n))
@@ -89,10 +117,19 @@ func (i *Int) UnmarshalYAML(n *yaml.Node) error {
 type Bool struct {
 	B    bool
 	Line int
+	Bad  bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (b *Bool) UnmarshalYAML(n *yaml.Node) error {
+	err := b.decode(n)
+	if err != nil {
+		*b = Bool{Bad: true}
+	}
+	return err
+}
+
+func (b *Bool) decode(n *yaml.Node) error {
 	var v bool
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&v) != nil {
 		return Invalid(n, " must be true or false, not %s", Describe(n))
@@ -106,10 +143,19 @@ func (b *Bool) UnmarshalYAML(n *yaml.Node) error {
 type String struct {
 	S    string
 	Line int
+	Bad  bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (s *String) UnmarshalYAML(n *yaml.Node) error {
+	err := s.decode(n)
+	if err != nil {
+		*s = String{Bad: true}
+	}
+	return err
+}
+
+func (s *String) decode(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
 		hint := ""
 		if n.Kind == yaml.ScalarNode && !IsNull(n) {
@@ -127,11 +173,14 @@ func (s *String) UnmarshalYAML(n *yaml.Node) error {
 type List[T any] struct {
 	Items []T
 	Line  int
+	// Bad: given, but not a list.
+	Bad bool
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (l *List[T]) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.SequenceNode {
+		*l = List[T]{Bad: true}
 		return Invalid(n, " must be a list (lines starting with \"- \"), not %s", Describe(n))
 	}
 	var p Problems

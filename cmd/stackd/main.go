@@ -102,11 +102,21 @@ func buildVersion() string {
 	return bi.Main.Version
 }
 
+// loadConfig is the one way `check` and `serve` read a configuration:
+// validated, then checked against the host, so that what check accepts
+// serve accepts too.
 func loadConfig(path string) (*configs.Config, error) {
-	if path == "" {
-		return configs.Default(), nil
+	cfg := configs.Default()
+	if path != "" {
+		var err error
+		if cfg, err = configs.Load(path); err != nil {
+			return nil, err
+		}
 	}
-	return configs.Load(path)
+	if err := cfg.CheckHost(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 func check(args []string, stdout, stderr io.Writer) int {
