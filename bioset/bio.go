@@ -139,18 +139,31 @@ type Bio struct {
 
 	// Extents is this bio's window of BLOCK_STATUS result slots. A target
 	// fills it from the front, in increasing offset; a layer that fans a
-	// bio out gives each child a disjoint, ordered part of the window.
+	// bio out gives each child a disjoint part of the window and, through
+	// SetGather, rewrites the window into one merged answer once they have
+	// all ended (see extents.go for what an answer is).
+	//
+	// Invariant: a window handed to a device has every slot unused (zero),
+	// so that a reader finds only what was written for this bio. The
+	// protocol layer clears the top bio's window; a layer that hands parts
+	// of a window to children clears it before it does.
 	Extents []Extent
 	// TopOffset is the top-device offset that Offset corresponds to.
 	// Every layer keeps it as it remaps and splits, so that a leaf can
 	// place what it produces in the top bio's terms: BLOCK_STATUS
 	// extents, and lent READ memory (see Lend).
+	//
+	// For BLOCK_STATUS it is, more exactly, the coordinates the window's
+	// extents are written in: a layer whose children's ranges are not
+	// contiguous in its own (a stripe's legs) has them answer in their
+	// leg's offsets, and translates when it gathers.
 	TopOffset uint64
 
 	// Private belongs to the bio's owner (the code that allocated it).
 	Private any
 
 	endIO     func(*Bio)
+	gather    func(*Bio) // see SetGather
 	parent    *Bio
 	loans     *Loans // a top READ bio's loan table, or nil (see Lend)
 	remaining atomic.Int32
@@ -171,6 +184,24 @@ func (b *Bio) Init(op Op, off, length uint64, buf []byte, endIO func(*Bio)) {
 // SetEndIO sets the function called when b and its chained children have
 // all ended. Only a bio without a parent has one.
 func (b *Bio) SetEndIO(fn func(*Bio)) { b.endIO = fn }
+
+// SetGather makes fn run once, when b and every child chained to it have
+// ended, before b passes its outcome on (to its parent or its endIO). A
+// layer that fans a BLOCK_STATUS bio out sets it before submitting the
+// first child, and fn turns the children's answers, in their parts of
+// b.Extents, into b's answer. Children end in any order and on any
+// goroutine; fn runs on whichever ends last, after every child's answer is
+// written (the reference count's atomic decrements order them), so it
+// needs no lock of its own.
+//
+// fn runs inside End, so rule 6 binds it: it must neither allocate nor
+// block. A bio has at most one: only the layer that fans it out sets it.
+func (b *Bio) SetGather(fn func(*Bio)) {
+	if b.gather != nil {
+		panic("bioset: gather set twice")
+	}
+	b.gather = fn
+}
 
 // Parent returns the bio b is chained to, or nil.
 func (b *Bio) Parent() *Bio { return b.parent }
@@ -246,6 +277,10 @@ func (b *Bio) End(err error) {
 		}
 		if left < 0 {
 			panic("bioset: bio ended more often than it was referenced")
+		}
+		if g := b.gather; g != nil {
+			b.gather = nil
+			g(b)
 		}
 		parent := b.parent
 		if parent == nil {

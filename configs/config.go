@@ -94,8 +94,8 @@ type Limits struct {
 	// MaxConnectionsPerClient caps the connections open at once from one
 	// source IP address (TCP) or peer uid (unix socket), so one client
 	// cannot take every slot. Default nbd.DefaultPerClient(MaxConnections):
-	// a quarter of MaxConnections, at most 64; never more than
-	// MaxConnections.
+	// a quarter of MaxConnections, at most 64 and at least 4 (what
+	// `nbd-client -C 4` opens); never more than MaxConnections.
 	MaxConnectionsPerClient int
 }
 

@@ -212,15 +212,15 @@ func TestLimitDefaults(t *testing.T) {
 			PayloadBudget: 256 << 20, ConnectionPayload: 64 << 20,
 			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
 		}},
-		// A quarter of each, and never below one connection or one
-		// maximum-size request.
+		// A quarter of each, and never below four connections (or all of
+		// them, if fewer) or one maximum-size request.
 		{"{max_connections: 100, payload_budget: 1GiB}", Limits{
 			MaxConnections: 100, MaxConnectionsPerClient: 25, MaxInFlight: 256,
 			PayloadBudget: 1 << 30, ConnectionPayload: 256 << 20,
 			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
 		}},
 		{"{max_connections: 3, payload_budget: 64MiB, max_connections_per_client: 0, connection_payload: 0, reply_timeout: 0s}", Limits{
-			MaxConnections: 3, MaxConnectionsPerClient: 1, MaxInFlight: 256,
+			MaxConnections: 3, MaxConnectionsPerClient: 3, MaxInFlight: 256,
 			PayloadBudget: 64 << 20, ConnectionPayload: 32 << 20,
 			HandshakeTimeout: 10 * time.Second, ReplyTimeout: time.Minute,
 		}},

@@ -17,7 +17,7 @@
 //	  max_connections_per_client: 64  # open connections from one IP
 //	                             # address (TCP) or peer uid (unix); 1 to
 //	                             # max_connections; default a quarter of
-//	                             # max_connections, at most 64
+//	                             # max_connections, 4 to 64
 //	  max_in_flight: 256         # requests per connection; at least 128
 //	  payload_budget: 256MiB     # payload bytes held by all connections
 //	                             # together; at least 32MiB

@@ -66,13 +66,18 @@ const (
 	// timeout would be mostly slack.
 	MinReplyTimeout = 2 * replyDeadlineSlack
 	// DefaultMaxConnectionsPerClient caps Options.MaxConnectionsPerClient
-	// when zero; the default is a quarter of MaxConnections, at most this
-	// and at least 1. A quarter, so that one client that fills its share
-	// (with silent half-open handshakes, or idle connections after GO)
-	// leaves three quarters of the slots to everyone else. 64, because a
-	// real client opens far fewer: `nbd-client -C` a handful, fio one per
-	// job.
+	// when zero; the default is a quarter of MaxConnections, at most this,
+	// and at least minDefaultPerClient (or MaxConnections, if fewer). A
+	// quarter, so that one client that fills its share (with silent
+	// half-open handshakes, or idle connections after GO) leaves three
+	// quarters of the slots to everyone else. 64, because a real client
+	// opens far fewer: `nbd-client -C` a handful, fio one per job.
 	DefaultMaxConnectionsPerClient = 64
+	// minDefaultPerClient is the least default per-client cap: a kernel
+	// client attached with `nbd-client -C 4` must get its four
+	// connections, however small a server's MaxConnections (a server of
+	// a handful of slots has no room to share anyway).
+	minDefaultPerClient = 4
 	// DefaultPayloadBudget is Options.PayloadBudget when zero: room for
 	// eight maximum-size requests, or many small ones, at once.
 	DefaultPayloadBudget = 256 << 20
@@ -333,7 +338,7 @@ func NewServer(o Options) (*Server, error) {
 // DefaultPerClient is MaxConnectionsPerClient's default for a server of
 // maxConns connections (see DefaultMaxConnectionsPerClient).
 func DefaultPerClient(maxConns int) int {
-	return max(1, min(DefaultMaxConnectionsPerClient, maxConns/4))
+	return max(min(minDefaultPerClient, maxConns), min(DefaultMaxConnectionsPerClient, maxConns/4))
 }
 
 // DefaultConnectionPayload is ConnectionPayload's default for a payload

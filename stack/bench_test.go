@@ -66,6 +66,9 @@ type syncRequest struct {
 	b    bioset.Bio
 	done bool
 	end  func(*bioset.Bio)
+	// extents is the result window a BLOCK_STATUS request is given,
+	// cleared for each, as the protocol layer does.
+	extents []bioset.Extent
 }
 
 func newSyncRequest() *syncRequest {
@@ -78,6 +81,11 @@ func (r *syncRequest) run(s *bioset.Submitter, dev Device, op bioset.Op, off, n 
 	r.done = false
 	r.b.Init(op, off, n, buf, r.end)
 	r.b.Dev = dev
+	r.b.TopOffset = off
+	if op == bioset.OpBlockStatus {
+		clear(r.extents)
+		r.b.Extents = r.extents
+	}
 	s.Submit(&r.b)
 	if !r.done {
 		panic("synchronous leaf left a bio in flight")

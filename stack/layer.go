@@ -39,9 +39,7 @@ func remap(s *bioset.Submitter, b *bioset.Bio, dev Device, off uint64) {
 
 // piece sets up child c to serve bytes [pos, pos+n) of parent b, which
 // starts at device offset b.Offset, as bytes [legOff, legOff+n) of dev.
-// Block-status children get window number i of the parent's result slots,
-// out of pieces.
-func piece(c, b *bioset.Bio, dev Device, pos, n, legOff uint64, i, pieces int) {
+func piece(c, b *bioset.Bio, dev Device, pos, n, legOff uint64) {
 	c.Dev = dev
 	c.Offset = legOff
 	c.Length = n
@@ -50,27 +48,6 @@ func piece(c, b *bioset.Bio, dev Device, pos, n, legOff uint64, i, pieces int) {
 	if b.Op.HasPayload() {
 		c.Buf = b.Buf[rel : rel+n : rel+n]
 	}
-	if b.Op == bioset.OpBlockStatus {
-		c.Extents = extentWindow(b.Extents, i, pieces)
-	}
-}
-
-// extentWindow returns part i of n equal, disjoint, ordered parts of the
-// result slots. Results stay in device order because part i always holds
-// extents of lower offsets than part i+1, whichever child finishes first.
-func extentWindow(slots []bioset.Extent, i, n int) []bioset.Extent {
-	w := len(slots) / n
-	return slots[i*w : (i+1)*w : (i+1)*w]
-}
-
-// statusPieces bounds how many pieces a BLOCK_STATUS bio is served with: at
-// most one per result slot. A reply may cover less than was asked (the NBD
-// spec allows it), so the pieces beyond are simply not asked.
-func statusPieces(b *bioset.Bio, pieces int) int {
-	if b.Op == bioset.OpBlockStatus && pieces > len(b.Extents) {
-		return len(b.Extents)
-	}
-	return pieces
 }
 
 // fanOutFlush sends a FLUSH to every leg: a flush must cover every write

@@ -11,11 +11,16 @@ import (
 
 // Linear concatenates legs end to end, like dm-linear over several
 // targets. A bio inside one leg is remapped in place; one that spans legs
-// gets a child per leg.
+// gets a child per leg. A BLOCK_STATUS child answers into its own part of
+// the bio's window, and the parts are joined into one answer, merged
+// across the legs' seams, when the last child ends (gatherStatus).
 type Linear struct {
 	layer
 	legs   []Device
 	starts []uint64 // device offset where each leg begins
+	// gather is gatherStatus bound once, so that setting it on a bio does
+	// not allocate.
+	gather func(*bioset.Bio)
 }
 
 // NewLinear returns the concatenation of legs.
@@ -29,11 +34,13 @@ func NewLinear(legs []Device, pool bioset.Options) (*Linear, error) {
 		starts[i] = size
 		size += l.Size()
 	}
-	return &Linear{
+	ln := &Linear{
 		layer:  layer{pool: bioset.New(pool), size: size, caps: legCaps(legs)},
 		legs:   legs,
 		starts: starts,
-	}, nil
+	}
+	ln.gather = ln.gatherStatus
+	return ln, nil
 }
 
 // legAt returns the index of the leg holding device offset off.
@@ -56,14 +63,29 @@ func (ln *Linear) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		remap(s, b, ln.legs[first], b.Offset-ln.starts[first])
 		return
 	}
-	pieces := statusPieces(b, last-first+1)
+	pieces := last - first + 1
+	if b.Op == bioset.OpBlockStatus {
+		// At most one piece per result slot. A reply may cover less
+		// than was asked (the NBD spec allows it), so the pieces beyond
+		// are simply not asked.
+		pieces = min(pieces, len(b.Extents))
+		clear(b.Extents) // children's parts start unused (see bioset.Bio.Extents)
+		// Before the first child: with the rescuer, children may end
+		// before this loop does.
+		b.SetGather(ln.gather)
+	}
 	pos, end := b.Offset, b.Offset+b.Length
 	for i := 0; i < pieces; i++ {
 		leg := first + i
 		legEnd := ln.starts[leg] + ln.legs[leg].Size()
 		n := min(legEnd, end) - pos
-		c := ln.child(s, b) // docs/DESIGN.md rule 4, as in Stripe.Submit
-		piece(c, b, ln.legs[leg], pos, n, pos-ln.starts[leg], i, pieces)
+		// docs/DESIGN.md rule 4: allocate, fill, submit, and only then
+		// allocate the next.
+		c := ln.child(s, b)
+		piece(c, b, ln.legs[leg], pos, n, pos-ln.starts[leg])
+		if b.Op == bioset.OpBlockStatus {
+			c.Extents = extentWindow(b.Extents, i, pieces)
+		}
 		s.Submit(c)
 		pos += n
 	}
@@ -118,4 +140,21 @@ func (c *LinearConfig) Build(legs []Device, b BuildContext) (Device, error) {
 
 func (c *LinearConfig) Describe() []string {
 	return append([]string{"legs=" + strconv.Itoa(len(c.Legs.Items))}, c.Pool.describe()...)
+}
+
+// extentWindow returns part i of n equal, disjoint, ordered parts of the
+// result slots. Part i answers for lower offsets than part i+1, so the
+// parts read in order are the bio's answer, whichever child finished
+// first.
+func extentWindow(slots []bioset.Extent, i, n int) []bioset.Extent {
+	w := len(slots) / n
+	return slots[i*w : (i+1)*w : (i+1)*w]
+}
+
+// gatherStatus joins the legs' answers, each in its part of the window and
+// in the bio's coordinates, into one, in place, when the last child has
+// ended. It runs inside End: one pass over the window, nothing allocated.
+// Where a leg's answer falls short of its range, the joined answer ends.
+func (ln *Linear) gatherStatus(b *bioset.Bio) {
+	bioset.CompactExtents(b.Extents, b.TopOffset, b.Length)
 }

@@ -14,14 +14,17 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/settings"
 )
 
 // The model test drives randomly built stacks with random operations and
 // compares every byte with a flat []byte that models the whole device:
 // WRITE copies, TRIM and WRITE_ZEROES zero (both targets zero what they
 // trim), FLUSH and CACHE change nothing, and BLOCK_STATUS must describe a
-// contiguous prefix of the asked range in which every extent marked ZERO
-// reads as zero.
+// contiguous prefix of the asked range in which no extent marked HOLE or
+// ZERO holds a byte that is not zero, with neighbours of equal flags
+// merged. A fresh stack, asked about all of it with slots enough for its
+// nesting, must answer for all of it.
 //
 // Reproduce a failure with STACKD_MODEL_SEED=<seed printed on failure>.
 
@@ -95,7 +98,19 @@ func (g *gen) spec(depth int, size uint64) Spec {
 			g.n++
 			return fileSpec(filepath.Join(g.dir, "leg"+strconv.Itoa(g.n)), size)
 		}
-		return memorySpec(size, []uint64{0, 4096}[g.rng.IntN(2)])
+		// Some RAM leaves have a delay, which makes them complete on
+		// their worker goroutines, in any order: a layer gathering a
+		// BLOCK_STATUS answer must not depend on the order its children
+		// end in. A nanosecond is enough for that and costs no sleep
+		// worth the name (pools of a few bios serialise children, so a
+		// real latency would add up to seconds).
+		var delay time.Duration
+		if g.rng.IntN(4) == 0 {
+			delay = time.Nanosecond
+		}
+		spec := memorySpec(size, []uint64{0, 4096}[g.rng.IntN(2)])
+		spec.Config.(*MemoryConfig).Delay = settings.Duration{D: delay}
+		return spec
 	}
 }
 
@@ -197,6 +212,19 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 		t.Helper()
 		t.Fatalf("seed %d step %d stack %s size %d: %s", seed, step, describe(spec), size, fmt.Sprintf(format, args...))
 	}
+	// Fresh, every leaf reads as zero and answers for its whole range in
+	// one extent (RAM and sparse files alike), so the stack's answer is
+	// one extent per change of flags between leaves, and it must cover
+	// the device: no layer may cut it short while slots are left. A
+	// stripe gives each leg half its slots over the leg count, so three
+	// levels of four-leg stripes need 2*4 per level below the top.
+	fresh := make([]bioset.Extent, 4096)
+	if err := request(t, &s, dev, bioset.OpBlockStatus, 0, 0, size, nil, fresh); err != nil {
+		fail("block status of the fresh device: %v", err)
+	}
+	if covered := checkExtents(fail, model, 0, size, fresh); covered != size {
+		fail("block status of the fresh device covers %d bytes", covered)
+	}
 	for i := 0; i < modelOpsPerStep; i++ {
 		off, n := randomRange(rng, size)
 		op := bioset.Ops()[rng.IntN(len(bioset.Ops()))]
@@ -263,38 +291,61 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 }
 
 // checkExtents verifies a BLOCK_STATUS answer the way the NBD server will
-// read it: the non-empty slots, in order, must start at off, be contiguous
-// up to a point, stay inside the range, and mark as ZERO only bytes that
-// are zero.
-func checkExtents(fail func(string, ...any), model []byte, off, n uint64, slots []bioset.Extent) {
+// read it, and more strictly than it must: the non-empty slots, in order,
+// must start at off, be contiguous with no slot past a gap, stay inside the
+// range, have neighbours of different flags (layers merge what their legs
+// answer), and mark as HOLE or ZERO only bytes that are zero (a client
+// skips those: data reported there is lost to it). It returns how many
+// bytes the answer covers.
+func checkExtents(fail func(string, ...any), model []byte, off, n uint64, slots []bioset.Extent) uint64 {
 	pos := off
-	for _, e := range slots {
+	var prev *bioset.Extent
+	for i := range slots {
+		e := &slots[i]
 		if e.Length == 0 {
 			continue
 		}
 		if e.Offset != pos {
-			// A gap ends the usable prefix; what follows must still lie
-			// beyond it, in order.
-			if e.Offset < pos {
-				fail("block status %d+%d: extent at %d overlaps the prefix ending at %d", off, n, e.Offset, pos)
-			}
-			pos = e.Offset
+			fail("block status %d+%d: extent %d+%d does not start where the answer so far ends, %d", off, n, e.Offset, e.Length, pos)
 		}
 		if e.Offset+e.Length > off+n {
 			fail("block status %d+%d: extent %d+%d runs past the range", off, n, e.Offset, e.Length)
 		}
-		if e.Flags&bioset.ExtentZero != 0 {
-			for j := e.Offset; j < e.Offset+e.Length; j++ {
-				if model[j] != 0 {
-					fail("block status %d+%d: extent %d+%d flagged zero, byte %d is %d", off, n, e.Offset, e.Length, j, model[j])
-				}
+		if prev != nil && prev.Flags == e.Flags {
+			fail("block status %d+%d: extents %d+%d and %d+%d both have flags %d: not merged", off, n, prev.Offset, prev.Length, e.Offset, e.Length, e.Flags)
+		}
+		if e.Flags&(bioset.ExtentHole|bioset.ExtentZero) != 0 {
+			if j := firstNonZero(model[e.Offset : e.Offset+e.Length]); j >= 0 {
+				j += int(e.Offset)
+				fail("block status %d+%d: extent %d+%d has flags %d, byte %d is %d", off, n, e.Offset, e.Length, e.Flags, j, model[j])
 			}
 		}
 		pos = e.Offset + e.Length
+		prev = e
 	}
 	if slots[0].Length == 0 || slots[0].Offset != off {
 		fail("block status %d+%d: first slot %+v does not start the answer", off, n, slots[0])
 	}
+	return pos - off
+}
+
+var zeroBlock [64 << 10]byte
+
+// firstNonZero returns the index of the first byte of b that is not zero,
+// or -1. It compares a block at a time: the model checks whole devices.
+func firstNonZero(b []byte) int {
+	for base := 0; base < len(b); base += len(zeroBlock) {
+		blk := b[base:min(len(b), base+len(zeroBlock))]
+		if bytes.Equal(blk, zeroBlock[:len(blk)]) {
+			continue
+		}
+		for i, c := range blk {
+			if c != 0 {
+				return base + i
+			}
+		}
+	}
+	return -1
 }
 
 // TestStress runs 64 goroutines against 3-deep stacks whose pools hold 1 to

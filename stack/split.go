@@ -12,6 +12,21 @@ import (
 // front piece to a child, which goes down first, and the remainder is
 // requeued to the split itself. Each pass allocates one child, so the split
 // never holds more than one unsubmitted child of its own.
+//
+// What is cut, and where:
+//   - READ and WRITE at max_bytes and at boundary. max_bytes bounds a
+//     payload: the buffer one bio below pins.
+//   - TRIM, WRITE_ZEROES and CACHE at boundary only. They carry no
+//     payload, so max_bytes does not concern them, and every layer and
+//     target takes them whole (up to NBD's 4 GiB - 1: a stripe clips them
+//     to one child per leg). boundary is kept because it is an alignment a
+//     lower layer may rely on for anything that touches the data.
+//   - BLOCK_STATUS not at all. It reads no data and changes none, so no
+//     alignment matters to it, and every layer answers any range by its
+//     own geometry. Cutting it would only spread its result slots over the
+//     pieces, and the answer would end at the first piece that ran short
+//     of them: through a 1 MiB split, mapping an empty gigabyte took
+//     thousands of requests.
 type Split struct {
 	layer
 	leg      Device
@@ -33,45 +48,31 @@ func NewSplit(leg Device, maxBytes, boundary uint64, pool bioset.Options) (*Spli
 	}, nil
 }
 
-// frontLen is the length of the first piece of a bio at off of length n.
-func (sp *Split) frontLen(off, n uint64) uint64 {
-	n = min(n, sp.maxBytes)
+// frontLen is the length of the first piece of b (see Split for the rules).
+func (sp *Split) frontLen(b *bioset.Bio) uint64 {
+	n := b.Length
+	if b.Op.HasPayload() {
+		n = min(n, sp.maxBytes)
+	}
 	if sp.boundary != 0 {
-		n = min(n, sp.boundary-off%sp.boundary)
+		n = min(n, sp.boundary-b.Offset%sp.boundary)
 	}
 	return n
 }
 
 // Submit implements bioset.Queue.
 func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
-	if !b.Op.HasRange() {
+	if !b.Op.HasRange() || b.Op == bioset.OpBlockStatus {
 		remap(s, b, sp.leg, b.Offset)
 		return
 	}
-	n := sp.frontLen(b.Offset, b.Length)
+	n := sp.frontLen(b)
 	if n >= b.Length {
 		remap(s, b, sp.leg, b.Offset)
 		return
 	}
-	var window []bioset.Extent
-	if b.Op == bioset.OpBlockStatus {
-		// Give the front piece its share of the result slots: one slot
-		// per remaining piece, or all that are left if there are fewer.
-		pieces := 1 + (b.Length-n+sp.maxBytes-1)/sp.maxBytes
-		w := max(1, uint64(len(b.Extents))/pieces)
-		window = b.Extents[:w:w]
-		b.Extents = b.Extents[w:]
-	}
 	front := sp.pool.Split(s, b, n)
 	front.Dev = sp.leg
-	front.Extents = window
-	if b.Op == bioset.OpBlockStatus && len(b.Extents) == 0 {
-		// No slots left for the rest: the reply will cover less than
-		// was asked, which NBD allows. Drop the remainder.
-		s.Submit(front)
-		b.End(nil)
-		return
-	}
 	// The remainder goes back to this layer: the Submitter runs the front
 	// (for a lower device) first, then comes back for the next piece. It
 	// is addressed to the split itself rather than to whatever wrapper it
@@ -92,8 +93,10 @@ func init() { Register(Kind{New: func() Settings { return new(SplitConfig) }, Ra
 //
 //	split: {max_bytes: 1MiB, boundary: 0, pool: {…}, leg: NODE}
 type SplitConfig struct {
-	// MaxBytes is the longest piece a request is cut into: required, a
-	// positive multiple of 512.
+	// MaxBytes is the longest piece a READ or WRITE is cut into:
+	// required, a positive multiple of 512. Trims, zeroes and cache
+	// requests carry no payload and are cut at Boundary only; block
+	// status passes whole (see Split).
 	MaxBytes settings.Size `yaml:"max_bytes" need:"true"`
 	// Boundary: no piece crosses a multiple of it; a multiple of 512, 0
 	// (the default) for none.

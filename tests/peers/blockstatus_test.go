@@ -1,8 +1,15 @@
 package peers
 
 import (
+	"bufio"
 	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
 	"testing"
+	"time"
 )
 
 // extent is one entry of `nbdinfo --map --json` (base:allocation).
@@ -124,4 +131,100 @@ func checkData(t *testing.T, m []extent, off, n int64) {
 			t.Errorf("written range %d+%d overlaps an extent of type %d (hole 1, zero 2): a client would skip its data", off, n, ty)
 		}
 	}
+}
+
+// TestBlockStatusMapRequests counts, with the daemon's own per-op request
+// counter, the BLOCK_STATUS requests `nbdinfo --map` needs to map an empty
+// export of the default shape (1 GiB: a 1 MiB split over a 4-way 64 KiB
+// stripe of RAM legs) and one of 8 GiB. nbdinfo asks about the rest of
+// the export until the replies cover it, so the count is how much one
+// reply covers: when the split cut BLOCK_STATUS at 1 MiB and the stripe
+// spent a result slot per 64 KiB chunk, a reply covered about 64 KiB, and
+// mapping the default export took 14925 requests.
+func TestBlockStatusMapRequests(t *testing.T) {
+	need(t, "nbdinfo")
+	const maxRequests = 16
+	for _, legSize := range []int64{256 * MiB, 2048 * MiB} {
+		size := 4 * legSize
+		t.Run(fmt.Sprintf("%dGiB", size>>30), func(t *testing.T) {
+			d := startDaemon(t, daemonConfig{Metrics: true, Exports: []export{{Name: "default", Stack: memStack(legSize)}}})
+			start := time.Now()
+			m := nbdinfoMap(t, d.uri("default"))
+			took := time.Since(start)
+			if len(m) != 1 || m[0] != (extent{Offset: 0, Length: size, Type: 3}) {
+				t.Errorf("map %+v, want one hole,zero extent (3) of %d bytes", m, size)
+			}
+			n := d.settledRequests(t, "default", "block_status")
+			t.Logf("nbdinfo --map of an empty %d GiB export: %d block status requests, %v", size>>30, n, took)
+			if n < 1 || n > maxRequests {
+				t.Errorf("nbdinfo --map sent %d block status requests, want 1 to %d", n, maxRequests)
+			}
+		})
+	}
+}
+
+// settledRequests returns stackd_export_requests_total for export and op
+// once the export has nothing in flight and the counter has stopped
+// moving: the server counts a request after its reply is on the wire, so
+// a client may be done a moment before the count is.
+func (d *daemon) settledRequests(t *testing.T, export, op string) int64 {
+	t.Helper()
+	requests := fmt.Sprintf("stackd_export_requests_total{export=%q,op=%q}", export, op)
+	inFlight := fmt.Sprintf("stackd_export_requests_in_flight{export=%q}", export)
+	last := int64(-1)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		v := d.scrape(t)
+		n, ok := v[requests]
+		if !ok {
+			t.Fatalf("metrics have no %s", requests)
+		}
+		if v[inFlight] == 0 && n == last {
+			return n
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still moving (%d, was %d) or %s is %d after 10s", requests, n, last, inFlight, v[inFlight])
+		}
+		last = n
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// scrape reads the daemon's /metrics: each sample's value by its name and
+// labels as the text format writes them. Only integral values are kept,
+// which is all the counters and gauges the tests read.
+func (d *daemon) scrape(t *testing.T) map[string]int64 {
+	t.Helper()
+	if d.MetricsAddr == "" {
+		t.Fatal("scrape: the daemon serves no metrics (daemonConfig.Metrics)")
+	}
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + d.MetricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("scrape: %s\n%s", resp.Status, b)
+	}
+	v := map[string]int64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			continue
+		}
+		if n, err := strconv.ParseInt(line[i+1:], 10, 64); err == nil {
+			v[line[:i]] = n
+		}
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	return v
 }

@@ -46,6 +46,9 @@ type daemonConfig struct {
 	TCP bool
 	// Limits is the limits mapping in YAML flow style, or empty.
 	Limits string
+	// Metrics serves the daemon's metrics on 127.0.0.1 at a free port
+	// (daemon.MetricsAddr); without it they are off.
+	Metrics bool
 }
 
 // memStack is the default configuration's stack shape (split at 1 MiB
@@ -76,6 +79,9 @@ type daemon struct {
 	Dir     string // the test's directory: config, socket, files
 	Socket  string // unix socket path
 	TCPAddr string // 127.0.0.1:port, if configured
+	// MetricsAddr is 127.0.0.1:port of the metrics endpoint, if
+	// configured (see scrape).
+	MetricsAddr string
 
 	cmd      *exec.Cmd
 	log      *logBuffer
@@ -94,6 +100,9 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 		d := &daemon{t: t, Dir: dir, Socket: filepath.Join(dir, "nbd.sock")}
 		if cfg.TCP {
 			d.TCPAddr = freePort(t)
+		}
+		if cfg.Metrics {
+			d.MetricsAddr = freePort(t)
 		}
 		conf := filepath.Join(dir, "stackd.yaml")
 		if err := os.WriteFile(conf, []byte(d.config(cfg)), 0o644); err != nil {
@@ -122,8 +131,8 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 			d.cmd.Process.Kill()
 			<-d.exited
 		}
-		if cfg.TCP && attempt < startAttempts && strings.Contains(d.log.String(), "address already in use") {
-			t.Logf("port %s was taken; retrying", d.TCPAddr)
+		if (cfg.TCP || cfg.Metrics) && attempt < startAttempts && strings.Contains(d.log.String(), "address already in use") {
+			t.Logf("port %s or %s was taken; retrying", d.TCPAddr, d.MetricsAddr)
 			continue
 		}
 		t.Fatalf("stackd did not start: %v\nconfig:\n%s\nstackd output:\n%s", err, d.config(cfg), d.log.tail())
@@ -137,7 +146,11 @@ func (d *daemon) config(cfg daemonConfig) string {
 	if d.TCPAddr != "" {
 		fmt.Fprintf(&b, "  - tcp: %s\n", strconv.Quote(d.TCPAddr))
 	}
-	b.WriteString("metrics: {address: off}\n")
+	if d.MetricsAddr != "" {
+		fmt.Fprintf(&b, "metrics: {address: %s}\n", strconv.Quote(d.MetricsAddr))
+	} else {
+		b.WriteString("metrics: {address: off}\n")
+	}
 	if cfg.Limits != "" {
 		fmt.Fprintf(&b, "limits: %s\n", cfg.Limits)
 	}

@@ -295,8 +295,9 @@ func TestRawHandshakeAbuse(t *testing.T) {
 		// A long handshake timeout, so that a server waiting for the 4 GiB
 		// is caught by the test's own shorter deadline; a connection cap
 		// well above the test's concurrency, so that connections the
-		// server failed to release would show.
-		Limits: "{handshake_timeout: 60s, max_connections: 128}",
+		// server failed to release would show. All from this one client,
+		// so its own cap is the server's.
+		Limits: "{handshake_timeout: 60s, max_connections: 128, max_connections_per_client: 128}",
 	})
 	writeKnown(t, d)
 
