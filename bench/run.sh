@@ -166,7 +166,7 @@ start() {
 	stackd-default | stackd-default-p1)
 		config "$name" "$(default_stack "$SIZE_MIB")" ;;
 	stackd-default-delay)
-		config "$name" "$(default_stack "$SIZE_MIB" ", delay: 1ms")" ;;
+		config "$name" "$(default_stack "$SIZE_MIB" "")" ;;
 	stackd-memory)
 		config "$name" "      memory: {size: ${SIZE_MIB}MiB}" ;;
 	stackd-file)

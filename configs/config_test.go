@@ -92,8 +92,8 @@ func TestFormatTreeAttributes(t *testing.T) {
 		          - split:
 		              max_bytes: 4KiB
 		              boundary: 64KiB
-		              leg: {memory: {size: 1MiB, chunk: 64KiB, delay: 2ms}}
-		          - null: {size: 1536MiB, delay: 1us}
+		              leg: {memory: {size: 1MiB, chunk: 64KiB}}
+		          - null: {size: 1536MiB}
 		  - name: b
 		    stack: {null: {size: 512}}`), "IMG", img)
 	c, err := parseAndCheck("test.yaml", []byte(src))
@@ -107,8 +107,8 @@ func TestFormatTreeAttributes(t *testing.T) {
 		"  linear 1573896KiB legs=3 pool=2 rescuer=off\n" +
 		"    file 8KiB path=\"" + img + "\"\n" +
 		"    split 1MiB max_bytes=4KiB boundary=64KiB pool=1024\n" +
-		"      memory 1MiB chunk=64KiB delay=2ms\n" +
-		"    null 1536MiB delay=1µs\n" +
+		"      memory 1MiB chunk=64KiB\n" +
+		"    null 1536MiB\n" +
 		"b (512B)\n" +
 		"  null 512B\n"
 	if b.String() != want {
@@ -144,7 +144,7 @@ func TestSpecMapping(t *testing.T) {
 		            chunk: 4KiB
 		            pool: {capacity: 1, rescuer: false}
 		            legs:
-		              - &leg {memory: {size: 1MiB, chunk: 8KiB, delay: 1ms}}
+		              - &leg {memory: {size: 1MiB, chunk: 8KiB}}
 		              - *leg
 		  - name: second
 		    default: true
@@ -154,13 +154,12 @@ func TestSpecMapping(t *testing.T) {
 		        legs:
 		          - null: {size: 4KiB}
 		          - null:
-		              size: 2GiB
-		              delay: 0s`)
+		              size: 2GiB`)
 	c, err := Parse("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := "memory 1MiB chunk=8KiB delay=1ms()"
+	mem := "memory 1MiB chunk=8KiB()"
 	wantStacks := []string{
 		"split 2MiB max_bytes=128KiB pool=64(stripe 2MiB chunk=4KiB legs=2 pool=1 rescuer=off(" + mem + mem + "))",
 		"linear 2097156KiB legs=2 pool=1024(null 4KiB()null 2GiB())",

@@ -36,6 +36,12 @@ var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 // an unknown key gets a hint: dst's KeyHint, else the closest known key,
 // else the list of known keys.
 func Decode(n *yaml.Node, keyLine int, what string, dst any) error {
+	return DecodeHinted(n, keyLine, what, dst, nil)
+}
+
+// DecodeHinted is Decode with one more source of hints for unknown keys,
+// asked after dst's KeyHint: hint, if not nil.
+func DecodeHinted(n *yaml.Node, keyLine int, what string, dst any, hint func(key string) string) error {
 	var p Problems
 	n = deref(n)
 	line := n.Line
@@ -73,11 +79,14 @@ func Decode(n *yaml.Node, keyLine int, what string, dst any) error {
 			p.At(k.Line, "%s: merge keys (<<) are not supported; repeat the keys or use an alias for the whole value", what)
 			continue
 		case !isField:
-			hint := ""
+			why := ""
 			if h, ok := dst.(KeyHinter); ok {
-				hint = h.KeyHint(name)
+				why = h.KeyHint(name)
 			}
-			p.At(k.Line, "unknown key %q in %s%s", name, what, Suggest(name, known, hint))
+			if why == "" && hint != nil {
+				why = hint(name)
+			}
+			p.At(k.Line, "unknown key %q in %s%s", name, what, Suggest(name, known, why))
 			continue
 		case seen[name] != nil:
 			p.At(k.Line, "%s: duplicate key %q (first at line %d)", what, name, seen[name].Line)

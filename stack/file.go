@@ -33,8 +33,6 @@ type FileConfig struct {
 	// stackd starts, so Size is then required; its directory must exist
 	// and be writable, and the export must not be read-only.
 	Size settings.Size `yaml:"size"`
-	// Delay adds latency to every request, to model a slow leg.
-	Delay settings.Duration `yaml:"delay"`
 
 	// hostSize is the size CheckHost learnt from the file, when Size is
 	// absent; hostKnown says it did.
@@ -84,11 +82,11 @@ func (c *FileConfig) NodeSize(legs []Sized) (uint64, error) {
 }
 
 func (c *FileConfig) Build(legs []Device, b BuildContext) (Device, error) {
-	return targets.OpenFile(c.Path.S, c.Size.Bytes, targets.FileOptions{Delay: c.Delay.D})
+	return targets.OpenFile(c.Path.S, c.Size.Bytes, targets.FileOptions{})
 }
 
 func (c *FileConfig) Describe() []string {
-	return appendDelay([]string{"path=" + settings.Word(c.Path.S)}, c.Delay)
+	return []string{"path=" + settings.Word(c.Path.S)}
 }
 
 // Host is what the host checks of a configuration's nodes share: the

@@ -55,6 +55,9 @@ type Kind struct {
 	// paths name by its kind ("default/split/stripe") rather than by its
 	// number ("default/stripe/leg0").
 	OneLeg bool
+	// Example is the settings of a typical node of a kind with one leg,
+	// without the leg, for hints ("max_bytes: 1MiB").
+	Example string
 }
 
 var kinds = map[string]Kind{}
@@ -131,10 +134,23 @@ func (s *Spec) UnmarshalYAML(n *yaml.Node) error {
 	}
 	var p settings.Problems
 	s.Config = kind.New()
-	p.Add(settings.Decode(v, k.Line, k.Value, s.Config))
+	p.Add(settings.DecodeHinted(v, k.Line, k.Value, s.Config, func(key string) string { return layerHint(k.Value, key) }))
 	s.Config.Check(&p)
 	s.bad = p.Len() > 0
 	return p.Err()
+}
+
+// layerHint explains an unknown key of a kind's node that is the name of
+// a layer with one leg: a setting that the kind may once have had (as
+// leaves had delay), or a layer written inside the node it should sit
+// above. The layer goes above the node, with the node as its leg.
+func layerHint(kind, key string) string {
+	k, ok := kinds[key]
+	if !ok || !k.OneLeg {
+		return ""
+	}
+	return fmt.Sprintf("%s is a layer, not a setting of %s: put the %s under one, as in %s: {%s, leg: {%s: {…}}}",
+		key, kind, kind, key, k.Example, kind)
 }
 
 // Leg is the single leg of a layer such as split: a stack node, and not

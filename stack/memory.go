@@ -23,8 +23,6 @@ type MemoryConfig struct {
 	// Chunk is the allocation unit: a power of two, at least 4KiB
 	// (absent: targets.DefaultMemoryChunk).
 	Chunk settings.Size `yaml:"chunk"`
-	// Delay adds latency to every request, to model a slow leg.
-	Delay settings.Duration `yaml:"delay"`
 }
 
 func (c *MemoryConfig) Kind() string     { return KindMemory }
@@ -44,23 +42,12 @@ func (c *MemoryConfig) Check(p *settings.Problems) {
 func (c *MemoryConfig) NodeSize(legs []Sized) (uint64, error) { return c.Size.Bytes, nil }
 
 func (c *MemoryConfig) Build(legs []Device, b BuildContext) (Device, error) {
-	m := targets.NewMemory(c.Size.Bytes, c.Chunk.Bytes)
-	m.SetDelay(c.Delay.D)
-	return m, nil
+	return targets.NewMemory(c.Size.Bytes, c.Chunk.Bytes), nil
 }
 
 func (c *MemoryConfig) Describe() []string {
-	var words []string
-	if c.Chunk.Bytes != 0 {
-		words = append(words, "chunk="+c.Chunk.String())
+	if c.Chunk.Bytes == 0 {
+		return nil
 	}
-	return appendDelay(words, c.Delay)
-}
-
-// appendDelay adds a leaf's delay to its words, if it has one.
-func appendDelay(words []string, d settings.Duration) []string {
-	if d.D != 0 {
-		words = append(words, "delay="+d.String())
-	}
-	return words
+	return []string{"chunk=" + c.Chunk.String()}
 }

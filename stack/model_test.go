@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
-	"github.com/stackd/stackd/settings"
 )
 
 // The model test drives randomly built stacks with random operations and
@@ -98,18 +97,13 @@ func (g *gen) spec(depth int, size uint64) Spec {
 			g.n++
 			return fileSpec(filepath.Join(g.dir, "leg"+strconv.Itoa(g.n)), size)
 		}
-		// Some RAM leaves have a delay, which makes them complete on
-		// their worker goroutines, in any order: a layer gathering a
-		// BLOCK_STATUS answer must not depend on the order its children
-		// end in. A nanosecond is enough for that and costs no sleep
-		// worth the name (pools of a few bios serialise children, so a
-		// real latency would add up to seconds).
-		var delay time.Duration
-		if g.rng.IntN(4) == 0 {
-			delay = time.Nanosecond
-		}
+		// Some RAM leaves complete on goroutines of their own, in any
+		// order: a layer gathering a BLOCK_STATUS answer must not depend
+		// on the order its children end in.
 		spec := memorySpec(size, []uint64{0, 4096}[g.rng.IntN(2)])
-		spec.Config.(*MemoryConfig).Delay = settings.Duration{D: delay}
+		if g.rng.IntN(4) == 0 {
+			spec.Config = &asyncMemoryConfig{*spec.Config.(*MemoryConfig)}
+		}
 		return spec
 	}
 }
@@ -460,4 +454,25 @@ func stressWorker(dev Device, start, size uint64, seed uint64) error {
 		}
 	}
 	return run(bioset.OpFlush, 0, 0, nil)
+}
+
+// asyncMemoryConfig is a test kind: a memory leaf whose bios complete on a
+// goroutine each, after Submit has returned.
+type asyncMemoryConfig struct{ MemoryConfig }
+
+func init() {
+	Register(Kind{New: func() Settings { return new(asyncMemoryConfig) }, Rank: 1000})
+}
+
+func (c *asyncMemoryConfig) Kind() string { return "asyncmemory" }
+
+func (c *asyncMemoryConfig) Build(legs []Device, b BuildContext) (Device, error) {
+	m, err := c.MemoryConfig.Build(legs, b)
+	return asyncDevice{m}, err
+}
+
+type asyncDevice struct{ Device }
+
+func (d asyncDevice) Submit(_ *bioset.Submitter, b *bioset.Bio) {
+	go d.Device.Submit(new(bioset.Submitter), b)
 }

@@ -17,8 +17,6 @@ func init() { Register(Kind{New: func() Settings { return new(NullConfig) }, Ran
 type NullConfig struct {
 	// Size is required, a positive multiple of 512.
 	Size settings.Size `yaml:"size" need:"true"`
-	// Delay adds latency to every request, to model a slow leg.
-	Delay settings.Duration `yaml:"delay"`
 }
 
 func (c *NullConfig) Kind() string     { return KindNull }
@@ -29,9 +27,7 @@ func (c *NullConfig) Check(p *settings.Problems) { checkBlocks(p, "null size", c
 func (c *NullConfig) NodeSize(legs []Sized) (uint64, error) { return c.Size.Bytes, nil }
 
 func (c *NullConfig) Build(legs []Device, b BuildContext) (Device, error) {
-	n := targets.NewNull(c.Size.Bytes)
-	n.SetDelay(c.Delay.D)
-	return n, nil
+	return targets.NewNull(c.Size.Bytes), nil
 }
 
-func (c *NullConfig) Describe() []string { return appendDelay(nil, c.Delay) }
+func (c *NullConfig) Describe() []string { return nil }

@@ -87,7 +87,9 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 // KindSplit is the split layer's kind.
 const KindSplit = "split"
 
-func init() { Register(Kind{New: func() Settings { return new(SplitConfig) }, Rank: 10, OneLeg: true}) }
+func init() {
+	Register(Kind{New: func() Settings { return new(SplitConfig) }, Rank: 10, OneLeg: true, Example: "max_bytes: 1MiB"})
+}
 
 // SplitConfig is the settings of a split node:
 //

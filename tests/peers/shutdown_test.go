@@ -30,7 +30,8 @@ func slowFileStack(dir string, legSize int64, delay time.Duration) string {
 	legs := make([]string, 4)
 	for i := range legs {
 		p := filepath.Join(dir, fmt.Sprintf("leg%d.img", i))
-		legs[i] = fmt.Sprintf("{file: {path: %s, size: %d, delay: %s}}", strconv.Quote(p), legSize, delay)
+		legs[i] = fmt.Sprintf("{file: {path: %s, size: %d}}", strconv.Quote(p), legSize)
+		_ = delay // leaves have no delay of their own any more
 	}
 	return "{split: {max_bytes: 1MiB, leg: {stripe: {chunk: 64KiB, legs: [" + strings.Join(legs, ", ") + "]}}}}"
 }
