@@ -16,13 +16,17 @@ type Node struct {
 	Path string
 	Kind string
 	Dev  Device
-	// Pool is the layer's BioSet; nil for a target.
+	// Pool is the layer's BioSet; nil for a target, and for a layer that
+	// allocates no bios.
 	Pool *bioset.BioSet
 	// Stats counts the bios that entered the node.
 	Stats *NodeStats
 	// errorSources are the targets at or below the node that count the
 	// bios they fail.
 	errorSources []errorSource
+	// target: the node has no legs. (A layer may have no pool: one that
+	// only holds bios and remaps them allocates none.)
+	target bool
 }
 
 type errorSource interface{ Errors() uint64 }
@@ -98,8 +102,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	if e, ok := dev.(errorSource); ok {
 		n.errorSources = []errorSource{e}
 	}
+	n.target = len(legs) == 0
 	for _, below := range st.Nodes[first:] {
-		if below.Pool == nil { // a target
+		if below.target {
 			n.errorSources = append(n.errorSources, below.errorSources...)
 		}
 	}
