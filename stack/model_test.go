@@ -101,8 +101,16 @@ func (g *gen) spec(depth int, size uint64) Spec {
 		// order: a layer gathering a BLOCK_STATUS answer must not depend
 		// on the order its children end in.
 		spec := memorySpec(size, []uint64{0, 4096}[g.rng.IntN(2)])
-		if g.rng.IntN(4) == 0 {
+		switch g.rng.IntN(8) {
+		case 0, 1:
 			spec.Config = &asyncMemoryConfig{*spec.Config.(*MemoryConfig)}
+		case 2:
+			// A delay layer completes on its worker, too. A
+			// microsecond costs no sleep worth the name (pools of a
+			// few bios serialise children, so a real latency would
+			// add up to seconds).
+			us := time.Microsecond
+			spec = delaySpec(DelayLatencies{Read: us, Write: us, Flush: us, Other: us}, spec)
 		}
 		return spec
 	}

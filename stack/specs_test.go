@@ -26,3 +26,10 @@ func fileSpec(path string, size uint64) Spec {
 }
 
 func poolOf(capacity int) PoolSpec { return PoolSpec{Capacity: settings.Int{N: int64(capacity)}} }
+
+func delaySpec(l DelayLatencies, leg Spec) Spec {
+	return Spec{Config: &DelayConfig{
+		Read: settings.Duration{D: l.Read}, Write: settings.Duration{D: l.Write},
+		Flush: settings.Duration{D: l.Flush}, Other: settings.Duration{D: l.Other}, Leg: Leg{leg},
+	}}
+}
