@@ -256,6 +256,11 @@ func (l Limits) ServerOptions() nbd.Options {
 	}
 }
 
+// Build builds e's stack, its leaves read-only if e is.
+func (e Export) Build() (*stack.Stack, error) {
+	return stack.Build(e.Name, e.Stack, stack.BuildOptions{ReadOnly: e.ReadOnly})
+}
+
 // ServerExport returns the nbd export e describes, served by dev (the root
 // of the stack built from e.Stack).
 func (e Export) ServerExport(dev nbd.Export) nbd.ExportConfig {

@@ -158,7 +158,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 			stripeOf(64*kib, m(128*mib), m(128*mib)), stripeOf(64*kib, m(128*mib), m(128*mib)))), 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := Build("bs", tc.spec)
+			st, err := Build("bs", tc.spec, BuildOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +215,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 // from the start, if a shorter one; from 16 slots on the default shape
 // answers for the whole device here.
 func TestBlockStatusFewSlots(t *testing.T) {
-	st, err := Build("bs", defaultShape(256*mib, 0))
+	st, err := Build("bs", defaultShape(256*mib, 0), BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestNoPayloadOpsWhole(t *testing.T) {
 	const n = 4*gib - 64*kib
 	for _, boundary := range []uint64{0, 256 * mib} {
 		t.Run(fmt.Sprintf("boundary=%d", boundary), func(t *testing.T) {
-			st, err := Build("bs", defaultShape(gib, boundary))
+			st, err := Build("bs", defaultShape(gib, boundary), BuildOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -47,6 +47,7 @@ type Stack struct {
 	Root Device
 	// Nodes lists every node, parents before their legs.
 	Nodes []Node
+	opts  BuildOptions
 }
 
 // Close closes every node, top down, once no bio is in flight.
@@ -60,10 +61,18 @@ func (st *Stack) Close() error {
 	return errors.Join(errs...)
 }
 
+// BuildOptions are what a stack's nodes learn from the export it serves.
+type BuildOptions struct {
+	// ReadOnly: the export refuses writes, so the leaves open what they
+	// serve read-only (a file an export may not write can then be
+	// served: one only root may read, or one made immutable).
+	ReadOnly bool
+}
+
 // Build creates the devices that spec describes, for the export called
 // name. On error, whatever was already built is closed.
-func Build(name string, spec Spec) (*Stack, error) {
-	st := &Stack{}
+func Build(name string, spec Spec, o BuildOptions) (*Stack, error) {
+	st := &Stack{opts: o}
 	root, err := st.build(name+"/"+spec.Kind(), spec)
 	if err != nil {
 		st.Close()
@@ -90,7 +99,7 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 		}
 		legs = append(legs, d)
 	}
-	dev, err := spec.Config.Build(legs, BuildContext{Path: path})
+	dev, err := spec.Config.Build(legs, BuildContext{Path: path, ReadOnly: st.opts.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -148,7 +148,7 @@ func TestDelayConfig(t *testing.T) {
 	if got := strings.Join(spec.Config.Describe(), " "); got != "read=1ms write=2ms" {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec)
+	st, err := Build("x", spec, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

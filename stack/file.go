@@ -81,8 +81,10 @@ func (c *FileConfig) NodeSize(legs []Sized) (uint64, error) {
 	return 0, errSizeUnknown
 }
 
+// Build opens the file read-only under a read-only export, so that it
+// serves what CheckHost accepted for one: a file the export may only read.
 func (c *FileConfig) Build(legs []Device, b BuildContext) (Device, error) {
-	return targets.OpenFile(c.Path.S, c.Size.Bytes, targets.FileOptions{})
+	return targets.OpenFile(c.Path.S, c.Size.Bytes, targets.FileOptions{ReadOnly: b.ReadOnly})
 }
 
 func (c *FileConfig) Describe() []string {

@@ -225,6 +225,8 @@ func (s Spec) Walk(f func(Spec)) {
 type BuildContext struct {
 	// Path names the node, as Node.Path.
 	Path string
+	// ReadOnly: the export is read-only (BuildOptions.ReadOnly).
+	ReadOnly bool
 }
 
 // PoolSpec sizes a layer's BioSet: `pool: {capacity: 1024, rescuer: true}`.

@@ -196,7 +196,7 @@ func TestModel(t *testing.T) {
 // runModel runs random ops on a stack built from spec against a byte-array
 // model, and returns how many pieces its leaves lent to reads.
 func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (lent int) {
-	st, err := Build("model", spec)
+	st, err := Build("model", spec, BuildOptions{})
 	if err != nil {
 		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
 	}
@@ -371,7 +371,7 @@ func TestStress(t *testing.T) {
 			linearSpec(pool, leaf(0), leaf(1)),
 			linearSpec(pool, leaf(2), leaf(3)),
 			linearSpec(pool, leaf(4), leaf(5))))
-		st, err := Build("stress", spec)
+		st, err := Build("stress", spec, BuildOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}

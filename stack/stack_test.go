@@ -236,7 +236,7 @@ func (c capsLimited) Caps() bioset.Caps { return c.caps }
 
 func TestBuildPathsAndErrors(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)))
-	st, err := Build("default", spec)
+	st, err := Build("default", spec, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +258,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 	}
 
 	bad := stripeSpec(4096, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(2<<20, 0))
-	if _, err := Build("x", bad); err == nil {
+	if _, err := Build("x", bad, BuildOptions{}); err == nil {
 		t.Fatal("stripe over legs of unequal size built")
 	}
 }
@@ -268,7 +268,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 // sum of its targets'.
 func TestNodeStats(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(4<<20, 0), memorySpec(4<<20, 0)))
-	st, err := Build("s", spec)
+	st, err := Build("s", spec, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -321,7 +321,7 @@ func (d *daemon) stopMetrics() {
 func (d *daemon) build(cfg *configs.Config) error {
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := stack.Build(e.Name, e.Stack)
+		st, err := e.Build()
 		if err != nil {
 			d.closeStacks()
 			return fmt.Errorf("export %q: %w", e.Name, err)
