@@ -10,161 +10,148 @@ import (
 	"gopkg.in/yaml.v3"
 )
 
-// The value types below each decode one YAML scalar and keep its line;
-// Line is 0 when the value was not given or could not be decoded, and Bad
-// says which: given, but not decoded (its problem is reported already).
+// The value types below each decode one YAML scalar and keep its Pos.
+
+// Pos is where a value was: Line is 0 when the value was not given or
+// could not be decoded, and Bad says which: given, but not decoded (its
+// problem is reported already).
+type Pos struct {
+	Line int
+	Bad  bool
+}
+
+func (p *Pos) pos() *Pos { return p }
+
+// decodeScalar sets *v to what parse makes of n, with n's line; or, when
+// parse fails, to the zero value marked Bad.
+func decodeScalar[T any, P interface {
+	*T
+	pos() *Pos
+}](v P, n *yaml.Node, parse func(*yaml.Node) (T, error)) error {
+	x, err := parse(n) // the zero value when it fails
+	*v = x
+	p := P(v).pos()
+	p.Bad = err != nil
+	if err == nil {
+		p.Line = n.Line
+	}
+	return err
+}
 
 // Size is a number of bytes: a YAML integer, or a string ParseSize
 // accepts ("256MiB").
 type Size struct {
 	Bytes uint64
-	Line  int
-	Bad   bool
+	Pos
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
-func (s *Size) UnmarshalYAML(n *yaml.Node) error {
-	err := s.decode(n)
-	if err != nil {
-		*s = Size{Bad: true}
-	}
-	return err
-}
+func (s *Size) UnmarshalYAML(n *yaml.Node) error { return decodeScalar(s, n, parseSizeNode) }
 
-func (s *Size) decode(n *yaml.Node) error {
+func parseSizeNode(n *yaml.Node) (Size, error) {
 	if n.Kind == yaml.ScalarNode {
 		switch n.ShortTag() {
 		case "!!int":
 			var u uint64
 			if err := n.Decode(&u); err == nil {
-				*s = Size{Bytes: u, Line: n.Line}
-				return nil
+				return Size{Bytes: u}, nil
 			}
 			var i int64
 			if err := n.Decode(&i); err == nil && i < 0 {
-				return Invalid(n, ": %s: a size cannot be negative", n.Value)
+				return Size{}, Invalid(n, ": %s: a size cannot be negative", n.Value)
 			}
-			return Invalid(n, ": %s is too large", n.Value)
+			return Size{}, Invalid(n, ": %s is too large", n.Value)
 		case "!!str", "!!float":
 			b, err := ParseSize(n.Value)
 			if err != nil {
-				return Invalid(n, ": %v", err)
+				return Size{}, Invalid(n, ": %v", err)
 			}
-			*s = Size{Bytes: b, Line: n.Line}
-			return nil
+			return Size{Bytes: b}, nil
 		}
 	}
-	return Invalid(n, " must be a size such as 4096 or 256MiB, not %s", Describe(n))
+	return Size{}, Invalid(n, " must be a size such as 4096 or 256MiB, not %s", Describe(n))
 }
 
 // Duration is a non-negative time.ParseDuration string ("10s", "1ms").
 type Duration struct {
-	D    time.Duration
-	Line int
-	Bad  bool
+	D time.Duration
+	Pos
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	err := d.decode(n)
-	if err != nil {
-		*d = Duration{Bad: true}
-	}
-	return err
-}
-
-func (d *Duration) decode(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!str" && n.ShortTag() != "!!int") {
-		return Invalid(n, " must be a duration such as 10s or 1ms, not %s", Describe(n))
-	}
-	t, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return Invalid(n, ": %q is not a duration; want a number and a unit such as 10s, 1ms or 250us", n.Value)
-	}
-	if t < 0 {
-		return Invalid(n, ": %s: a duration cannot be negative", n.Value)
-	}
-	*d = Duration{D: t, Line: n.Line}
-	return nil
+	return decodeScalar(d, n, func(n *yaml.Node) (Duration, error) {
+		if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!str" && n.ShortTag() != "!!int") {
+			return Duration{}, Invalid(n, " must be a duration such as 10s or 1ms, not %s", Describe(n))
+		}
+		t, err := time.ParseDuration(n.Value)
+		switch {
+		case err != nil:
+			return Duration{}, Invalid(n, ": %q is not a duration; want a number and a unit such as 10s, 1ms or 250us", n.Value)
+		case t < 0:
+			return Duration{}, Invalid(n, ": %s: a duration cannot be negative", n.Value)
+		}
+		return Duration{D: t}, nil
+	})
 }
 
 // Int is a YAML integer.
 type Int struct {
-	N    int64
-	Line int
-	Bad  bool
+	N int64
+	Pos
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (i *Int) UnmarshalYAML(n *yaml.Node) error {
-	err := i.decode(n)
-	if err != nil {
-		*i = Int{Bad: true}
-	}
-	return err
-}
-
-func (i *Int) decode(n *yaml.Node) error {
-	var v int64
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!int" || n.Decode(&v) != nil {
-		return Invalid(n, " must be a whole number, not %s", Describe(n))
-	}
-	*i = Int{N: v, Line: n.Line}
-	return nil
+	return decodeTagged(i, n, "!!int", func(v *Int) any { return &v.N }, "a whole number")
 }
 
 // Bool is a YAML boolean.
 type Bool struct {
-	B    bool
-	Line int
-	Bad  bool
+	B bool
+	Pos
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (b *Bool) UnmarshalYAML(n *yaml.Node) error {
-	err := b.decode(n)
-	if err != nil {
-		*b = Bool{Bad: true}
-	}
-	return err
+	return decodeTagged(b, n, "!!bool", func(v *Bool) any { return &v.B }, "true or false")
 }
 
-func (b *Bool) decode(n *yaml.Node) error {
-	var v bool
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!bool" || n.Decode(&v) != nil {
-		return Invalid(n, " must be true or false, not %s", Describe(n))
-	}
-	*b = Bool{B: v, Line: n.Line}
-	return nil
+// decodeTagged decodes n, a scalar of YAML tag tag, into the field of *v
+// that field returns; want says what n must be otherwise.
+func decodeTagged[T any, P interface {
+	*T
+	pos() *Pos
+}](v P, n *yaml.Node, tag string, field func(P) any, want string) error {
+	return decodeScalar(v, n, func(n *yaml.Node) (T, error) {
+		var x T
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != tag || n.Decode(field(&x)) != nil {
+			var zero T
+			return zero, Invalid(n, " must be %s, not %s", want, Describe(n))
+		}
+		return x, nil
+	})
 }
 
 // String is a YAML string. Numbers and booleans are refused so that a
 // value such as `name: 1e3` or `path: no` is not silently read as text.
 type String struct {
-	S    string
-	Line int
-	Bad  bool
+	S string
+	Pos
 }
 
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (s *String) UnmarshalYAML(n *yaml.Node) error {
-	err := s.decode(n)
-	if err != nil {
-		*s = String{Bad: true}
-	}
-	return err
-}
-
-func (s *String) decode(n *yaml.Node) error {
-	if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
-		hint := ""
-		if n.Kind == yaml.ScalarNode && !IsNull(n) {
-			hint = " (quote it to make it a string)"
+	return decodeScalar(s, n, func(n *yaml.Node) (String, error) {
+		if n.Kind != yaml.ScalarNode || n.ShortTag() != "!!str" {
+			hint := ""
+			if n.Kind == yaml.ScalarNode && !IsNull(n) {
+				hint = " (quote it to make it a string)"
+			}
+			return String{}, Invalid(n, " must be a string, not %s%s", Describe(n), hint)
 		}
-		return Invalid(n, " must be a string, not %s%s", Describe(n), hint)
-	}
-	*s = String{S: n.Value, Line: n.Line}
-	return nil
+		return String{S: n.Value}, nil
+	})
 }
 
 // List is a YAML list of T. Each item decodes itself; a relative problem

@@ -90,7 +90,7 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	first := len(st.Nodes)
 	for i, l := range spec.Config.LegSpecs() {
 		p := path + "/leg" + strconv.Itoa(i)
-		if kinds[spec.Kind()].OneLeg {
+		if kinds[spec.Kind()].Legs == OneLeg {
 			p = path + "/" + l.Kind()
 		}
 		d, err := st.build(p, l)

@@ -200,7 +200,7 @@ func (d *Delay) pop() *bioset.Bio {
 const KindDelay = "delay"
 
 func init() {
-	Register(Kind{New: func() Settings { return new(DelayConfig) }, Rank: 35, OneLeg: true, Example: "read: 1ms, write: 1ms"})
+	Register(Kind{New: func() Settings { return new(DelayConfig) }, Rank: 35, Legs: OneLeg, Example: "read: 1ms, write: 1ms"})
 }
 
 // DelayConfig is the settings of a delay node:

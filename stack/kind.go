@@ -51,14 +51,26 @@ type Kind struct {
 	// Rank orders the kinds in lists shown to users: layers first, from
 	// the top of a typical stack down, then leaves.
 	Rank int
-	// OneLeg: the kind has a single leg (the key "leg"), which metric
-	// paths name by its kind ("default/split/stripe") rather than by its
-	// number ("default/stripe/leg0").
-	OneLeg bool
+	// Legs is how many legs the kind's nodes have.
+	Legs LegShape
 	// Example is the settings of a typical node of a kind with one leg,
 	// without the leg, for hints ("max_bytes: 1MiB").
 	Example string
 }
+
+// LegShape is how many legs a kind's nodes have.
+type LegShape int
+
+const (
+	// NoLegs: a leaf.
+	NoLegs LegShape = iota
+	// OneLeg: a single leg, the key "leg", which metric paths name by its
+	// kind ("default/split/stripe") rather than by its number
+	// ("default/stripe/leg0").
+	OneLeg
+	// ManyLegs: a list of legs, the key "legs".
+	ManyLegs
+)
 
 var kinds = map[string]Kind{}
 
@@ -140,13 +152,20 @@ func (s *Spec) UnmarshalYAML(n *yaml.Node) error {
 	return p.Err()
 }
 
-// layerHint explains an unknown key of a kind's node that is the name of
-// a layer with one leg: a setting that the kind may once have had (as
-// leaves had delay), or a layer written inside the node it should sit
-// above. The layer goes above the node, with the node as its leg.
+// layerHint explains an unknown key of a kind's node. "leg" and "legs"
+// are the other shape's key. The name of a layer with one leg is a
+// setting that the kind may once have had (as leaves had delay), or a
+// layer written inside the node it should sit above: the layer goes above
+// the node, with the node as its leg.
 func layerHint(kind, key string) string {
+	switch shape := kinds[kind].Legs; {
+	case key == "legs" && shape == OneLeg:
+		return fmt.Sprintf(`%s has exactly one leg: write "leg:" and a single stack node`, kind)
+	case key == "leg" && shape == ManyLegs:
+		return fmt.Sprintf(`%s takes a list: write "legs:"`, kind)
+	}
 	k, ok := kinds[key]
-	if !ok || !k.OneLeg {
+	if !ok || k.Legs != OneLeg {
 		return ""
 	}
 	return fmt.Sprintf("%s is a layer, not a setting of %s: put the %s under one, as in %s: {%s, leg: {%s: {…}}}",

@@ -95,7 +95,9 @@ func (ln *Linear) Submit(s *bioset.Submitter, b *bioset.Bio) {
 // KindLinear is the linear layer's kind.
 const KindLinear = "linear"
 
-func init() { Register(Kind{New: func() Settings { return new(LinearConfig) }, Rank: 30}) }
+func init() {
+	Register(Kind{New: func() Settings { return new(LinearConfig) }, Rank: 30, Legs: ManyLegs})
+}
 
 // LinearConfig is the settings of a linear node:
 //
@@ -109,14 +111,6 @@ type LinearConfig struct {
 
 func (c *LinearConfig) Kind() string     { return KindLinear }
 func (c *LinearConfig) LegSpecs() []Spec { return c.Legs.Items }
-
-// KeyHint implements settings.KeyHinter.
-func (c *LinearConfig) KeyHint(key string) string {
-	if key == "leg" {
-		return `linear takes a list: write "legs:"`
-	}
-	return ""
-}
 
 func (c *LinearConfig) Check(p *settings.Problems) {
 	c.Pool.Check(p)

@@ -88,7 +88,7 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 const KindSplit = "split"
 
 func init() {
-	Register(Kind{New: func() Settings { return new(SplitConfig) }, Rank: 10, OneLeg: true, Example: "max_bytes: 1MiB"})
+	Register(Kind{New: func() Settings { return new(SplitConfig) }, Rank: 10, Legs: OneLeg, Example: "max_bytes: 1MiB"})
 }
 
 // SplitConfig is the settings of a split node:
@@ -110,14 +110,6 @@ type SplitConfig struct {
 
 func (c *SplitConfig) Kind() string     { return KindSplit }
 func (c *SplitConfig) LegSpecs() []Spec { return []Spec{c.Leg.Spec} }
-
-// KeyHint implements settings.KeyHinter.
-func (c *SplitConfig) KeyHint(key string) string {
-	if key == "legs" {
-		return `split has exactly one leg: write "leg:" and a single stack node`
-	}
-	return ""
-}
 
 func (c *SplitConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "split max_bytes", c.MaxBytes)

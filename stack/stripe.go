@@ -170,7 +170,9 @@ func (st *Stripe) submitPerLeg(s *bioset.Submitter, b *bioset.Bio) {
 // KindStripe is the stripe layer's kind.
 const KindStripe = "stripe"
 
-func init() { Register(Kind{New: func() Settings { return new(StripeConfig) }, Rank: 20}) }
+func init() {
+	Register(Kind{New: func() Settings { return new(StripeConfig) }, Rank: 20, Legs: ManyLegs})
+}
 
 // StripeConfig is the settings of a stripe node:
 //
@@ -188,14 +190,6 @@ type StripeConfig struct {
 
 func (c *StripeConfig) Kind() string     { return KindStripe }
 func (c *StripeConfig) LegSpecs() []Spec { return c.Legs.Items }
-
-// KeyHint implements settings.KeyHinter.
-func (c *StripeConfig) KeyHint(key string) string {
-	if key == "leg" {
-		return `stripe takes a list: write "legs:"`
-	}
-	return ""
-}
 
 func (c *StripeConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "stripe chunk", c.Chunk)
