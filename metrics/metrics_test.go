@@ -20,6 +20,7 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/nbd/client"
 )
 
 // testConfig has an ordinary export and one whose single-bio pools force
@@ -118,7 +119,7 @@ func runWorkload(t testing.TB, r *rig) gathered {
 	}
 
 	// A handshake that fails: the client gives up on an unknown export.
-	if _, err := nbd.Dial(ctx, "unix", r.sock, nbd.ClientOptions{ExportName: "nonesuch"}); err == nil {
+	if _, err := client.Dial(ctx, "unix", r.sock, client.Options{ExportName: "nonesuch"}); err == nil {
 		t.Fatal("dialled an unknown export")
 	}
 	waitFor(t, "the failed handshake to be counted and its connection closed", func() bool {

@@ -7,19 +7,20 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // numWireErrors is how many errors a client can receive: the values of
 // the error label.
-const numWireErrors = len(nbd.ReplyErrors)
+const numWireErrors = len(wire.Errors)
 
-// wireIndex is the index in nbd.ReplyErrors of the error the client
-// received for e. The label thus says what the client saw, and the set
-// stays bounded; the log line keeps the errno.
-func wireIndex(e syscall.Errno) int { return nbd.ReplyErrorIndex(e) }
+// wireIndex is the index in wire.Errors of the error the client received
+// for e. The label thus says what the client saw, and the set stays
+// bounded; the log line keeps the errno.
+func wireIndex(e syscall.Errno) int { return wire.ErrorIndex(e) }
 
 // wireErrorName is the label value for index w.
-func wireErrorName(w int) string { return nbd.ReplyErrors[w].Name }
+func wireErrorName(w int) string { return wire.Errors[w].Name }
 
 // errnoName is the symbolic name of e ("EROFS"), for log lines.
 func errnoName(e syscall.Errno) string {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/stackd/stackd/configs"
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/nbd/client"
 )
 
 // ioTimeout bounds every blocking step of a test.
@@ -94,11 +95,11 @@ func startRigConfig(tb testing.TB, cfg *configs.Config, observe bool, o Options)
 	return r
 }
 
-func (r *rig) dial(tb testing.TB, export string) *nbd.Client {
+func (r *rig) dial(tb testing.TB, export string) *client.Client {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
-	c, err := nbd.Dial(ctx, "unix", r.sock, nbd.ClientOptions{ExportName: export})
+	c, err := client.Dial(ctx, "unix", r.sock, client.Options{ExportName: export})
 	if err != nil {
 		tb.Fatal(err)
 	}

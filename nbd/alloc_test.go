@@ -4,6 +4,8 @@ import (
 	"io"
 	"runtime"
 	"testing"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestSteadyStateAllocs pipelines requests on a raw connection and counts
@@ -21,16 +23,18 @@ func TestSteadyStateAllocs(t *testing.T) {
 		for i := range n {
 			switch i % 3 {
 			case 0:
-				reqs = append(reqs, requestBytes(cmdRead, 0, uint64(i), 0, 4096, nil)...)
+				reqs = append(reqs, requestBytes(wire.CmdRead, 0, uint64(i), 0, 4096, nil)...)
 			case 1:
-				reqs = append(reqs, requestBytes(cmdWrite, 0, uint64(i), 0, 4096, make([]byte, 4096))...)
+				reqs = append(reqs, requestBytes(wire.CmdWrite, 0, uint64(i), 0, 4096, make([]byte, 4096))...)
 			case 2:
-				reqs = append(reqs, requestBytes(cmdFlush, 0, uint64(i), 0, 0, nil)...)
+				reqs = append(reqs, requestBytes(wire.CmdFlush, 0, uint64(i), 0, 0, nil)...)
 			}
 		}
-		replyBytes := n/3*(16+4096) + (n-n/3)*16
+		replyBytes := n/3*(wire.SimpleReplyLen+4096) + (n-n/3)*wire.SimpleReplyLen
 		if structured {
-			replyBytes = n/3*(20+8+4096) + (n-n/3)*20
+			// READs answered with OFFSET_DATA (its offset, then the data),
+			// the rest with NONE.
+			replyBytes = n/3*(wire.ChunkHeaderLen+8+4096) + (n-n/3)*wire.ChunkHeaderLen
 		}
 		sink := make([]byte, replyBytes)
 		// Once to warm the pools, once to measure.

@@ -12,7 +12,14 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
+
+// These tests drive the server through package nbd/client, as a real
+// client would. The client's own behaviour (cancellation, chunks this
+// server never sends, a server that breaks the protocol) is tested in its
+// package, against a scripted server.
 
 // TestRoundTrip drives one client connection with many concurrent workers
 // against a device that completes bios out of order, over a unix socket
@@ -37,17 +44,17 @@ func testRoundTrip(t *testing.T, network string, structured bool) {
 	dev := newMemDev(workers*region, allCaps)
 	dev.maxDelay = 300 * time.Microsecond
 	ts := startServer(t, oneExport(dev), network)
-	c := ts.dial(t, ClientOptions{StructuredReplies: structured})
+	c := ts.dial(t, client.Options{StructuredReplies: structured})
 	if c.Structured() != structured {
 		t.Fatalf("Structured() = %v", c.Structured())
 	}
 	if c.Size() != uint64(workers*region) {
 		t.Fatalf("Size() = %d", c.Size())
 	}
-	want := uint16(FlagHasFlags | FlagCanMultiConn | FlagSendFlush | FlagSendFUA | FlagSendTrim |
-		FlagSendWriteZeroes | FlagSendFastZero | FlagSendCache)
+	want := uint16(wire.FlagHasFlags | wire.FlagCanMultiConn | wire.FlagSendFlush | wire.FlagSendFUA | wire.FlagSendTrim |
+		wire.FlagSendWriteZeroes | wire.FlagSendFastZero | wire.FlagSendCache)
 	if structured {
-		want |= FlagSendDF
+		want |= wire.FlagSendDF
 	}
 	if c.Flags() != want {
 		t.Fatalf("Flags() = %#x, want %#x", c.Flags(), want)
@@ -85,7 +92,7 @@ func testRoundTrip(t *testing.T, network string, structured bool) {
 
 // roundTripWorker does random operations on its own region and keeps a
 // model of it.
-func roundTripWorker(ctx context.Context, c *Client, base uint64, model []byte, rng *rand.Rand, iters int) error {
+func roundTripWorker(ctx context.Context, c *client.Client, base uint64, model []byte, rng *rand.Rand, iters int) error {
 	buf := make([]byte, len(model))
 	var seed [32]byte
 	be.PutUint64(seed[:], rng.Uint64())
@@ -99,14 +106,14 @@ func roundTripWorker(ctx context.Context, c *Client, base uint64, model []byte, 
 			fill.Read(data)
 			var flags uint16
 			if i%3 == 0 {
-				flags = CmdFlagFUA
+				flags = wire.CmdFlagFUA
 			}
 			if err := c.Write(ctx, base+uint64(off), data, flags); err != nil {
 				return fmt.Errorf("write: %w", err)
 			}
 			copy(model[off:], data)
 		case 3:
-			if err := c.WriteZeroes(ctx, base+uint64(off), uint32(n), CmdFlagNoHole); err != nil {
+			if err := c.WriteZeroes(ctx, base+uint64(off), uint32(n), wire.CmdFlagNoHole); err != nil {
 				return fmt.Errorf("write zeroes: %w", err)
 			}
 			clear(model[off : off+n])
@@ -140,7 +147,7 @@ func TestManyInFlight(t *testing.T) {
 	const n = 200
 	dev := newMemDev(n*4096, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
 
 	run := func(f func(i int) error) {
@@ -183,7 +190,7 @@ func TestStructuredBlockStatus(t *testing.T) {
 		{Name: "mem", Device: dev, Default: true},
 		{Name: "nostatus", Device: bare},
 	}}, "tcp")
-	c := ts.dial(t, ClientOptions{MetaContext: true})
+	c := ts.dial(t, client.Options{MetaContext: true})
 	ctx := tctx(t)
 	if !c.Structured() {
 		t.Fatal("structured replies not negotiated")
@@ -228,7 +235,7 @@ func TestStructuredBlockStatus(t *testing.T) {
 	}
 	// Errors come back as error chunks with a message.
 	err := c.Read(ctx, size-10, got)
-	var re *RemoteError
+	var re *client.RemoteError
 	if !errors.As(err, &re) || re.Errno != syscall.EINVAL || re.Message == "" {
 		t.Fatalf("read past the end: %v", err)
 	}
@@ -258,15 +265,15 @@ func TestStructuredBlockStatus(t *testing.T) {
 	}
 
 	// A device without block status: one extent, status 0.
-	c2 := ts.dial(t, ClientOptions{ExportName: "nostatus", MetaContext: true})
+	c2 := ts.dial(t, client.Options{ExportName: "nostatus", MetaContext: true})
 	ext, err = c2.BlockStatus(ctx, 4096, 8192, false)
 	if err != nil || fmt.Sprint(ext) != fmt.Sprint([]bioset.Extent{{Offset: 4096, Length: 8192}}) {
 		t.Fatalf("BlockStatus without device support = %v, %v", ext, err)
 	}
 
 	// Without a meta context the client refuses.
-	c3 := ts.dial(t, ClientOptions{StructuredReplies: true})
-	if _, err := c3.BlockStatus(ctx, 0, 4096, false); !errors.Is(err, ErrNoMetaContext) {
+	c3 := ts.dial(t, client.Options{StructuredReplies: true})
+	if _, err := c3.BlockStatus(ctx, 0, 4096, false); !errors.Is(err, client.ErrNoMetaContext) {
 		t.Fatalf("BlockStatus without meta context: %v", err)
 	}
 }
@@ -276,9 +283,9 @@ func TestReadOnlyExport(t *testing.T) {
 	o := oneExport(dev)
 	o.Exports[0].ReadOnly = true
 	ts := startServer(t, o, "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
-	if c.Flags()&FlagReadOnly == 0 {
+	if c.Flags()&wire.FlagReadOnly == 0 {
 		t.Fatalf("flags %#x lack READ_ONLY", c.Flags())
 	}
 	for name, err := range map[string]error{
@@ -308,7 +315,7 @@ func TestDeviceErrors(t *testing.T) {
 	ts := startServer(t, oneExport(dev), "unix")
 	ctx := tctx(t)
 	for _, structured := range []bool{false, true} {
-		c := ts.dial(t, ClientOptions{StructuredReplies: structured})
+		c := ts.dial(t, client.Options{StructuredReplies: structured})
 		if err := c.Flush(ctx); !errors.Is(err, syscall.ENOSPC) {
 			t.Errorf("flush: %v", err)
 		}
@@ -324,51 +331,23 @@ func TestDeviceErrors(t *testing.T) {
 	}
 }
 
-func TestClientContextCancel(t *testing.T) {
-	dev := newMemDev(1<<20, allCaps)
-	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{StructuredReplies: true})
-	if err := c.Write(tctx(t), 0, []byte("hello"), 0); err != nil {
-		t.Fatal(err)
-	}
-	dev.gate()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-	defer cancel()
-	buf := make([]byte, 5)
-	if err := c.Read(ctx, 0, buf); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("read with expired context: %v", err)
-	}
-	dev.open()
-	got := make([]byte, 5)
-	if err := c.Read(tctx(t), 0, got); err != nil || string(got) != "hello" {
-		t.Fatalf("read after cancel: %q, %v", got, err)
-	}
-	if err := c.Read(ctx, 0, got); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("read with dead context: %v", err)
-	}
-	c.Close()
-	if err := c.Read(tctx(t), 0, got); !errors.Is(err, ErrClientClosed) {
-		t.Fatalf("read after Close: %v", err)
-	}
-}
-
 func TestList(t *testing.T) {
 	ts := startServer(t, Options{Exports: []ExportConfig{
 		{Name: "a", Description: "first", Device: newMemDev(4096, 0)},
 		{Name: "b", Device: newMemDev(4096, 0), Default: true},
 	}}, "tcp")
-	names, err := List(tctx(t), ts.network, ts.addr)
+	names, err := client.List(tctx(t), ts.network, ts.addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if fmt.Sprint(names) != "[a b]" {
 		t.Fatalf("List = %q", names)
 	}
-	_, err = Dial(tctx(t), ts.network, ts.addr, ClientOptions{ExportName: "nope"})
-	if !errors.Is(err, ErrUnknownExport) {
+	_, err = client.Dial(tctx(t), ts.network, ts.addr, client.Options{ExportName: "nope"})
+	if !errors.Is(err, client.ErrUnknownExport) {
 		t.Fatalf("Dial to an unknown export: %v", err)
 	}
-	c := ts.dial(t, ClientOptions{}) // the default export
+	c := ts.dial(t, client.Options{}) // the default export
 	if c.Size() != 4096 {
 		t.Fatalf("default export size %d", c.Size())
 	}

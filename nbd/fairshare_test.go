@@ -8,13 +8,16 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // readThroughput has c read total bytes in 1 MiB reads, 8 in flight, and
 // returns how long that took: the well-behaved client of the fair-share
 // tests. It fails the test if the reads do not finish within ioTimeout,
 // which is what starvation looks like.
-func readThroughput(t *testing.T, c *Client, total int) time.Duration {
+func readThroughput(t *testing.T, c *client.Client, total int) time.Duration {
 	t.Helper()
 	const size, depth = 1 << 20, 8
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
@@ -81,7 +84,7 @@ func TestConnectionPayloadShare(t *testing.T) {
 				t.Fatalf("default share %d is not below the budget %d", share, budget)
 			}
 
-			good := ts.dial(t, ClientOptions{ExportName: "mem"})
+			good := ts.dial(t, client.Options{ExportName: "mem"})
 			const total = 128 << 20
 			alone := fastest(3, func() time.Duration { return readThroughput(t, good, total) })
 
@@ -90,7 +93,7 @@ func TestConnectionPayloadShare(t *testing.T) {
 			attacker.nc.SetDeadline(time.Time{}) // the test's own timers bound it
 			const maxReads = 64
 			for i := range maxReads {
-				attacker.request(cmdRead, 0, uint64(i), 0, MaxPayload, nil)
+				attacker.request(wire.CmdRead, 0, uint64(i), 0, MaxPayload, nil)
 			}
 			var received atomic.Int64
 			stopReading := make(chan struct{})
@@ -138,7 +141,7 @@ func slowReader(r *rawConn, rate int, received *atomic.Int64, stop <-chan struct
 	const step = 64 << 10
 	pause := time.Duration(step) * time.Second / time.Duration(rate)
 	buf := make([]byte, step)
-	left := simpleReplyLen + MaxPayload // of the reply being read
+	left := wire.SimpleReplyLen + MaxPayload // of the reply being read
 	cookie := uint64(1 << 32)
 	for {
 		select {
@@ -152,15 +155,9 @@ func slowReader(r *rawConn, rate int, received *atomic.Int64, stop <-chan struct
 		}
 		received.Add(int64(n))
 		if left -= n; left == 0 {
-			left = simpleReplyLen + MaxPayload
+			left = wire.SimpleReplyLen + MaxPayload
 			cookie++
-			req := be.AppendUint32(nil, magicRequest)
-			req = be.AppendUint16(req, 0)
-			req = be.AppendUint16(req, cmdRead)
-			req = be.AppendUint64(req, cookie)
-			req = be.AppendUint64(req, 0)
-			req = be.AppendUint32(req, MaxPayload)
-			if _, err := r.nc.Write(req); err != nil {
+			if _, err := r.nc.Write(requestBytes(wire.CmdRead, 0, cookie, 0, MaxPayload, nil)); err != nil {
 				return
 			}
 		}

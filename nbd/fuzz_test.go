@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // fuzzServe feeds input to a fresh connection of srv over net.Pipe, as the
@@ -54,27 +56,26 @@ func fuzzServer(t testing.TB) *Server {
 // handshakeBytes is a client's whole handshake: flags, the given options,
 // then GO for "mem".
 func handshakeBytes(opts ...[]byte) []byte {
-	b := be.AppendUint32(nil, flagCFixedNewstyle|flagCNoZeroes)
+	b := be.AppendUint32(nil, wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 	for _, o := range opts {
 		b = append(b, o...)
 	}
-	return append(b, optionBytes(optGo, infoData("mem"))...)
+	return append(b, optionBytes(wire.OptGo, wire.AppendInfoRequest(nil, "mem"))...)
 }
 
-func optionBytes(opt uint32, data []byte) []byte {
-	b := be.AppendUint64(nil, magicOption)
-	b = be.AppendUint32(b, opt)
-	b = be.AppendUint32(b, uint32(len(data)))
-	return append(b, data...)
+func optionBytes(opt uint32, data []byte) []byte { return wire.AppendOption(nil, opt, data) }
+
+// optionHeader is the header of an option alone, which may claim more
+// data than follows it.
+func optionHeader(opt, length uint32) []byte {
+	b := make([]byte, wire.OptionHeaderLen)
+	wire.PutOption(b, opt, length)
+	return b
 }
 
+// requestBytes is a request: its header, then payload.
 func requestBytes(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) []byte {
-	b := be.AppendUint32(nil, magicRequest)
-	b = be.AppendUint16(b, flags)
-	b = be.AppendUint16(b, cmd)
-	b = be.AppendUint64(b, cookie)
-	b = be.AppendUint64(b, off)
-	b = be.AppendUint32(b, length)
+	b := wire.AppendRequest(nil, wire.Request{Flags: flags, Type: cmd, Cookie: cookie, Offset: off, Length: length})
 	return append(b, payload...)
 }
 
@@ -89,21 +90,21 @@ func cat(parts ...[]byte) []byte {
 // FuzzOptionParser feeds arbitrary bytes as the client's side of the
 // handshake.
 func FuzzOptionParser(f *testing.F) {
-	flags := be.AppendUint32(nil, flagCFixedNewstyle|flagCNoZeroes)
+	flags := be.AppendUint32(nil, wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 	f.Add([]byte{})
 	f.Add(flags)
 	f.Add(handshakeBytes())
-	f.Add(cat(flags, optionBytes(optList, nil), optionBytes(optAbort, nil)))
-	f.Add(cat(flags, optionBytes(optInfo, infoData("mem", infoName, infoDescription, infoBlockSize, 9))))
-	f.Add(cat(flags, optionBytes(optStructuredRep, nil),
-		optionBytes(optListMetaCtx, metaData("mem")),
-		optionBytes(optSetMetaCtx, metaData("mem", metaBaseAllocation, "base:")),
-		optionBytes(optGo, infoData("", infoName))))
-	f.Add(cat(flags, optionBytes(optExportName, []byte("ro"))))
-	f.Add(cat(flags, optionBytes(optExportName, []byte("nope"))))
-	f.Add(cat(flags, optionBytes(99, []byte("junk")), optionBytes(optGo, []byte{0, 0, 0, 200})))
-	f.Add(cat(flags, be.AppendUint32(be.AppendUint32(be.AppendUint64(nil, magicOption), optGo), 1<<32-1)))
-	f.Add(cat(flags, optionBytes(optSetMetaCtx, be.AppendUint32(appendString(nil, "mem"), 1<<30))))
+	f.Add(cat(flags, optionBytes(wire.OptList, nil), optionBytes(wire.OptAbort, nil)))
+	f.Add(cat(flags, optionBytes(wire.OptInfo, wire.AppendInfoRequest(nil, "mem", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 9))))
+	f.Add(cat(flags, optionBytes(wire.OptStructuredReply, nil),
+		optionBytes(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem")),
+		optionBytes(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation, "base:")),
+		optionBytes(wire.OptGo, wire.AppendInfoRequest(nil, "", wire.InfoName))))
+	f.Add(cat(flags, optionBytes(wire.OptExportName, []byte("ro"))))
+	f.Add(cat(flags, optionBytes(wire.OptExportName, []byte("nope"))))
+	f.Add(cat(flags, optionBytes(99, []byte("junk")), optionBytes(wire.OptGo, []byte{0, 0, 0, 200})))
+	f.Add(cat(flags, optionHeader(wire.OptGo, 1<<32-1)))
+	f.Add(cat(flags, optionBytes(wire.OptSetMetaContext, be.AppendUint32(wire.AppendString(nil, "mem"), 1<<30))))
 	srv := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, input []byte) {
 		fuzzServe(t, srv, input)
@@ -114,25 +115,25 @@ func FuzzOptionParser(f *testing.F) {
 // after a valid handshake. The first byte picks the handshake: simple
 // replies, structured replies, or structured with base:allocation.
 func FuzzRequestDecoder(f *testing.F) {
-	w := requestBytes(cmdWrite, CmdFlagFUA, 1, 4096, 5, []byte("hello"))
-	r := requestBytes(cmdRead, 0, 2, 4096, 5, nil)
+	w := requestBytes(wire.CmdWrite, wire.CmdFlagFUA, 1, 4096, 5, []byte("hello"))
+	r := requestBytes(wire.CmdRead, 0, 2, 4096, 5, nil)
 	f.Add([]byte{0})
-	f.Add(cat([]byte{0}, w, r, requestBytes(cmdDisc, 0, 3, 0, 0, nil)))
-	f.Add(cat([]byte{1}, w, r, requestBytes(cmdRead, CmdFlagDF, 3, 0, 1<<20, nil)))
-	f.Add(cat([]byte{2}, w, requestBytes(cmdBlockStatus, CmdFlagReqOne, 3, 0, 1<<20, nil),
-		requestBytes(cmdBlockStatus, 0, 4, 0, 1<<20, nil)))
-	f.Add(cat([]byte{0}, requestBytes(cmdWrite, 0, 1, 0, MaxPayload, []byte("short"))))
-	f.Add(cat([]byte{0}, requestBytes(cmdWrite, 0, 1, 0, MaxPayload+1, nil)))
+	f.Add(cat([]byte{0}, w, r, requestBytes(wire.CmdDisc, 0, 3, 0, 0, nil)))
+	f.Add(cat([]byte{1}, w, r, requestBytes(wire.CmdRead, wire.CmdFlagDF, 3, 0, 1<<20, nil)))
+	f.Add(cat([]byte{2}, w, requestBytes(wire.CmdBlockStatus, wire.CmdFlagReqOne, 3, 0, 1<<20, nil),
+		requestBytes(wire.CmdBlockStatus, 0, 4, 0, 1<<20, nil)))
+	f.Add(cat([]byte{0}, requestBytes(wire.CmdWrite, 0, 1, 0, MaxPayload, []byte("short"))))
+	f.Add(cat([]byte{0}, requestBytes(wire.CmdWrite, 0, 1, 0, MaxPayload+1, nil)))
 	f.Add(cat([]byte{0}, requestBytes(99, 0xffff, 1, 1<<63, 1<<32-1, nil), r))
-	f.Add(cat([]byte{1}, requestBytes(cmdTrim, 0, 1, 0, 1<<32-1, nil), requestBytes(cmdWriteZeroes, CmdFlagNoHole|CmdFlagFastZero, 2, 0, 4096, nil),
-		requestBytes(cmdFlush, 0, 3, 0, 0, nil), requestBytes(cmdCache, 0, 4, 0, 4096, nil)))
+	f.Add(cat([]byte{1}, requestBytes(wire.CmdTrim, 0, 1, 0, 1<<32-1, nil), requestBytes(wire.CmdWriteZeroes, wire.CmdFlagNoHole|wire.CmdFlagFastZero, 2, 0, 4096, nil),
+		requestBytes(wire.CmdFlush, 0, 3, 0, 0, nil), requestBytes(wire.CmdCache, 0, 4, 0, 4096, nil)))
 	f.Add(cat([]byte{0}, w[:20]))
 	f.Add(cat([]byte{0}, []byte("GET / HTTP/1.1\r\n\r\n")))
 
 	prefixes := [][]byte{
 		handshakeBytes(),
-		handshakeBytes(optionBytes(optStructuredRep, nil)),
-		handshakeBytes(optionBytes(optStructuredRep, nil), optionBytes(optSetMetaCtx, metaData("mem", metaBaseAllocation))),
+		handshakeBytes(optionBytes(wire.OptStructuredReply, nil)),
+		handshakeBytes(optionBytes(wire.OptStructuredReply, nil), optionBytes(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))),
 	}
 	srv := fuzzServer(f)
 	f.Fuzz(func(t *testing.T, input []byte) {

@@ -6,9 +6,19 @@ import (
 	"io"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 var be = binary.BigEndian
+
+const (
+	// flagsCKnown are the client flags this server understands; the spec
+	// has it hang up on any other.
+	flagsCKnown = wire.FlagCFixedNewstyle | wire.FlagCNoZeroes
+	// metaBaseAllocationID is the context id this server assigns to
+	// base:allocation: any nonzero value would do, there is only one.
+	metaBaseAllocationID = 1
+)
 
 // negotiate runs the server side of the fixed newstyle handshake: the
 // greeting, the client's flags, then options until one enters
@@ -16,10 +26,8 @@ var be = binary.BigEndian
 // c.exp set on success. Every read is io.ReadFull: clients, the kernel's
 // among them, write options in small segments.
 func (c *conn) negotiate() error {
-	var greet [18]byte
-	be.PutUint64(greet[0:], magicNBD)
-	be.PutUint64(greet[8:], magicOption)
-	be.PutUint16(greet[16:], flagFixedNewstyle|flagNoZeroes)
+	var greet [wire.GreetingLen]byte
+	wire.PutGreeting(greet[:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 	if _, err := c.bw.Write(greet[:]); err != nil {
 		return err
 	}
@@ -32,16 +40,16 @@ func (c *conn) negotiate() error {
 		return err
 	}
 	cflags := be.Uint32(cf[:])
-	if cflags&^flagCKnown != 0 {
+	if cflags&^flagsCKnown != 0 {
 		// The spec: the server MUST drop the connection on unknown flags.
 		return &handshakeError{reasonBadFlags, fmt.Sprintf("unknown client flags %#x", cflags)}
 	}
 	// A client without NBD_FLAG_C_FIXED_NEWSTYLE is served as if it had
 	// set it (the spec allows this): the replies it would not expect only
 	// come after options it should not send.
-	c.noZeroes = cflags&flagCNoZeroes != 0
+	c.noZeroes = cflags&wire.FlagCNoZeroes != 0
 
-	var hdr [optionHeaderLen]byte
+	var hdr [wire.OptionHeaderLen]byte
 	for n := 0; ; n++ {
 		if n == maxHandshakeOptions {
 			return &handshakeError{reasonTooManyOptions, fmt.Sprintf("more than %d options", maxHandshakeOptions)}
@@ -49,21 +57,20 @@ func (c *conn) negotiate() error {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
 			return err
 		}
-		if m := be.Uint64(hdr[0:]); m != magicOption {
-			return &handshakeError{reasonBadMagic, fmt.Sprintf("bad option magic %#x", m)}
+		opt, length, ok := wire.DecodeOption(hdr[:])
+		if !ok {
+			return &handshakeError{reasonBadMagic, fmt.Sprintf("bad option magic %#x", be.Uint64(hdr[:]))}
 		}
-		opt := be.Uint32(hdr[8:])
-		length := be.Uint32(hdr[12:])
 		if length > maxOptionLen {
 			// Never allocate what the client claims: read a bounded amount
 			// and throw it away, or give up on the client.
-			if opt == optExportName || length > maxOptionDiscard {
+			if opt == wire.OptExportName || length > maxOptionDiscard {
 				return &handshakeError{reasonOptionTooBig, fmt.Sprintf("option %d with %d bytes of data", opt, length)}
 			}
 			if _, err := c.br.Discard(int(length)); err != nil {
 				return err
 			}
-			if err := c.optReply(opt, repErrTooBig, []byte("option data too long")); err != nil {
+			if err := c.optReply(opt, wire.RepErrTooBig, []byte("option data too long")); err != nil {
 				return err
 			}
 			if err := c.bw.Flush(); err != nil {
@@ -95,75 +102,74 @@ func (c *conn) negotiate() error {
 // option answers one option. done reports that transmission begins.
 func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	switch opt {
-	case optExportName:
+	case wire.OptExportName:
 		e := c.srv.lookup(string(data))
 		if e == nil {
 			// No way to say no: the spec has the server hang up.
 			return false, &handshakeError{reasonUnknownExport, fmt.Sprintf("NBD_OPT_EXPORT_NAME: unknown export %.64q", data)}
 		}
 		c.choose(e)
-		var b [8 + 2 + exportNameZeroes]byte
+		var b [wire.ExportNameReplyLen + wire.ExportNameZeroes]byte
 		be.PutUint64(b[0:], c.size)
 		be.PutUint16(b[8:], c.tflags)
-		n := 10
+		n := wire.ExportNameReplyLen
 		if !c.noZeroes {
-			n += exportNameZeroes
+			n += wire.ExportNameZeroes
 		}
 		_, err := c.bw.Write(b[:n])
 		return err == nil, err
 
-	case optAbort:
+	case wire.OptAbort:
 		// The spec asks for an ACK; the client may already be gone.
-		if c.optReply(opt, repAck, nil) == nil {
+		if c.optReply(opt, wire.RepAck, nil) == nil {
 			c.bw.Flush()
 		}
 		return false, errAbort
 
-	case optList:
+	case wire.OptList:
 		if len(data) != 0 {
-			return false, c.optReply(opt, repErrInvalid, []byte("NBD_OPT_LIST takes no data"))
+			return false, c.optReply(opt, wire.RepErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
 		for _, e := range c.srv.exports {
-			p := make([]byte, 4, 4+len(e.Name)+len(e.Description))
-			be.PutUint32(p, uint32(len(e.Name)))
-			p = append(p, e.Name...)
+			// The name as a string; the description fills the rest.
+			p := wire.AppendString(make([]byte, 0, 4+len(e.Name)+len(e.Description)), e.Name)
 			p = append(p, e.Description...)
-			if err := c.optReply(opt, repServer, p); err != nil {
+			if err := c.optReply(opt, wire.RepServer, p); err != nil {
 				return false, err
 			}
 		}
-		return false, c.optReply(opt, repAck, nil)
+		return false, c.optReply(opt, wire.RepAck, nil)
 
-	case optInfo, optGo:
-		name, infos, ok := parseInfoRequest(data)
+	case wire.OptInfo, wire.OptGo:
+		name, infos, ok := wire.DecodeInfoRequest(data)
 		if !ok {
-			return false, c.optReply(opt, repErrInvalid, []byte("malformed info request"))
+			return false, c.optReply(opt, wire.RepErrInvalid, []byte("malformed info request"))
 		}
 		e := c.srv.lookup(name)
 		if e == nil {
-			return false, c.optReply(opt, repErrUnknown, []byte("unknown export"))
+			return false, c.optReply(opt, wire.RepErrUnknown, []byte("unknown export"))
 		}
-		if opt == optGo {
+		if opt == wire.OptGo {
 			c.choose(e)
 		}
 		if err := c.sendInfo(opt, e, infos); err != nil {
 			return false, err
 		}
-		return opt == optGo, c.optReply(opt, repAck, nil)
+		return opt == wire.OptGo, c.optReply(opt, wire.RepAck, nil)
 
-	case optStructuredRep:
+	case wire.OptStructuredReply:
 		if len(data) != 0 {
-			return false, c.optReply(opt, repErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
+			return false, c.optReply(opt, wire.RepErrInvalid, []byte("NBD_OPT_STRUCTURED_REPLY takes no data"))
 		}
 		c.structured = true
-		return false, c.optReply(opt, repAck, nil)
+		return false, c.optReply(opt, wire.RepAck, nil)
 
-	case optListMetaCtx, optSetMetaCtx:
+	case wire.OptListMetaContext, wire.OptSetMetaContext:
 		return false, c.metaContext(opt, data)
 
 	default:
 		// STARTTLS, EXTENDED_HEADERS and anything newer or unknown.
-		return false, c.optReply(opt, repErrUnsup, nil)
+		return false, c.optReply(opt, wire.RepErrUnsup, nil)
 	}
 }
 
@@ -185,34 +191,34 @@ func (c *conn) choose(e *export) {
 // submits to the same device, and a FLUSH goes through that device, so it
 // covers every write completed on any connection.
 func transmissionFlags(caps bioset.Caps, readOnly, structured bool) uint16 {
-	f := uint16(FlagHasFlags | FlagCanMultiConn)
+	f := uint16(wire.FlagHasFlags | wire.FlagCanMultiConn)
 	if readOnly {
 		// Commands that would change the export are not offered: a
 		// client that sent one anyway gets EPERM.
-		f |= FlagReadOnly
+		f |= wire.FlagReadOnly
 		caps &^= bioset.CapTrim | bioset.CapWriteZeroes | bioset.CapFastZero
 	}
 	if caps&bioset.CapFlush != 0 {
-		f |= FlagSendFlush
+		f |= wire.FlagSendFlush
 	}
 	if caps&bioset.CapFUA != 0 {
-		f |= FlagSendFUA
+		f |= wire.FlagSendFUA
 	}
 	if caps&bioset.CapTrim != 0 {
-		f |= FlagSendTrim
+		f |= wire.FlagSendTrim
 	}
 	if caps&bioset.CapWriteZeroes != 0 {
-		f |= FlagSendWriteZeroes
+		f |= wire.FlagSendWriteZeroes
 		if caps&bioset.CapFastZero != 0 {
-			f |= FlagSendFastZero
+			f |= wire.FlagSendFastZero
 		}
 	}
 	if caps&bioset.CapCache != 0 {
-		f |= FlagSendCache
+		f |= wire.FlagSendCache
 	}
 	if structured {
 		// A READ reply is always a single chunk, so DF costs nothing.
-		f |= FlagSendDF
+		f |= wire.FlagSendDF
 	}
 	return f
 }
@@ -221,15 +227,13 @@ func transmissionFlags(caps bioset.Caps, readOnly, structured bool) uint16 {
 func (c *conn) sendInfo(opt uint32, e *export, infos []uint16) error {
 	size := c.size
 	tflags := c.tflags
-	if opt == optInfo {
+	if opt == wire.OptInfo {
 		size = e.Device.Size()
 		tflags = transmissionFlags(e.Device.Caps(), e.ReadOnly, c.structured)
 	}
 	var b [14]byte
-	be.PutUint16(b[0:], infoExport)
-	be.PutUint64(b[2:], size)
-	be.PutUint16(b[10:], tflags)
-	if err := c.optReply(opt, repInfo, b[:12]); err != nil {
+	wire.PutInfoExport(b[:], size, tflags)
+	if err := c.optReply(opt, wire.RepInfo, b[:wire.InfoExportLen]); err != nil {
 		return err
 	}
 	var sent [4]bool
@@ -242,16 +246,16 @@ func (c *conn) sendInfo(opt uint32, e *export, infos []uint16) error {
 		}
 		var err error
 		switch t {
-		case infoName:
-			err = c.optReply(opt, repInfo, append([]byte{0, infoName}, e.Name...))
-		case infoDescription:
-			err = c.optReply(opt, repInfo, append([]byte{0, infoDescription}, e.Description...))
-		case infoBlockSize:
-			be.PutUint16(b[0:], infoBlockSize)
+		case wire.InfoName:
+			err = c.optReply(opt, wire.RepInfo, append([]byte{0, wire.InfoName}, e.Name...))
+		case wire.InfoDescription:
+			err = c.optReply(opt, wire.RepInfo, append([]byte{0, wire.InfoDescription}, e.Description...))
+		case wire.InfoBlockSize:
+			be.PutUint16(b[0:], wire.InfoBlockSize)
 			be.PutUint32(b[2:], blockSizeMin)
 			be.PutUint32(b[6:], blockSizePreferred)
 			be.PutUint32(b[10:], MaxPayload)
-			err = c.optReply(opt, repInfo, b[:14])
+			err = c.optReply(opt, wire.RepInfo, b[:14])
 		default:
 			// The spec: ignore information requests not understood.
 			// NBD_INFO_EXPORT is always sent above.
@@ -267,126 +271,56 @@ func (c *conn) sendInfo(opt uint32, e *export, infos []uint16) error {
 // context is base:allocation; queries in other namespaces are ignored, as
 // the spec requires.
 func (c *conn) metaContext(opt uint32, data []byte) error {
-	if opt == optSetMetaCtx {
+	if opt == wire.OptSetMetaContext {
 		// SET replaces the selection even when it fails.
 		c.metaSelected, c.metaExport = false, nil
 	}
 	if !c.structured {
-		return c.optReply(opt, repErrInvalid, []byte("negotiate structured replies first"))
+		return c.optReply(opt, wire.RepErrInvalid, []byte("negotiate structured replies first"))
 	}
-	name, queries, ok := parseMetaRequest(data)
+	name, queries, ok := wire.DecodeMetaContextRequest(data)
 	if !ok {
-		return c.optReply(opt, repErrInvalid, []byte("malformed meta context request"))
+		return c.optReply(opt, wire.RepErrInvalid, []byte("malformed meta context request"))
 	}
 	e := c.srv.lookup(name)
 	if e == nil {
-		return c.optReply(opt, repErrUnknown, []byte("unknown export"))
+		return c.optReply(opt, wire.RepErrUnknown, []byte("unknown export"))
 	}
 	match := false
-	if opt == optListMetaCtx && len(queries) == 0 {
+	if opt == wire.OptListMetaContext && len(queries) == 0 {
 		match = true // no query: list everything
 	}
 	for _, q := range queries {
 		switch {
-		case q == metaBaseAllocation:
+		case q == wire.MetaBaseAllocation:
 			match = true
-		case q == metaBaseNamespace && opt == optListMetaCtx:
+		case q == wire.MetaBaseNamespace && opt == wire.OptListMetaContext:
 			match = true // "base:" is a wildcard when listing, ignored when setting
 		}
 	}
 	if match {
 		id := uint32(0) // the spec: reserved in LIST replies, SHOULD be zero
-		if opt == optSetMetaCtx {
+		if opt == wire.OptSetMetaContext {
 			id = metaBaseAllocationID
 			c.metaSelected, c.metaExport = true, e
 		}
-		p := make([]byte, 4, 4+len(metaBaseAllocation))
+		p := make([]byte, 4, 4+len(wire.MetaBaseAllocation))
 		be.PutUint32(p, id)
-		p = append(p, metaBaseAllocation...)
-		if err := c.optReply(opt, repMetaContext, p); err != nil {
+		p = append(p, wire.MetaBaseAllocation...)
+		if err := c.optReply(opt, wire.RepMetaContext, p); err != nil {
 			return err
 		}
 	}
-	return c.optReply(opt, repAck, nil)
+	return c.optReply(opt, wire.RepAck, nil)
 }
 
 // optReply writes one option reply (not flushed).
 func (c *conn) optReply(opt, typ uint32, payload []byte) error {
-	var h [optionReplyHeaderLen]byte
-	be.PutUint64(h[0:], magicOptionReply)
-	be.PutUint32(h[8:], opt)
-	be.PutUint32(h[12:], typ)
-	be.PutUint32(h[16:], uint32(len(payload)))
+	var h [wire.OptionReplyHeaderLen]byte
+	wire.PutOptionReply(h[:], wire.OptionReply{Option: opt, Type: typ, Length: uint32(len(payload))})
 	if _, err := c.bw.Write(h[:]); err != nil {
 		return err
 	}
 	_, err := c.bw.Write(payload)
 	return err
-}
-
-// parseInfoRequest decodes the data of NBD_OPT_INFO and NBD_OPT_GO:
-// a 32-bit name length, the name, a 16-bit count and that many 16-bit
-// information types, with nothing left over.
-func parseInfoRequest(data []byte) (name string, infos []uint16, ok bool) {
-	if len(data) < 6 {
-		return "", nil, false
-	}
-	n := be.Uint32(data)
-	if uint64(n) > uint64(len(data)-6) {
-		return "", nil, false
-	}
-	name = string(data[4 : 4+n])
-	rest := data[4+n:]
-	k := int(be.Uint16(rest))
-	rest = rest[2:]
-	if len(rest) != 2*k {
-		return "", nil, false
-	}
-	infos = make([]uint16, k)
-	for i := range infos {
-		infos[i] = be.Uint16(rest[2*i:])
-	}
-	return name, infos, true
-}
-
-// parseMetaRequest decodes the data of NBD_OPT_LIST_META_CONTEXT and
-// NBD_OPT_SET_META_CONTEXT: a 32-bit name length and the name, a 32-bit
-// query count, then each query as a 32-bit length and the string, with
-// nothing left over.
-func parseMetaRequest(data []byte) (name string, queries []string, ok bool) {
-	s, rest, ok := cutString(data)
-	if !ok || len(rest) < 4 {
-		return "", nil, false
-	}
-	n := be.Uint32(rest)
-	rest = rest[4:]
-	// Each query takes at least 4 bytes: a count larger than that allows
-	// is malformed, and bounding it here bounds the loop.
-	if uint64(n) > uint64(len(rest)/4) {
-		return "", nil, false
-	}
-	for range n {
-		var q string
-		q, rest, ok = cutString(rest)
-		if !ok {
-			return "", nil, false
-		}
-		queries = append(queries, q)
-	}
-	if len(rest) != 0 {
-		return "", nil, false
-	}
-	return s, queries, true
-}
-
-// cutString decodes a 32-bit length and that many bytes.
-func cutString(b []byte) (s string, rest []byte, ok bool) {
-	if len(b) < 4 {
-		return "", nil, false
-	}
-	n := be.Uint32(b)
-	if uint64(n) > uint64(len(b)-4) {
-		return "", nil, false
-	}
-	return string(b[4 : 4+n]), b[4+n:], true
 }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // ioTimeout bounds every blocking step of a test.
@@ -75,11 +77,11 @@ func oneExport(dev Export) Options {
 	return Options{Exports: []ExportConfig{{Name: "mem", Description: "test memory", Device: dev, Default: true}}}
 }
 
-func (ts *testServer) dial(t testing.TB, o ClientOptions) *Client {
+func (ts *testServer) dial(t testing.TB, o client.Options) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
 	defer cancel()
-	c, err := Dial(ctx, ts.network, ts.addr, o)
+	c, err := client.Dial(ctx, ts.network, ts.addr, o)
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
@@ -153,11 +155,12 @@ func (r *rawConn) read(n int) []byte {
 // greet reads the server's greeting and returns its handshake flags.
 func (r *rawConn) greet() uint16 {
 	r.t.Helper()
-	g := r.read(18)
-	if be.Uint64(g) != magicNBD || be.Uint64(g[8:]) != magicOption {
+	g := r.read(wire.GreetingLen)
+	flags, ok := wire.DecodeGreeting(g)
+	if !ok {
 		r.t.Fatalf("bad greeting % x", g)
 	}
-	return be.Uint16(g[16:])
+	return flags
 }
 
 func (r *rawConn) clientFlags(f uint32) {
@@ -167,77 +170,55 @@ func (r *rawConn) clientFlags(f uint32) {
 
 func (r *rawConn) option(opt uint32, data []byte) {
 	r.t.Helper()
-	b := be.AppendUint64(nil, magicOption)
-	b = be.AppendUint32(b, opt)
-	b = be.AppendUint32(b, uint32(len(data)))
-	r.write(append(b, data...))
+	r.write(wire.AppendOption(nil, opt, data))
 }
 
 // reply reads one option reply to opt.
 func (r *rawConn) reply(opt uint32) (typ uint32, data []byte) {
 	r.t.Helper()
-	h := r.read(optionReplyHeaderLen)
-	if be.Uint64(h) != magicOptionReply {
+	h := r.read(wire.OptionReplyHeaderLen)
+	rep, ok := wire.DecodeOptionReply(h)
+	if !ok {
 		r.t.Fatalf("bad option reply magic % x", h)
 	}
-	if got := be.Uint32(h[8:]); got != opt {
-		r.t.Fatalf("reply to option %d, want %d", got, opt)
+	if rep.Option != opt {
+		r.t.Fatalf("reply to option %d, want %d", rep.Option, opt)
 	}
-	return be.Uint32(h[12:]), r.read(int(be.Uint32(h[16:])))
-}
-
-// infoData encodes the data of NBD_OPT_INFO/GO.
-func infoData(name string, infos ...uint16) []byte {
-	b := appendString(nil, name)
-	b = be.AppendUint16(b, uint16(len(infos)))
-	for _, i := range infos {
-		b = be.AppendUint16(b, i)
-	}
-	return b
-}
-
-// metaData encodes the data of NBD_OPT_{LIST,SET}_META_CONTEXT.
-func metaData(name string, queries ...string) []byte {
-	b := appendString(nil, name)
-	b = be.AppendUint32(b, uint32(len(queries)))
-	for _, q := range queries {
-		b = appendString(b, q)
-	}
-	return b
+	return rep.Type, r.read(int(rep.Length))
 }
 
 // start does a whole handshake with GO and returns size and flags.
 func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 	r.t.Helper()
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
 	if structured {
-		r.option(optStructuredRep, nil)
-		if typ, _ := r.reply(optStructuredRep); typ != repAck {
+		r.option(wire.OptStructuredReply, nil)
+		if typ, _ := r.reply(wire.OptStructuredReply); typ != wire.RepAck {
 			r.t.Fatalf("STRUCTURED_REPLY: reply %#x", typ)
 		}
 	}
 	if meta {
-		r.option(optSetMetaCtx, metaData(name, metaBaseAllocation))
-		typ, data := r.reply(optSetMetaCtx)
-		if typ != repMetaContext || string(data[4:]) != metaBaseAllocation {
+		r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, name, wire.MetaBaseAllocation))
+		typ, data := r.reply(wire.OptSetMetaContext)
+		if typ != wire.RepMetaContext || string(data[4:]) != wire.MetaBaseAllocation {
 			r.t.Fatalf("SET_META_CONTEXT: reply %#x %q", typ, data)
 		}
-		if typ, _ := r.reply(optSetMetaCtx); typ != repAck {
+		if typ, _ := r.reply(wire.OptSetMetaContext); typ != wire.RepAck {
 			r.t.Fatalf("SET_META_CONTEXT: final reply %#x", typ)
 		}
 	}
-	r.option(optGo, infoData(name))
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, name))
 	var size uint64
 	var flags uint16
 	for {
-		typ, data := r.reply(optGo)
+		typ, data := r.reply(wire.OptGo)
 		switch typ {
-		case repInfo:
-			if be.Uint16(data) == infoExport {
-				size, flags = be.Uint64(data[2:]), be.Uint16(data[10:])
+		case wire.RepInfo:
+			if s, f, ok := wire.DecodeInfoExport(data); ok {
+				size, flags = s, f
 			}
-		case repAck:
+		case wire.RepAck:
 			return size, flags
 		default:
 			r.t.Fatalf("GO: reply %#x %q", typ, data)
@@ -247,37 +228,32 @@ func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 
 func (r *rawConn) request(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) {
 	r.t.Helper()
-	b := be.AppendUint32(nil, magicRequest)
-	b = be.AppendUint16(b, flags)
-	b = be.AppendUint16(b, cmd)
-	b = be.AppendUint64(b, cookie)
-	b = be.AppendUint64(b, off)
-	b = be.AppendUint32(b, length)
-	r.write(append(b, payload...))
+	r.write(requestBytes(cmd, flags, cookie, off, length, payload))
 }
 
 // simple reads a simple reply, with dataLen bytes of data if no error.
 func (r *rawConn) simple(dataLen int) (code uint32, cookie uint64, data []byte) {
 	r.t.Helper()
-	h := r.read(simpleReplyLen)
-	if be.Uint32(h) != magicSimpleReply {
+	h := r.read(wire.SimpleReplyLen)
+	rep, ok := wire.DecodeSimpleReply(h)
+	if !ok {
 		r.t.Fatalf("bad simple reply magic % x", h)
 	}
-	code, cookie = be.Uint32(h[4:]), be.Uint64(h[8:])
-	if code == 0 && dataLen > 0 {
+	if rep.Error == 0 && dataLen > 0 {
 		data = r.read(dataLen)
 	}
-	return code, cookie, data
+	return rep.Error, rep.Cookie, data
 }
 
 // chunk reads one structured reply chunk.
 func (r *rawConn) chunk() (flags, typ uint16, cookie uint64, payload []byte) {
 	r.t.Helper()
-	h := r.read(structuredHeaderLen)
-	if be.Uint32(h) != magicStructuredReply {
+	h := r.read(wire.ChunkHeaderLen)
+	c, ok := wire.DecodeChunk(h)
+	if !ok {
 		r.t.Fatalf("bad structured reply magic % x", h)
 	}
-	return be.Uint16(h[4:]), be.Uint16(h[6:]), be.Uint64(h[8:]), r.read(int(be.Uint32(h[16:])))
+	return c.Flags, c.Type, c.Cookie, r.read(int(c.Length))
 }
 
 // expectClosed reads until the server closes the connection.

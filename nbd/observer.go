@@ -51,53 +51,6 @@ func (NopObserver) RequestStarted(string, bioset.Op)                            
 func (NopObserver) RequestDone(string, bioset.Op, uint64, syscall.Errno, time.Duration) {}
 func (NopObserver) BadRequest(string, syscall.Errno)                                    {}
 
-// ReplyError is one of the errors the NBD protocol can carry to a client.
-type ReplyError struct {
-	Errno syscall.Errno
-	Name  string // as the spec spells it: "ENOTSUP", not Linux's "EOPNOTSUPP"
-}
-
-// ReplyErrors are the only errors a client can receive. Metrics label
-// errors by them, which keeps that label's values bounded.
-var ReplyErrors = [...]ReplyError{
-	{syscall.EPERM, "EPERM"},
-	{syscall.EIO, "EIO"},
-	{syscall.ENOMEM, "ENOMEM"},
-	{syscall.EINVAL, "EINVAL"},
-	{syscall.ENOSPC, "ENOSPC"},
-	{syscall.EOVERFLOW, "EOVERFLOW"},
-	{syscall.ENOTSUP, "ENOTSUP"},
-	{syscall.ESHUTDOWN, "ESHUTDOWN"},
-}
-
-// ReplyErrorIndex returns the index in ReplyErrors of the error a client
-// receives when a request fails with e. The spec asks to map EDQUOT and
-// EFBIG to ENOSPC; anything it does not name becomes EIO.
-func ReplyErrorIndex(e syscall.Errno) int {
-	switch e {
-	case syscall.EPERM:
-		return 0
-	case syscall.EIO:
-		return 1
-	case syscall.ENOMEM:
-		return 2
-	case syscall.EINVAL:
-		return 3
-	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
-		return 4
-	case syscall.EOVERFLOW:
-		return 5
-	case syscall.ENOTSUP:
-		return 6
-	case syscall.ESHUTDOWN:
-		return 7
-	}
-	if e == syscall.EOPNOTSUPP { // the same number as ENOTSUP on Linux, not everywhere
-		return 6
-	}
-	return 1
-}
-
 // HandshakeFailureReasons lists every reason Observer.HandshakeFailed
 // reports, so that a metric can export each from the start, at zero.
 var HandshakeFailureReasons = []string{

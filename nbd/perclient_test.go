@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestPerClientConnections: one client that takes every connection it
@@ -75,7 +77,7 @@ func TestPerClientConnections(t *testing.T) {
 	// The second client is served at once.
 	r := dialRawFrom(t, ts, second)
 	r.start("mem", false, false)
-	r.request(cmdRead, 0, 1, 0, 4096, nil)
+	r.request(wire.CmdRead, 0, 1, 0, 4096, nil)
 	if code, _, _ := r.simple(4096); code != 0 {
 		t.Fatalf("read from the second client: error %d", code)
 	}

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // Replies leave a connection in batches. A batch is an iovec list: reply
@@ -50,6 +51,14 @@ const (
 )
 
 const msgNoExtents = "device reported no extents"
+
+// Lengths of the structured replies this server sends: each is one chunk,
+// its header followed by the chunk's fixed data.
+const (
+	errorReplyLen      = wire.ChunkHeaderLen + wire.ErrorChunkLen // then the message
+	offsetDataReplyLen = wire.ChunkHeaderLen + 8                  // the offset; then the data
+	blockStatusLen     = wire.ChunkHeaderLen + 4                  // the context id; then 8 bytes an extent
+)
 
 // replyBatch is the replies being sent and the requests they answer. Its
 // requests are released only once every byte of the batch is on the wire
@@ -99,12 +108,12 @@ func newReplyBatch(maxReplies int) replyBatch {
 func metaLen(r *request) int {
 	switch {
 	case r.errno != 0:
-		return 26 + maxReplyMessage
-	case r.cmd == cmdBlockStatus:
+		return errorReplyLen + maxReplyMessage
+	case r.cmd == wire.CmdBlockStatus:
 		// Extents, or the error an empty answer turns into.
-		return max(24+8*r.nslots, 26+len(msgNoExtents))
+		return max(blockStatusLen+8*r.nslots, errorReplyLen+len(msgNoExtents))
 	}
-	return 28 // the longest header without a message: OFFSET_DATA's
+	return offsetDataReplyLen // the longest header without a message
 }
 
 // iovecsLen is an upper bound on the iovecs r's reply adds to the batch.
@@ -232,14 +241,11 @@ func (c *conn) encodeReply(r *request) {
 	b.reqs = append(b.reqs, r)
 	var code uint32
 	if r.errno != 0 {
-		code = wireError(r.errno)
+		code = wire.EncodeErrno(r.errno)
 	}
 	if !c.structured {
-		h := b.reserve(simpleReplyLen)
-		be.PutUint32(h[0:], magicSimpleReply)
-		be.PutUint32(h[4:], code)
-		be.PutUint64(h[8:], r.cookie)
-		if r.cmd == cmdRead && code == 0 && r.length > 0 {
+		wire.PutSimpleReply(b.reserve(wire.SimpleReplyLen), wire.SimpleReply{Error: code, Cookie: r.cookie})
+		if r.cmd == wire.CmdRead && code == 0 && r.length > 0 {
 			t.bytesOut += uint64(r.length)
 			b.readPayload(r)
 		}
@@ -247,11 +253,11 @@ func (c *conn) encodeReply(r *request) {
 	}
 
 	var ext []bioset.Extent
-	if code == 0 && r.cmd == cmdBlockStatus {
+	if code == 0 && r.cmd == wire.CmdBlockStatus {
 		ext = compactExtents(r.window[:r.nslots], r.off, uint64(r.length))
 		if len(ext) == 0 {
 			// The spec: at least one extent on success.
-			code, r.msg = errIO, msgNoExtents
+			code, r.msg = wire.EIO, msgNoExtents
 		}
 	}
 	switch {
@@ -263,22 +269,22 @@ func (c *conn) encodeReply(r *request) {
 		if len(msg) > maxReplyMessage {
 			msg = msg[:maxReplyMessage]
 		}
-		h := b.reserve(26 + len(msg))
-		chunkHeader(h, r.cookie, replyTypeError, 6+len(msg))
+		h := b.reserve(errorReplyLen + len(msg))
+		doneChunk(h, r.cookie, wire.ReplyTypeError, wire.ErrorChunkLen+len(msg))
 		be.PutUint32(h[20:], code)
 		be.PutUint16(h[24:], uint16(len(msg)))
-		copy(h[26:], msg)
+		copy(h[errorReplyLen:], msg)
 
-	case r.cmd == cmdRead && r.length > 0:
-		h := b.reserve(28)
-		chunkHeader(h, r.cookie, replyTypeOffsetData, 8+int(r.length))
+	case r.cmd == wire.CmdRead && r.length > 0:
+		h := b.reserve(offsetDataReplyLen)
+		doneChunk(h, r.cookie, wire.ReplyTypeOffsetData, 8+int(r.length))
 		be.PutUint64(h[20:], r.off)
 		t.bytesOut += uint64(r.length)
 		b.readPayload(r)
 
-	case r.cmd == cmdBlockStatus:
-		h := b.reserve(24 + 8*len(ext))
-		chunkHeader(h, r.cookie, replyTypeBlockStatus, 4+8*len(ext))
+	case r.cmd == wire.CmdBlockStatus:
+		h := b.reserve(blockStatusLen + 8*len(ext))
+		doneChunk(h, r.cookie, wire.ReplyTypeBlockStatus, 4+8*len(ext))
 		be.PutUint32(h[20:], c.metaID)
 		for i, e := range ext {
 			// compactExtents clips to the request, whose length fits.
@@ -287,8 +293,15 @@ func (c *conn) encodeReply(r *request) {
 		}
 
 	default:
-		chunkHeader(b.reserve(structuredHeaderLen), r.cookie, replyTypeNone, 0)
+		doneChunk(b.reserve(wire.ChunkHeaderLen), r.cookie, wire.ReplyTypeNone, 0)
 	}
+}
+
+// doneChunk encodes, at the start of h, the header of a reply's one and
+// final chunk, with length bytes of data after the header: every
+// structured reply this server sends is one chunk.
+func doneChunk(h []byte, cookie uint64, typ uint16, length int) {
+	wire.PutChunk(h, wire.Chunk{Flags: wire.ReplyFlagDone, Type: typ, Cookie: cookie, Length: uint32(length)})
 }
 
 // sendBatch puts t.out on the wire and, once all of it is there, releases

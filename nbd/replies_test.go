@@ -8,6 +8,9 @@ import (
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestRepliesLeftForTheWriter pipelines more reply bytes than the socket
@@ -59,7 +62,7 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 	var reqs []byte
 	for i := range uint64(n) {
 		w := want{off: i << 16}
-		cmd := uint16(cmdRead)
+		cmd := uint16(wire.CmdRead)
 		switch i % 3 {
 		case 0:
 			w.length = 1 << 20
@@ -82,22 +85,22 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 		if structured {
 			flags, typ, c, payload := r.chunk()
 			cookie = c
-			if flags&replyFlagDone == 0 {
+			if flags&wire.ReplyFlagDone == 0 {
 				t.Fatalf("cookie %d: chunk without DONE", c)
 			}
 			switch typ {
-			case replyTypeOffsetData:
+			case wire.ReplyTypeOffsetData:
 				if got := be.Uint64(payload); got != wants[c].off {
 					t.Fatalf("cookie %d: offset %d, want %d", c, got, wants[c].off)
 				}
 				data = payload[8:]
-			case replyTypeError:
+			case wire.ReplyTypeError:
 				code = be.Uint32(payload)
 			default:
 				t.Fatalf("cookie %d: chunk type %d", c, typ)
 			}
 		} else {
-			h := r.read(simpleReplyLen)
+			h := r.read(wire.SimpleReplyLen)
 			code, cookie = be.Uint32(h[4:]), be.Uint64(h[8:])
 			if w, ok := wants[cookie]; ok && code == 0 {
 				data = r.read(int(w.length))
@@ -109,7 +112,7 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 		}
 		delete(wants, cookie)
 		if w.bad {
-			if code != errInval {
+			if code != wire.EINVAL {
 				t.Fatalf("cookie %d: error %d, want EINVAL", cookie, code)
 			}
 			continue
@@ -127,9 +130,9 @@ func testRepliesLeftForTheWriter(t *testing.T, async, structured, lend bool) {
 		t.Errorf("the device lent %d pieces, want at least %d", lent, 64*maxLoans)
 	}
 	// And the connection carries on.
-	r.request(cmdFlush, 0, 1000, 0, 0, nil)
+	r.request(wire.CmdFlush, 0, 1000, 0, 0, nil)
 	if structured {
-		if _, typ, c, _ := r.chunk(); typ != replyTypeNone || c != 1000 {
+		if _, typ, c, _ := r.chunk(); typ != wire.ReplyTypeNone || c != 1000 {
 			t.Fatalf("flush after the burst: type %d cookie %d", typ, c)
 		}
 	} else if code, c, _ := r.simple(0); code != 0 || c != 1000 {
@@ -153,7 +156,7 @@ func TestReaderAnswersSynchronousCompletions(t *testing.T) {
 			o := oneExport(dev)
 			o.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 			ts := startServer(t, o, "unix")
-			c := ts.dial(t, ClientOptions{})
+			c := ts.dial(t, client.Options{})
 			ctx := tctx(t)
 			buf := make([]byte, 4096)
 			for i := range n {

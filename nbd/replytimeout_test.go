@@ -3,6 +3,9 @@ package nbd
 import (
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // TestReplyTimeout: a client that sends reads and never reads the replies
@@ -19,14 +22,14 @@ func TestReplyTimeout(t *testing.T) {
 	// 48 MiB of replies: far more than the socket buffers hold, so the
 	// writer blocks once they fill.
 	for i := 0; i < 48; i++ {
-		stuck.request(cmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
+		stuck.request(wire.CmdRead, 0, uint64(i), uint64(i)<<20, 1<<20, nil)
 	}
 	waitFor(t, "the stuck client's replies to hold budget", func() bool {
 		return ts.srv.Stats().PayloadInUse > 0
 	})
 
 	// Another client is served while the stuck one waits.
-	c := ts.dial(t, ClientOptions{ExportName: "mem"})
+	c := ts.dial(t, client.Options{ExportName: "mem"})
 	buf := make([]byte, 4096)
 	if err := c.Read(tctx(t), 0, buf); err != nil {
 		t.Fatalf("read beside a stuck client: %v", err)
@@ -54,7 +57,7 @@ func TestIdleAfterWriterReply(t *testing.T) {
 			o := oneExport(dev)
 			o.ReplyTimeout = MinReplyTimeout
 			ts := startServer(t, o, network)
-			c := ts.dial(t, ClientOptions{ExportName: "mem"})
+			c := ts.dial(t, client.Options{ExportName: "mem"})
 
 			big := make([]byte, MaxPayload) // more than a socket takes at once
 			if err := c.Read(tctx(t), 0, big); err != nil {

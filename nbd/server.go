@@ -1,6 +1,7 @@
-// Package nbd speaks the Network Block Device protocol: a server that
-// serves exports (anything that accepts bios: a stack of layers or a bare
-// target) and a client.
+// Package nbd is a Network Block Device server: it serves exports
+// (anything that accepts bios: a stack of layers or a bare target). The
+// wire format it speaks is package nbd/wire, which the client, package
+// nbd/client, shares.
 //
 // The server follows the shape of net/http and x/net/http2: per
 // connection, a reader goroutine decodes requests and submits each to the
@@ -32,6 +33,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // Limits. The exported ones are defaults or protocol facts users size
@@ -40,7 +42,7 @@ const (
 	// MaxPayload is the largest READ or WRITE the server accepts: 2^25,
 	// the spec's default maximum payload, which any client may use without
 	// negotiating block sizes, and the most the Linux client sends.
-	MaxPayload = 32 << 20
+	MaxPayload = wire.DefaultMaxPayload
 
 	// DefaultMaxConnections is Options.MaxConnections when zero: far above
 	// what `nbd-client -C` or a fio job opens, low enough that the fixed
@@ -93,8 +95,6 @@ const (
 	// maxHandshakeOptions bounds the options in one handshake. Real
 	// clients send fewer than ten; a client that sends more is looping.
 	maxHandshakeOptions = 1024
-	// maxStringLen is the spec's limit on names and messages.
-	maxStringLen = 4096
 	// maxExtents is the number of BLOCK_STATUS result slots a request
 	// gives its device: enough for any sane fragmentation of a 32 MiB
 	// range at 128 KiB granularity, while the reply stays a few KiB. The
@@ -313,10 +313,10 @@ func NewServer(o Options) (*Server, error) {
 		switch {
 		case ec.Name == "":
 			return nil, fmt.Errorf("nbd: export %d has no name", i)
-		case len(ec.Name) > maxStringLen:
-			return nil, fmt.Errorf("nbd: export name %.20q... longer than %d bytes", ec.Name, maxStringLen)
-		case len(ec.Description) > maxStringLen:
-			return nil, fmt.Errorf("nbd: export %q: description longer than %d bytes", ec.Name, maxStringLen)
+		case len(ec.Name) > wire.MaxStringLen:
+			return nil, fmt.Errorf("nbd: export name %.20q... longer than %d bytes", ec.Name, wire.MaxStringLen)
+		case len(ec.Description) > wire.MaxStringLen:
+			return nil, fmt.Errorf("nbd: export %q: description longer than %d bytes", ec.Name, wire.MaxStringLen)
 		case ec.Device == nil:
 			return nil, fmt.Errorf("nbd: export %q has no device", ec.Name)
 		case s.byName[ec.Name] != nil:

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // nullDev is a large device that stores nothing: every op succeeds, reads
@@ -71,33 +73,33 @@ func TestBadRequests(t *testing.T) {
 		payload []byte
 		want    uint32
 	}{
-		{"write past end", "full", cmdWrite, 0, size - 512, 1024, payload[:1024], errNoSpc},
-		{"write beyond end", "full", cmdWrite, 0, size + 4096, 512, payload[:512], errNoSpc},
-		{"write offset overflow", "full", cmdWrite, 0, 1<<64 - 256, 512, payload[:512], errNoSpc},
-		{"write zeroes past end", "full", cmdWriteZeroes, 0, size - 512, 1024, nil, errNoSpc},
-		{"read past end", "full", cmdRead, 0, size - 512, 1024, nil, errInval},
-		{"trim past end", "full", cmdTrim, 0, size, 1, nil, errInval},
-		{"cache past end", "full", cmdCache, 0, size - 1, 2, nil, errInval},
-		{"trim 4 GiB past end", "full", cmdTrim, 0, 0, maxU32, nil, errInval},
-		{"unknown command", "full", 99, 0, 0, 512, nil, errInval},
-		{"resize (unsupported)", "full", 8, 0, 0, 0, nil, errInval},
-		{"unknown flag", "full", cmdRead, 1 << 9, 0, 512, nil, errInval},
-		{"no_hole on write", "full", cmdWrite, CmdFlagNoHole, 0, 4096, payload[:4096], errInval},
-		{"req_one on write, 64 KiB payload", "full", cmdWrite, CmdFlagReqOne, 0, 64 << 10, payload, errInval},
-		{"req_one on read", "full", cmdRead, CmdFlagReqOne, 0, 512, nil, errInval},
-		{"df without structured replies", "full", cmdRead, CmdFlagDF, 0, 512, nil, errInval},
-		{"read longer than 32 MiB", "big", cmdRead, 0, 0, MaxPayload + 1, nil, errInval},
-		{"block status without meta context", "full", cmdBlockStatus, 0, 0, 512, nil, errInval},
-		{"flush without cap", "bare", cmdFlush, 0, 0, 0, nil, errInval},
-		{"trim without cap", "bare", cmdTrim, 0, 0, 512, nil, errInval},
-		{"write zeroes without cap", "bare", cmdWriteZeroes, 0, 0, 512, nil, errInval},
-		{"cache without cap", "bare", cmdCache, 0, 0, 512, nil, errInval},
-		{"fua not advertised", "bare", cmdWrite, CmdFlagFUA, 0, 512, payload[:512], errInval},
-		{"fast zero not advertised", "bare", cmdWriteZeroes, CmdFlagFastZero, 0, 512, nil, errInval},
-		{"write on read-only", "ro", cmdWrite, 0, 0, 4096, payload[:4096], errPerm},
-		{"trim on read-only", "ro", cmdTrim, 0, 0, 4096, nil, errPerm},
-		{"write zeroes on read-only", "ro", cmdWriteZeroes, 0, 0, 4096, nil, errPerm},
-		{"write past end on read-only", "ro", cmdWrite, 0, size, 512, payload[:512], errPerm},
+		{"write past end", "full", wire.CmdWrite, 0, size - 512, 1024, payload[:1024], wire.ENOSPC},
+		{"write beyond end", "full", wire.CmdWrite, 0, size + 4096, 512, payload[:512], wire.ENOSPC},
+		{"write offset overflow", "full", wire.CmdWrite, 0, 1<<64 - 256, 512, payload[:512], wire.ENOSPC},
+		{"write zeroes past end", "full", wire.CmdWriteZeroes, 0, size - 512, 1024, nil, wire.ENOSPC},
+		{"read past end", "full", wire.CmdRead, 0, size - 512, 1024, nil, wire.EINVAL},
+		{"trim past end", "full", wire.CmdTrim, 0, size, 1, nil, wire.EINVAL},
+		{"cache past end", "full", wire.CmdCache, 0, size - 1, 2, nil, wire.EINVAL},
+		{"trim 4 GiB past end", "full", wire.CmdTrim, 0, 0, maxU32, nil, wire.EINVAL},
+		{"unknown command", "full", 99, 0, 0, 512, nil, wire.EINVAL},
+		{"resize (unsupported)", "full", 8, 0, 0, 0, nil, wire.EINVAL},
+		{"unknown flag", "full", wire.CmdRead, 1 << 9, 0, 512, nil, wire.EINVAL},
+		{"no_hole on write", "full", wire.CmdWrite, wire.CmdFlagNoHole, 0, 4096, payload[:4096], wire.EINVAL},
+		{"req_one on write, 64 KiB payload", "full", wire.CmdWrite, wire.CmdFlagReqOne, 0, 64 << 10, payload, wire.EINVAL},
+		{"req_one on read", "full", wire.CmdRead, wire.CmdFlagReqOne, 0, 512, nil, wire.EINVAL},
+		{"df without structured replies", "full", wire.CmdRead, wire.CmdFlagDF, 0, 512, nil, wire.EINVAL},
+		{"read longer than 32 MiB", "big", wire.CmdRead, 0, 0, MaxPayload + 1, nil, wire.EINVAL},
+		{"block status without meta context", "full", wire.CmdBlockStatus, 0, 0, 512, nil, wire.EINVAL},
+		{"flush without cap", "bare", wire.CmdFlush, 0, 0, 0, nil, wire.EINVAL},
+		{"trim without cap", "bare", wire.CmdTrim, 0, 0, 512, nil, wire.EINVAL},
+		{"write zeroes without cap", "bare", wire.CmdWriteZeroes, 0, 0, 512, nil, wire.EINVAL},
+		{"cache without cap", "bare", wire.CmdCache, 0, 0, 512, nil, wire.EINVAL},
+		{"fua not advertised", "bare", wire.CmdWrite, wire.CmdFlagFUA, 0, 512, payload[:512], wire.EINVAL},
+		{"fast zero not advertised", "bare", wire.CmdWriteZeroes, wire.CmdFlagFastZero, 0, 512, nil, wire.EINVAL},
+		{"write on read-only", "ro", wire.CmdWrite, 0, 0, 4096, payload[:4096], wire.EPERM},
+		{"trim on read-only", "ro", wire.CmdTrim, 0, 0, 4096, nil, wire.EPERM},
+		{"write zeroes on read-only", "ro", wire.CmdWriteZeroes, 0, 0, 4096, nil, wire.EPERM},
+		{"write past end on read-only", "ro", wire.CmdWrite, 0, size, 512, payload[:512], wire.EPERM},
 	}
 	conns := map[string]*rawConn{}
 	for _, name := range []string{"full", "bare", "ro", "big"} {
@@ -108,7 +110,7 @@ func TestBadRequests(t *testing.T) {
 	// Data that must survive: written on the connection that will see
 	// every bad request against "full".
 	full := conns["full"]
-	full.request(cmdWrite, 0, 1, 8192, uint32(len(pattern)), pattern)
+	full.request(wire.CmdWrite, 0, 1, 8192, uint32(len(pattern)), pattern)
 	if code, _, _ := full.simple(0); code != 0 {
 		t.Fatalf("setup write: error %d", code)
 	}
@@ -121,7 +123,7 @@ func TestBadRequests(t *testing.T) {
 			t.Errorf("%s: reply error %d cookie %d, want error %d cookie %d", tc.name, code, gotCookie, tc.want, cookie)
 		}
 		// The connection lives on, framing intact.
-		r.request(cmdRead, 0, cookie+1<<32, 8192, 4096, nil)
+		r.request(wire.CmdRead, 0, cookie+1<<32, 8192, 4096, nil)
 		code, gotCookie, data := r.simple(4096)
 		if code != 0 || gotCookie != cookie+1<<32 {
 			t.Fatalf("%s: read after: error %d cookie %d", tc.name, code, gotCookie)
@@ -133,14 +135,14 @@ func TestBadRequests(t *testing.T) {
 
 	// No-payload commands up to 4 GiB - 1 are legal.
 	big := conns["big"]
-	for i, cmd := range []uint16{cmdTrim, cmdWriteZeroes, cmdCache} {
+	for i, cmd := range []uint16{wire.CmdTrim, wire.CmdWriteZeroes, wire.CmdCache} {
 		big.request(cmd, 0, uint64(i), 4<<30, maxU32, nil)
 		if code, _, _ := big.simple(0); code != 0 {
 			t.Errorf("command %d of 4 GiB - 1: error %d", cmd, code)
 		}
 	}
 	// A READ of exactly 32 MiB is legal.
-	big.request(cmdRead, 0, 7, 0, MaxPayload, nil)
+	big.request(wire.CmdRead, 0, 7, 0, MaxPayload, nil)
 	if code, _, data := big.simple(MaxPayload); code != 0 || len(data) != MaxPayload {
 		t.Errorf("read of 32 MiB: error %d", code)
 	}
@@ -152,57 +154,57 @@ func TestStructuredReplies(t *testing.T) {
 	ts, _ := badRequestServer(t)
 	r := dialRaw(t, ts)
 	_, flags := r.start("full", true, true)
-	if flags&FlagSendDF == 0 {
+	if flags&wire.FlagSendDF == 0 {
 		t.Fatalf("flags %#x lack SEND_DF", flags)
 	}
-	r.request(cmdWrite, CmdFlagFUA, 1, 4096, 5, []byte("hello"))
-	if f, typ, cookie, p := r.chunk(); f != replyFlagDone || typ != replyTypeNone || cookie != 1 || len(p) != 0 {
+	r.request(wire.CmdWrite, wire.CmdFlagFUA, 1, 4096, 5, []byte("hello"))
+	if f, typ, cookie, p := r.chunk(); f != wire.ReplyFlagDone || typ != wire.ReplyTypeNone || cookie != 1 || len(p) != 0 {
 		t.Fatalf("write reply: flags %d type %d cookie %d len %d", f, typ, cookie, len(p))
 	}
-	r.request(cmdRead, CmdFlagDF, 2, 4096, 5, nil)
+	r.request(wire.CmdRead, wire.CmdFlagDF, 2, 4096, 5, nil)
 	f, typ, cookie, p := r.chunk()
-	if f != replyFlagDone || typ != replyTypeOffsetData || cookie != 2 || be.Uint64(p) != 4096 || string(p[8:]) != "hello" {
+	if f != wire.ReplyFlagDone || typ != wire.ReplyTypeOffsetData || cookie != 2 || be.Uint64(p) != 4096 || string(p[8:]) != "hello" {
 		t.Fatalf("read reply: flags %d type %d cookie %d payload %q", f, typ, cookie, p)
 	}
-	r.request(cmdRead, 0, 3, 0, 0, nil)
-	if f, typ, _, _ := r.chunk(); f != replyFlagDone || typ != replyTypeNone {
+	r.request(wire.CmdRead, 0, 3, 0, 0, nil)
+	if f, typ, _, _ := r.chunk(); f != wire.ReplyFlagDone || typ != wire.ReplyTypeNone {
 		t.Fatalf("empty read reply: flags %d type %d", f, typ)
 	}
-	r.request(cmdRead, 0, 4, 1<<20, 1, nil)
+	r.request(wire.CmdRead, 0, 4, 1<<20, 1, nil)
 	f, typ, cookie, p = r.chunk()
-	if f != replyFlagDone || typ != replyTypeError || cookie != 4 || be.Uint32(p) != errInval ||
+	if f != wire.ReplyFlagDone || typ != wire.ReplyTypeError || cookie != 4 || be.Uint32(p) != wire.EINVAL ||
 		int(be.Uint16(p[4:])) != len(p)-6 || len(p) == 6 {
 		t.Fatalf("read error reply: flags %d type %#x cookie %d payload %q", f, typ, cookie, p)
 	}
-	r.request(cmdBlockStatus, CmdFlagReqOne, 5, 0, 1<<20, nil)
+	r.request(wire.CmdBlockStatus, wire.CmdFlagReqOne, 5, 0, 1<<20, nil)
 	f, typ, cookie, p = r.chunk()
-	if f != replyFlagDone || typ != replyTypeBlockStatus || cookie != 5 || len(p) != 12 ||
-		be.Uint32(p) != metaBaseAllocationID || be.Uint32(p[4:]) != 4096 || be.Uint32(p[8:]) != stateHole|stateZero {
+	if f != wire.ReplyFlagDone || typ != wire.ReplyTypeBlockStatus || cookie != 5 || len(p) != 12 ||
+		be.Uint32(p) != metaBaseAllocationID || be.Uint32(p[4:]) != 4096 || be.Uint32(p[8:]) != wire.StateHole|wire.StateZero {
 		t.Fatalf("block status reply: flags %d type %d cookie %d payload % x", f, typ, cookie, p)
 	}
-	r.request(cmdBlockStatus, 0, 6, 0, 0, nil)
-	if _, typ, _, p := r.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+	r.request(wire.CmdBlockStatus, 0, 6, 0, 0, nil)
+	if _, typ, _, p := r.chunk(); typ != wire.ReplyTypeError || be.Uint32(p) != wire.EINVAL {
 		t.Fatalf("empty block status: type %#x", typ)
 	}
-	r.request(cmdBlockStatus, 0, 7, 1<<20-512, 1024, nil)
-	if _, typ, _, p := r.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+	r.request(wire.CmdBlockStatus, 0, 7, 1<<20-512, 1024, nil)
+	if _, typ, _, p := r.chunk(); typ != wire.ReplyTypeError || be.Uint32(p) != wire.EINVAL {
 		t.Fatalf("block status past the end: type %#x", typ)
 	}
 
 	// Meta context selected for another export does not carry over.
 	r2 := dialRaw(t, ts)
 	r2.greet()
-	r2.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
-	r2.option(optStructuredRep, nil)
-	r2.reply(optStructuredRep)
-	r2.option(optSetMetaCtx, metaData("ro", metaBaseAllocation))
-	r2.reply(optSetMetaCtx)
-	r2.reply(optSetMetaCtx)
-	r2.option(optGo, infoData("full"))
-	for typ, _ := r2.reply(optGo); typ != repAck; typ, _ = r2.reply(optGo) {
+	r2.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	r2.option(wire.OptStructuredReply, nil)
+	r2.reply(wire.OptStructuredReply)
+	r2.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "ro", wire.MetaBaseAllocation))
+	r2.reply(wire.OptSetMetaContext)
+	r2.reply(wire.OptSetMetaContext)
+	r2.option(wire.OptGo, wire.AppendInfoRequest(nil, "full"))
+	for typ, _ := r2.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r2.reply(wire.OptGo) {
 	}
-	r2.request(cmdBlockStatus, 0, 1, 0, 512, nil)
-	if _, typ, _, p := r2.chunk(); typ != replyTypeError || be.Uint32(p) != errInval {
+	r2.request(wire.CmdBlockStatus, 0, 1, 0, 512, nil)
+	if _, typ, _, p := r2.chunk(); typ != wire.ReplyTypeError || be.Uint32(p) != wire.EINVAL {
 		t.Fatalf("block status with a context for another export: type %#x", typ)
 	}
 }
@@ -212,11 +214,11 @@ func TestBadMagicClosesOnlyThatConnection(t *testing.T) {
 	a, b := dialRaw(t, ts), dialRaw(t, ts)
 	a.start("full", false, false)
 	b.start("full", false, false)
-	b.request(cmdWrite, 0, 1, 0, 3, []byte("abc"))
+	b.request(wire.CmdWrite, 0, 1, 0, 3, []byte("abc"))
 	b.simple(0)
-	a.write(bytes.Repeat([]byte{0xde, 0xad}, requestHeaderLen/2))
+	a.write(bytes.Repeat([]byte{0xde, 0xad}, wire.RequestHeaderLen/2))
 	a.expectClosed()
-	b.request(cmdRead, 0, 2, 0, 3, nil)
+	b.request(wire.CmdRead, 0, 2, 0, 3, nil)
 	if code, _, data := b.simple(3); code != 0 || string(data) != "abc" {
 		t.Fatalf("other connection: error %d data %q", code, data)
 	}
@@ -228,7 +230,7 @@ func TestTruncatedRequests(t *testing.T) {
 	// A header cut short.
 	r := dialRaw(t, ts)
 	r.start("full", false, false)
-	r.write(be.AppendUint32(nil, magicRequest))
+	r.write(be.AppendUint32(nil, wire.MagicRequest))
 	r.write([]byte{0, 0, 0, 1, 2, 3})
 	r.nc.(*net.UnixConn).CloseWrite()
 	r.expectClosed()
@@ -236,13 +238,13 @@ func TestTruncatedRequests(t *testing.T) {
 	// A WRITE that promises 32 MiB and brings 1000 bytes.
 	r = dialRaw(t, ts)
 	r.start("full", false, false)
-	r.request(cmdWrite, 0, 1, 0, MaxPayload, make([]byte, 1000))
+	r.request(wire.CmdWrite, 0, 1, 0, MaxPayload, make([]byte, 1000))
 	r.nc.Close()
 
 	// A WRITE longer than the maximum payload cannot be framed.
 	r = dialRaw(t, ts)
 	r.start("big", false, false)
-	r.request(cmdWrite, 0, 1, 0, MaxPayload+1, nil)
+	r.request(wire.CmdWrite, 0, 1, 0, MaxPayload+1, nil)
 	r.expectClosed()
 
 	waitFor(t, "connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
@@ -252,7 +254,7 @@ func TestTruncatedRequests(t *testing.T) {
 	// And the server still serves.
 	r = dialRaw(t, ts)
 	r.start("full", false, false)
-	r.request(cmdFlush, 0, 9, 0, 0, nil)
+	r.request(wire.CmdFlush, 0, 9, 0, 0, nil)
 	if code, cookie, _ := r.simple(0); code != 0 || cookie != 9 {
 		t.Fatalf("flush after: error %d cookie %d", code, cookie)
 	}
@@ -267,9 +269,9 @@ func TestDiscWaitsForInFlight(t *testing.T) {
 	r.start("mem", false, false)
 	dev.gate()
 	for i := range 5 {
-		r.request(cmdWrite, 0, uint64(i), uint64(i)*4096, 4096, make([]byte, 4096))
+		r.request(wire.CmdWrite, 0, uint64(i), uint64(i)*4096, 4096, make([]byte, 4096))
 	}
-	r.request(cmdDisc, 0, 99, 0, 0, nil)
+	r.request(wire.CmdDisc, 0, 99, 0, 0, nil)
 	if !dev.waitHeld(5, ioTimeout) {
 		t.Fatal("writes did not reach the device")
 	}
@@ -310,7 +312,7 @@ func TestBudgetBackpressure(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, clients*perConn+1)
 	for i := range clients {
-		c := ts.dial(t, ClientOptions{})
+		c := ts.dial(t, client.Options{})
 		for j := range perConn {
 			wg.Add(1)
 			go func() {
@@ -354,7 +356,7 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 	const n = 50
 	dev := newMemDev(n*4096, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	dev.gate()
 	ctx := tctx(t)
 	errs := make(chan error, n)
@@ -400,7 +402,7 @@ func TestShutdownCompletesInFlight(t *testing.T) {
 func TestShutdownDeadline(t *testing.T) {
 	dev := newMemDev(1<<20, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	dev.gate()
 	errc := make(chan error, 1)
 	go func() { errc <- c.Write(tctx(t), 0, make([]byte, 4096), 0) }()
@@ -439,7 +441,7 @@ func TestMaxConnections(t *testing.T) {
 	if st := ts.srv.Stats(); st.ConnsRejected != 1 || st.ConnsOpen != 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	a.request(cmdRead, 0, 1, 0, 4096, nil)
+	a.request(wire.CmdRead, 0, 1, 0, 4096, nil)
 	if code, _, _ := a.simple(4096); code != 0 {
 		t.Fatalf("read: error %d", code)
 	}
@@ -453,7 +455,7 @@ func TestObserverAndLimits(t *testing.T) {
 	o.HandshakeTimeout = 200 * time.Millisecond
 	ts := startServer(t, o, "unix")
 
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
 	if err := c.Write(ctx, 0, make([]byte, 4096), 0); err != nil {
 		t.Fatal(err)
@@ -491,11 +493,8 @@ func TestHugeOptionLength(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	r := dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle)
-	b := be.AppendUint64(nil, magicOption)
-	b = be.AppendUint32(b, optGo)
-	b = be.AppendUint32(b, 1<<32-1)
-	r.write(append(b, make([]byte, 100)...))
+	r.clientFlags(wire.FlagCFixedNewstyle)
+	r.write(append(optionHeader(wire.OptGo, 1<<32-1), make([]byte, 100)...))
 	r.expectClosed()
 	runtime.ReadMemStats(&after)
 	if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
@@ -504,14 +503,14 @@ func TestHugeOptionLength(t *testing.T) {
 
 	r = dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
 	r.option(1234, make([]byte, maxOptionLen+1))
-	if typ, _ := r.reply(1234); typ != repErrTooBig {
+	if typ, _ := r.reply(1234); typ != wire.RepErrTooBig {
 		t.Fatalf("oversized option: reply %#x", typ)
 	}
-	r.option(optGo, infoData(""))
-	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
-		if typ != repInfo {
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, ""))
+	for typ, _ := r.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r.reply(wire.OptGo) {
+		if typ != wire.RepInfo {
 			t.Fatalf("GO: reply %#x", typ)
 		}
 	}
@@ -536,17 +535,15 @@ func TestDroppedHandshakes(t *testing.T) {
 			if i%5 == 0 {
 				return
 			}
-			io.ReadFull(nc, make([]byte, 18))
+			io.ReadFull(nc, make([]byte, wire.GreetingLen))
 			switch i % 5 {
 			case 2:
 				nc.Write([]byte{0, 0})
 			case 3:
 				nc.Write([]byte{0, 0, 0, 3, 'I', 'H', 'A'})
 			case 4:
-				b := be.AppendUint32(nil, flagCFixedNewstyle)
-				b = be.AppendUint64(b, magicOption)
-				b = be.AppendUint32(b, optGo)
-				b = be.AppendUint32(b, 100)
+				b := be.AppendUint32(nil, wire.FlagCFixedNewstyle)
+				b = append(b, optionHeader(wire.OptGo, 100)...)
 				nc.Write(append(b, "abc"...))
 			}
 		}()
@@ -556,7 +553,7 @@ func TestDroppedHandshakes(t *testing.T) {
 	if st := ts.srv.Stats(); st.ConnsAccepted != 200 {
 		t.Fatalf("accepted %d", st.ConnsAccepted)
 	}
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	if err := c.Flush(tctx(t)); err != nil {
 		t.Fatal(err)
 	}
@@ -569,10 +566,10 @@ func TestOptionHaggling(t *testing.T) {
 	o.Exports = append(o.Exports, ExportConfig{Name: "other", Description: "second", Device: newMemDev(8192, 0), ReadOnly: true})
 	ts := startServer(t, o, "unix")
 	r := dialRaw(t, ts)
-	if hf := r.greet(); hf != flagFixedNewstyle|flagNoZeroes {
+	if hf := r.greet(); hf != wire.FlagFixedNewstyle|wire.FlagNoZeroes {
 		t.Fatalf("handshake flags %#x", hf)
 	}
-	r.clientFlags(flagCFixedNewstyle | flagCNoZeroes)
+	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
 
 	expect := func(opt uint32, want uint32) []byte {
 		t.Helper()
@@ -583,31 +580,31 @@ func TestOptionHaggling(t *testing.T) {
 		return data
 	}
 
-	r.option(optList, nil)
+	r.option(wire.OptList, nil)
 	for _, want := range []string{"mem", "other"} {
-		data := expect(optList, repServer)
-		if name, _, _ := cutString(data); name != want {
+		data := expect(wire.OptList, wire.RepServer)
+		if name, _, _ := wire.CutString(data); name != want {
 			t.Fatalf("LIST: %q, want %q", name, want)
 		}
 	}
-	expect(optList, repAck)
-	r.option(optList, []byte("x"))
-	expect(optList, repErrInvalid)
+	expect(wire.OptList, wire.RepAck)
+	r.option(wire.OptList, []byte("x"))
+	expect(wire.OptList, wire.RepErrInvalid)
 
 	r.option(42, []byte("whatever"))
-	expect(42, repErrUnsup)
-	r.option(optStartTLS, nil)
-	expect(optStartTLS, repErrUnsup)
+	expect(42, wire.RepErrUnsup)
+	r.option(wire.OptStartTLS, nil)
+	expect(wire.OptStartTLS, wire.RepErrUnsup)
 
 	// INFO with every information request, one unknown, one repeated.
-	r.option(optInfo, infoData("other", infoName, infoDescription, infoBlockSize, 77, infoName))
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "other", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize, 77, wire.InfoName))
 	infos := map[uint16][]byte{}
 	for {
-		typ, data := r.reply(optInfo)
-		if typ == repAck {
+		typ, data := r.reply(wire.OptInfo)
+		if typ == wire.RepAck {
 			break
 		}
-		if typ != repInfo {
+		if typ != wire.RepInfo {
 			t.Fatalf("INFO: reply %#x", typ)
 		}
 		it := be.Uint16(data)
@@ -616,65 +613,65 @@ func TestOptionHaggling(t *testing.T) {
 		}
 		infos[it] = data[2:]
 	}
-	if e := infos[infoExport]; len(e) != 10 || be.Uint64(e) != 8192 || be.Uint16(e[8:])&FlagReadOnly == 0 {
+	if e := infos[wire.InfoExport]; len(e) != 10 || be.Uint64(e) != 8192 || be.Uint16(e[8:])&wire.FlagReadOnly == 0 {
 		t.Fatalf("INFO_EXPORT % x", e)
 	}
-	if string(infos[infoName]) != "other" || string(infos[infoDescription]) != "second" || len(infos) != 4 {
+	if string(infos[wire.InfoName]) != "other" || string(infos[wire.InfoDescription]) != "second" || len(infos) != 4 {
 		t.Fatalf("INFO: %v", infos)
 	}
-	if bs := infos[infoBlockSize]; be.Uint32(bs) != 1 || be.Uint32(bs[4:]) != 4096 || be.Uint32(bs[8:]) != MaxPayload {
+	if bs := infos[wire.InfoBlockSize]; be.Uint32(bs) != 1 || be.Uint32(bs[4:]) != 4096 || be.Uint32(bs[8:]) != MaxPayload {
 		t.Fatalf("INFO_BLOCK_SIZE % x", bs)
 	}
 	// The canonical name of the default export.
-	r.option(optInfo, infoData("", infoName))
-	expect(optInfo, repInfo)
-	if name := expect(optInfo, repInfo); string(name[2:]) != "mem" {
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "", wire.InfoName))
+	expect(wire.OptInfo, wire.RepInfo)
+	if name := expect(wire.OptInfo, wire.RepInfo); string(name[2:]) != "mem" {
 		t.Fatalf("canonical name %q", name)
 	}
-	expect(optInfo, repAck)
+	expect(wire.OptInfo, wire.RepAck)
 
-	r.option(optInfo, infoData("nope"))
-	expect(optInfo, repErrUnknown)
-	r.option(optGo, []byte{0, 0, 0, 9, 'x'})
-	expect(optGo, repErrInvalid)
-	r.option(optStructuredRep, []byte("x"))
-	expect(optStructuredRep, repErrInvalid)
-	r.option(optSetMetaCtx, metaData("mem", metaBaseAllocation))
-	expect(optSetMetaCtx, repErrInvalid) // structured replies first
+	r.option(wire.OptInfo, wire.AppendInfoRequest(nil, "nope"))
+	expect(wire.OptInfo, wire.RepErrUnknown)
+	r.option(wire.OptGo, []byte{0, 0, 0, 9, 'x'})
+	expect(wire.OptGo, wire.RepErrInvalid)
+	r.option(wire.OptStructuredReply, []byte("x"))
+	expect(wire.OptStructuredReply, wire.RepErrInvalid)
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))
+	expect(wire.OptSetMetaContext, wire.RepErrInvalid) // structured replies first
 
-	r.option(optStructuredRep, nil)
-	expect(optStructuredRep, repAck)
-	for _, q := range [][]string{nil, {"base:"}, {metaBaseAllocation, "x-other:thing"}} {
-		r.option(optListMetaCtx, metaData("mem", q...))
-		data := expect(optListMetaCtx, repMetaContext)
-		if be.Uint32(data) != 0 || string(data[4:]) != metaBaseAllocation {
+	r.option(wire.OptStructuredReply, nil)
+	expect(wire.OptStructuredReply, wire.RepAck)
+	for _, q := range [][]string{nil, {"base:"}, {wire.MetaBaseAllocation, "x-other:thing"}} {
+		r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", q...))
+		data := expect(wire.OptListMetaContext, wire.RepMetaContext)
+		if be.Uint32(data) != 0 || string(data[4:]) != wire.MetaBaseAllocation {
 			t.Fatalf("LIST_META_CONTEXT %q: % x", q, data)
 		}
-		expect(optListMetaCtx, repAck)
+		expect(wire.OptListMetaContext, wire.RepAck)
 	}
-	r.option(optListMetaCtx, metaData("mem", "x-other:thing"))
-	expect(optListMetaCtx, repAck)
-	r.option(optListMetaCtx, metaData("mem", "base:allocation")[:10])
-	expect(optListMetaCtx, repErrInvalid)
-	r.option(optSetMetaCtx, metaData("nope", metaBaseAllocation))
-	expect(optSetMetaCtx, repErrUnknown)
-	r.option(optSetMetaCtx, metaData("mem", "base:", "qemu:dirty-bitmap:x"))
-	expect(optSetMetaCtx, repAck) // nothing selected
-	r.option(optSetMetaCtx, metaData("mem", metaBaseAllocation))
-	if data := expect(optSetMetaCtx, repMetaContext); be.Uint32(data) != metaBaseAllocationID {
+	r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", "x-other:thing"))
+	expect(wire.OptListMetaContext, wire.RepAck)
+	r.option(wire.OptListMetaContext, wire.AppendMetaContextRequest(nil, "mem", "base:allocation")[:10])
+	expect(wire.OptListMetaContext, wire.RepErrInvalid)
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "nope", wire.MetaBaseAllocation))
+	expect(wire.OptSetMetaContext, wire.RepErrUnknown)
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", "base:", "qemu:dirty-bitmap:x"))
+	expect(wire.OptSetMetaContext, wire.RepAck) // nothing selected
+	r.option(wire.OptSetMetaContext, wire.AppendMetaContextRequest(nil, "mem", wire.MetaBaseAllocation))
+	if data := expect(wire.OptSetMetaContext, wire.RepMetaContext); be.Uint32(data) != metaBaseAllocationID {
 		t.Fatalf("SET_META_CONTEXT id % x", data)
 	}
-	expect(optSetMetaCtx, repAck)
+	expect(wire.OptSetMetaContext, wire.RepAck)
 
 	// GO with no information requests, as the kernel's nbd-client sends it.
-	r.option(optGo, infoData("mem"))
-	e := expect(optGo, repInfo)
-	if be.Uint16(e) != infoExport || be.Uint64(e[2:]) != 1<<20 {
+	r.option(wire.OptGo, wire.AppendInfoRequest(nil, "mem"))
+	e := expect(wire.OptGo, wire.RepInfo)
+	if be.Uint16(e) != wire.InfoExport || be.Uint64(e[2:]) != 1<<20 {
 		t.Fatalf("GO: % x", e)
 	}
-	expect(optGo, repAck)
-	r.request(cmdBlockStatus, 0, 1, 0, 4096, nil)
-	if _, typ, _, _ := r.chunk(); typ != replyTypeBlockStatus {
+	expect(wire.OptGo, wire.RepAck)
+	r.request(wire.CmdBlockStatus, 0, 1, 0, 4096, nil)
+	if _, typ, _, _ := r.chunk(); typ != wire.ReplyTypeBlockStatus {
 		t.Fatalf("block status after GO: type %#x", typ)
 	}
 }
@@ -685,21 +682,21 @@ func TestExportName(t *testing.T) {
 	for _, noZeroes := range []bool{false, true} {
 		r := dialRaw(t, ts)
 		r.greet()
-		f := uint32(flagCFixedNewstyle)
+		f := uint32(wire.FlagCFixedNewstyle)
 		if noZeroes {
-			f |= flagCNoZeroes
+			f |= wire.FlagCNoZeroes
 		}
 		r.clientFlags(f)
-		r.option(optExportName, []byte("mem"))
+		r.option(wire.OptExportName, []byte("mem"))
 		b := r.read(10)
-		if be.Uint64(b) != 1<<20 || be.Uint16(b[8:])&FlagHasFlags == 0 {
+		if be.Uint64(b) != 1<<20 || be.Uint16(b[8:])&wire.FlagHasFlags == 0 {
 			t.Fatalf("EXPORT_NAME reply % x", b)
 		}
-		if !noZeroes && !bytes.Equal(r.read(exportNameZeroes), make([]byte, exportNameZeroes)) {
+		if !noZeroes && !bytes.Equal(r.read(wire.ExportNameZeroes), make([]byte, wire.ExportNameZeroes)) {
 			t.Fatal("zeroes expected")
 		}
 		// The next bytes are a reply, not padding.
-		r.request(cmdWrite, 0, 5, 0, 2, []byte("ok"))
+		r.request(wire.CmdWrite, 0, 5, 0, 2, []byte("ok"))
 		if code, cookie, _ := r.simple(0); code != 0 || cookie != 5 {
 			t.Fatalf("noZeroes=%v: write: error %d cookie %d", noZeroes, code, cookie)
 		}
@@ -708,8 +705,8 @@ func TestExportName(t *testing.T) {
 	// Unknown export: no way to refuse but to hang up.
 	r := dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle)
-	r.option(optExportName, []byte("nope"))
+	r.clientFlags(wire.FlagCFixedNewstyle)
+	r.option(wire.OptExportName, []byte("nope"))
 	r.expectClosed()
 
 	// Unknown client flags.
@@ -721,9 +718,9 @@ func TestExportName(t *testing.T) {
 	// ABORT is acknowledged.
 	r = dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle)
-	r.option(optAbort, nil)
-	if typ, _ := r.reply(optAbort); typ != repAck {
+	r.clientFlags(wire.FlagCFixedNewstyle)
+	r.option(wire.OptAbort, nil)
+	if typ, _ := r.reply(wire.OptAbort); typ != wire.RepAck {
 		t.Fatalf("ABORT: reply %#x", typ)
 	}
 	r.expectClosed()
@@ -731,8 +728,8 @@ func TestExportName(t *testing.T) {
 	// Bad option magic.
 	r = dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle)
-	r.write(make([]byte, optionHeaderLen))
+	r.clientFlags(wire.FlagCFixedNewstyle)
+	r.write(make([]byte, wire.OptionHeaderLen))
 	r.expectClosed()
 }
 
@@ -780,7 +777,7 @@ func TestLogging(t *testing.T) {
 	o := oneExport(newMemDev(1<<20, allCaps))
 	o.Logger = slog.New(slog.NewTextHandler(&buf, nil))
 	ts := startServer(t, o, "unix")
-	c := ts.dial(t, ClientOptions{})
+	c := ts.dial(t, client.Options{})
 	ctx := tctx(t)
 	for range 10 {
 		if err := c.Write(ctx, 0, make([]byte, 1000), 0); err != nil {
@@ -790,8 +787,8 @@ func TestLogging(t *testing.T) {
 	c.Close()
 	r := dialRaw(t, ts)
 	r.greet()
-	r.clientFlags(flagCFixedNewstyle)
-	r.option(optExportName, []byte("nope"))
+	r.clientFlags(wire.FlagCFixedNewstyle)
+	r.option(wire.OptExportName, []byte("nope"))
 	r.expectClosed()
 	waitFor(t, "connections to end", func() bool { return ts.srv.Stats().ConnsOpen == 0 })
 
@@ -817,10 +814,10 @@ func TestTinySegments(t *testing.T) {
 	ts := startServer(t, oneExport(dev), "tcp")
 	r := dialRaw(t, ts)
 	r.greet()
-	for _, b := range cat(handshakeBytes(), requestBytes(cmdWrite, 0, 7, 0, 3, []byte("xyz"))) {
+	for _, b := range cat(handshakeBytes(), requestBytes(wire.CmdWrite, 0, 7, 0, 3, []byte("xyz"))) {
 		r.write([]byte{b})
 	}
-	for typ, _ := r.reply(optGo); typ != repAck; typ, _ = r.reply(optGo) {
+	for typ, _ := r.reply(wire.OptGo); typ != wire.RepAck; typ, _ = r.reply(wire.OptGo) {
 	}
 	if code, cookie, _ := r.simple(0); code != 0 || cookie != 7 {
 		t.Fatalf("write: error %d cookie %d", code, cookie)
@@ -833,13 +830,13 @@ func TestOptionFlood(t *testing.T) {
 	r := dialRaw(t, ts)
 	r.greet()
 	var b []byte
-	b = be.AppendUint32(b, flagCFixedNewstyle)
+	b = be.AppendUint32(b, wire.FlagCFixedNewstyle)
 	for range maxHandshakeOptions + 1 {
 		b = append(b, optionBytes(1000, nil)...)
 	}
 	go r.nc.Write(b)
 	for range maxHandshakeOptions {
-		if typ, _ := r.reply(1000); typ != repErrUnsup {
+		if typ, _ := r.reply(1000); typ != wire.RepErrUnsup {
 			t.Fatalf("reply %#x", typ)
 		}
 	}
@@ -857,7 +854,7 @@ func TestShutdownDrainAnswersESHUTDOWN(t *testing.T) {
 	r := dialRaw(t, ts)
 	r.start("mem", false, false)
 	dev.gate()
-	r.request(cmdWrite, 0, 1, 0, 4096, bytes.Repeat([]byte{7}, 4096))
+	r.request(wire.CmdWrite, 0, 1, 0, 4096, bytes.Repeat([]byte{7}, 4096))
 	if !dev.waitHeld(1, ioTimeout) {
 		t.Fatal("the write did not reach the device")
 	}
@@ -875,12 +872,12 @@ func TestShutdownDrainAnswersESHUTDOWN(t *testing.T) {
 		return false
 	})
 
-	r.request(cmdWrite, 0, 2, 4096, 4096, bytes.Repeat([]byte{8}, 4096))
-	r.request(cmdRead, 0, 3, 0, 4096, nil)
+	r.request(wire.CmdWrite, 0, 2, 4096, 4096, bytes.Repeat([]byte{8}, 4096))
+	r.request(wire.CmdRead, 0, 3, 0, 4096, nil)
 	for _, want := range []uint64{2, 3} {
 		code, cookie, _ := r.simple(0)
-		if cookie != want || code != errShutdown {
-			t.Fatalf("reply to cookie %d with error %d, want cookie %d with ESHUTDOWN (%d)", cookie, code, want, errShutdown)
+		if cookie != want || code != wire.ESHUTDOWN {
+			t.Fatalf("reply to cookie %d with error %d, want cookie %d with ESHUTDOWN (%d)", cookie, code, want, wire.ESHUTDOWN)
 		}
 	}
 	dev.open()

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // request is one decoded request, from its header to its reply. A
@@ -58,8 +59,8 @@ type transmission struct {
 	// from it before the server's budget, so one connection can hold at
 	// most that much of the server's.
 	share *budget
-	hdr   [requestHeaderLen]byte // reader's header buffer
-	raw   syscall.RawConn        // the socket's non-blocking side; nil: use nc only
+	hdr   wire.RequestHeader // reader's header buffer, decoded in place
+	raw   syscall.RawConn    // the socket's non-blocking side; nil: use nc only
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -238,25 +239,23 @@ func (c *conn) transmit() {
 func (c *conn) readLoop() error {
 	t := c.tx
 	for {
-		if c.br.Buffered() < requestHeaderLen {
+		if c.br.Buffered() < wire.RequestHeaderLen {
 			c.idle()
 		}
 		if _, err := io.ReadFull(c.br, t.hdr[:]); err != nil {
 			return err
 		}
-		h := t.hdr[:]
-		if m := be.Uint32(h[0:]); m != magicRequest {
+		h := &t.hdr
+		if m := h.Magic(); m != wire.MagicRequest {
 			return fmt.Errorf("%w: bad request magic %#x", errFraming, m)
 		}
-		flags := be.Uint16(h[4:])
-		cmd := be.Uint16(h[6:])
-		length := be.Uint32(h[24:])
-		if cmd == cmdDisc {
+		cmd, length := h.Type(), h.Length()
+		if cmd == wire.CmdDisc {
 			// The spec: handle outstanding requests, then close. The
 			// caller waits for them.
 			return errDisconnect
 		}
-		if cmd == cmdWrite && length > MaxPayload {
+		if cmd == wire.CmdWrite && length > MaxPayload {
 			// The payload follows the header and must be read to find the
 			// next one. Up to MaxPayload is always legal (and read even
 			// when the request is rejected); more is treated as a denial
@@ -265,10 +264,10 @@ func (c *conn) readLoop() error {
 		}
 
 		r := c.allocRequest()
-		r.cookie = be.Uint64(h[8:])
-		r.off = be.Uint64(h[16:])
+		r.cookie = h.Cookie()
+		r.off = h.Offset()
 		r.length = length
-		r.cmd, r.flags = cmd, flags
+		r.cmd, r.flags = cmd, h.Flags()
 		if c.srv.obs != nil {
 			r.start = time.Now()
 		}
@@ -278,7 +277,7 @@ func (c *conn) readLoop() error {
 		if errno == 0 && t.draining.Load() {
 			errno, msg = syscall.ESHUTDOWN, "server shutting down"
 		}
-		if cmd == cmdWrite && length > 0 {
+		if cmd == wire.CmdWrite && length > 0 {
 			if errno != 0 {
 				// Keep framing: a rejected WRITE's payload is read and
 				// thrown away.
@@ -366,33 +365,33 @@ func (c *conn) allocRequest() *request {
 func (c *conn) check(r *request) (syscall.Errno, string) {
 	var allowed uint16
 	if c.caps&bioset.CapFUA != 0 {
-		allowed |= CmdFlagFUA // valid on every command once advertised
+		allowed |= wire.CmdFlagFUA // valid on every command once advertised
 	}
 	var need bioset.Caps
 	writes := false
 	switch r.cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		r.op = bioset.OpRead
 		if c.structured {
-			allowed |= CmdFlagDF // a READ reply is one chunk anyway
+			allowed |= wire.CmdFlagDF // a READ reply is one chunk anyway
 		}
-	case cmdWrite:
+	case wire.CmdWrite:
 		r.op, writes = bioset.OpWrite, true
-	case cmdFlush:
+	case wire.CmdFlush:
 		r.op, need = bioset.OpFlush, bioset.CapFlush
-	case cmdTrim:
+	case wire.CmdTrim:
 		r.op, need, writes = bioset.OpTrim, bioset.CapTrim, true
-	case cmdWriteZeroes:
+	case wire.CmdWriteZeroes:
 		r.op, need, writes = bioset.OpWriteZeroes, bioset.CapWriteZeroes, true
-		allowed |= CmdFlagNoHole
+		allowed |= wire.CmdFlagNoHole
 		if c.caps&bioset.CapFastZero != 0 {
-			allowed |= CmdFlagFastZero
+			allowed |= wire.CmdFlagFastZero
 		}
-	case cmdCache:
+	case wire.CmdCache:
 		r.op, need = bioset.OpCache, bioset.CapCache
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		r.op = bioset.OpBlockStatus
-		allowed |= CmdFlagReqOne
+		allowed |= wire.CmdFlagReqOne
 		if c.metaID == 0 {
 			return syscall.EINVAL, "no metadata context negotiated"
 		}
@@ -470,14 +469,14 @@ func (c *conn) submit(r *request) error {
 	case bioset.OpWrite, bioset.OpTrim, bioset.OpWriteZeroes:
 		// FUA matters only where something is written; the spec lets
 		// the server ignore it elsewhere.
-		if r.flags&CmdFlagFUA != 0 {
+		if r.flags&wire.CmdFlagFUA != 0 {
 			b.Flags |= bioset.FlagFUA
 		}
 	}
-	if r.flags&CmdFlagNoHole != 0 {
+	if r.flags&wire.CmdFlagNoHole != 0 {
 		b.Flags |= bioset.FlagNoHole
 	}
-	if r.flags&CmdFlagFastZero != 0 {
+	if r.flags&wire.CmdFlagFastZero != 0 {
 		b.Flags |= bioset.FlagFastZero
 	}
 	if r.op == bioset.OpRead && r.length > 0 {
@@ -514,7 +513,7 @@ func (c *conn) submit(r *request) error {
 	case bioset.OpBlockStatus:
 		r.window = extentWindows.Get().(*[maxExtents]bioset.Extent)
 		r.nslots = maxExtents
-		if r.flags&CmdFlagReqOne != 0 {
+		if r.flags&wire.CmdFlagReqOne != 0 {
 			r.nslots = 1
 		}
 		slots := r.window[:r.nslots:r.nslots]
@@ -670,80 +669,15 @@ func (c *conn) release(r *request) {
 	t.bs.Free(b)
 }
 
-// chunkHeader encodes the header of a final structured reply chunk.
-func chunkHeader(h []byte, cookie uint64, typ uint16, length int) {
-	be.PutUint32(h[0:], magicStructuredReply)
-	be.PutUint16(h[4:], replyFlagDone)
-	be.PutUint16(h[6:], typ)
-	be.PutUint64(h[8:], cookie)
-	be.PutUint32(h[16:], uint32(length))
-}
-
 // compactExtents turns a device's BLOCK_STATUS result slots into the
-// reply's extents, in place: the contiguous run starting at off (slots of
-// zero length are unused and skipped; the first gap ends the run),
-// clipped to [off, off+length), with neighbours of equal flags merged and
-// flags outside base:allocation dropped. Empty means no usable answer.
+// reply's extents, in place: flags outside base:allocation are dropped
+// first, so that neighbours differing only in those merge, and then the
+// layers' one compaction (bioset.CompactExtents) keeps the contiguous run
+// from off, clipped to [off, off+length) and merged. Empty means no usable
+// answer.
 func compactExtents(slots []bioset.Extent, off, length uint64) []bioset.Extent {
-	end := off + length
-	pos := off
-	out := slots[:0] // never ahead of the slot being read
-	for _, e := range slots {
-		if pos >= end {
-			break
-		}
-		if e.Length == 0 {
-			continue
-		}
-		if e.Offset > pos {
-			break // a gap: nothing after it is known to be contiguous
-		}
-		eEnd := e.Offset + e.Length
-		if eEnd < e.Offset {
-			eEnd = ^uint64(0)
-		}
-		if eEnd <= pos {
-			continue // already covered
-		}
-		eEnd = min(eEnd, end)
-		flags := e.Flags & (bioset.ExtentHole | bioset.ExtentZero)
-		if n := len(out); n > 0 && out[n-1].Flags == flags {
-			out[n-1].Length += eEnd - pos
-		} else {
-			out = append(out, bioset.Extent{Offset: pos, Length: eEnd - pos, Flags: flags})
-		}
-		pos = eEnd
+	for i := range slots {
+		slots[i].Flags &= bioset.ExtentHole | bioset.ExtentZero
 	}
-	return out
-}
-
-// wireError is the NBD error value sent for a device's errno. NBD's error
-// values are Linux's errno numbers (protocol.go), so the value is the
-// ReplyErrors entry's errno.
-func wireError(e syscall.Errno) uint32 {
-	return uint32(ReplyErrors[ReplyErrorIndex(e)].Errno)
-}
-
-// errnoFromWire maps an NBD error value to an errno. The spec: treat an
-// unexpected value as EINVAL.
-func errnoFromWire(code uint32) syscall.Errno {
-	switch code {
-	case errPerm:
-		return syscall.EPERM
-	case errIO:
-		return syscall.EIO
-	case errNoMem:
-		return syscall.ENOMEM
-	case errInval:
-		return syscall.EINVAL
-	case errNoSpc:
-		return syscall.ENOSPC
-	case errOverflow:
-		return syscall.EOVERFLOW
-	case errNotSup:
-		return syscall.ENOTSUP
-	case errShutdown:
-		return syscall.ESHUTDOWN
-	}
-	return syscall.EINVAL
+	return slots[:bioset.CompactExtents(slots, off, length)]
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -123,45 +122,6 @@ func TestCompactExtents(t *testing.T) {
 		got := compactExtents(tc.slots, tc.off, tc.n)
 		if fmt.Sprint(got) != fmt.Sprint(tc.want) {
 			t.Errorf("%s: got %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
-func TestParseOptions(t *testing.T) {
-	if name, infos, ok := parseInfoRequest(infoData("abc", 1, 3)); !ok || name != "abc" || fmt.Sprint(infos) != "[1 3]" {
-		t.Fatalf("parseInfoRequest: %q %v %v", name, infos, ok)
-	}
-	for _, bad := range [][]byte{nil, {0, 0, 0, 1}, {0, 0, 0, 9, 'a', 0, 0}, append(infoData("a", 1), 0)} {
-		if _, _, ok := parseInfoRequest(bad); ok {
-			t.Errorf("parseInfoRequest(% x) accepted", bad)
-		}
-	}
-	if name, q, ok := parseMetaRequest(metaData("e", "base:allocation", "x:y")); !ok || name != "e" || fmt.Sprint(q) != "[base:allocation x:y]" {
-		t.Fatalf("parseMetaRequest: %q %v %v", name, q, ok)
-	}
-	huge := be.AppendUint32(appendString(nil, "e"), 1<<31)
-	for _, bad := range [][]byte{nil, appendString(nil, "e"), huge, append(metaData("e", "q"), 1)} {
-		if _, _, ok := parseMetaRequest(bad); ok {
-			t.Errorf("parseMetaRequest(% x) accepted", bad)
-		}
-	}
-}
-
-// TestReplyErrorsAreWireValues: wireError relies on NBD's error values
-// being Linux's errno numbers.
-func TestReplyErrorsAreWireValues(t *testing.T) {
-	wire := []uint32{errPerm, errIO, errNoMem, errInval, errNoSpc, errOverflow, errNotSup, errShutdown}
-	for i, re := range ReplyErrors {
-		if uint32(re.Errno) != wire[i] {
-			t.Errorf("%s is errno %d, NBD value %d", re.Name, re.Errno, wire[i])
-		}
-		if got := ReplyErrorIndex(re.Errno); got != i {
-			t.Errorf("ReplyErrorIndex(%s) = %d, want %d", re.Name, got, i)
-		}
-	}
-	for e, want := range map[syscall.Errno]uint32{syscall.EDQUOT: errNoSpc, syscall.EFBIG: errNoSpc, syscall.EOPNOTSUPP: errNotSup, syscall.EROFS: errIO} {
-		if got := wireError(e); got != want {
-			t.Errorf("wireError(%v) = %d, want %d", e, got, want)
 		}
 	}
 }

@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/configs"
-	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/nbd/client"
 )
 
 func metricsTestConfig(t *testing.T, metricsAddr string) (*configs.Config, string) {
@@ -95,7 +95,7 @@ func TestReadiness(t *testing.T) {
 	// Requests through the daemon show up in its metrics.
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := nbd.Dial(ctx, "unix", sock, nbd.ClientOptions{ExportName: "disk"})
+	c, err := client.Dial(ctx, "unix", sock, client.Options{ExportName: "disk"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,7 +148,7 @@ func TestStartMetricsOff(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := nbd.Dial(ctx, "unix", sock, nbd.ClientOptions{})
+	c, err := client.Dial(ctx, "unix", sock, client.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}

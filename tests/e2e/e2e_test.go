@@ -42,6 +42,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 const (
@@ -442,14 +444,14 @@ func TestKernelClient(t *testing.T) {
 			// max_sectors_kb raised, reads and writes of many MiB.
 			name: "default-6.12", series: "6.12", conns: 1, exports: defaultStack, maxSectorsKB: 32768,
 			check: func(t *testing.T, s *tapStats) {
-				z := s.ops[cmdWriteZeroes]
+				z := s.ops[wire.CmdWriteZeroes]
 				switch {
 				case z == nil || z.n == 0:
 					t.Errorf("the 6.12 kernel sent no WRITE_ZEROES")
-				case z.flags[flagNoHole] == 0:
+				case z.flags[wire.CmdFlagNoHole] == 0:
 					t.Errorf("the 6.12 kernel sent no WRITE_ZEROES with NO_HOLE")
 				}
-				if w := s.ops[cmdWrite]; w == nil || w.maxLen < 6<<20 {
+				if w := s.ops[wire.CmdWrite]; w == nil || w.maxLen < 6<<20 {
 					t.Errorf("no write of 6 MiB arrived with max_sectors_kb raised")
 				}
 			},
@@ -471,7 +473,7 @@ func TestKernelClient(t *testing.T) {
 			clientTimeout: 30 * time.Second,
 			check: func(t *testing.T, s *tapStats) {
 				// Else the step did not test what it says.
-				if r := s.ops[cmdRead]; r == nil || r.maxLen < 32<<20 {
+				if r := s.ops[wire.CmdRead]; r == nil || r.maxLen < 32<<20 {
 					t.Errorf("no 32 MiB read arrived with max_sectors_kb raised")
 				}
 			},
@@ -726,36 +728,17 @@ func firstDifference(a, b string) (int64, error) {
 // decodes what the client sends, to report what the kernel sent. It only
 // reads the client's side; bytes pass unchanged in both directions.
 
-// NBD wire constants the tap needs (the spec's names).
-const (
-	optMagic     = 0x49484156454F5054 // "IHAVEOPT"
-	requestMagic = 0x25609513
-
-	cmdRead        = 0
-	cmdWrite       = 1
-	cmdDisc        = 2
-	cmdFlush       = 3
-	cmdTrim        = 4
-	cmdCache       = 5
-	cmdWriteZeroes = 6
-	cmdBlockStatus = 7
-
-	flagFUA      = 1 << 0
-	flagNoHole   = 1 << 1
-	flagDF       = 1 << 2
-	flagReqOne   = 1 << 3
-	flagFastZero = 1 << 4
-)
-
+// The tap names commands and flags as the spec does; their values are
+// package nbd/wire's.
 var cmdNames = map[uint16]string{
-	cmdRead: "READ", cmdWrite: "WRITE", cmdDisc: "DISC", cmdFlush: "FLUSH", cmdTrim: "TRIM",
-	cmdCache: "CACHE", cmdWriteZeroes: "WRITE_ZEROES", cmdBlockStatus: "BLOCK_STATUS",
+	wire.CmdRead: "READ", wire.CmdWrite: "WRITE", wire.CmdDisc: "DISC", wire.CmdFlush: "FLUSH", wire.CmdTrim: "TRIM",
+	wire.CmdCache: "CACHE", wire.CmdWriteZeroes: "WRITE_ZEROES", wire.CmdBlockStatus: "BLOCK_STATUS",
 }
 
 var flagNames = []struct {
 	bit  uint16
 	name string
-}{{flagFUA, "FUA"}, {flagNoHole, "NO_HOLE"}, {flagDF, "DF"}, {flagReqOne, "REQ_ONE"}, {flagFastZero, "FAST_ZERO"}}
+}{{wire.CmdFlagFUA, "FUA"}, {wire.CmdFlagNoHole, "NO_HOLE"}, {wire.CmdFlagDF, "DF"}, {wire.CmdFlagReqOne, "REQ_ONE"}, {wire.CmdFlagFastZero, "FAST_ZERO"}}
 
 // maxTapPayload bounds a write payload the tap will skip: the kernel
 // sends at most 32 MiB; a larger length means the tap lost the framing.
@@ -795,7 +778,7 @@ func (s *tapStats) String() string {
 			name = fmt.Sprintf("cmd%d", c)
 		}
 		fmt.Fprintf(&b, "; %s %d", name, o.n)
-		if c != cmdFlush && c != cmdDisc {
+		if c != wire.CmdFlush && c != wire.CmdDisc {
 			fmt.Fprintf(&b, " (%s..%s", size(o.minLen), size(o.maxLen))
 			for _, f := range flagNames {
 				if o.flags[f.bit] > 0 {
@@ -899,7 +882,7 @@ func (tp *tap) setBad(msg string) {
 // follow decodes the client's side of one connection: flags, options,
 // then requests, until EOF.
 func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
-	var hdr [28]byte
+	var hdr wire.RequestHeader
 	if _, err := io.ReadFull(r, hdr[:4]); err != nil { // client flags
 		return err
 	}
@@ -908,13 +891,13 @@ func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
 		if err != nil {
 			return err
 		}
-		if binary.BigEndian.Uint64(peek) != optMagic {
+		if binary.BigEndian.Uint64(peek) != wire.MagicOption {
 			break
 		}
-		if _, err := io.ReadFull(r, hdr[:16]); err != nil {
+		if _, err := io.ReadFull(r, hdr[:wire.OptionHeaderLen]); err != nil {
 			return err
 		}
-		opt, n := binary.BigEndian.Uint32(hdr[8:]), binary.BigEndian.Uint32(hdr[12:])
+		opt, n, _ := wire.DecodeOption(hdr[:]) // the magic was peeked at
 		if n > 1<<20 {
 			return fmt.Errorf("option %d of %d bytes", opt, n)
 		}
@@ -932,11 +915,10 @@ func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
 			}
 			return err
 		}
-		if m := binary.BigEndian.Uint32(hdr[0:]); m != requestMagic {
+		if m := hdr.Magic(); m != wire.MagicRequest {
 			return fmt.Errorf("request magic %#x", m)
 		}
-		flags, cmd := binary.BigEndian.Uint16(hdr[4:]), binary.BigEndian.Uint16(hdr[6:])
-		length := binary.BigEndian.Uint32(hdr[24:])
+		flags, cmd, length := hdr.Flags(), hdr.Type(), hdr.Length()
 		tp.mu.Lock()
 		o := tp.stats.ops[cmd]
 		if o == nil {
@@ -952,13 +934,13 @@ func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
 		}
 		cs.requests++
 		switch cmd {
-		case cmdDisc:
+		case wire.CmdDisc:
 			cs.disc = true
-		case cmdFlush:
+		case wire.CmdFlush:
 			cs.flushes++
 		}
 		tp.mu.Unlock()
-		if cmd == cmdWrite {
+		if cmd == wire.CmdWrite {
 			if length > maxTapPayload {
 				return fmt.Errorf("write of %d bytes", length)
 			}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // extent is one entry of `nbdinfo --map --json` (base:allocation).
@@ -76,7 +78,7 @@ func TestBlockStatus(t *testing.T) {
 			// Trim 2 MiB, aligned to the stripe (and the RAM chunks), inside
 			// a written region: it holds data until it is trimmed.
 			const trimOff, trimLen = 10 * MiB, 2 * MiB
-			if errno, _, err := c.do(0, cmdTrim, trimOff, trimLen, nil); err != nil || errno != 0 {
+			if errno, _, err := c.do(0, wire.CmdTrim, trimOff, trimLen, nil); err != nil || errno != 0 {
 				t.Fatalf("TRIM: errno %d, %v", errno, err)
 			}
 

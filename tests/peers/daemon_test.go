@@ -2,7 +2,6 @@ package peers
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -15,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 const (
@@ -201,11 +202,11 @@ func greets(network, addr string) error {
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
-	var g [18]byte
+	var g [wire.GreetingLen]byte
 	if _, err := io.ReadFull(c, g[:]); err != nil {
 		return err
 	}
-	if binary.BigEndian.Uint64(g[0:]) != magicNBD || binary.BigEndian.Uint64(g[8:]) != magicOption {
+	if _, ok := wire.DecodeGreeting(g[:]); !ok {
 		return fmt.Errorf("not an NBD greeting: %x", g)
 	}
 	return nil

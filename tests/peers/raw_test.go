@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // rawExportSize is the size of the exports the raw tests use: room for a
@@ -78,21 +80,21 @@ func TestRawBadRequests(t *testing.T) {
 		payload   []byte
 		wantErrno []uint32
 	}{
-		{"write past the end", 0, cmdWrite, end - 512, 1024, payload, []uint32{nbdENOSPC}},
-		{"write offset wraps", 0, cmdWrite, 1<<64 - 512, 1024, payload, []uint32{nbdENOSPC}},
-		{"write-zeroes past the end", 0, cmdWriteZeroes, end - 512, 1024, nil, []uint32{nbdENOSPC}},
-		{"read past the end", 0, cmdRead, end - 512, 1024, nil, []uint32{nbdEINVAL}},
-		{"read offset wraps", 0, cmdRead, 1<<64 - 512, 1024, nil, []uint32{nbdEINVAL}},
-		{"trim past the end", 0, cmdTrim, end, 1, nil, []uint32{nbdEINVAL}},
-		{"cache past the end", 0, cmdCache, end - 1, 2, nil, []uint32{nbdEINVAL}},
+		{"write past the end", 0, wire.CmdWrite, end - 512, 1024, payload, []uint32{wire.ENOSPC}},
+		{"write offset wraps", 0, wire.CmdWrite, 1<<64 - 512, 1024, payload, []uint32{wire.ENOSPC}},
+		{"write-zeroes past the end", 0, wire.CmdWriteZeroes, end - 512, 1024, nil, []uint32{wire.ENOSPC}},
+		{"read past the end", 0, wire.CmdRead, end - 512, 1024, nil, []uint32{wire.EINVAL}},
+		{"read offset wraps", 0, wire.CmdRead, 1<<64 - 512, 1024, nil, []uint32{wire.EINVAL}},
+		{"trim past the end", 0, wire.CmdTrim, end, 1, nil, []uint32{wire.EINVAL}},
+		{"cache past the end", 0, wire.CmdCache, end - 1, 2, nil, []uint32{wire.EINVAL}},
 		// No meta context was negotiated on this connection.
-		{"block status without a context", 0, cmdBlockStatus, 0, 4096, nil, []uint32{nbdEINVAL}},
-		{"unknown command 42", 0, 42, 0, 4096, nil, []uint32{nbdEINVAL}},
-		{"unknown command 0xffff", 0, 0xffff, 0, 0, nil, []uint32{nbdEINVAL}},
-		{"read with unknown flag 1<<10", 1 << 10, cmdRead, 0, 4096, nil, []uint32{nbdEINVAL}},
-		{"write with unknown flag 1<<15", 1 << 15, cmdWrite, 8 * KiB, 1024, payload, []uint32{nbdEINVAL}},
-		{"read longer than 32 MiB", 0, cmdRead, 0, maxPayload + 1, nil, []uint32{nbdEINVAL, nbdEOVERFLOW}},
-		{"read of 4 GiB - 1", 0, cmdRead, 0, 1<<32 - 1, nil, []uint32{nbdEINVAL, nbdEOVERFLOW}},
+		{"block status without a context", 0, wire.CmdBlockStatus, 0, 4096, nil, []uint32{wire.EINVAL}},
+		{"unknown command 42", 0, 42, 0, 4096, nil, []uint32{wire.EINVAL}},
+		{"unknown command 0xffff", 0, 0xffff, 0, 0, nil, []uint32{wire.EINVAL}},
+		{"read with unknown flag 1<<10", 1 << 10, wire.CmdRead, 0, 4096, nil, []uint32{wire.EINVAL}},
+		{"write with unknown flag 1<<15", 1 << 15, wire.CmdWrite, 8 * KiB, 1024, payload, []uint32{wire.EINVAL}},
+		{"read longer than 32 MiB", 0, wire.CmdRead, 0, wire.DefaultMaxPayload + 1, nil, []uint32{wire.EINVAL, wire.EOVERFLOW}},
+		{"read of 4 GiB - 1", 0, wire.CmdRead, 0, 1<<32 - 1, nil, []uint32{wire.EINVAL, wire.EOVERFLOW}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			errno, _, err := c.do(tc.flags, tc.cmd, tc.off, tc.length, tc.payload)
@@ -114,20 +116,20 @@ func TestRawBadRequests(t *testing.T) {
 	}
 
 	t.Run("maximum payload is legal", func(t *testing.T) {
-		big := bytes.Repeat([]byte{0x3c}, maxPayload)
+		big := bytes.Repeat([]byte{0x3c}, wire.DefaultMaxPayload)
 		c.mustWrite(t, 16*MiB, big)
-		if got := c.mustRead(t, 16*MiB, maxPayload); !bytes.Equal(got, big) {
+		if got := c.mustRead(t, 16*MiB, wire.DefaultMaxPayload); !bytes.Equal(got, big) {
 			t.Fatalf("32 MiB read back differs at %d", mismatch(got, big))
 		}
 		// TRIM carries no payload: far more than 32 MiB is fine.
-		if errno, _, err := c.do(0, cmdTrim, 16*MiB, 48*MiB, nil); err != nil || errno != 0 {
+		if errno, _, err := c.do(0, wire.CmdTrim, 16*MiB, 48*MiB, nil); err != nil || errno != 0 {
 			t.Fatalf("TRIM of 48 MiB: errno %d, %v", errno, err)
 		}
 	})
 
 	t.Run("legal flags and empty requests", func(t *testing.T) {
-		const fua, noHole, fastZero = 1 << 0, 1 << 1, 1 << 4
-		if c.flags&(1<<3) == 0 {
+		const fua, noHole, fastZero = wire.CmdFlagFUA, wire.CmdFlagNoHole, wire.CmdFlagFastZero
+		if c.flags&wire.FlagSendFUA == 0 {
 			t.Fatalf("transmission flags %#x lack NBD_FLAG_SEND_FUA", c.flags)
 		}
 		for _, r := range []struct {
@@ -139,17 +141,17 @@ func TestRawBadRequests(t *testing.T) {
 			payload []byte
 		}{
 			// The README: FUA is accepted on every command once advertised.
-			{"READ|FUA", fua, cmdRead, 0, 512, nil},
-			{"WRITE|FUA", fua, cmdWrite, 20 * MiB, 1024, payload},
-			{"FLUSH|FUA", fua, cmdFlush, 0, 0, nil},
-			{"TRIM|FUA", fua, cmdTrim, 20 * MiB, 1024, nil},
-			{"CACHE", 0, cmdCache, 0, 1 << 20, nil},
-			{"WRITE_ZEROES|NO_HOLE", noHole, cmdWriteZeroes, 20 * MiB, 4096, nil},
-			{"WRITE_ZEROES|FAST_ZERO", fastZero, cmdWriteZeroes, 20 * MiB, 4096, nil},
-			{"WRITE_ZEROES|FUA|NO_HOLE", fua | noHole, cmdWriteZeroes, 20 * MiB, 4096, nil},
+			{"READ|FUA", fua, wire.CmdRead, 0, 512, nil},
+			{"WRITE|FUA", fua, wire.CmdWrite, 20 * MiB, 1024, payload},
+			{"FLUSH|FUA", fua, wire.CmdFlush, 0, 0, nil},
+			{"TRIM|FUA", fua, wire.CmdTrim, 20 * MiB, 1024, nil},
+			{"CACHE", 0, wire.CmdCache, 0, 1 << 20, nil},
+			{"WRITE_ZEROES|NO_HOLE", noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
+			{"WRITE_ZEROES|FAST_ZERO", fastZero, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
+			{"WRITE_ZEROES|FUA|NO_HOLE", fua | noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
 		} {
 			errno, _, err := c.do(r.flags, r.cmd, r.off, r.length, r.payload)
-			if r.flags&fastZero != 0 && errno == 95 {
+			if r.flags&fastZero != 0 && errno == wire.ENOTSUP {
 				// ENOTSUP: the spec lets a server refuse a zero it cannot
 				// do fast.
 				errno = 0
@@ -163,7 +165,7 @@ func TestRawBadRequests(t *testing.T) {
 		for _, r := range []struct {
 			name string
 			cmd  uint16
-		}{{"READ", cmdRead}, {"WRITE", cmdWrite}, {"TRIM", cmdTrim}, {"WRITE_ZEROES", cmdWriteZeroes}, {"CACHE", cmdCache}} {
+		}{{"READ", wire.CmdRead}, {"WRITE", wire.CmdWrite}, {"TRIM", wire.CmdTrim}, {"WRITE_ZEROES", wire.CmdWriteZeroes}, {"CACHE", wire.CmdCache}} {
 			errno, _, err := c.do(0, r.cmd, 4096, 0, nil)
 			if err != nil {
 				t.Fatalf("empty %s: %v", r.name, err)
@@ -176,17 +178,17 @@ func TestRawBadRequests(t *testing.T) {
 	t.Run("read-only export", func(t *testing.T) {
 		ro := connectRaw(t, d.Socket, "ro")
 		defer ro.disconnect()
-		if ro.flags&(1<<1) == 0 {
+		if ro.flags&wire.FlagReadOnly == 0 {
 			t.Errorf("transmission flags %#x lack NBD_FLAG_READ_ONLY", ro.flags)
 		}
 		for _, r := range []struct {
 			name    string
 			cmd     uint16
 			payload []byte
-		}{{"write", cmdWrite, payload}, {"trim", cmdTrim, nil}, {"write-zeroes", cmdWriteZeroes, nil}} {
+		}{{"write", wire.CmdWrite, payload}, {"trim", wire.CmdTrim, nil}, {"write-zeroes", wire.CmdWriteZeroes, nil}} {
 			errno, _, err := ro.do(0, r.cmd, 0, 1024, r.payload)
-			if err != nil || errno != nbdEPERM {
-				t.Errorf("%s on a read-only export: errno %d, %v; want EPERM (%d)", r.name, errno, err, nbdEPERM)
+			if err != nil || errno != wire.EPERM {
+				t.Errorf("%s on a read-only export: errno %d, %v; want EPERM (%d)", r.name, errno, err, wire.EPERM)
 			}
 		}
 		ro.mustRead(t, 0, 4096)
@@ -208,7 +210,7 @@ func TestRawFraming(t *testing.T) {
 
 	t.Run("bad magic", func(t *testing.T) {
 		c := connectRaw(t, d.Socket, "default")
-		h := requestHeader(0, cmdRead, 1, 0, 512)
+		h := requestHeader(0, wire.CmdRead, 1, 0, 512)
 		be.PutUint32(h, 0xdeadbeef)
 		if _, err := c.Write(h); err != nil {
 			t.Fatal(err)
@@ -221,7 +223,7 @@ func TestRawFraming(t *testing.T) {
 
 	t.Run("truncated header", func(t *testing.T) {
 		c := connectRaw(t, d.Socket, "default")
-		if _, err := c.Write(requestHeader(0, cmdRead, 1, 0, 512)[:13]); err != nil {
+		if _, err := c.Write(requestHeader(0, wire.CmdRead, 1, 0, 512)[:13]); err != nil {
 			t.Fatal(err)
 		}
 		c.Close()
@@ -231,9 +233,9 @@ func TestRawFraming(t *testing.T) {
 	t.Run("write payload cut short", func(t *testing.T) {
 		// More abandoned 32 MiB WRITEs than the budget holds, cut after
 		// the header, a byte, a few MiB, one byte short.
-		for i, n := range []int{0, 1, 3*MiB + 17, maxPayload - 1} {
+		for i, n := range []int{0, 1, 3*MiB + 17, wire.DefaultMaxPayload - 1} {
 			c := connectRaw(t, d.Socket, "default")
-			h := requestHeader(0, cmdWrite, 1, 32*MiB, maxPayload)
+			h := requestHeader(0, wire.CmdWrite, 1, 32*MiB, wire.DefaultMaxPayload)
 			if _, err := c.Write(append(h, bytes.Repeat([]byte{byte(i + 1)}, n)...)); err != nil {
 				t.Fatal(err)
 			}
@@ -242,9 +244,9 @@ func TestRawFraming(t *testing.T) {
 		checkKnown(t, d)
 		c := connectRaw(t, d.Socket, "default")
 		defer c.disconnect()
-		big := bytes.Repeat([]byte{0x7e}, maxPayload)
+		big := bytes.Repeat([]byte{0x7e}, wire.DefaultMaxPayload)
 		c.mustWrite(t, 32*MiB, big)
-		if got := c.mustRead(t, 32*MiB, maxPayload); !bytes.Equal(got, big) {
+		if got := c.mustRead(t, 32*MiB, wire.DefaultMaxPayload); !bytes.Equal(got, big) {
 			t.Fatalf("32 MiB read back differs at %d", mismatch(got, big))
 		}
 	})
@@ -256,8 +258,8 @@ func TestRawFraming(t *testing.T) {
 		c := connectRaw(t, d.Socket, "default")
 		sent := make(chan error, 1)
 		go func() {
-			h := requestHeader(0, cmdWrite, 1, 0, maxPayload+1)
-			_, err := c.Write(append(h, bytes.Repeat([]byte{0xab}, maxPayload+1)...))
+			h := requestHeader(0, wire.CmdWrite, 1, 0, wire.DefaultMaxPayload+1)
+			_, err := c.Write(append(h, bytes.Repeat([]byte{0xab}, wire.DefaultMaxPayload+1)...))
 			sent <- err
 		}()
 		errno, _, err := c.reply(1, 0)
@@ -276,7 +278,7 @@ func TestRawFraming(t *testing.T) {
 
 	t.Run("disconnect", func(t *testing.T) {
 		c := connectRaw(t, d.Socket, "default")
-		if _, err := c.send(0, cmdDisc, 0, 0, nil); err != nil {
+		if _, err := c.send(0, wire.CmdDisc, 0, 0, nil); err != nil {
 			t.Fatal(err)
 		}
 		if err := expectClosed(c, 10*time.Second); err != nil {
@@ -304,14 +306,14 @@ func TestRawHandshakeAbuse(t *testing.T) {
 	for _, opt := range []struct {
 		name string
 		opt  uint32
-	}{{"GO", optGo}, {"EXPORT_NAME", optExportName}, {"LIST", optList}, {"unknown 0x7fff", 0x7fff}} {
+	}{{"GO", wire.OptGo}, {"EXPORT_NAME", wire.OptExportName}, {"LIST", wire.OptList}, {"unknown 0x7fff", 0x7fff}} {
 		t.Run("option "+opt.name+" of 4 GiB", func(t *testing.T) {
 			c := dialRaw(t, d.Socket)
 			if err := readGreeting(c); err != nil {
 				t.Fatal(err)
 			}
 			var cf [4]byte
-			be.PutUint32(cf[:], clientFixedNewstyle|clientNoZeroes)
+			be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 			c.Write(cf[:])
 			c.Write(optionHeader(opt.opt, 0xffffffff))
 			c.Write(bytes.Repeat([]byte{'x'}, 100))
@@ -325,7 +327,7 @@ func TestRawHandshakeAbuse(t *testing.T) {
 				t.Fatalf("no answer within 5s to an option claiming 4 GiB: the server is waiting for the data")
 			case err != nil:
 				t.Logf("closed: %v", err)
-			case r.typ&repFlagError == 0:
+			case r.typ&wire.RepFlagError == 0:
 				t.Errorf("option claiming 4 GiB answered with non-error reply type %#x", r.typ)
 			default:
 				t.Logf("error reply %#x %q", r.typ, r.data)
@@ -344,7 +346,7 @@ func TestRawHandshakeAbuse(t *testing.T) {
 			t.Fatal(err)
 		}
 		var cf [4]byte
-		be.PutUint32(cf[:], clientFixedNewstyle|clientNoZeroes)
+		be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 		c.Write(cf[:])
 		sent := make(chan struct{})
 		go func() {
@@ -358,7 +360,7 @@ func TestRawHandshakeAbuse(t *testing.T) {
 			checkKnown(t, d)
 			return
 		}
-		if r.typ&repFlagError == 0 || r.opt != 0x7ffe {
+		if r.typ&wire.RepFlagError == 0 || r.opt != 0x7ffe {
 			t.Fatalf("reply to an oversized unknown option: option %#x type %#x", r.opt, r.typ)
 		}
 		if _, err := c.Write(goOption("default")); err != nil {
@@ -369,10 +371,10 @@ func TestRawHandshakeAbuse(t *testing.T) {
 			if err != nil {
 				t.Fatalf("NBD_OPT_GO after a refused option: %v", err)
 			}
-			if r.typ&repFlagError != 0 {
+			if r.typ&wire.RepFlagError != 0 {
 				t.Fatalf("NBD_OPT_GO after a refused option: error %#x %q", r.typ, r.data)
 			}
-			if r.typ == repAck {
+			if r.typ == wire.RepAck {
 				break
 			}
 		}
@@ -481,7 +483,7 @@ func dropAt(sock string, stage int, rng *rand.Rand) error {
 		return nil
 	}
 	var cf [4]byte
-	be.PutUint32(cf[:], clientFixedNewstyle|clientNoZeroes)
+	be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 	if stage == 3 { // part of the client flags
 		_, err := c.Write(cf[:1+rng.IntN(3)])
 		return err
@@ -498,7 +500,7 @@ func dropAt(sock string, stage int, rng *rand.Rand) error {
 		return err
 	}
 	// stage 6: a whole LIST, then hang up while the reply is being read.
-	if _, err := c.Write(optionHeader(optList, 0)); err != nil {
+	if _, err := c.Write(optionHeader(wire.OptList, 0)); err != nil {
 		return err
 	}
 	_, err = io.ReadFull(c, make([]byte, 1+rng.IntN(20)))
@@ -609,17 +611,17 @@ func exportNameHandshake(c net.Conn, name string, noZeroes bool) (*rawConn, erro
 		return nil, err
 	}
 	var cf [4]byte
-	flags := uint32(clientFixedNewstyle)
+	flags := uint32(wire.FlagCFixedNewstyle)
 	if noZeroes {
-		flags |= clientNoZeroes
+		flags |= wire.FlagCNoZeroes
 	}
 	be.PutUint32(cf[:], flags)
-	if _, err := c.Write(append(cf[:], append(optionHeader(optExportName, uint32(len(name))), name...)...)); err != nil {
+	if _, err := c.Write(append(cf[:], append(optionHeader(wire.OptExportName, uint32(len(name))), name...)...)); err != nil {
 		return nil, err
 	}
-	n := 8 + 2 + 124
+	n := wire.ExportNameReplyLen + wire.ExportNameZeroes
 	if noZeroes {
-		n = 8 + 2
+		n = wire.ExportNameReplyLen
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(c, b); err != nil {
@@ -663,7 +665,7 @@ func TestRawExportName(t *testing.T) {
 			if c.size != tc.size {
 				t.Errorf("size %d, want %d", c.size, tc.size)
 			}
-			if c.flags&1 == 0 || c.flags&(1<<8) == 0 {
+			if c.flags&wire.FlagHasFlags == 0 || c.flags&wire.FlagCanMultiConn == 0 {
 				t.Errorf("transmission flags %#x lack HAS_FLAGS or CAN_MULTI_CONN", c.flags)
 			}
 			writeKnownSmall(t, c)

@@ -8,52 +8,17 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // A minimal NBD client written from the spec (doc/proto.md of
 // NetworkBlockDevice/nbd), for requests no real client sends. It speaks
 // fixed newstyle with NO_ZEROES, enters transmission with NBD_OPT_GO and
-// no information requests, and uses simple replies.
-
-// Wire constants.
-const (
-	magicNBD         = 0x4e42444d41474943 // "NBDMAGIC"
-	magicOption      = 0x49484156454f5054 // "IHAVEOPT"
-	magicOptionReply = 0x0003e889045565a9
-	magicRequest     = 0x25609513
-	magicSimpleReply = 0x67446698
-
-	flagFixedNewstyle = 1 << 0 // server handshake flag
-	flagNoZeroes      = 1 << 1
-
-	clientFixedNewstyle = 1 << 0
-	clientNoZeroes      = 1 << 1
-
-	optExportName = 1
-	optList       = 3
-	optGo         = 7
-
-	repAck       = 1
-	repInfo      = 3
-	repFlagError = 1 << 31
-
-	cmdRead        = 0
-	cmdWrite       = 1
-	cmdDisc        = 2
-	cmdFlush       = 3
-	cmdTrim        = 4
-	cmdCache       = 5
-	cmdWriteZeroes = 6
-	cmdBlockStatus = 7
-
-	// NBD errors (fixed by the spec, Linux values).
-	nbdEPERM     = 1
-	nbdEINVAL    = 22
-	nbdENOSPC    = 28
-	nbdEOVERFLOW = 75
-
-	maxPayload = 32 << 20
-)
+// no information requests, and uses simple replies. The constants and
+// header coding are package nbd/wire's, the server's own: what these
+// tests check is the server's behaviour, against real peers, not the
+// encoding.
 
 // rawTimeout bounds every exchange of the raw client.
 const rawTimeout = 30 * time.Second
@@ -82,35 +47,31 @@ func dialRaw(t *testing.T, sock string) net.Conn {
 
 // readGreeting reads and checks the server's 18-byte greeting.
 func readGreeting(c net.Conn) error {
-	var g [18]byte
+	var g [wire.GreetingLen]byte
 	if _, err := io.ReadFull(c, g[:]); err != nil {
 		return fmt.Errorf("greeting: %w", err)
 	}
-	if be.Uint64(g[0:]) != magicNBD || be.Uint64(g[8:]) != magicOption {
+	f, ok := wire.DecodeGreeting(g[:])
+	if !ok {
 		return fmt.Errorf("greeting: bad magic %x", g[:16])
 	}
-	if f := be.Uint16(g[16:]); f&(flagFixedNewstyle|flagNoZeroes) != flagFixedNewstyle|flagNoZeroes {
+	if f&(wire.FlagFixedNewstyle|wire.FlagNoZeroes) != wire.FlagFixedNewstyle|wire.FlagNoZeroes {
 		return fmt.Errorf("greeting: handshake flags %#x lack FIXED_NEWSTYLE|NO_ZEROES", f)
 	}
 	return nil
 }
 
-// optionHeader is the 16-byte header of an option request.
+// optionHeader is the 16-byte header of an option request, which may
+// claim more data than follows it.
 func optionHeader(opt, length uint32) []byte {
-	b := make([]byte, 16)
-	be.PutUint64(b[0:], magicOption)
-	be.PutUint32(b[8:], opt)
-	be.PutUint32(b[12:], length)
+	b := make([]byte, wire.OptionHeaderLen)
+	wire.PutOption(b, opt, length)
 	return b
 }
 
 // goOption is a complete NBD_OPT_GO for name with no information requests.
 func goOption(name string) []byte {
-	data := make([]byte, 4, 4+len(name)+2)
-	be.PutUint32(data, uint32(len(name)))
-	data = append(data, name...)
-	data = append(data, 0, 0)
-	return append(optionHeader(optGo, uint32(len(data))), data...)
+	return wire.AppendOption(nil, wire.OptGo, wire.AppendInfoRequest(nil, name))
 }
 
 // optionReply is one option reply.
@@ -122,15 +83,16 @@ type optionReply struct {
 // readOptionReply reads one option reply; data longer than 64 KiB is an
 // error (this client never asks for anything that large).
 func readOptionReply(c net.Conn) (optionReply, error) {
-	var h [20]byte
+	var h [wire.OptionReplyHeaderLen]byte
 	if _, err := io.ReadFull(c, h[:]); err != nil {
 		return optionReply{}, err
 	}
-	if m := be.Uint64(h[0:]); m != magicOptionReply {
-		return optionReply{}, fmt.Errorf("option reply: bad magic %#x", m)
+	hdr, ok := wire.DecodeOptionReply(h[:])
+	if !ok {
+		return optionReply{}, fmt.Errorf("option reply: bad magic %#x", be.Uint64(h[:]))
 	}
-	r := optionReply{opt: be.Uint32(h[8:]), typ: be.Uint32(h[12:])}
-	n := be.Uint32(h[16:])
+	r := optionReply{opt: hdr.Option, typ: hdr.Type}
+	n := hdr.Length
 	if n > 64<<10 {
 		return r, fmt.Errorf("option reply of %d bytes", n)
 	}
@@ -147,7 +109,7 @@ func handshake(c net.Conn, name string) (*rawConn, error) {
 		return nil, err
 	}
 	var cf [4]byte
-	be.PutUint32(cf[:], clientFixedNewstyle|clientNoZeroes)
+	be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
 	if _, err := c.Write(cf[:]); err != nil {
 		return nil, err
 	}
@@ -161,17 +123,20 @@ func handshake(c net.Conn, name string) (*rawConn, error) {
 		if err != nil {
 			return nil, fmt.Errorf("NBD_OPT_GO: %w", err)
 		}
-		if r.opt != optGo {
-			return nil, fmt.Errorf("reply to option %d, want %d", r.opt, optGo)
+		if r.opt != wire.OptGo {
+			return nil, fmt.Errorf("reply to option %d, want %d", r.opt, wire.OptGo)
 		}
 		switch {
-		case r.typ&repFlagError != 0:
+		case r.typ&wire.RepFlagError != 0:
 			return nil, fmt.Errorf("NBD_OPT_GO %q: error reply %#x: %q", name, r.typ, r.data)
-		case r.typ == repInfo && len(r.data) >= 12 && be.Uint16(r.data) == 0:
-			rc.size = be.Uint64(r.data[2:])
-			rc.flags = be.Uint16(r.data[10:])
+		case r.typ == wire.RepInfo && len(r.data) >= 2 && be.Uint16(r.data) == wire.InfoExport:
+			size, flags, ok := wire.DecodeInfoExport(r.data)
+			if !ok {
+				return nil, fmt.Errorf("NBD_INFO_EXPORT of %d bytes", len(r.data))
+			}
+			rc.size, rc.flags = size, flags
 			gotExport = true
-		case r.typ == repAck:
+		case r.typ == wire.RepAck:
 			if !gotExport {
 				return nil, errors.New("NBD_OPT_GO acknowledged without NBD_INFO_EXPORT")
 			}
@@ -193,14 +158,7 @@ func connectRaw(t *testing.T, sock, name string) *rawConn {
 
 // requestHeader is a 28-byte request header.
 func requestHeader(flags, cmd uint16, cookie, off uint64, length uint32) []byte {
-	b := make([]byte, 28)
-	be.PutUint32(b[0:], magicRequest)
-	be.PutUint16(b[4:], flags)
-	be.PutUint16(b[6:], cmd)
-	be.PutUint64(b[8:], cookie)
-	be.PutUint64(b[16:], off)
-	be.PutUint32(b[24:], length)
-	return b
+	return wire.AppendRequest(nil, wire.Request{Flags: flags, Type: cmd, Cookie: cookie, Offset: off, Length: length})
 }
 
 // send writes one request (and a WRITE's payload) and returns its cookie.
@@ -217,17 +175,18 @@ func (c *rawConn) send(flags, cmd uint16, off uint64, length uint32, payload []b
 // its n bytes of data.
 func (c *rawConn) reply(cookie uint64, n int) (errno uint32, data []byte, err error) {
 	c.SetDeadline(time.Now().Add(rawTimeout))
-	var h [16]byte
+	var h [wire.SimpleReplyLen]byte
 	if _, err := io.ReadFull(c, h[:]); err != nil {
 		return 0, nil, err
 	}
-	if m := be.Uint32(h[0:]); m != magicSimpleReply {
-		return 0, nil, fmt.Errorf("reply magic %#x, want simple reply", m)
+	rep, ok := wire.DecodeSimpleReply(h[:])
+	if !ok {
+		return 0, nil, fmt.Errorf("reply magic %#x, want simple reply", wire.Magic(h[:]))
 	}
-	if got := be.Uint64(h[8:]); got != cookie {
-		return 0, nil, fmt.Errorf("reply cookie %d, want %d", got, cookie)
+	if rep.Cookie != cookie {
+		return 0, nil, fmt.Errorf("reply cookie %d, want %d", rep.Cookie, cookie)
 	}
-	errno = be.Uint32(h[4:])
+	errno = rep.Error
 	if errno == 0 && n > 0 {
 		data = make([]byte, n)
 		if _, err := io.ReadFull(c, data); err != nil {
@@ -244,7 +203,7 @@ func (c *rawConn) do(flags, cmd uint16, off uint64, length uint32, payload []byt
 		return 0, nil, err
 	}
 	n := 0
-	if cmd == cmdRead {
+	if cmd == wire.CmdRead {
 		n = int(length)
 	}
 	return c.reply(cookie, n)
@@ -253,7 +212,7 @@ func (c *rawConn) do(flags, cmd uint16, off uint64, length uint32, payload []byt
 // mustRead reads n bytes at off and fails the test on any error.
 func (c *rawConn) mustRead(t *testing.T, off uint64, n int) []byte {
 	t.Helper()
-	errno, data, err := c.do(0, cmdRead, off, uint32(n), nil)
+	errno, data, err := c.do(0, wire.CmdRead, off, uint32(n), nil)
 	if err != nil || errno != 0 {
 		t.Fatalf("READ %d@%d: errno %d, %v", n, off, errno, err)
 	}
@@ -263,7 +222,7 @@ func (c *rawConn) mustRead(t *testing.T, off uint64, n int) []byte {
 // mustWrite writes data at off and fails the test on any error.
 func (c *rawConn) mustWrite(t *testing.T, off uint64, data []byte) {
 	t.Helper()
-	errno, _, err := c.do(0, cmdWrite, off, uint32(len(data)), data)
+	errno, _, err := c.do(0, wire.CmdWrite, off, uint32(len(data)), data)
 	if err != nil || errno != 0 {
 		t.Fatalf("WRITE %d@%d: errno %d, %v", len(data), off, errno, err)
 	}
@@ -271,7 +230,7 @@ func (c *rawConn) mustWrite(t *testing.T, off uint64, data []byte) {
 
 // disconnect sends NBD_CMD_DISC and closes.
 func (c *rawConn) disconnect() {
-	c.send(0, cmdDisc, 0, 0, nil)
+	c.send(0, wire.CmdDisc, 0, 0, nil)
 	c.Close()
 }
 

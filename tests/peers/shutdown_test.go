@@ -12,6 +12,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/nbd/wire"
 )
 
 // slotData is the 64 KiB a shutdown test writes to slot s.
@@ -72,7 +74,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 					s := ci*perConn + k
 					inflight <- s // waits while depth requests are unanswered
 					c.SetWriteDeadline(time.Now().Add(rawTimeout))
-					h := requestHeader(0, cmdWrite, uint64(s)+1, uint64(s)*64*KiB, 64*KiB)
+					h := requestHeader(0, wire.CmdWrite, uint64(s)+1, uint64(s)*64*KiB, 64*KiB)
 					if _, err := c.Write(append(h, slotData(s)...)); err != nil {
 						return // the server closed the connection
 					}
@@ -80,7 +82,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 			}()
 			for range inflight {
 				c.SetReadDeadline(time.Now().Add(rawTimeout))
-				var h [16]byte
+				var h [wire.SimpleReplyLen]byte
 				if _, err := io.ReadFull(c, h[:]); err != nil {
 					if !errors.Is(err, io.EOF) && !isReset(err) {
 						mu.Lock()
@@ -89,11 +91,12 @@ func TestShutdownUnderLoad(t *testing.T) {
 					}
 					break
 				}
-				cookie, errno := be.Uint64(h[8:]), be.Uint32(h[4:])
+				rep, ok := wire.DecodeSimpleReply(h[:])
+				cookie, errno := rep.Cookie, rep.Error
 				mu.Lock()
 				switch {
-				case be.Uint32(h[0:]) != magicSimpleReply:
-					errs = append(errs, fmt.Sprintf("connection %d: bad reply magic %#x", ci, be.Uint32(h[0:])))
+				case !ok:
+					errs = append(errs, fmt.Sprintf("connection %d: bad reply magic %#x", ci, wire.Magic(h[:])))
 				case errno == 0:
 					acked = append(acked, int(cookie-1))
 					ackedCh <- struct{}{}

@@ -1,8 +1,19 @@
-package nbd
+// Package client is an NBD client: one connection to an NBD server, with
+// any number of requests in flight on it, their replies matched by cookie
+// as they arrive in any order, simple or structured. The tests drive
+// stackd's server through it, and a remote leg of a stack can serve its
+// bios through it.
+//
+// It speaks the protocol through package nbd/wire and sees blocks only as
+// package bioset describes them. It does not import package nbd, the
+// server: the server's own tests use this client, and an import of nbd
+// from here would make that a cycle.
+package client
 
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -12,24 +23,34 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/nbd/wire"
 )
+
+var be = binary.BigEndian
 
 // Client limits.
 const (
 	// maxOptionReplyLen bounds the data of one option reply the client
 	// reads: names and descriptions are at most 4096 bytes each.
 	maxOptionReplyLen = 64 << 10
-	// maxChunkLen bounds a structured reply chunk: a READ of MaxPayload
-	// plus its offset, or a block status reply of 2^20 extents (the most
-	// the spec lets a server send).
-	maxChunkLen = max(MaxPayload+8, 4+8<<20)
+	// maxChunkLen bounds a structured reply chunk: a READ of
+	// wire.DefaultMaxPayload plus its offset, or a block status reply of
+	// 2^20 extents (the most the spec lets a server send).
+	maxChunkLen = max(wire.DefaultMaxPayload+8, 4+8<<20)
 	// closeTimeout bounds how long Close waits for the server to answer
 	// what is in flight and hang up after NBD_CMD_DISC.
 	closeTimeout = 5 * time.Second
+	// readBufSize holds a few hundred reply headers; READ data larger
+	// than what is buffered is read straight into the caller's buffer.
+	readBufSize = 16 << 10
 )
 
-// ClientOptions configure Dial.
-type ClientOptions struct {
+// aLongTimeAgo is a deadline in the past: setting it makes a blocked
+// read or write return at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// Options configure Dial.
+type Options struct {
 	// ExportName selects the export; empty selects the server's default.
 	ExportName string
 	// StructuredReplies negotiates NBD_OPT_STRUCTURED_REPLY. If the
@@ -42,8 +63,8 @@ type ClientOptions struct {
 
 // Errors of the client.
 var (
-	// ErrClientClosed is returned by requests on a closed Client.
-	ErrClientClosed = errors.New("nbd: client closed")
+	// ErrClosed is returned by requests on a closed Client.
+	ErrClosed = errors.New("nbd: client closed")
 	// ErrUnknownExport matches (errors.Is) the OptionError Dial returns
 	// when the server has no export of that name.
 	ErrUnknownExport = errors.New("nbd: unknown export")
@@ -88,7 +109,7 @@ func (e *OptionError) Error() string {
 
 // Is makes errors.Is(err, ErrUnknownExport) work.
 func (e *OptionError) Is(target error) bool {
-	return target == ErrUnknownExport && e.Reply == repErrUnknown
+	return target == ErrUnknownExport && e.Reply == wire.RepErrUnknown
 }
 
 // Client is an NBD client connection. It is safe for concurrent use: any
@@ -129,7 +150,7 @@ type call struct {
 
 // Dial connects to an NBD server, negotiates and selects an export. ctx
 // bounds the connection and handshake only.
-func Dial(ctx context.Context, network, addr string, o ClientOptions) (*Client, error) {
+func Dial(ctx context.Context, network, addr string, o Options) (*Client, error) {
 	var d net.Dialer
 	nc, err := d.DialContext(ctx, network, addr)
 	if err != nil {
@@ -157,29 +178,29 @@ func List(ctx context.Context, network, addr string) ([]string, error) {
 		if err != nil {
 			return err
 		}
-		if err := h.sendOption(optList, nil); err != nil {
+		if err := h.sendOption(wire.OptList, nil); err != nil {
 			return err
 		}
 		for {
-			typ, data, err := h.readOptionReply(optList)
+			typ, data, err := h.readOptionReply(wire.OptList)
 			if err != nil {
 				return err
 			}
 			switch typ {
-			case repServer:
-				name, _, ok := cutString(data)
+			case wire.RepServer:
+				name, _, ok := wire.CutString(data)
 				if !ok {
 					return fmt.Errorf("%w: malformed NBD_REP_SERVER", ErrProtocol)
 				}
 				names = append(names, name)
-			case repAck:
+			case wire.RepAck:
 				// Soft disconnect, as the spec asks; the reply does not matter.
-				if h.sendOption(optAbort, nil) == nil {
-					h.readOptionReply(optAbort)
+				if h.sendOption(wire.OptAbort, nil) == nil {
+					h.readOptionReply(wire.OptAbort)
 				}
 				return nil
 			default:
-				return optionError(optList, typ, data)
+				return optionError(wire.OptList, typ, data)
 			}
 		}
 	})
@@ -211,20 +232,20 @@ type clientHandshake struct {
 
 func startHandshake(nc net.Conn) (*clientHandshake, error) {
 	h := &clientHandshake{nc: nc, br: bufio.NewReaderSize(nc, readBufSize)}
-	var g [18]byte
+	var g [wire.GreetingLen]byte
 	if _, err := io.ReadFull(h.br, g[:]); err != nil {
 		return nil, err
 	}
-	if be.Uint64(g[0:]) != magicNBD || be.Uint64(g[8:]) != magicOption {
+	hflags, ok := wire.DecodeGreeting(g[:])
+	if !ok {
 		return nil, fmt.Errorf("%w: not a newstyle NBD server", ErrProtocol)
 	}
-	hflags := be.Uint16(g[16:])
-	if hflags&flagFixedNewstyle == 0 {
+	if hflags&wire.FlagFixedNewstyle == 0 {
 		return nil, fmt.Errorf("%w: server does not support fixed newstyle negotiation", ErrProtocol)
 	}
-	cflags := uint32(flagCFixedNewstyle)
-	if hflags&flagNoZeroes != 0 {
-		cflags |= flagCNoZeroes
+	cflags := uint32(wire.FlagCFixedNewstyle)
+	if hflags&wire.FlagNoZeroes != 0 {
+		cflags |= wire.FlagCNoZeroes
 		h.noZeroes = true
 	}
 	var b [4]byte
@@ -234,43 +255,39 @@ func startHandshake(nc net.Conn) (*clientHandshake, error) {
 }
 
 func (h *clientHandshake) sendOption(opt uint32, data []byte) error {
-	b := make([]byte, optionHeaderLen, optionHeaderLen+len(data))
-	be.PutUint64(b[0:], magicOption)
-	be.PutUint32(b[8:], opt)
-	be.PutUint32(b[12:], uint32(len(data)))
-	_, err := h.nc.Write(append(b, data...))
+	_, err := h.nc.Write(wire.AppendOption(make([]byte, 0, wire.OptionHeaderLen+len(data)), opt, data))
 	return err
 }
 
 func (h *clientHandshake) readOptionReply(opt uint32) (typ uint32, data []byte, err error) {
-	var r [optionReplyHeaderLen]byte
-	if _, err := io.ReadFull(h.br, r[:]); err != nil {
+	var b [wire.OptionReplyHeaderLen]byte
+	if _, err := io.ReadFull(h.br, b[:]); err != nil {
 		return 0, nil, err
 	}
-	if be.Uint64(r[0:]) != magicOptionReply {
+	r, ok := wire.DecodeOptionReply(b[:])
+	if !ok {
 		return 0, nil, fmt.Errorf("%w: bad option reply magic", ErrProtocol)
 	}
-	if got := be.Uint32(r[8:]); got != opt {
-		return 0, nil, fmt.Errorf("%w: reply to option %d while waiting for %d", ErrProtocol, got, opt)
+	if r.Option != opt {
+		return 0, nil, fmt.Errorf("%w: reply to option %d while waiting for %d", ErrProtocol, r.Option, opt)
 	}
-	typ = be.Uint32(r[12:])
-	n := be.Uint32(r[16:])
-	if n > maxOptionReplyLen {
-		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, n)
+	if r.Length > maxOptionReplyLen {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, r.Length)
 	}
-	data = make([]byte, n)
+	typ = r.Type
+	data = make([]byte, r.Length)
 	_, err = io.ReadFull(h.br, data)
 	return typ, data, err
 }
 
 func optionError(opt, typ uint32, data []byte) error {
-	if typ&repFlagError == 0 {
+	if typ&wire.RepFlagError == 0 {
 		return fmt.Errorf("%w: unexpected reply %d to option %d", ErrProtocol, typ, opt)
 	}
 	return &OptionError{Option: opt, Reply: typ, Message: string(data)}
 }
 
-func newClient(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, error) {
+func newClient(ctx context.Context, nc net.Conn, o Options) (*Client, error) {
 	c := &Client{nc: nc, calls: make(map[uint64]*call), readerDone: make(chan struct{})}
 	err := withDeadline(ctx, nc, func() error { return c.negotiate(o) })
 	if err != nil {
@@ -280,98 +297,95 @@ func newClient(ctx context.Context, nc net.Conn, o ClientOptions) (*Client, erro
 	return c, nil
 }
 
-func (c *Client) negotiate(o ClientOptions) error {
+func (c *Client) negotiate(o Options) error {
 	h, err := startHandshake(c.nc)
 	if err != nil {
 		return err
 	}
 	c.br = h.br
 	if o.StructuredReplies || o.MetaContext {
-		if err := h.sendOption(optStructuredRep, nil); err != nil {
+		if err := h.sendOption(wire.OptStructuredReply, nil); err != nil {
 			return err
 		}
-		typ, data, err := h.readOptionReply(optStructuredRep)
+		typ, data, err := h.readOptionReply(wire.OptStructuredReply)
 		switch {
 		case err != nil:
 			return err
-		case typ == repAck:
+		case typ == wire.RepAck:
 			c.structured = true
-		case typ&repFlagError == 0:
-			return optionError(optStructuredRep, typ, data)
+		case typ&wire.RepFlagError == 0:
+			return optionError(wire.OptStructuredReply, typ, data)
 		}
 	}
 	if o.MetaContext && c.structured {
-		q := appendString(nil, o.ExportName)
-		q = be.AppendUint32(q, 1)
-		q = appendString(q, metaBaseAllocation)
-		if err := h.sendOption(optSetMetaCtx, q); err != nil {
+		q := wire.AppendMetaContextRequest(nil, o.ExportName, wire.MetaBaseAllocation)
+		if err := h.sendOption(wire.OptSetMetaContext, q); err != nil {
 			return err
 		}
 	meta:
 		for {
-			typ, data, err := h.readOptionReply(optSetMetaCtx)
+			typ, data, err := h.readOptionReply(wire.OptSetMetaContext)
 			switch {
 			case err != nil:
 				return err
-			case typ == repMetaContext && len(data) >= 4:
-				if string(data[4:]) == metaBaseAllocation {
+			case typ == wire.RepMetaContext && len(data) >= 4:
+				if string(data[4:]) == wire.MetaBaseAllocation {
 					c.metaID = be.Uint32(data)
 				}
-			case typ == repAck:
+			case typ == wire.RepAck:
 				break meta
 			default:
-				return optionError(optSetMetaCtx, typ, data)
+				return optionError(wire.OptSetMetaContext, typ, data)
 			}
 		}
 	}
 
-	q := appendString(nil, o.ExportName)
-	q = be.AppendUint16(q, 1)
-	q = be.AppendUint16(q, infoBlockSize)
-	if err := h.sendOption(optGo, q); err != nil {
+	q := wire.AppendInfoRequest(nil, o.ExportName, wire.InfoBlockSize)
+	if err := h.sendOption(wire.OptGo, q); err != nil {
 		return err
 	}
 	gotExport := false
 	for {
-		typ, data, err := h.readOptionReply(optGo)
+		typ, data, err := h.readOptionReply(wire.OptGo)
 		if err != nil {
 			return err
 		}
 		switch {
-		case typ == repInfo && len(data) >= 2:
+		case typ == wire.RepInfo && len(data) >= 2:
 			switch be.Uint16(data) {
-			case infoExport:
-				if len(data) != 12 {
+			case wire.InfoExport:
+				size, flags, ok := wire.DecodeInfoExport(data)
+				if !ok {
 					return fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrProtocol, len(data))
 				}
-				c.size, c.flags = be.Uint64(data[2:]), be.Uint16(data[10:])
+				c.size, c.flags = size, flags
 				gotExport = true
-			case infoBlockSize:
+			case wire.InfoBlockSize:
 				if len(data) == 14 {
 					c.blockSize = [3]uint32{be.Uint32(data[2:]), be.Uint32(data[6:]), be.Uint32(data[10:])}
 				}
 			}
-		case typ == repAck:
+		case typ == wire.RepAck:
 			if !gotExport {
 				return fmt.Errorf("%w: NBD_OPT_GO acknowledged without NBD_INFO_EXPORT", ErrProtocol)
 			}
 			return nil
-		case typ == repErrUnsup:
+		case typ == wire.RepErrUnsup:
 			// An old server: fall back to NBD_OPT_EXPORT_NAME.
 			return c.exportName(h, o.ExportName)
 		default:
-			return optionError(optGo, typ, data)
+			return optionError(wire.OptGo, typ, data)
 		}
 	}
 }
 
 func (c *Client) exportName(h *clientHandshake, name string) error {
-	if err := h.sendOption(optExportName, []byte(name)); err != nil {
+	if err := h.sendOption(wire.OptExportName, []byte(name)); err != nil {
 		return err
 	}
-	n := 10
+	n := wire.ExportNameReplyLen
 	if !h.noZeroes {
-		n += exportNameZeroes
+		n += wire.ExportNameZeroes
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(h.br, b); err != nil {
@@ -382,15 +396,10 @@ func (c *Client) exportName(h *clientHandshake, name string) error {
 	return nil
 }
 
-func appendString(b []byte, s string) []byte {
-	b = be.AppendUint32(b, uint32(len(s)))
-	return append(b, s...)
-}
-
 // Size returns the export's size in bytes.
 func (c *Client) Size() uint64 { return c.size }
 
-// Flags returns the export's transmission flags (Flag*).
+// Flags returns the export's transmission flags (wire.Flag*).
 func (c *Client) Flags() uint16 { return c.flags }
 
 // Structured reports whether structured replies were negotiated.
@@ -402,42 +411,43 @@ func (c *Client) BlockSize() (minimum, preferred, maximum uint32) {
 	return c.blockSize[0], c.blockSize[1], c.blockSize[2]
 }
 
-// Read fills buf from the export at off. len(buf) is at most MaxPayload.
+// Read fills buf from the export at off. len(buf) is at most
+// wire.DefaultMaxPayload.
 func (c *Client) Read(ctx context.Context, off uint64, buf []byte) error {
-	if len(buf) > MaxPayload {
+	if len(buf) > wire.DefaultMaxPayload {
 		return fmt.Errorf("nbd: read of %d bytes exceeds the maximum payload", len(buf))
 	}
-	return c.do(ctx, &call{cmd: cmdRead, off: off, length: uint32(len(buf)), buf: buf}, 0, nil)
+	return c.do(ctx, &call{cmd: wire.CmdRead, off: off, length: uint32(len(buf)), buf: buf}, 0, nil)
 }
 
 // Write writes buf to the export at off. flags are command flags
-// (CmdFlagFUA). len(buf) is at most MaxPayload.
+// (wire.CmdFlagFUA). len(buf) is at most wire.DefaultMaxPayload.
 func (c *Client) Write(ctx context.Context, off uint64, buf []byte, flags uint16) error {
-	if len(buf) > MaxPayload {
+	if len(buf) > wire.DefaultMaxPayload {
 		return fmt.Errorf("nbd: write of %d bytes exceeds the maximum payload", len(buf))
 	}
-	return c.do(ctx, &call{cmd: cmdWrite, off: off, length: uint32(len(buf))}, flags, buf)
+	return c.do(ctx, &call{cmd: wire.CmdWrite, off: off, length: uint32(len(buf))}, flags, buf)
 }
 
 // Flush asks the server to persist every write it has answered.
 func (c *Client) Flush(ctx context.Context) error {
-	return c.do(ctx, &call{cmd: cmdFlush}, 0, nil)
+	return c.do(ctx, &call{cmd: wire.CmdFlush}, 0, nil)
 }
 
-// Trim discards length bytes at off. flags may hold CmdFlagFUA.
+// Trim discards length bytes at off. flags may hold wire.CmdFlagFUA.
 func (c *Client) Trim(ctx context.Context, off uint64, length uint32, flags uint16) error {
-	return c.do(ctx, &call{cmd: cmdTrim, off: off, length: length}, flags, nil)
+	return c.do(ctx, &call{cmd: wire.CmdTrim, off: off, length: length}, flags, nil)
 }
 
-// WriteZeroes zeroes length bytes at off. flags may hold CmdFlagFUA,
-// CmdFlagNoHole and CmdFlagFastZero.
+// WriteZeroes zeroes length bytes at off. flags may hold wire.CmdFlagFUA,
+// wire.CmdFlagNoHole and wire.CmdFlagFastZero.
 func (c *Client) WriteZeroes(ctx context.Context, off uint64, length uint32, flags uint16) error {
-	return c.do(ctx, &call{cmd: cmdWriteZeroes, off: off, length: length}, flags, nil)
+	return c.do(ctx, &call{cmd: wire.CmdWriteZeroes, off: off, length: length}, flags, nil)
 }
 
 // Cache asks the server to prefetch length bytes at off.
 func (c *Client) Cache(ctx context.Context, off uint64, length uint32) error {
-	return c.do(ctx, &call{cmd: cmdCache, off: off, length: length}, 0, nil)
+	return c.do(ctx, &call{cmd: wire.CmdCache, off: off, length: length}, 0, nil)
 }
 
 // BlockStatus returns the base:allocation extents from off, covering at
@@ -449,9 +459,9 @@ func (c *Client) BlockStatus(ctx context.Context, off uint64, length uint32, req
 	}
 	var flags uint16
 	if reqOne {
-		flags = CmdFlagReqOne
+		flags = wire.CmdFlagReqOne
 	}
-	ca := &call{cmd: cmdBlockStatus, off: off, length: length}
+	ca := &call{cmd: wire.CmdBlockStatus, off: off, length: length}
 	if err := c.do(ctx, ca, flags, nil); err != nil {
 		return nil, err
 	}
@@ -469,7 +479,7 @@ func (c *Client) do(ctx context.Context, ca *call, flags uint16, payload []byte)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return ErrClientClosed
+		return ErrClosed
 	}
 	if c.err != nil {
 		err := c.err
@@ -506,13 +516,8 @@ func (c *Client) do(ctx context.Context, ca *call, flags uint16, payload []byte)
 
 // send writes one request header and its payload.
 func (c *Client) send(cmd, flags uint16, cookie, off uint64, length uint32, payload []byte) error {
-	var h [requestHeaderLen]byte
-	be.PutUint32(h[0:], magicRequest)
-	be.PutUint16(h[4:], flags)
-	be.PutUint16(h[6:], cmd)
-	be.PutUint64(h[8:], cookie)
-	be.PutUint64(h[16:], off)
-	be.PutUint32(h[24:], length)
+	var h [wire.RequestHeaderLen]byte
+	wire.PutRequest(h[:], wire.Request{Flags: flags, Type: cmd, Cookie: cookie, Offset: off, Length: length})
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if len(payload) == 0 {
@@ -536,7 +541,7 @@ func (c *Client) Close() error {
 	alive := c.err == nil
 	c.mu.Unlock()
 	if alive {
-		if c.send(cmdDisc, 0, 0, 0, 0, nil) == nil {
+		if c.send(wire.CmdDisc, 0, 0, 0, 0, nil) == nil {
 			if cw, ok := c.nc.(interface{ CloseWrite() error }); ok {
 				cw.CloseWrite()
 			}
@@ -548,7 +553,7 @@ func (c *Client) Close() error {
 			t.Stop()
 		}
 	}
-	c.breakConn(ErrClientClosed)
+	c.breakConn(ErrClosed)
 	<-c.readerDone
 	return nil
 }
@@ -573,7 +578,7 @@ func (c *Client) readLoop() {
 	case c.err != nil:
 		err = c.err
 	case c.closed:
-		err = ErrClientClosed
+		err = ErrClosed
 	case errors.Is(err, io.EOF):
 		err = fmt.Errorf("nbd: server closed the connection: %w", err)
 	}
@@ -629,45 +634,46 @@ func (c *Client) fill(ca *call, at, n uint64) error {
 }
 
 func (c *Client) readReplies() error {
-	var h [structuredHeaderLen]byte
+	var h [wire.ChunkHeaderLen]byte
 	var payload []byte
 	for {
 		if _, err := io.ReadFull(c.br, h[:4]); err != nil {
 			return err
 		}
-		switch m := be.Uint32(h[:4]); m {
-		case magicSimpleReply:
-			if _, err := io.ReadFull(c.br, h[4:simpleReplyLen]); err != nil {
+		switch m := wire.Magic(h[:4]); m {
+		case wire.MagicSimpleReply:
+			if _, err := io.ReadFull(c.br, h[4:wire.SimpleReplyLen]); err != nil {
 				return err
 			}
-			code, cookie := be.Uint32(h[4:]), be.Uint64(h[8:])
+			r, _ := wire.DecodeSimpleReply(h[:]) // the magic was checked above
+			code, cookie := r.Error, r.Cookie
 			ca, err := c.lookup(cookie)
 			if err != nil {
 				return err
 			}
 			switch {
 			case code != 0:
-				ca.err = &RemoteError{Errno: errnoFromWire(code)}
-			case ca.cmd == cmdRead && c.structured:
+				ca.err = &RemoteError{Errno: wire.DecodeErrno(code)}
+			case ca.cmd == wire.CmdRead && c.structured:
 				return fmt.Errorf("%w: simple reply with data to a READ after structured replies were negotiated", ErrProtocol)
-			case ca.cmd == cmdRead:
+			case ca.cmd == wire.CmdRead:
 				if err := c.fill(ca, 0, uint64(ca.length)); err != nil {
 					return err
 				}
-			case ca.cmd == cmdBlockStatus:
+			case ca.cmd == wire.CmdBlockStatus:
 				return fmt.Errorf("%w: simple reply to BLOCK_STATUS", ErrProtocol)
 			}
 			c.finish(cookie, ca)
 
-		case magicStructuredReply:
-			if _, err := io.ReadFull(c.br, h[4:structuredHeaderLen]); err != nil {
+		case wire.MagicStructuredReply:
+			if _, err := io.ReadFull(c.br, h[4:wire.ChunkHeaderLen]); err != nil {
 				return err
 			}
 			if !c.structured {
 				return fmt.Errorf("%w: structured reply not negotiated", ErrProtocol)
 			}
-			flags, typ := be.Uint16(h[4:]), be.Uint16(h[6:])
-			cookie, length := be.Uint64(h[8:]), be.Uint32(h[16:])
+			ch, _ := wire.DecodeChunk(h[:]) // the magic was checked above
+			flags, typ, cookie, length := ch.Flags, ch.Type, ch.Cookie, ch.Length
 			ca, err := c.lookup(cookie)
 			if err != nil {
 				return err
@@ -675,7 +681,7 @@ func (c *Client) readReplies() error {
 			if length > maxChunkLen {
 				return fmt.Errorf("%w: reply chunk of %d bytes", ErrProtocol, length)
 			}
-			if typ == replyTypeOffsetData {
+			if typ == wire.ReplyTypeOffsetData {
 				if err := c.offsetData(ca, length); err != nil {
 					return err
 				}
@@ -691,12 +697,12 @@ func (c *Client) readReplies() error {
 					return err
 				}
 			}
-			if flags&replyFlagDone != 0 {
+			if flags&wire.ReplyFlagDone != 0 {
 				if ca.err == nil {
 					switch {
-					case ca.cmd == cmdRead && ca.covered != uint64(ca.length):
+					case ca.cmd == wire.CmdRead && ca.covered != uint64(ca.length):
 						ca.err = fmt.Errorf("%w: READ reply covers %d of %d bytes", ErrProtocol, ca.covered, ca.length)
-					case ca.cmd == cmdBlockStatus && len(ca.extents) == 0:
+					case ca.cmd == wire.CmdBlockStatus && len(ca.extents) == 0:
 						ca.err = fmt.Errorf("%w: BLOCK_STATUS reply without extents", ErrProtocol)
 					}
 				}
@@ -712,7 +718,7 @@ func (c *Client) readReplies() error {
 // offsetData handles an NBD_REPLY_TYPE_OFFSET_DATA chunk, reading its data
 // straight into the caller's buffer.
 func (c *Client) offsetData(ca *call, length uint32) error {
-	if ca.cmd != cmdRead || length < 9 {
+	if ca.cmd != wire.CmdRead || length < 9 {
 		return fmt.Errorf("%w: bad OFFSET_DATA chunk", ErrProtocol)
 	}
 	var o [8]byte
@@ -733,12 +739,12 @@ func (c *Client) offsetData(ca *call, length uint32) error {
 // chunk handles a structured reply chunk other than OFFSET_DATA.
 func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 	switch typ {
-	case replyTypeNone:
+	case wire.ReplyTypeNone:
 		if len(p) != 0 {
 			return fmt.Errorf("%w: NONE chunk with data", ErrProtocol)
 		}
-	case replyTypeOffsetHole:
-		if ca.cmd != cmdRead || len(p) != 12 {
+	case wire.ReplyTypeOffsetHole:
+		if ca.cmd != wire.CmdRead || len(p) != 12 {
 			return fmt.Errorf("%w: bad OFFSET_HOLE chunk", ErrProtocol)
 		}
 		off, n := be.Uint64(p), uint64(be.Uint32(p[8:]))
@@ -751,8 +757,8 @@ func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 		}
 		c.mu.Unlock()
 		ca.covered += n
-	case replyTypeBlockStatus:
-		if ca.cmd != cmdBlockStatus || len(p) < 12 || (len(p)-4)%8 != 0 {
+	case wire.ReplyTypeBlockStatus:
+		if ca.cmd != wire.CmdBlockStatus || len(p) < 12 || (len(p)-4)%8 != 0 {
 			return fmt.Errorf("%w: bad BLOCK_STATUS chunk", ErrProtocol)
 		}
 		if be.Uint32(p) != c.metaID {
@@ -768,18 +774,19 @@ func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 			pos += n
 		}
 	default:
-		if typ&replyTypeErrorBit == 0 {
+		if typ&wire.ReplyTypeErrorBit == 0 {
 			return fmt.Errorf("%w: unknown reply chunk type %d", ErrProtocol, typ)
 		}
-		if len(p) < 6 {
+		if len(p) < wire.ErrorChunkLen {
 			return fmt.Errorf("%w: error chunk of %d bytes", ErrProtocol, len(p))
 		}
 		code, mlen := be.Uint32(p), int(be.Uint16(p[4:]))
-		if mlen > len(p)-6 {
+		msg := p[wire.ErrorChunkLen:]
+		if mlen > len(msg) {
 			return fmt.Errorf("%w: error message longer than its chunk", ErrProtocol)
 		}
 		if ca.err == nil {
-			ca.err = &RemoteError{Errno: errnoFromWire(code), Message: string(p[6 : 6+mlen])}
+			ca.err = &RemoteError{Errno: wire.DecodeErrno(code), Message: string(msg[:mlen])}
 		}
 	}
 	return nil
