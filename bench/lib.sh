@@ -87,14 +87,20 @@ stackd_config() {
 	printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack:\n%s\n' "$1" "$2"
 }
 
-# default_stack SIZE-MIB [LEAF-SETTINGS] prints the default stack, for
+# default_stack SIZE-MIB [LEG-LATENCY] prints the default stack, for
 # stackd_config: split 1 MiB -> stripe 64 KiB x 4 -> memory, SIZE-MIB in
-# all; LEAF-SETTINGS is added to every memory leaf, e.g. ", delay: 1ms".
+# all. With a latency (such as 1ms), each memory leg sits under a
+# delay layer that holds reads and writes that long, as nbdkit's delay
+# filter does with delay-read and delay-write.
 default_stack() {
 	local leg=$(($1 / 4)) i
 	printf '      split:\n        max_bytes: 1MiB\n        leg:\n          stripe:\n            chunk: 64KiB\n            legs:\n'
 	for i in 1 2 3 4; do
-		printf '              - memory: {size: %dMiB%s}\n' "$leg" "${2:-}"
+		if [[ -n ${2:-} ]]; then
+			printf '              - delay: {read: %s, write: %s, leg: {memory: {size: %dMiB}}}\n' "$2" "$2" "$leg"
+		else
+			printf '              - memory: {size: %dMiB}\n' "$leg"
+		fi
 	done
 }
 

@@ -30,7 +30,7 @@
 #   go-nbd          bench/gonbd-server: go-nbd's server.Handle + memory backend
 # The workloads that workloads.tsv marks `delayed` (the 1 ms leg) run
 # against delayed twins of three of them:
-#   stackd-default with `delay: 1ms` on its four memory leaves, nbdkit
+#   stackd-default with a 1ms delay layer over each memory leg, nbdkit
 #   memory under --filter=delay (delay-read=1ms delay-write=1ms), and
 #   gonbd-server -delay 1ms. The other columns are n/a for that row.
 #
@@ -166,7 +166,7 @@ start() {
 	stackd-default | stackd-default-p1)
 		config "$name" "$(default_stack "$SIZE_MIB")" ;;
 	stackd-default-delay)
-		config "$name" "$(default_stack "$SIZE_MIB" ", delay: 1ms")" ;;
+		config "$name" "$(default_stack "$SIZE_MIB" 1ms)" ;;
 	stackd-memory)
 		config "$name" "      memory: {size: ${SIZE_MIB}MiB}" ;;
 	stackd-file)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -36,9 +37,6 @@ const (
 	// MaxStringLen bounds export names and descriptions: the NBD
 	// protocol forbids longer strings (doc/proto.md, "Conventions").
 	MaxStringLen = 4096
-	// MaxPoolCapacity bounds a layer's pool: beyond a million bios a pool
-	// is no longer a meaningful bound.
-	MaxPoolCapacity = 1 << 20
 
 	// DefaultSource is the Source of the configuration Default returns.
 	DefaultSource = "<embedded default>"
@@ -143,6 +141,8 @@ type Export struct {
 	Default bool
 	// Stack describes the layers and targets that serve the export.
 	Stack stack.Spec
+	// line is the stack's, for problems with the export's size.
+	line int
 }
 
 // Export returns the export called name; the empty name selects the
@@ -174,7 +174,7 @@ func (e *Error) Error() string {
 	return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
 }
 
-// Load reads and parses the configuration file at path. Relative file
+// Load reads and parses the configuration file at path (see Parse). Relative file
 // paths inside it are taken relative to the file's directory.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -187,8 +187,8 @@ func Load(path string) (*Config, error) {
 // Parse parses and validates a configuration. source names it in error
 // messages and anchors relative file paths (relative to filepath.Dir of
 // source; to the working directory when source is in angle brackets, as
-// DefaultSource is). Parse checks the files that file targets name (they
-// must exist, or be creatable) but creates or changes nothing.
+// DefaultSource is). Parse is a pure function of its arguments: it looks
+// at no file. CheckHost checks what the configuration needs of the host.
 //
 // The error, if any, joins one *Error per problem found (errors.Join), in
 // line order.
@@ -201,6 +201,25 @@ func Parse(source string, data []byte) (*Config, error) {
 	c.Source = source
 	c.Limits = c.Limits.WithDefaults()
 	return c, nil
+}
+
+// CheckHost checks what c needs of this host: that the files its file
+// targets name exist, or can be created, and can be opened as their
+// exports need; that no file backs two legs; and, with the sizes of
+// existing files learnt, that the legs of every layer fit together. It
+// creates or changes nothing. `stackd check` and `stackd serve` both run
+// it, so that they never disagree. Its error is of the form Parse's.
+func (c *Config) CheckHost() error {
+	d := newDecoder(c.Source)
+	var h stack.Host
+	var p settings.Problems
+	for _, e := range c.Exports {
+		h.Export, h.ReadOnly = e.Name, e.ReadOnly
+		h.CheckHost(e.Stack, &p)
+		d.checkSize(&p, e)
+	}
+	d.add(p.Err())
+	return d.err()
 }
 
 //go:embed default.yaml
@@ -235,6 +254,11 @@ func (l Limits) ServerOptions() nbd.Options {
 		ConnectionPayload:       l.ConnectionPayload,
 		ReplyTimeout:            l.ReplyTimeout,
 	}
+}
+
+// Build builds e's stack, its leaves read-only if e is.
+func (e Export) Build() (*stack.Stack, error) {
+	return stack.Build(e.Name, e.Stack, stack.BuildOptions{ReadOnly: e.ReadOnly})
 }
 
 // ServerExport returns the nbd export e describes, served by dev (the root

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/nbd"
+	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/stack"
 )
 
@@ -41,19 +42,13 @@ func TestDefault(t *testing.T) {
 	if e.Name != "default" || !e.Default || e.ReadOnly {
 		t.Errorf("export %q default=%v read_only=%v", e.Name, e.Default, e.ReadOnly)
 	}
-	mem := stack.Spec{Kind: stack.KindMemory, Size: 256 << 20}
-	want := stack.Spec{
-		Kind: stack.KindSplit, MaxBytes: 1 << 20,
-		Legs: []stack.Spec{{
-			Kind: stack.KindStripe, Chunk: 64 << 10,
-			Legs: []stack.Spec{mem, mem, mem, mem},
-		}},
+	mem := "memory 256MiB()"
+	want := "split 1GiB max_bytes=1MiB pool=1024(stripe 1GiB chunk=64KiB legs=4 pool=1024(" + strings.Repeat(mem, 4) + "))"
+	if got := specString(e.Stack); got != want {
+		t.Errorf("Stack = %s\nwant %s", got, want)
 	}
-	if !reflect.DeepEqual(e.Stack, want) {
-		t.Errorf("Stack = %+v\nwant %+v", e.Stack, want)
-	}
-	if size, err := StackSize(e.Stack); err != nil || size != 1<<30 {
-		t.Errorf("StackSize = %d, %v; want 1GiB", size, err)
+	if size, ok := e.Stack.Size(); !ok || size != 1<<30 {
+		t.Errorf("Size = %d, %v; want 1GiB", size, ok)
 	}
 	if got, ok := c.Export(""); !ok || got.Name != "default" {
 		t.Errorf(`Export("") = %v, %v`, got, ok)
@@ -97,11 +92,11 @@ func TestFormatTreeAttributes(t *testing.T) {
 		          - split:
 		              max_bytes: 4KiB
 		              boundary: 64KiB
-		              leg: {memory: {size: 1MiB, chunk: 64KiB, delay: 2ms}}
-		          - null: {size: 1536MiB, delay: 1us}
+		              leg: {memory: {size: 1MiB, chunk: 64KiB}}
+		          - null: {size: 1536MiB}
 		  - name: b
 		    stack: {null: {size: 512}}`), "IMG", img)
-	c, err := Parse("test.yaml", []byte(src))
+	c, err := parseAndCheck("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,66 +107,12 @@ func TestFormatTreeAttributes(t *testing.T) {
 		"  linear 1573896KiB legs=3 pool=2 rescuer=off\n" +
 		"    file 8KiB path=\"" + img + "\"\n" +
 		"    split 1MiB max_bytes=4KiB boundary=64KiB pool=1024\n" +
-		"      memory 1MiB chunk=64KiB delay=2ms\n" +
-		"    null 1536MiB delay=1µs\n" +
+		"      memory 1MiB chunk=64KiB\n" +
+		"    null 1536MiB\n" +
 		"b (512B)\n" +
 		"  null 512B\n"
 	if b.String() != want {
 		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
-	}
-}
-
-func TestSizes(t *testing.T) {
-	for _, c := range []struct {
-		in   string
-		n    uint64
-		back string
-	}{
-		{"0", 0, "0B"},
-		{"512", 512, "512B"},
-		{"1000", 1000, "1000B"},
-		{"1024", 1024, "1KiB"},
-		{"4KiB", 4 << 10, "4KiB"},
-		{"4K", 4 << 10, "4KiB"},
-		{"4 KiB", 4 << 10, "4KiB"},
-		{" 64KiB ", 64 << 10, "64KiB"},
-		{"1536KiB", 1536 << 10, "1536KiB"},
-		{"1MiB", 1 << 20, "1MiB"},
-		{"256M", 256 << 20, "256MiB"},
-		{"1GiB", 1 << 30, "1GiB"},
-		{"1536MiB", 1536 << 20, "1536MiB"},
-		{"1G", 1 << 30, "1GiB"},
-		{"2TiB", 2 << 40, "2TiB"},
-		{"3T", 3 << 40, "3TiB"},
-		{"2048GiB", 2 << 40, "2TiB"},
-		{"100B", 100, "100B"},
-		{"16777215TiB", 16777215 << 40, "16777215TiB"},
-		{"18446744073709551615", 1<<64 - 1, "18446744073709551615B"},
-	} {
-		n, err := ParseSize(c.in)
-		if err != nil || n != c.n {
-			t.Errorf("ParseSize(%q) = %d, %v; want %d", c.in, n, err, c.n)
-			continue
-		}
-		if got := FormatSize(n); got != c.back {
-			t.Errorf("FormatSize(%d) = %q, want %q", n, got, c.back)
-		}
-		if again, err := ParseSize(FormatSize(n)); err != nil || again != n {
-			t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), again, err)
-		}
-	}
-	for _, bad := range []string{"", "KiB", "-1", "1.5GiB", "1MB", "1kB", "1 mib", "1Mb", "1e9", "0x10", "16777216TiB", "99999999999999999999"} {
-		if n, err := ParseSize(bad); err == nil {
-			t.Errorf("ParseSize(%q) = %d, want an error", bad, n)
-		}
-	}
-	// Every power of two and its neighbours survive a round trip.
-	for shift := 0; shift < 64; shift++ {
-		for _, n := range []uint64{1 << shift, 1<<shift + 512, 3 << shift >> 1} {
-			if back, err := ParseSize(FormatSize(n)); err != nil || back != n {
-				t.Errorf("round trip of %d through %q gave %d, %v", n, FormatSize(n), back, err)
-			}
-		}
 	}
 }
 
@@ -203,7 +144,7 @@ func TestSpecMapping(t *testing.T) {
 		            chunk: 4KiB
 		            pool: {capacity: 1, rescuer: false}
 		            legs:
-		              - &leg {memory: {size: 1MiB, chunk: 8KiB, delay: 1ms}}
+		              - &leg {memory: {size: 1MiB, chunk: 8KiB}}
 		              - *leg
 		  - name: second
 		    default: true
@@ -213,13 +154,16 @@ func TestSpecMapping(t *testing.T) {
 		        legs:
 		          - null: {size: 4KiB}
 		          - null:
-		              size: 2GiB
-		              delay: 0s`)
+		              size: 2GiB`)
 	c, err := Parse("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
 	}
-	mem := stack.Spec{Kind: stack.KindMemory, Size: 1 << 20, Chunk: 8 << 10, Delay: time.Millisecond}
+	mem := "memory 1MiB chunk=8KiB()"
+	wantStacks := []string{
+		"split 2MiB max_bytes=128KiB pool=64(stripe 2MiB chunk=4KiB legs=2 pool=1 rescuer=off(" + mem + mem + "))",
+		"linear 2097156KiB legs=2 pool=1024(null 4KiB()null 2GiB())",
+	}
 	want := &Config{
 		Listeners:      []Listener{{"tcp", ":10809"}, {"unix", "/run/stackd/nbd.sock"}},
 		MetricsAddress: "[::1]:9810",
@@ -231,26 +175,20 @@ func TestSpecMapping(t *testing.T) {
 		Exports: []Export{
 			{
 				Name: "first", Description: "the first",
-				Stack: stack.Spec{
-					Kind: stack.KindSplit, MaxBytes: 128 << 10, Pool: stack.PoolSpec{Capacity: 64},
-					Legs: []stack.Spec{{
-						Kind: stack.KindStripe, Chunk: 4 << 10, Pool: stack.PoolSpec{Capacity: 1, NoRescuer: true},
-						Legs: []stack.Spec{mem, mem},
-					}},
-				},
 			},
 			{
 				Name: "second", Default: true, ReadOnly: true,
-				Stack: stack.Spec{
-					Kind: stack.KindLinear,
-					Legs: []stack.Spec{
-						{Kind: stack.KindNull, Size: 4 << 10},
-						{Kind: stack.KindNull, Size: 2 << 30},
-					},
-				},
 			},
 		},
 		Source: "test.yaml",
+	}
+	for i := range c.Exports {
+		if i < len(wantStacks) {
+			if got := specString(c.Exports[i].Stack); got != wantStacks[i] {
+				t.Errorf("export %d: Stack = %s\nwant %s", i, got, wantStacks[i])
+			}
+		}
+		c.Exports[i].Stack, c.Exports[i].line = stack.Spec{}, 0
 	}
 	if !reflect.DeepEqual(c, want) {
 		t.Errorf("Parse:\n got %+v\nwant %+v", c, want)
@@ -317,7 +255,7 @@ func TestLimitDefaults(t *testing.T) {
 		}
 		// What Parse accepts, the server must too: the two check the
 		// same bounds in two places.
-		st, err := stack.Build("a", cfg.Exports[0].Stack)
+		st, err := cfg.Exports[0].Build()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -383,7 +321,7 @@ func TestLoad(t *testing.T) {
 	if c.Source != path {
 		t.Errorf("Source = %q, want %q", c.Source, path)
 	}
-	if got, want := c.Exports[0].Stack.Path, filepath.Join(dir, "disk.img"); got != want {
+	if got, want := c.Exports[0].Stack.Config.(*stack.FileConfig).Path.S, filepath.Join(dir, "disk.img"); got != want {
 		t.Errorf("Path = %q, want %q", got, want)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "disk.img")); !errors.Is(err, os.ErrNotExist) {
@@ -436,7 +374,7 @@ func TestExamples(t *testing.T) {
 				t.Fatal(err)
 			}
 			data = bytes.ReplaceAll(data, []byte("/var/lib/stackd"), []byte(dir))
-			c, err := Parse(path, data)
+			c, err := parseAndCheck(path, data)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -450,165 +388,6 @@ func TestExamples(t *testing.T) {
 			}
 		})
 	}
-}
-
-// TestFileErrors covers the checks Parse makes of file targets on disk.
-func TestFileErrors(t *testing.T) {
-	mkfile := func(name string, size int64) func(*testing.T, string) {
-		return func(t *testing.T, dir string) {
-			path := filepath.Join(dir, name)
-			if err := os.WriteFile(path, nil, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			if err := os.Truncate(path, size); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	runErrorCases(t, []errorCase{
-		{
-			name: "file without path",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {size: 1MiB}`,
-			want: `test.yaml:4: file needs "path"`,
-		},
-		{
-			name: "file with empty path",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: "", size: 1MiB}`,
-			want: `test.yaml:4: file path must not be empty`,
-		},
-		{
-			name: "missing file without size",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/a.img`,
-			want: `test.yaml:5: file $DIR/a.img does not exist; give a size for stackd to create it with`,
-		},
-		{
-			name: "missing file in a missing directory",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/sub/a.img
-				        size: 1MiB`,
-			want: `test.yaml:5: file $DIR/sub/a.img does not exist, and neither does its directory $DIR/sub`,
-		},
-		{
-			name: "missing file on a read-only export",
-			yaml: `
-				exports:
-				  - name: a
-				    read_only: true
-				    stack:
-				      file:
-				        path: $DIR/a.img
-				        size: 1MiB`,
-			want: `test.yaml:6: file $DIR/a.img does not exist, and a read-only export cannot create it`,
-		},
-		{
-			name:  "existing file smaller than its size",
-			setup: mkfile("a.img", 1<<20),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file:
-				        path: $DIR/a.img
-				        size: 2MiB`,
-			want: `test.yaml:6: file $DIR/a.img is 1MiB, smaller than its configured size 2MiB; grow it (truncate -s 2MiB $DIR/a.img) or give a smaller size`,
-		},
-		{
-			name:  "existing empty file without size",
-			setup: mkfile("a.img", 0),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR/a.img}`,
-			want: `test.yaml:4: file $DIR/a.img is empty; give a size and grow the file to it (truncate -s SIZE $DIR/a.img)`,
-		},
-		{
-			name:  "existing file of odd size without size",
-			setup: mkfile("a.img", 1000),
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR/a.img}`,
-			want: `test.yaml:4: file $DIR/a.img is 1000 bytes, not a multiple of 512; give a size to serve a prefix of it`,
-		},
-		{
-			name: "directory as a file",
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      file: {path: $DIR, size: 1MiB}`,
-			want: `test.yaml:4: $DIR is a directory`,
-		},
-		{
-			name: "file used twice",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {path: $DIR/x.img, size: 1MiB}}
-				  - name: b
-				    stack:
-				      linear:
-				        legs:
-				          - file: {path: $DIR/y.img, size: 1MiB}
-				          - file: {path: $DIR/sub/../x.img, size: 1MiB}`,
-			want: `test.yaml:9: file $DIR/x.img is already used at line 3 (export "a"); a file can back only one leg`,
-		},
-		{
-			name: "file used twice through a symlink",
-			setup: func(t *testing.T, dir string) {
-				mkfile("x.img", 1<<20)(t, dir)
-				if err := os.Symlink(filepath.Join(dir, "x.img"), filepath.Join(dir, "link.img")); err != nil {
-					t.Fatal(err)
-				}
-			},
-			yaml: `
-				exports:
-				  - name: a
-				    stack:
-				      stripe:
-				        chunk: 4KiB
-				        legs:
-				          - file: {path: $DIR/x.img}
-				          - file: {path: $DIR/link.img}`,
-			want: `test.yaml:8: file $DIR/link.img is already used at line 7 (export "a"); a file can back only one leg`,
-		},
-		{
-			name: "file size not a multiple of 512",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {path: $DIR/a.img, size: 1000}}`,
-			want: `test.yaml:3: file size: 1000B is not a multiple of 512 bytes`,
-		},
-		{
-			name: "unknown file key",
-			yaml: `
-				exports:
-				  - name: a
-				    stack: {file: {name: $DIR/a.img, size: 1MiB}}`,
-			want: "test.yaml:3: unknown key \"name\" in file (want path, size, delay)\n" +
-				`test.yaml:3: file needs "path"`,
-		},
-	})
 }
 
 // TestFileAccepted covers file targets Parse accepts, and the sizes it
@@ -633,13 +412,13 @@ func TestFileAccepted(t *testing.T) {
 	} {
 		src := strings.NewReplacer("IMG", img, "DIR", dir).Replace(
 			"exports:\n  - name: a\n    stack: " + c.stack + "\n")
-		cfg, err := Parse("test.yaml", []byte(src))
+		cfg, err := parseAndCheck("test.yaml", []byte(src))
 		if err != nil {
 			t.Errorf("%s: %v", c.name, err)
 			continue
 		}
-		if n, err := StackSize(cfg.Exports[0].Stack); err != nil || n != c.size {
-			t.Errorf("%s: StackSize = %d, %v; want %d", c.name, n, err, c.size)
+		if n, ok := cfg.Exports[0].Stack.Size(); !ok || n != c.size {
+			t.Errorf("%s: Size = %d, %v; want %d", c.name, n, ok, c.size)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(dir, "new.img")); !errors.Is(err, os.ErrNotExist) {
@@ -678,7 +457,7 @@ func TestUnwritableFile(t *testing.T) {
 		t.Skip("cannot make a file unwritable here")
 	}
 	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + img + "}\n"
-	_, err := Parse("test.yaml", []byte(src))
+	_, err := parseAndCheck("test.yaml", []byte(src))
 	wantPrefix := "test.yaml:4: file " + img + " is not writable ("
 	wantSuffix := "); mark the export read_only: true, or make the file writable"
 	if err == nil || !strings.HasPrefix(err.Error(), wantPrefix) || !strings.HasSuffix(err.Error(), wantSuffix) {
@@ -686,7 +465,7 @@ func TestUnwritableFile(t *testing.T) {
 	}
 	// Read-only, it is fine.
 	src = "exports:\n  - name: a\n    read_only: true\n    stack:\n      file: {path: " + img + "}\n"
-	if _, err := Parse("test.yaml", []byte(src)); err != nil {
+	if _, err := parseAndCheck("test.yaml", []byte(src)); err != nil {
 		t.Errorf("read-only export of an unwritable file: %v", err)
 	}
 }
@@ -701,10 +480,34 @@ func TestUnwritableDirectory(t *testing.T) {
 		t.Fatal(err)
 	}
 	src := "exports:\n  - name: a\n    stack:\n      file: {path: " + sub + "/a.img, size: 1MiB}\n"
-	_, err := Parse("test.yaml", []byte(src))
+	_, err := parseAndCheck("test.yaml", []byte(src))
 	want := "test.yaml:4: file " + sub + "/a.img does not exist, and its directory " + sub +
 		" is not writable (permission denied), so stackd cannot create it"
 	if err == nil || err.Error() != want {
 		t.Errorf("got %v\nwant %s", err, want)
 	}
+}
+
+// specString describes a stack as its kinds ask `stackd check` to print
+// it, each node followed by its legs in parentheses.
+func specString(s stack.Spec) string {
+	n, ok := s.Size()
+	size := "size unknown"
+	if ok {
+		size = settings.FormatSize(n)
+	}
+	out := strings.Join(append([]string{s.Kind(), size}, s.Config.Describe()...), " ") + "("
+	for _, l := range s.Config.LegSpecs() {
+		out += specString(l)
+	}
+	return out + ")"
+}
+
+// parseAndCheck is what `stackd check` does: Parse, then CheckHost.
+func parseAndCheck(source string, data []byte) (*Config, error) {
+	c, err := Parse(source, data)
+	if err != nil {
+		return nil, err
+	}
+	return c, c.CheckHost()
 }

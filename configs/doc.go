@@ -48,46 +48,28 @@
 // A stack node is a mapping with exactly one key, its kind; the value
 // holds the kind's settings:
 //
-//	split:  {max_bytes, boundary, pool, leg}
-//	    Cuts reads and writes into pieces of at most max_bytes (required,
-//	    at least 512, a multiple of 512) that do not cross a multiple of
-//	    boundary (optional; 0, the default, for none; else a multiple of
-//	    512). Trims, zeroes and cache requests carry no payload and are cut
-//	    at boundary only; block status passes whole. leg is exactly one
-//	    stack node.
-//	stripe: {chunk, pool, legs}
-//	    RAID0: chunk (required, a multiple of 512) bytes to each leg in
-//	    turn. legs is a list of at least 2 stack nodes of the same size,
-//	    each at least one chunk. Its size is the number of legs times the
-//	    leg size rounded down to a multiple of chunk.
-//	linear: {pool, legs}
-//	    legs (a list of at least 1 stack node, of any sizes) end to end;
-//	    its size is their sum.
-//	memory: {size, chunk, delay}
-//	    RAM, allocated as it is written. size is required. chunk, the
-//	    allocation unit, is optional: a power of two, at least 4KiB.
-//	null:   {size, delay}
-//	    Discards writes and reads zeroes. size is required.
-//	file:   {path, size, delay}
-//	    A regular file or block device. path is required; a relative path
-//	    is relative to the configuration file's directory. An existing
-//	    file must be readable, writable unless the export is read_only,
-//	    and at least size bytes (size may be left out: the file's size).
-//	    A missing file is created at size (then required) when stackd
-//	    starts; its directory must exist and be writable, and the export
-//	    must not be read_only. A file may back only one leg in the whole
-//	    configuration.
+//	split:
+//	  max_bytes: 1MiB
+//	  leg: {memory: {size: 1GiB}}
 //
-// Every layer (split, stripe, linear) takes an optional pool:
+// Each kind is described in one file of package stack, by its settings
+// struct (stack.SplitConfig for split, stack.FileConfig for file, …),
+// whose field comments are the reference for the kind's keys and the
+// rules its values follow; the README's table lists the kinds. Every
+// layer takes an optional pool:
 //
 //	pool: {capacity: 1024, rescuer: true}
 //
 // capacity is the number of requests (bios) the layer's pool holds, 1 to
 // 1048576 (default 1024); rescuer (default true) turns the layer's rescuer
 // on or off. Turn it off only to demonstrate the deadlock it prevents.
-//
-// delay (leaves only) adds latency to each request, to model a slow leg.
 // All leaf sizes are positive multiples of 512.
+//
+// # Bounds
+//
+// A configuration is refused if it expands, through its aliases, to more
+// than MaxYAMLNodes YAML nodes, if its stacks have more than MaxStackNodes
+// nodes in all, or if a stack is deeper than MaxStackDepth nodes.
 //
 // # Values
 //
@@ -106,7 +88,12 @@
 //
 // # Errors
 //
-// Parse reports every problem it finds, each as "FILE:LINE: reason", the
+// Parse is pure: it decodes and checks the configuration itself, and
+// looks at no file. Config.CheckHost then checks what the configuration
+// needs of the host (files exist or can be created, can be opened as
+// their exports need, and are large enough); `stackd check` and `stackd
+// serve` both run the two. Both report every problem they find, each as
+// "FILE:LINE: reason", the
 // line being the offending value's, or for a missing key the first line
 // of the mapping that lacks it. Unknown keys are errors at every level, so
 // a misspelt key is never silently ignored.

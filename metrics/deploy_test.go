@@ -20,7 +20,6 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/stackd/stackd/configs"
-	"github.com/stackd/stackd/stack"
 )
 
 const deployDir = "../deploy"
@@ -381,7 +380,7 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("metrics address %q, want the one deploy/prometheus scrapes", cfg.MetricsAddress)
 	}
 	for _, e := range cfg.Exports {
-		st, err := stack.Build(e.Name, e.Stack)
+		st, err := e.Build()
 		if err != nil {
 			t.Fatalf("export %s: %v", e.Name, err)
 		}

@@ -15,7 +15,6 @@ import (
 	"github.com/stackd/stackd/configs"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
-	"github.com/stackd/stackd/stack"
 )
 
 // ioTimeout bounds every blocking step of a test.
@@ -53,7 +52,7 @@ func startRigConfig(tb testing.TB, cfg *configs.Config, observe bool, o Options)
 	}
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := stack.Build(e.Name, e.Stack)
+		st, err := e.Build()
 		if err != nil {
 			tb.Fatal(err)
 		}

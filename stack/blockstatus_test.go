@@ -21,17 +21,17 @@ const replySlots = 256
 const holeZero = bioset.ExtentHole | bioset.ExtentZero
 
 // memLeg is a RAM leaf of the default allocation chunk (64 KiB).
-func memLeg(size uint64) Spec { return Spec{Kind: KindMemory, Size: size} }
+func memLeg(size uint64) Spec { return memorySpec(size, 0) }
 
 // defaultShape is configs/default.yaml's stack (a 1 MiB split over a
 // 4-way 64 KiB stripe) over RAM legs of legSize bytes, with boundary on
 // the split.
 func defaultShape(legSize, boundary uint64) Spec {
-	stripe := Spec{Kind: KindStripe, Chunk: 64 * kib}
+	var legs []Spec
 	for range 4 {
-		stripe.Legs = append(stripe.Legs, memLeg(legSize))
+		legs = append(legs, memLeg(legSize))
 	}
-	return Spec{Kind: KindSplit, MaxBytes: mib, Boundary: boundary, Legs: []Spec{stripe}}
+	return splitSpec(mib, boundary, PoolSpec{}, stripeSpec(64*kib, PoolSpec{}, legs...))
 }
 
 // blockStatus asks dev about [off, off+n) with slots result slots and
@@ -134,9 +134,9 @@ func mapDevice(t *testing.T, s *bioset.Submitter, dev Device, off, n uint64) ([]
 // allow. Before a split passed BLOCK_STATUS whole and layers merged what
 // their legs answered, a request of the default shape answered for 64 KiB.
 func TestBlockStatusWholeDevice(t *testing.T) {
-	stripeOf := func(chunk uint64, legs ...Spec) Spec { return Spec{Kind: KindStripe, Chunk: chunk, Legs: legs} }
-	linearOf := func(legs ...Spec) Spec { return Spec{Kind: KindLinear, Legs: legs} }
-	splitOver := func(leg Spec) Spec { return Spec{Kind: KindSplit, MaxBytes: mib, Legs: []Spec{leg}} }
+	stripeOf := func(chunk uint64, legs ...Spec) Spec { return stripeSpec(chunk, PoolSpec{}, legs...) }
+	linearOf := func(legs ...Spec) Spec { return linearSpec(PoolSpec{}, legs...) }
+	splitOver := func(leg Spec) Spec { return splitSpec(mib, 0, PoolSpec{}, leg) }
 	m := memLeg
 	for _, tc := range []struct {
 		name string
@@ -158,7 +158,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 			stripeOf(64*kib, m(128*mib), m(128*mib)), stripeOf(64*kib, m(128*mib), m(128*mib)))), 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := Build("bs", tc.spec)
+			st, err := Build("bs", tc.spec, BuildOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,7 +215,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 // from the start, if a shorter one; from 16 slots on the default shape
 // answers for the whole device here.
 func TestBlockStatusFewSlots(t *testing.T) {
-	st, err := Build("bs", defaultShape(256*mib, 0))
+	st, err := Build("bs", defaultShape(256*mib, 0), BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +253,7 @@ func TestNoPayloadOpsWhole(t *testing.T) {
 	const n = 4*gib - 64*kib
 	for _, boundary := range []uint64{0, 256 * mib} {
 		t.Run(fmt.Sprintf("boundary=%d", boundary), func(t *testing.T) {
-			st, err := Build("bs", defaultShape(gib, boundary))
+			st, err := Build("bs", defaultShape(gib, boundary), BuildOptions{})
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	"github.com/stackd/stackd/bioset"
-	"github.com/stackd/stackd/targets"
 )
 
 // Node is one layer or target of a built stack.
@@ -17,13 +16,17 @@ type Node struct {
 	Path string
 	Kind string
 	Dev  Device
-	// Pool is the layer's BioSet; nil for a target.
+	// Pool is the layer's BioSet; nil for a target, and for a layer that
+	// allocates no bios.
 	Pool *bioset.BioSet
 	// Stats counts the bios that entered the node.
 	Stats *NodeStats
 	// errorSources are the targets at or below the node that count the
 	// bios they fail.
 	errorSources []errorSource
+	// target: the node has no legs. (A layer may have no pool: one that
+	// only holds bios and remaps them allocates none.)
+	target bool
 }
 
 type errorSource interface{ Errors() uint64 }
@@ -44,6 +47,7 @@ type Stack struct {
 	Root Device
 	// Nodes lists every node, parents before their legs.
 	Nodes []Node
+	opts  BuildOptions
 }
 
 // Close closes every node, top down, once no bio is in flight.
@@ -57,11 +61,19 @@ func (st *Stack) Close() error {
 	return errors.Join(errs...)
 }
 
+// BuildOptions are what a stack's nodes learn from the export it serves.
+type BuildOptions struct {
+	// ReadOnly: the export refuses writes, so the leaves open what they
+	// serve read-only (a file an export may not write can then be
+	// served: one only root may read, or one made immutable).
+	ReadOnly bool
+}
+
 // Build creates the devices that spec describes, for the export called
 // name. On error, whatever was already built is closed.
-func Build(name string, spec Spec) (*Stack, error) {
-	st := &Stack{}
-	root, err := st.build(name+"/"+spec.Kind, spec)
+func Build(name string, spec Spec, o BuildOptions) (*Stack, error) {
+	st := &Stack{opts: o}
+	root, err := st.build(name+"/"+spec.Kind(), spec)
 	if err != nil {
 		st.Close()
 		return nil, err
@@ -71,12 +83,15 @@ func Build(name string, spec Spec) (*Stack, error) {
 }
 
 func (st *Stack) build(path string, spec Spec) (Device, error) {
+	if spec.Config == nil {
+		return nil, fmt.Errorf("%s: a node with no kind", path)
+	}
 	var legs []Device
 	first := len(st.Nodes)
-	for i, l := range spec.Legs {
+	for i, l := range spec.Config.LegSpecs() {
 		p := path + "/leg" + strconv.Itoa(i)
-		if spec.Kind == KindSplit {
-			p = path + "/" + l.Kind
+		if kinds[spec.Kind()].Legs == OneLeg {
+			p = path + "/" + l.Kind()
 		}
 		d, err := st.build(p, l)
 		if err != nil {
@@ -84,53 +99,21 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 		}
 		legs = append(legs, d)
 	}
-	if len(legs) > 0 && (spec.Kind == KindMemory || spec.Kind == KindNull || spec.Kind == KindFile) {
-		return nil, fmt.Errorf("%s: a %s target has no legs", path, spec.Kind)
-	}
-	pool := bioset.Options{Name: path, Capacity: spec.Pool.Capacity, NoRescuer: spec.Pool.NoRescuer}
-	if pool.Capacity == 0 {
-		pool.Capacity = DefaultPoolCapacity
-	}
-	var (
-		dev Device
-		err error
-	)
-	switch spec.Kind {
-	case KindSplit:
-		if len(legs) != 1 {
-			return nil, fmt.Errorf("%s: split needs exactly one leg, has %d", path, len(legs))
-		}
-		dev, err = NewSplit(legs[0], spec.MaxBytes, spec.Boundary, pool)
-	case KindStripe:
-		dev, err = NewStripe(legs, spec.Chunk, pool)
-	case KindLinear:
-		dev, err = NewLinear(legs, pool)
-	case KindMemory:
-		m := targets.NewMemory(spec.Size, spec.Chunk)
-		m.SetDelay(spec.Delay)
-		dev = m
-	case KindNull:
-		n := targets.NewNull(spec.Size)
-		n.SetDelay(spec.Delay)
-		dev = n
-	case KindFile:
-		dev, err = targets.OpenFile(spec.Path, spec.Size, targets.FileOptions{Delay: spec.Delay})
-	default:
-		return nil, fmt.Errorf("%s: unknown kind %q", path, spec.Kind)
-	}
+	dev, err := spec.Config.Build(legs, BuildContext{Path: path, ReadOnly: st.opts.ReadOnly})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	c := &counted{Device: dev}
-	n := Node{Path: path, Kind: spec.Kind, Dev: c, Stats: &c.stats}
+	n := Node{Path: path, Kind: spec.Kind(), Dev: c, Stats: &c.stats}
 	if l, ok := dev.(interface{ Pool() *bioset.BioSet }); ok {
 		n.Pool = l.Pool()
 	}
 	if e, ok := dev.(errorSource); ok {
 		n.errorSources = []errorSource{e}
 	}
+	n.target = len(legs) == 0
 	for _, below := range st.Nodes[first:] {
-		if below.Pool == nil { // a target
+		if below.target {
 			n.errorSources = append(n.errorSources, below.errorSources...)
 		}
 	}

@@ -3,8 +3,10 @@ package stack
 import (
 	"fmt"
 	"sort"
+	"strconv"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/settings"
 )
 
 // Linear concatenates legs end to end, like dm-linear over several
@@ -88,6 +90,50 @@ func (ln *Linear) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		pos += n
 	}
 	b.End(nil)
+}
+
+// KindLinear is the linear layer's kind.
+const KindLinear = "linear"
+
+func init() {
+	Register(Kind{New: func() Settings { return new(LinearConfig) }, Rank: 30, Legs: ManyLegs})
+}
+
+// LinearConfig is the settings of a linear node:
+//
+//	linear: {pool: {…}, legs: [NODE, …]}
+type LinearConfig struct {
+	Pool PoolSpec `yaml:"pool"`
+	// Legs are at least 1 stack node, of any sizes, end to end; the
+	// linear's size is their sum.
+	Legs settings.List[Spec] `yaml:"legs" need:"true" item:"leg"`
+}
+
+func (c *LinearConfig) Kind() string     { return KindLinear }
+func (c *LinearConfig) LegSpecs() []Spec { return c.Legs.Items }
+
+func (c *LinearConfig) Check(p *settings.Problems) {
+	c.Pool.Check(p)
+	checkLegCount(p, KindLinear, c.Legs, 1)
+}
+
+func (c *LinearConfig) NodeSize(legs []Sized) (uint64, error) {
+	var total uint64
+	for _, l := range legs {
+		if total+l.Bytes < total {
+			return 0, sizeError(l.Line, "linear is larger than 16EiB")
+		}
+		total += l.Bytes
+	}
+	return total, nil
+}
+
+func (c *LinearConfig) Build(legs []Device, b BuildContext) (Device, error) {
+	return NewLinear(legs, c.Pool.Options(b.Path))
+}
+
+func (c *LinearConfig) Describe() []string {
+	return append([]string{"legs=" + strconv.Itoa(len(c.Legs.Items))}, c.Pool.describe()...)
 }
 
 // extentWindow returns part i of n equal, disjoint, ordered parts of the

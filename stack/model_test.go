@@ -46,7 +46,7 @@ type gen struct {
 // spec returns a random stack of the given depth and exactly size bytes
 // (size is a multiple of 64 KiB).
 func (g *gen) spec(depth int, size uint64) Spec {
-	pool := PoolSpec{Capacity: 1 + g.rng.IntN(8)}
+	pool := poolOf(1 + g.rng.IntN(8))
 	kind := g.rng.IntN(4)
 	if depth == 0 {
 		kind = 3
@@ -58,7 +58,7 @@ func (g *gen) spec(depth int, size uint64) Spec {
 		if g.rng.IntN(2) == 0 {
 			boundary = modelChunks[g.rng.IntN(len(modelChunks))]
 		}
-		return Spec{Kind: KindSplit, MaxBytes: max, Boundary: boundary, Pool: pool, Legs: []Spec{g.spec(depth-1, size)}}
+		return splitSpec(max, boundary, pool, g.spec(depth-1, size))
 	case 1:
 		// Legs must be of equal size and the stripe exactly size bytes:
 		// use a leg count that divides size into 64 KiB units.
@@ -71,14 +71,14 @@ func (g *gen) spec(depth int, size uint64) Spec {
 			return g.spec(0, size)
 		}
 		chunk := modelChunks[g.rng.IntN(len(modelChunks))]
-		sp := Spec{Kind: KindStripe, Chunk: chunk, Pool: pool}
+		var specs []Spec
 		for i := 0; i < legs; i++ {
-			sp.Legs = append(sp.Legs, g.spec(depth-1, size/uint64(legs)))
+			specs = append(specs, g.spec(depth-1, size/uint64(legs)))
 		}
-		return sp
+		return stripeSpec(chunk, pool, specs...)
 	case 2:
 		legs := 1 + g.rng.IntN(3)
-		sp := Spec{Kind: KindLinear, Pool: pool}
+		var specs []Spec
 		left := size / 65536
 		for i := 0; i < legs; i++ {
 			units := left
@@ -88,26 +88,31 @@ func (g *gen) spec(depth int, size uint64) Spec {
 			if units == 0 {
 				break
 			}
-			sp.Legs = append(sp.Legs, g.spec(depth-1, units*65536))
+			specs = append(specs, g.spec(depth-1, units*65536))
 			left -= units
 		}
-		return sp
+		return linearSpec(pool, specs...)
 	default:
 		if g.rng.IntN(3) == 0 {
 			g.n++
-			return Spec{Kind: KindFile, Path: filepath.Join(g.dir, "leg"+strconv.Itoa(g.n)), Size: size}
+			return fileSpec(filepath.Join(g.dir, "leg"+strconv.Itoa(g.n)), size)
 		}
-		// Some RAM leaves have a delay, which makes them complete on
-		// their worker goroutines, in any order: a layer gathering a
-		// BLOCK_STATUS answer must not depend on the order its children
-		// end in. A nanosecond is enough for that and costs no sleep
-		// worth the name (pools of a few bios serialise children, so a
-		// real latency would add up to seconds).
-		var delay time.Duration
-		if g.rng.IntN(4) == 0 {
-			delay = time.Nanosecond
+		// Some RAM leaves complete on goroutines of their own, in any
+		// order: a layer gathering a BLOCK_STATUS answer must not depend
+		// on the order its children end in.
+		spec := memorySpec(size, []uint64{0, 4096}[g.rng.IntN(2)])
+		switch g.rng.IntN(8) {
+		case 0, 1:
+			spec.Config = &asyncMemoryConfig{*spec.Config.(*MemoryConfig)}
+		case 2:
+			// A delay layer completes on its worker, too. A
+			// microsecond costs no sleep worth the name (pools of a
+			// few bios serialise children, so a real latency would
+			// add up to seconds).
+			us := time.Microsecond
+			spec = delaySpec(DelayLatencies{Read: us, Write: us, Flush: us, Other: us}, spec)
 		}
-		return Spec{Kind: KindMemory, Size: size, Chunk: []uint64{0, 4096}[g.rng.IntN(2)], Delay: delay}
+		return spec
 	}
 }
 
@@ -115,21 +120,9 @@ func describe(s Spec) string {
 	var b strings.Builder
 	var walk func(s Spec)
 	walk = func(s Spec) {
-		fmt.Fprintf(&b, "%s(", s.Kind)
-		switch s.Kind {
-		case KindSplit:
-			fmt.Fprintf(&b, "max=%d,bnd=%d,pool=%d ", s.MaxBytes, s.Boundary, s.Pool.Capacity)
-		case KindStripe:
-			fmt.Fprintf(&b, "chunk=%d,pool=%d ", s.Chunk, s.Pool.Capacity)
-		case KindLinear:
-			fmt.Fprintf(&b, "pool=%d ", s.Pool.Capacity)
-		default:
-			fmt.Fprintf(&b, "%d", s.Size)
-			if s.Delay != 0 {
-				fmt.Fprintf(&b, ",delay=%v", s.Delay)
-			}
-		}
-		for i, l := range s.Legs {
+		n, _ := s.Size()
+		fmt.Fprintf(&b, "%s(%d %s ", s.Kind(), n, strings.Join(s.Config.Describe(), ","))
+		for i, l := range s.Config.LegSpecs() {
 			if i > 0 {
 				b.WriteString(" ")
 			}
@@ -203,7 +196,7 @@ func TestModel(t *testing.T) {
 // runModel runs random ops on a stack built from spec against a byte-array
 // model, and returns how many pieces its leaves lent to reads.
 func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (lent int) {
-	st, err := Build("model", spec)
+	st, err := Build("model", spec, BuildOptions{})
 	if err != nil {
 		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
 	}
@@ -369,18 +362,16 @@ func TestStress(t *testing.T) {
 		dir := t.TempDir()
 		leaf := func(i int) Spec {
 			if i%2 == 0 {
-				return Spec{Kind: KindFile, Path: filepath.Join(dir, "f"+strconv.Itoa(i)), Size: 4 << 20}
+				return fileSpec(filepath.Join(dir, "f"+strconv.Itoa(i)), 4<<20)
 			}
-			return Spec{Kind: KindMemory, Size: 4 << 20}
+			return memorySpec(4<<20, 0)
 		}
-		pool := PoolSpec{Capacity: capacity}
-		spec := Spec{Kind: KindSplit, MaxBytes: 8192, Pool: pool, Legs: []Spec{{
-			Kind: KindStripe, Chunk: 4096, Pool: pool, Legs: []Spec{
-				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(0), leaf(1)}},
-				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(2), leaf(3)}},
-				{Kind: KindLinear, Pool: pool, Legs: []Spec{leaf(4), leaf(5)}},
-			}}}}
-		st, err := Build("stress", spec)
+		pool := poolOf(capacity)
+		spec := splitSpec(8192, 0, pool, stripeSpec(4096, pool,
+			linearSpec(pool, leaf(0), leaf(1)),
+			linearSpec(pool, leaf(2), leaf(3)),
+			linearSpec(pool, leaf(4), leaf(5))))
+		st, err := Build("stress", spec, BuildOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -471,4 +462,25 @@ func stressWorker(dev Device, start, size uint64, seed uint64) error {
 		}
 	}
 	return run(bioset.OpFlush, 0, 0, nil)
+}
+
+// asyncMemoryConfig is a test kind: a memory leaf whose bios complete on a
+// goroutine each, after Submit has returned.
+type asyncMemoryConfig struct{ MemoryConfig }
+
+func init() {
+	Register(Kind{New: func() Settings { return new(asyncMemoryConfig) }, Rank: 1000})
+}
+
+func (c *asyncMemoryConfig) Kind() string { return "asyncmemory" }
+
+func (c *asyncMemoryConfig) Build(legs []Device, b BuildContext) (Device, error) {
+	m, err := c.MemoryConfig.Build(legs, b)
+	return asyncDevice{m}, err
+}
+
+type asyncDevice struct{ Device }
+
+func (d asyncDevice) Submit(_ *bioset.Submitter, b *bioset.Bio) {
+	go d.Device.Submit(new(bioset.Submitter), b)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/settings"
 )
 
 // Split caps the size of requests and keeps them from crossing a boundary,
@@ -81,4 +82,54 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 	b.Dev = sp
 	s.Submit(front)
 	s.Submit(b)
+}
+
+// KindSplit is the split layer's kind.
+const KindSplit = "split"
+
+func init() {
+	Register(Kind{New: func() Settings { return new(SplitConfig) }, Rank: 10, Legs: OneLeg, Example: "max_bytes: 1MiB"})
+}
+
+// SplitConfig is the settings of a split node:
+//
+//	split: {max_bytes: 1MiB, boundary: 0, pool: {…}, leg: NODE}
+type SplitConfig struct {
+	// MaxBytes is the longest piece a READ or WRITE is cut into:
+	// required, a positive multiple of 512. Trims, zeroes and cache
+	// requests carry no payload and are cut at Boundary only; block
+	// status passes whole (see Split).
+	MaxBytes settings.Size `yaml:"max_bytes" need:"true"`
+	// Boundary: no piece crosses a multiple of it; a multiple of 512, 0
+	// (the default) for none.
+	Boundary settings.Size `yaml:"boundary"`
+	Pool     PoolSpec      `yaml:"pool"`
+	// Leg is the one stack node below.
+	Leg Leg `yaml:"leg" need:"true"`
+}
+
+func (c *SplitConfig) Kind() string     { return KindSplit }
+func (c *SplitConfig) LegSpecs() []Spec { return []Spec{c.Leg.Spec} }
+
+func (c *SplitConfig) Check(p *settings.Problems) {
+	checkBlocks(p, "split max_bytes", c.MaxBytes)
+	if b := c.Boundary; b.Line > 0 && b.Bytes%blockSize != 0 {
+		p.At(b.Line, "split boundary: %s is not a multiple of %d bytes (0: no boundary)", b, blockSize)
+	}
+	c.Pool.Check(p)
+}
+
+// Size is the leg's.
+func (c *SplitConfig) NodeSize(legs []Sized) (uint64, error) { return legs[0].Bytes, nil }
+
+func (c *SplitConfig) Build(legs []Device, b BuildContext) (Device, error) {
+	return NewSplit(legs[0], c.MaxBytes.Bytes, c.Boundary.Bytes, c.Pool.Options(b.Path))
+}
+
+func (c *SplitConfig) Describe() []string {
+	words := []string{"max_bytes=" + c.MaxBytes.String()}
+	if c.Boundary.Bytes != 0 {
+		words = append(words, "boundary="+c.Boundary.String())
+	}
+	return append(words, c.Pool.describe()...)
 }

@@ -235,11 +235,8 @@ type capsLimited struct {
 func (c capsLimited) Caps() bioset.Caps { return c.caps }
 
 func TestBuildPathsAndErrors(t *testing.T) {
-	spec := Spec{Kind: KindSplit, MaxBytes: 1 << 20, Legs: []Spec{{
-		Kind: KindStripe, Chunk: 65536, Legs: []Spec{
-			{Kind: KindMemory, Size: 1 << 20}, {Kind: KindMemory, Size: 1 << 20},
-		}}}}
-	st, err := Build("default", spec)
+	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)))
+	st, err := Build("default", spec, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,8 +257,8 @@ func TestBuildPathsAndErrors(t *testing.T) {
 		t.Fatalf("size %d", st.Root.Size())
 	}
 
-	bad := Spec{Kind: KindStripe, Chunk: 4096, Legs: []Spec{{Kind: KindMemory, Size: 1 << 20}, {Kind: KindMemory, Size: 2 << 20}}}
-	if _, err := Build("x", bad); err == nil {
+	bad := stripeSpec(4096, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(2<<20, 0))
+	if _, err := Build("x", bad, BuildOptions{}); err == nil {
 		t.Fatal("stripe over legs of unequal size built")
 	}
 }
@@ -270,11 +267,8 @@ func TestBuildPathsAndErrors(t *testing.T) {
 // requeued remainder included only once — and a layer's errors are the
 // sum of its targets'.
 func TestNodeStats(t *testing.T) {
-	spec := Spec{Kind: KindSplit, MaxBytes: 1 << 20, Legs: []Spec{{
-		Kind: KindStripe, Chunk: 65536, Legs: []Spec{
-			{Kind: KindMemory, Size: 4 << 20}, {Kind: KindMemory, Size: 4 << 20},
-		}}}}
-	st, err := Build("s", spec)
+	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(4<<20, 0), memorySpec(4<<20, 0)))
+	st, err := Build("s", spec, BuildOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

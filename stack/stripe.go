@@ -2,8 +2,11 @@ package stack
 
 import (
 	"fmt"
+	"math/bits"
+	"strconv"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/settings"
 )
 
 // Stripe is RAID0 over equal legs, like dm-stripe: device chunk k lives on
@@ -45,12 +48,15 @@ func NewStripe(legs []Device, chunk uint64, pool bioset.Options) (*Stripe, error
 			return nil, fmt.Errorf("stripe: leg %d is %d bytes, leg 0 is %d: legs must be of equal size", i, l.Size(), size)
 		}
 	}
-	legSize := size / chunk * chunk
-	if legSize == 0 {
+	legSize, total, overflow := stripeSize(size, chunk, len(legs))
+	switch {
+	case legSize == 0:
 		return nil, fmt.Errorf("stripe: legs of %d bytes hold no %d-byte chunk", size, chunk)
+	case overflow:
+		return nil, fmt.Errorf("stripe: larger than 16EiB")
 	}
 	st := &Stripe{
-		layer:   layer{pool: bioset.New(pool), size: legSize * uint64(len(legs)), caps: legCaps(legs)},
+		layer:   layer{pool: bioset.New(pool), size: total, caps: legCaps(legs)},
 		legs:    legs,
 		chunk:   chunk,
 		legSize: legSize,
@@ -159,6 +165,74 @@ func (st *Stripe) submitPerLeg(s *bioset.Submitter, b *bioset.Bio) {
 		s.Submit(c)
 	}
 	b.End(nil)
+}
+
+// KindStripe is the stripe layer's kind.
+const KindStripe = "stripe"
+
+func init() {
+	Register(Kind{New: func() Settings { return new(StripeConfig) }, Rank: 20, Legs: ManyLegs})
+}
+
+// StripeConfig is the settings of a stripe node:
+//
+//	stripe: {chunk: 64KiB, pool: {…}, legs: [NODE, NODE, …]}
+type StripeConfig struct {
+	// Chunk is how many bytes go to each leg in turn: required, a
+	// positive multiple of 512.
+	Chunk settings.Size `yaml:"chunk" need:"true"`
+	Pool  PoolSpec      `yaml:"pool"`
+	// Legs are at least 2 stack nodes of the same size, each at least
+	// one chunk. The stripe's size is their number times the leg size
+	// rounded down to a whole number of chunks.
+	Legs settings.List[Spec] `yaml:"legs" need:"true" item:"leg"`
+}
+
+func (c *StripeConfig) Kind() string     { return KindStripe }
+func (c *StripeConfig) LegSpecs() []Spec { return c.Legs.Items }
+
+func (c *StripeConfig) Check(p *settings.Problems) {
+	checkBlocks(p, "stripe chunk", c.Chunk)
+	c.Pool.Check(p)
+	checkLegCount(p, KindStripe, c.Legs, 2)
+}
+
+func (c *StripeConfig) NodeSize(legs []Sized) (uint64, error) {
+	chunk := c.Chunk.Bytes
+	if chunk == 0 || len(legs) < 2 {
+		return 0, errSizeUnknown // reported by Check
+	}
+	for i := 1; i < len(legs); i++ {
+		if legs[i].Bytes != legs[0].Bytes {
+			return 0, sizeError(legs[i].Line, "stripe leg %d is %s but leg 1 (line %d) is %s; the legs of a stripe must be the same size",
+				i+1, settings.FormatSize(legs[i].Bytes), legs[0].Line, settings.FormatSize(legs[0].Bytes))
+		}
+	}
+	if legs[0].Bytes < chunk {
+		return 0, sizeError(legs[0].Line, "stripe legs are %s, smaller than the %s chunk; each leg must hold at least one chunk",
+			settings.FormatSize(legs[0].Bytes), c.Chunk)
+	}
+	_, total, overflow := stripeSize(legs[0].Bytes, chunk, len(legs))
+	if overflow {
+		return 0, sizeError(legs[0].Line, "stripe is larger than 16EiB")
+	}
+	return total, nil
+}
+
+// stripeSize is the rule for a stripe's size: the leg size rounded down
+// to a whole number of chunks, times the legs.
+func stripeSize(leg, chunk uint64, legs int) (perLeg, total uint64, overflow bool) {
+	perLeg = leg / chunk * chunk
+	hi, lo := bits.Mul64(perLeg, uint64(legs))
+	return perLeg, lo, hi != 0
+}
+
+func (c *StripeConfig) Build(legs []Device, b BuildContext) (Device, error) {
+	return NewStripe(legs, c.Chunk.Bytes, c.Pool.Options(b.Path))
+}
+
+func (c *StripeConfig) Describe() []string {
+	return append([]string{"chunk=" + c.Chunk.String(), "legs=" + strconv.Itoa(len(c.Legs.Items))}, c.Pool.describe()...)
 }
 
 // statusLayout divides a BLOCK_STATUS window of slots between the stripe's

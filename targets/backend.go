@@ -32,7 +32,7 @@ func NewBackend(be backend.Backend) (*Backend, error) {
 		return nil, fmt.Errorf("targets: backend reports negative size %d", n)
 	}
 	t := &Backend{be: be, size: uint64(n)}
-	t.w = newWorkers(DefaultBackendWorkers, 0, t.perform)
+	t.w = newWorkers(DefaultBackendWorkers, t.perform)
 	return t, nil
 }
 

@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
-	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -23,9 +22,6 @@ type FileOptions struct {
 	// Workers is the number of goroutines doing I/O (0: DefaultWorkers).
 	// They bound how many syscalls the target has outstanding at once.
 	Workers int
-	// Delay makes every bio complete no sooner than Delay after it is
-	// submitted, on top of the real I/O, to model a slow disk.
-	Delay time.Duration
 }
 
 // File is a target backed by a regular file or a block device. Syscalls
@@ -93,7 +89,7 @@ func OpenFile(path string, size uint64, o FileOptions) (*File, error) {
 	if unix.Fstatfs(fd, &fs) == nil && (fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC) {
 		f.inRAM = true
 	}
-	f.w = newWorkers(o.Workers, o.Delay, f.perform)
+	f.w = newWorkers(o.Workers, f.perform)
 	return f, nil
 }
 
@@ -221,7 +217,7 @@ func (f *File) Close() error {
 // Submit performs b at once if that cannot wait on the disk, and queues
 // it for the workers otherwise; it never blocks on I/O.
 func (f *File) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if f.w.delay == 0 && f.inline(b) {
+	if f.inline(b) {
 		return
 	}
 	f.w.push(b)

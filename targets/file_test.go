@@ -10,7 +10,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/stackd/stackd/bioset"
 )
@@ -301,15 +300,6 @@ func TestFileBlockStatus(t *testing.T) {
 	wantExtents(t, blockStatus(t, f, 6*k, 10*k, 8, 0), ext(0, 10*k, hz))
 }
 
-func TestFileDelay(t *testing.T) {
-	f, _ := openTestFile(t, 1<<20, FileOptions{Delay: 20 * time.Millisecond})
-	start := time.Now()
-	write(t, f, 0, make([]byte, 4096))
-	if d := time.Since(start); d < 20*time.Millisecond {
-		t.Fatalf("write took %v despite a 20ms delay", d)
-	}
-}
-
 func TestFileCloseLeaksNothing(t *testing.T) {
 	before := runtime.NumGoroutine()
 	path := filepath.Join(t.TempDir(), "leak.img")
@@ -412,18 +402,6 @@ func TestFileInline(t *testing.T) {
 		}); n != 0 {
 			t.Errorf("inline %v: %v allocations per bio, want 0", op, n)
 		}
-	}
-
-	// A delayed target never runs inline: the delay is the workers'.
-	d, err := OpenFile(filepath.Join(filepath.Dir(path), "delayed.img"), 1<<20, FileOptions{Delay: time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	write(t, d, 0, data)
-	read(t, d, 0, 4096)
-	if n := d.inlined.Load(); n != 0 {
-		t.Fatalf("%d bios of a delayed target ran inline", n)
 	}
 }
 

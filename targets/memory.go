@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/stackd/stackd/bioset"
 )
@@ -92,7 +91,6 @@ type Memory struct {
 	// NewMemory or Close, for tests; the top directory is not counted.
 	tableBytes atomic.Uint64
 	stripes    [memStripes]memStripe
-	delay      delay
 	errorCounter
 }
 
@@ -150,14 +148,6 @@ func NewMemory(size, chunk uint64) *Memory {
 	return m
 }
 
-// SetDelay makes every bio complete no sooner than d after it is submitted,
-// to model a slow leg in benchmarks. The bios then run on worker goroutines
-// so that the submitter is never the one sleeping. Call it before the
-// target serves any bio; d <= 0 turns the delay off.
-func (m *Memory) SetDelay(d time.Duration) {
-	m.delay.set(d, m.perform)
-}
-
 // Size returns the device size in bytes.
 func (m *Memory) Size() uint64 { return m.size }
 
@@ -168,12 +158,11 @@ func (m *Memory) Caps() bioset.Caps { return bioset.CapsAll }
 // chunk table itself is not included.
 func (m *Memory) Allocated() uint64 { return m.allocated.Load() }
 
-// Close stops the delay workers, if any, and drops every chunk so that the
+// Close drops every chunk so that the
 // memory goes back to the Go heap even if something still references m.
 // It comes after the last bio: one still in flight may write into a page
 // already dropped, or allocate afresh.
 func (m *Memory) Close() error {
-	m.delay.stop()
 	for i := range m.top.dirs {
 		m.top.dirs[i].Store(nil)
 	}
@@ -185,12 +174,8 @@ func (m *Memory) Close() error {
 	return nil
 }
 
-// Submit performs b at once, or hands it to the delay workers.
+// Submit performs b at once: RAM never waits.
 func (m *Memory) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	m.delay.submit(b, m.perform)
-}
-
-func (m *Memory) perform(b *bioset.Bio) {
 	if e := check(b, m.size); e != 0 {
 		m.end(b, e)
 		return

@@ -322,42 +322,6 @@ func TestMemoryZeroAllocs(t *testing.T) {
 	}
 }
 
-// With a delay, Submit returns at once and every bio completes about the
-// delay later — a burst much larger than the worker pool included.
-func TestMemoryDelay(t *testing.T) {
-	before := runtime.NumGoroutine()
-	const delay = 30 * time.Millisecond
-	m := NewMemory(1<<20, 0)
-	m.SetDelay(delay)
-	const n = 4 * DefaultWorkers
-	bios := make([]bioset.Bio, n)
-	var wg sync.WaitGroup
-	wg.Add(n)
-	var s bioset.Submitter
-	start := time.Now()
-	for i := range bios {
-		bios[i].Init(bioset.OpWrite, uint64(i)*4096, 4096, make([]byte, 4096), func(*bioset.Bio) { wg.Done() })
-		bios[i].Dev = m
-		s.Submit(&bios[i])
-	}
-	if d := time.Since(start); d > delay/2 {
-		t.Fatalf("submitting %d bios took %v: Submit waited for the delay", n, d)
-	}
-	wg.Wait()
-	d := time.Since(start)
-	if d < delay {
-		t.Fatalf("bios completed after %v, before the %v delay", d, delay)
-	}
-	if d > 3*delay {
-		t.Fatalf("a burst of %d bios took %v with a %v delay: the delay is a throughput cap", n, d, delay)
-	}
-	if m.Allocated() != DefaultMemoryChunk*2 {
-		t.Fatalf("Allocated %d", m.Allocated())
-	}
-	m.Close()
-	waitGoroutines(t, before)
-}
-
 func BenchmarkMemoryWrite4K(b *testing.B) { benchTarget(b, NewMemory(64<<20, 0), bioset.OpWrite) }
 func BenchmarkMemoryRead4K(b *testing.B)  { benchTarget(b, NewMemory(64<<20, 0), bioset.OpRead) }
 func BenchmarkNullRead4K(b *testing.B)    { benchTarget(b, NewNull(64<<20), bioset.OpRead) }

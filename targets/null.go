@@ -1,8 +1,6 @@
 package targets
 
 import (
-	"time"
-
 	"github.com/stackd/stackd/bioset"
 )
 
@@ -10,20 +8,12 @@ import (
 // vanish. It exists to measure the ceiling of the stack and the protocol
 // code above it, so it does no work a benchmark would then count.
 type Null struct {
-	size  uint64
-	delay delay
+	size uint64
 	errorCounter
 }
 
 // NewNull returns a null target of size bytes.
 func NewNull(size uint64) *Null { return &Null{size: size} }
-
-// SetDelay makes every bio complete no sooner than d after it is submitted,
-// to model a leg with pure latency. Call it before the target serves any
-// bio; d <= 0 turns the delay off.
-func (n *Null) SetDelay(d time.Duration) {
-	n.delay.set(d, n.perform)
-}
 
 // Size returns the device size in bytes.
 func (n *Null) Size() uint64 { return n.size }
@@ -31,18 +21,11 @@ func (n *Null) Size() uint64 { return n.size }
 // Caps returns every capability: each is trivially honoured.
 func (n *Null) Caps() bioset.Caps { return bioset.CapsAll }
 
-// Close stops the delay workers, if any.
-func (n *Null) Close() error {
-	n.delay.stop()
-	return nil
-}
+// Close does nothing: a null target holds nothing.
+func (n *Null) Close() error { return nil }
 
-// Submit performs b at once, or hands it to the delay workers.
+// Submit performs b at once.
 func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	n.delay.submit(b, n.perform)
-}
-
-func (n *Null) perform(b *bioset.Bio) {
 	if e := check(b, n.size); e != 0 {
 		n.end(b, e)
 		return

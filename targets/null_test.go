@@ -2,9 +2,7 @@ package targets
 
 import (
 	"bytes"
-	"runtime"
 	"testing"
-	"time"
 
 	"github.com/stackd/stackd/bioset"
 )
@@ -48,19 +46,4 @@ func TestNullZeroAllocs(t *testing.T) {
 			t.Errorf("%v: %v allocations, err %v", op, allocs, b.Err())
 		}
 	}
-}
-
-func TestNullDelay(t *testing.T) {
-	before := runtime.NumGoroutine()
-	n := NewNull(1 << 20)
-	n.SetDelay(20 * time.Millisecond)
-	start := time.Now()
-	read(t, n, 0, 4096)
-	if d := time.Since(start); d < 20*time.Millisecond {
-		t.Fatalf("read took %v despite a 20ms delay", d)
-	}
-	n.SetDelay(0) // back to inline: the workers go away
-	waitGoroutines(t, before)
-	read(t, n, 0, 4096)
-	n.Close()
 }

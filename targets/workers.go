@@ -3,13 +3,12 @@ package targets
 import (
 	"sync"
 	"syscall"
-	"time"
 
 	"github.com/stackd/stackd/bioset"
 )
 
-// DefaultWorkers is the number of I/O goroutines a File (and a delayed
-// Memory or Null) runs when not told otherwise: enough to keep a disk's
+// DefaultWorkers is the number of I/O goroutines a File runs when not
+// told otherwise: enough to keep a disk's
 // queue busy without turning every in-flight bio into a goroutine.
 const DefaultWorkers = 8
 
@@ -19,7 +18,7 @@ const DefaultWorkers = 8
 const DefaultBackendWorkers = 4
 
 // workers runs bios on a fixed set of goroutines, for targets whose I/O can
-// block (a syscall, a slow backend, a modelled delay). Submit must never
+// block (a syscall, a slow backend). Submit must never
 // block, so enqueue never waits: the queue is a ring buffer that grows when
 // full instead of a bounded channel that would make the submitter wait.
 //
@@ -31,36 +30,23 @@ const DefaultBackendWorkers = 4
 // blocked Submit would stall a Submitter holding other layers' bios, with no
 // rescuer to release them (docs/DESIGN.md rule 8).
 type workers struct {
-	do    func(*bioset.Bio)
-	delay time.Duration
+	do func(*bioset.Bio)
 
 	mu     sync.Mutex
 	more   sync.Cond // signalled when the ring gains a bio, or on close
-	ring   []queuedBio
+	ring   []*bioset.Bio
 	head   int
 	n      int
 	closed bool
 	wg     sync.WaitGroup
 }
 
-type queuedBio struct {
-	b *bioset.Bio
-	// due is when the bio may be performed: its arrival plus the delay.
-	due time.Time
-}
-
-// newWorkers starts n goroutines that call do for every queued bio. With
-// delay > 0 a bio is performed no sooner than delay after it was queued.
-//
-// The delay is counted from arrival rather than slept afresh by each worker,
-// so it models latency and not a throughput cap: a burst of bios larger
-// than n still completes about delay after it arrived, as on a device with
-// a deep queue, instead of in n-sized waves of delay each.
-func newWorkers(n int, delay time.Duration, do func(*bioset.Bio)) *workers {
+// newWorkers starts n goroutines that call do for every queued bio.
+func newWorkers(n int, do func(*bioset.Bio)) *workers {
 	if n < 1 {
 		n = DefaultWorkers
 	}
-	w := &workers{do: do, delay: delay, ring: make([]queuedBio, 64)}
+	w := &workers{do: do, ring: make([]*bioset.Bio, 64)}
 	w.more.L = &w.mu
 	w.wg.Add(n)
 	for range n {
@@ -71,10 +57,6 @@ func newWorkers(n int, delay time.Duration, do func(*bioset.Bio)) *workers {
 
 // push queues b for a worker. It never waits for a worker to be free.
 func (w *workers) push(b *bioset.Bio) {
-	var due time.Time
-	if w.delay > 0 {
-		due = time.Now().Add(w.delay)
-	}
 	w.mu.Lock()
 	if w.closed {
 		w.mu.Unlock()
@@ -86,7 +68,7 @@ func (w *workers) push(b *bioset.Bio) {
 	if w.n == len(w.ring) {
 		w.grow()
 	}
-	w.ring[(w.head+w.n)&(len(w.ring)-1)] = queuedBio{b: b, due: due}
+	w.ring[(w.head+w.n)&(len(w.ring)-1)] = b
 	w.n++
 	w.mu.Unlock()
 	w.more.Signal()
@@ -95,7 +77,7 @@ func (w *workers) push(b *bioset.Bio) {
 // grow doubles the ring, keeping the queue's order. len(ring) stays a power
 // of two so that indexing is a mask.
 func (w *workers) grow() {
-	ring := make([]queuedBio, 2*len(w.ring))
+	ring := make([]*bioset.Bio, 2*len(w.ring))
 	for i := range w.n {
 		ring[i] = w.ring[(w.head+i)&(len(w.ring)-1)]
 	}
@@ -113,17 +95,12 @@ func (w *workers) run() {
 			w.mu.Unlock()
 			return
 		}
-		q := w.ring[w.head]
-		w.ring[w.head] = queuedBio{} // pin no bio once it is done
+		b := w.ring[w.head]
+		w.ring[w.head] = nil // pin no bio once it is done
 		w.head = (w.head + 1) & (len(w.ring) - 1)
 		w.n--
 		w.mu.Unlock()
-		if w.delay > 0 {
-			if d := time.Until(q.due); d > 0 {
-				time.Sleep(d)
-			}
-		}
-		w.do(q.b)
+		w.do(b)
 		w.mu.Lock()
 	}
 }
@@ -136,34 +113,4 @@ func (w *workers) close() {
 	w.mu.Unlock()
 	w.more.Broadcast()
 	w.wg.Wait()
-}
-
-// delay is what an in-memory target (Memory, Null) uses to model a slow
-// leg: without a delay it performs bios inline in Submit; with one it hands
-// them to workers, so that the submitter is never the one sleeping.
-type delay struct{ w *workers }
-
-// set replaces the delay; d <= 0 turns it off. Call before serving bios.
-func (dl *delay) set(d time.Duration, perform func(*bioset.Bio)) {
-	dl.stop()
-	if d > 0 {
-		dl.w = newWorkers(DefaultWorkers, d, perform)
-	}
-}
-
-// submit performs b now, or queues it for the delay workers.
-func (dl *delay) submit(b *bioset.Bio, perform func(*bioset.Bio)) {
-	if dl.w != nil {
-		dl.w.push(b)
-		return
-	}
-	perform(b)
-}
-
-// stop stops the delay workers, if any, once they have run what is queued.
-func (dl *delay) stop() {
-	if dl.w != nil {
-		dl.w.close()
-		dl.w = nil
-	}
 }

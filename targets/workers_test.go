@@ -18,7 +18,7 @@ func TestWorkersNeverBlock(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var order []uint64
-	w := newWorkers(1, 0, func(b *bioset.Bio) {
+	w := newWorkers(1, func(b *bioset.Bio) {
 		<-release
 		mu.Lock()
 		order = append(order, b.Offset)
@@ -62,7 +62,8 @@ func TestWorkersNeverBlock(t *testing.T) {
 // without an End.
 func TestWorkersCloseDrains(t *testing.T) {
 	var ended atomic.Int32
-	w := newWorkers(2, time.Millisecond, func(b *bioset.Bio) { b.End(nil) })
+	// A slow worker, so that close finds bios still queued.
+	w := newWorkers(2, func(b *bioset.Bio) { time.Sleep(time.Millisecond); b.End(nil) })
 	bios := make([]bioset.Bio, 100)
 	for i := range bios {
 		bios[i].Init(bioset.OpFlush, 0, 0, nil, func(*bioset.Bio) { ended.Add(1) })

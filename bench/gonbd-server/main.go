@@ -22,7 +22,7 @@ import (
 	"github.com/pojntfx/go-nbd/pkg/backend"
 	"github.com/pojntfx/go-nbd/pkg/server"
 
-	"github.com/stackd/stackd/configs"
+	"github.com/stackd/stackd/settings"
 )
 
 func main() {
@@ -34,7 +34,7 @@ func main() {
 	if *socket == "" {
 		log.Fatal("gonbd-server: -socket is required")
 	}
-	size, err := configs.ParseSize(*sizeFlag)
+	size, err := settings.ParseSize(*sizeFlag)
 	if err != nil {
 		log.Fatalf("gonbd-server: -size: %v", err)
 	}

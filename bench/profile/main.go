@@ -40,7 +40,6 @@ import (
 
 	"github.com/stackd/stackd/configs"
 	"github.com/stackd/stackd/nbd"
-	"github.com/stackd/stackd/stack"
 )
 
 func main() {
@@ -65,7 +64,7 @@ func main() {
 	}
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := stack.Build(e.Name, e.Stack)
+		st, err := e.Build()
 		if err != nil {
 			log.Fatalf("profile: export %q: %v", e.Name, err)
 		}

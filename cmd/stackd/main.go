@@ -102,11 +102,21 @@ func buildVersion() string {
 	return bi.Main.Version
 }
 
+// loadConfig is the one way `check` and `serve` read a configuration:
+// validated, then checked against the host, so that what check accepts
+// serve accepts too.
 func loadConfig(path string) (*configs.Config, error) {
-	if path == "" {
-		return configs.Default(), nil
+	cfg := configs.Default()
+	if path != "" {
+		var err error
+		if cfg, err = configs.Load(path); err != nil {
+			return nil, err
+		}
 	}
-	return configs.Load(path)
+	if err := cfg.CheckHost(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
 }
 
 func check(args []string, stdout, stderr io.Writer) int {
@@ -311,7 +321,7 @@ func (d *daemon) stopMetrics() {
 func (d *daemon) build(cfg *configs.Config) error {
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := stack.Build(e.Name, e.Stack)
+		st, err := e.Build()
 		if err != nil {
 			d.closeStacks()
 			return fmt.Errorf("export %q: %w", e.Name, err)

@@ -26,13 +26,13 @@ func slotData(s int) []byte {
 	return b
 }
 
-// slowFileStack is fileStack with a delay on every leg, so that requests
+// slowFileStack is fileStack with a delay layer over every leg, so that requests
 // are in flight for a while.
 func slowFileStack(dir string, legSize int64, delay time.Duration) string {
 	legs := make([]string, 4)
 	for i := range legs {
 		p := filepath.Join(dir, fmt.Sprintf("leg%d.img", i))
-		legs[i] = fmt.Sprintf("{file: {path: %s, size: %d, delay: %s}}", strconv.Quote(p), legSize, delay)
+		legs[i] = fmt.Sprintf("{delay: {read: %s, write: %s, flush: %s, leg: {file: {path: %s, size: %d}}}}", delay, delay, delay, strconv.Quote(p), legSize)
 	}
 	return "{split: {max_bytes: 1MiB, leg: {stripe: {chunk: 64KiB, legs: [" + strings.Join(legs, ", ") + "]}}}}"
 }

@@ -1,0 +1,186 @@
+package stack
+
+import (
+	"errors"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/settings"
+	"github.com/stackd/stackd/targets"
+)
+
+// TestDelayPerOp: each op waits its own latency, and the data goes through.
+func TestDelayPerOp(t *testing.T) {
+	const (
+		read  = 40 * time.Millisecond
+		write = 20 * time.Millisecond
+		flush = 60 * time.Millisecond
+	)
+	dl := NewDelay(targets.NewMemory(1<<20, 0), DelayLatencies{Read: read, Write: write, Flush: flush})
+	defer dl.Close()
+	var s bioset.Submitter
+	timed := func(op bioset.Op, buf []byte, want time.Duration) {
+		t.Helper()
+		start := time.Now()
+		if err := request(t, &s, dl, op, 0, 0, uint64(len(buf)), buf, nil); err != nil {
+			t.Fatalf("%v: %v", op, err)
+		}
+		if d := time.Since(start); d < want || d > want+500*time.Millisecond {
+			t.Errorf("%v took %v, want about %v", op, d, want)
+		}
+	}
+	timed(bioset.OpWrite, []byte(strings.Repeat("x", 4096)), write)
+	got := make([]byte, 4096)
+	timed(bioset.OpRead, got, read)
+	if string(got) != strings.Repeat("x", 4096) {
+		t.Fatal("read did not return what was written")
+	}
+	timed(bioset.OpFlush, nil, flush)
+	// TRIM has no latency here: it goes straight through.
+	start := time.Now()
+	if err := request(t, &s, dl, bioset.OpTrim, 0, 0, 4096, nil, nil); err != nil || time.Since(start) > write {
+		t.Errorf("trim: %v after %v", err, time.Since(start))
+	}
+}
+
+// TestDelayBurst: Submit returns at once, and a burst completes about one
+// latency after it arrived, however large: the delay models latency, not
+// a throughput cap. Close leaves no goroutine behind.
+func TestDelayBurst(t *testing.T) {
+	before := runtime.NumGoroutine()
+	const delay = 30 * time.Millisecond
+	m := targets.NewMemory(1<<20, 0)
+	dl := NewDelay(m, DelayLatencies{Write: delay})
+	const n = 256
+	bios := make([]bioset.Bio, n)
+	var wg sync.WaitGroup
+	wg.Add(n)
+	var s bioset.Submitter
+	start := time.Now()
+	for i := range bios {
+		bios[i].Init(bioset.OpWrite, uint64(i%64)*4096, 4096, make([]byte, 4096), func(*bioset.Bio) { wg.Done() })
+		bios[i].Dev = dl
+		s.Submit(&bios[i])
+	}
+	if d := time.Since(start); d > delay/2 {
+		t.Fatalf("submitting %d bios took %v: Submit waited for the delay", n, d)
+	}
+	wg.Wait()
+	d := time.Since(start)
+	if d < delay {
+		t.Fatalf("bios completed after %v, before the %v delay", d, delay)
+	}
+	if d > 3*delay {
+		t.Fatalf("a burst of %d bios took %v with a %v delay: the delay is a throughput cap", n, d, delay)
+	}
+	for i := range bios {
+		if err := bios[i].Err(); err != nil {
+			t.Fatalf("bio %d: %v", i, err)
+		}
+	}
+	if m.Allocated() != targets.DefaultMemoryChunk*4 {
+		t.Fatalf("Allocated %d", m.Allocated())
+	}
+	dl.Close()
+	settleGoroutines(t, before)
+}
+
+// TestDelayOrder: bios with shorter latencies overtake longer ones that
+// arrived before them, as each is due.
+func TestDelayOrder(t *testing.T) {
+	dl := NewDelay(targets.NewNull(1<<20), DelayLatencies{Read: 60 * time.Millisecond, Flush: 10 * time.Millisecond})
+	defer dl.Close()
+	var (
+		mu    sync.Mutex
+		order []bioset.Op
+		wg    sync.WaitGroup
+	)
+	var s bioset.Submitter
+	bios := make([]bioset.Bio, 2)
+	for i, op := range []bioset.Op{bioset.OpRead, bioset.OpFlush} {
+		n := uint64(0)
+		var buf []byte
+		if op == bioset.OpRead {
+			n, buf = 4096, make([]byte, 4096)
+		}
+		wg.Add(1)
+		bios[i].Init(op, 0, n, buf, func(b *bioset.Bio) {
+			mu.Lock()
+			order = append(order, b.Op)
+			mu.Unlock()
+			wg.Done()
+		})
+		bios[i].Dev = dl
+		s.Submit(&bios[i])
+	}
+	wg.Wait()
+	if len(order) != 2 || order[0] != bioset.OpFlush {
+		t.Fatalf("completion order %v, want the flush first", order)
+	}
+}
+
+// decodeSpec decodes a stack node as configs does.
+func decodeSpec(t *testing.T, src string) (Spec, error) {
+	t.Helper()
+	var doc yaml.Node
+	if err := yaml.Unmarshal([]byte(src), &doc); err != nil {
+		t.Fatal(err)
+	}
+	var spec Spec
+	err := settings.Named(doc.Content[0], 0, "stack", &spec)
+	return spec, err
+}
+
+func TestDelayConfig(t *testing.T) {
+	spec, err := decodeSpec(t, "delay: {read: 1ms, write: 2ms, other: 0s, leg: {memory: {size: 1MiB}}}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, ok := spec.Size(); !ok || n != 1<<20 {
+		t.Errorf("Size = %d, %v", n, ok)
+	}
+	if got := strings.Join(spec.Config.Describe(), " "); got != "read=1ms write=2ms" {
+		t.Errorf("Describe = %q", got)
+	}
+	st, err := Build("x", spec, BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if st.Nodes[1].Path != "x/delay/memory" || st.Nodes[0].Pool != nil {
+		t.Errorf("nodes %+v", st.Nodes)
+	}
+	var s bioset.Submitter
+	if err := request(t, &s, st.Root, bioset.OpWrite, 0, 0, 4096, make([]byte, 4096), nil); err != nil {
+		t.Fatal(err)
+	}
+	if e := st.Nodes[0].Errors(); e != 0 {
+		t.Errorf("errors %d", e)
+	}
+}
+
+// TestDelayConfigErrors: the delay's values, and a configuration that
+// still gives a leaf a delay of its own, as leaves once had.
+func TestDelayConfigErrors(t *testing.T) {
+	for _, c := range []struct{ src, want string }{
+		{"delay: {read: 5, leg: {null: {size: 1MiB}}}",
+			`line 1: delay read: "5" is not a duration; want a number and a unit such as 10s, 1ms or 250us`},
+		{"delay:\n  write: -1ms\n  leg: {null: {size: 1MiB}}",
+			`line 2: delay write: -1ms: a duration cannot be negative`},
+		{"delay: {read: 1ms}", `line 1: delay needs "leg"`},
+		{"memory: {size: 1MiB, delay: 1ms}",
+			`line 1: unknown key "delay" in memory; delay is a layer, not a setting of memory: put the memory under one, as in delay: {read: 1ms, write: 1ms, leg: {memory: {…}}}`},
+	} {
+		_, err := decodeSpec(t, c.src)
+		var l settings.Errors
+		if !errors.As(err, &l) || err.Error() != c.want {
+			t.Errorf("%s:\n got %v\nwant %s", c.src, err, c.want)
+		}
+	}
+}
