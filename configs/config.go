@@ -99,32 +99,20 @@ type Limits struct {
 	MaxConnectionsPerClient int
 }
 
-// WithDefaults returns l with each zero field set to its default.
+// WithDefaults returns l with each zero field set to its default: the
+// protocol engine's (nbd.Options.WithDefaults), so that the limits a
+// configuration shows are the ones the server applies.
 func (l Limits) WithDefaults() Limits {
-	if l.MaxConnections == 0 {
-		l.MaxConnections = DefaultMaxConnections
+	o := l.ServerOptions().WithDefaults()
+	return Limits{
+		MaxConnections:          o.MaxConnections,
+		MaxConnectionsPerClient: o.MaxConnectionsPerClient,
+		MaxInFlight:             o.MaxInFlight,
+		PayloadBudget:           o.PayloadBudget,
+		ConnectionPayload:       o.ConnectionPayload,
+		HandshakeTimeout:        o.HandshakeTimeout,
+		ReplyTimeout:            o.ReplyTimeout,
 	}
-	if l.MaxInFlight == 0 {
-		l.MaxInFlight = DefaultMaxInFlight
-	}
-	if l.PayloadBudget == 0 {
-		l.PayloadBudget = DefaultPayloadBudget
-	}
-	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if l.ReplyTimeout == 0 {
-		l.ReplyTimeout = DefaultReplyTimeout
-	}
-	// These two default to a share of the limits above, so they are
-	// filled in after them.
-	if l.ConnectionPayload == 0 {
-		l.ConnectionPayload = nbd.DefaultConnectionPayload(l.PayloadBudget)
-	}
-	if l.MaxConnectionsPerClient == 0 {
-		l.MaxConnectionsPerClient = nbd.DefaultPerClient(l.MaxConnections)
-	}
-	return l
 }
 
 // Export is one NBD export and the stack that serves it.

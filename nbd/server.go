@@ -255,27 +255,7 @@ func NewServer(o Options) (*Server, error) {
 	if len(o.Exports) == 0 {
 		return nil, errors.New("nbd: no exports")
 	}
-	if o.MaxConnections == 0 {
-		o.MaxConnections = DefaultMaxConnections
-	}
-	if o.HandshakeTimeout == 0 {
-		o.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if o.MaxInFlight == 0 {
-		o.MaxInFlight = DefaultMaxInFlight
-	}
-	if o.PayloadBudget == 0 {
-		o.PayloadBudget = DefaultPayloadBudget
-	}
-	if o.ReplyTimeout == 0 {
-		o.ReplyTimeout = DefaultReplyTimeout
-	}
-	if o.MaxConnectionsPerClient == 0 {
-		o.MaxConnectionsPerClient = DefaultPerClient(o.MaxConnections)
-	}
-	if o.ConnectionPayload == 0 {
-		o.ConnectionPayload = DefaultConnectionPayload(o.PayloadBudget)
-	}
+	o = o.WithDefaults()
 	switch {
 	case o.ReplyTimeout < MinReplyTimeout:
 		return nil, fmt.Errorf("nbd: ReplyTimeout %v < %v", o.ReplyTimeout, MinReplyTimeout)
@@ -333,6 +313,34 @@ func NewServer(o Options) (*Server, error) {
 		s.byName[ec.Name] = e
 	}
 	return s, nil
+}
+
+// WithDefaults returns o with each zero limit set to its default, the two
+// shares after the limits they are shares of. NewServer applies it; a
+// configuration loader shows users the limits in effect with it.
+func (o Options) WithDefaults() Options {
+	if o.MaxConnections == 0 {
+		o.MaxConnections = DefaultMaxConnections
+	}
+	if o.HandshakeTimeout == 0 {
+		o.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if o.MaxInFlight == 0 {
+		o.MaxInFlight = DefaultMaxInFlight
+	}
+	if o.PayloadBudget == 0 {
+		o.PayloadBudget = DefaultPayloadBudget
+	}
+	if o.ReplyTimeout == 0 {
+		o.ReplyTimeout = DefaultReplyTimeout
+	}
+	if o.MaxConnectionsPerClient == 0 {
+		o.MaxConnectionsPerClient = DefaultPerClient(o.MaxConnections)
+	}
+	if o.ConnectionPayload == 0 {
+		o.ConnectionPayload = DefaultConnectionPayload(o.PayloadBudget)
+	}
+	return o
 }
 
 // DefaultPerClient is MaxConnectionsPerClient's default for a server of
