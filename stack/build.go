@@ -21,6 +21,9 @@ type Node struct {
 	Pool *bioset.BioSet
 	// Stats counts the bios that entered the node.
 	Stats *NodeStats
+	// Control is the node's device if the operator can steer it (see
+	// Controlled); nil otherwise.
+	Control Controlled
 	// errorSources are the targets at or below the node that count the
 	// bios they fail.
 	errorSources []errorSource
@@ -110,6 +113,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if e, ok := dev.(errorSource); ok {
 		n.errorSources = []errorSource{e}
+	}
+	if ctl, ok := dev.(Controlled); ok {
+		n.Control = ctl
 	}
 	n.target = len(legs) == 0
 	for _, below := range st.Nodes[first:] {
