@@ -1,12 +1,13 @@
 package bioset
 
 import (
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // leaf ends every bio at once, counting them.
@@ -68,20 +69,6 @@ func completes(done <-chan struct{}, d time.Duration) bool {
 	}
 }
 
-// settleGoroutines waits, boundedly, for the goroutine count to fall back
-// to want, and fails the test if it does not.
-func settleGoroutines(t *testing.T, want int) {
-	t.Helper()
-	for i := 0; i < 200; i++ {
-		if runtime.NumGoroutine() <= want {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	buf := make([]byte, 1<<16)
-	t.Fatalf("%d goroutines left, want %d:\n%s", runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
-}
-
 // stallBound is how long the watchdog waits before calling a fan-out
 // stalled. Without the rescuer the stall is certain, not a race: the test
 // only needs to see it persist.
@@ -95,7 +82,7 @@ const completeBound = 20 * time.Second
 // whose fan-out exceeds its pool, with no rescuer, waits forever for bios
 // that sit unsubmitted on its own Submitter.
 func TestFanOutWithoutRescuerStalls(t *testing.T) {
-	base := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	lf := &leaf{}
 	pool := New(Options{Name: "fan", Capacity: 2, NoRescuer: true})
 	f := &fan{pool: pool, lower: lf, width: 4}
@@ -115,13 +102,12 @@ func TestFanOutWithoutRescuerStalls(t *testing.T) {
 		t.Fatal("still stalled after the rescuer was turned on")
 	}
 	pool.Close()
-	settleGoroutines(t, base)
 }
 
 // TestFanOutWithRescuerCompletes is the second half: the same workload with
 // the rescuer on completes, and it took the rescuer to do it.
 func TestFanOutWithRescuerCompletes(t *testing.T) {
-	base := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	lf := &leaf{}
 	pool := New(Options{Name: "fan", Capacity: 2})
 	f := &fan{pool: pool, lower: lf, width: 4}
@@ -138,7 +124,6 @@ func TestFanOutWithRescuerCompletes(t *testing.T) {
 	if st.Punted == 0 || st.Rescued != st.Punted || st.InUse != 0 || lf.n.Load() != 4 {
 		t.Fatalf("stats %+v, leaf saw %d; want punts > 0, rescued == punted, none in use, 4 at the leaf", st, lf.n.Load())
 	}
-	settleGoroutines(t, base)
 }
 
 // twoLevels builds upper (width 4, pool 4) over lower (width 4, pool 2) over
@@ -159,7 +144,7 @@ func twoLevels(puntForeign bool) (upper, lower *fan, lf *leaf) {
 // for bios that only it could submit. With the rule, the same stack
 // completes.
 func TestPuntOnlyOwnBios(t *testing.T) {
-	base := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 
 	t.Run("foreign bios punted: stalls", func(t *testing.T) {
 		upper, lower, _ := twoLevels(true)
@@ -194,7 +179,6 @@ func TestPuntOnlyOwnBios(t *testing.T) {
 			t.Fatalf("lower pool %+v: want punts, all rescued", st)
 		}
 	})
-	settleGoroutines(t, base)
 }
 
 // recorder notes the order in which bios reach it.

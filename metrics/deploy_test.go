@@ -20,21 +20,19 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/stackd/stackd/configs"
+
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 const deployDir = "../deploy"
 
-// tool returns the path of an external command the test needs. Missing,
-// it fails the test under CI=true (scripts/install-test-deps.sh installs
-// it) and skips it elsewhere.
+// tool returns the path of an external command the test needs (see
+// stackdtest.Missing for when it is not installed).
 func tool(t *testing.T, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("%s not found: install Debian's %s (scripts/install-test-deps.sh does)", name, pkg)
-		}
-		t.Skipf("%s not found; install Debian's %s to run this test", name, pkg)
+		stackdtest.Missing(t, "%s not found: install Debian's %s", name, pkg)
 	}
 	return p
 }

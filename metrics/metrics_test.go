@@ -19,6 +19,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
 )
@@ -135,13 +136,7 @@ func runWorkload(t testing.TB, r *rig) gathered {
 
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	stackdtest.WaitFor(t, what, ioTimeout, cond)
 }
 
 func TestWorkloadSeries(t *testing.T) {

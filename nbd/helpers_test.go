@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
@@ -92,13 +93,7 @@ func (ts *testServer) dial(t testing.TB, o client.Options) *client.Client {
 // waitFor polls cond until it holds or the timeout passes.
 func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(ioTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
+	stackdtest.WaitFor(t, what, ioTimeout, cond)
 }
 
 func tctx(t testing.TB) context.Context {

@@ -2,13 +2,14 @@ package stack
 
 import (
 	"errors"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"go.uber.org/goleak"
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/settings"
@@ -53,7 +54,7 @@ func TestDelayPerOp(t *testing.T) {
 // latency after it arrived, however large: the delay models latency, not
 // a throughput cap. Close leaves no goroutine behind.
 func TestDelayBurst(t *testing.T) {
-	before := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const delay = 30 * time.Millisecond
 	m := targets.NewMemory(1<<20, 0)
 	dl := NewDelay(m, DelayLatencies{Write: delay})
@@ -88,7 +89,6 @@ func TestDelayBurst(t *testing.T) {
 		t.Fatalf("Allocated %d", m.Allocated())
 	}
 	dl.Close()
-	settleGoroutines(t, before)
 }
 
 // TestDelayOrder: bios with shorter latencies overtake longer ones that

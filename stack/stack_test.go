@@ -2,11 +2,13 @@ package stack
 
 import (
 	"bytes"
-	"runtime"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/targets"
 )
 
@@ -48,15 +50,7 @@ func readLent(t testing.TB, s *bioset.Submitter, dev Device, off, n uint64, buf 
 // await submits b on s and waits for it to end, at most completeBound.
 func await(t testing.TB, s *bioset.Submitter, b *bioset.Bio) error {
 	t.Helper()
-	done := make(chan struct{})
-	b.SetEndIO(func(*bioset.Bio) { close(done) })
-	s.Submit(b)
-	select {
-	case <-done:
-	case <-time.After(completeBound):
-		t.Fatalf("%v %d+%d did not complete within %v", b.Op, b.Offset, b.Length, completeBound)
-	}
-	return b.Err()
+	return stackdtest.Await(t, s, b, completeBound)
 }
 
 const (
@@ -76,23 +70,11 @@ func memoryLegs(n int, size uint64) []Device {
 	return legs
 }
 
-func settleGoroutines(t *testing.T, want int) {
-	t.Helper()
-	for i := 0; i < 300; i++ {
-		if runtime.NumGoroutine() <= want {
-			return
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	buf := make([]byte, 1<<16)
-	t.Fatalf("%d goroutines left, want %d:\n%s", runtime.NumGoroutine(), want, buf[:runtime.Stack(buf, true)])
-}
-
 // TestStripeDeadlockProof is the project's central claim, shown on the real
 // stripe layer. A 16 KiB write over a 4 KiB-chunk stripe of four legs needs
 // four children in one Submit; the pool holds two.
 func TestStripeDeadlockProof(t *testing.T) {
-	base := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const chunk = 4096
 	write := func(st *Stripe) <-chan error {
 		errc := make(chan error, 1)
@@ -168,7 +150,6 @@ func TestStripeDeadlockProof(t *testing.T) {
 			}
 		}
 	})
-	settleGoroutines(t, base)
 }
 
 // TestStripeMapping checks the per-leg clipping of no-payload ops against

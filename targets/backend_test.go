@@ -4,18 +4,19 @@ import (
 	"bytes"
 	"errors"
 	"io"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
 
 	"github.com/pojntfx/go-nbd/pkg/backend"
 
+	"go.uber.org/goleak"
+
 	"github.com/stackd/stackd/bioset"
 )
 
 func TestBackendModel(t *testing.T) {
-	before := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	be, err := NewBackend(backend.NewMemoryBackend(make([]byte, 1<<20+333)))
 	if err != nil {
 		t.Fatal(err)
@@ -30,7 +31,6 @@ func TestBackendModel(t *testing.T) {
 	exerciseModel(t, be, modelOpts{ops: 800, maxLen: 64 << 10, trimZeroes: false, seed: 3})
 	checkOutOfRange(t, be)
 	be.Close()
-	waitGoroutines(t, before)
 }
 
 // recorder is a backend that counts syncs and fails on demand.

@@ -6,12 +6,15 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 
+	"go.uber.org/goleak"
+
 	"github.com/stackd/stackd/bioset"
+
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 func openTestFile(t *testing.T, size uint64, o FileOptions) (*File, string) {
@@ -75,7 +78,7 @@ func TestFileCreationIsDurable(t *testing.T) {
 	}
 	straceBin, err := exec.LookPath("strace")
 	if err != nil {
-		missingTool(t, "strace not found: install Debian's strace")
+		stackdtest.Missing(t, "strace not found: install Debian's strace")
 	}
 	// EvalSymlinks: strace prints the fd's real path.
 	dir, err := filepath.EvalSymlinks(t.TempDir())
@@ -90,7 +93,7 @@ func TestFileCreationIsDurable(t *testing.T) {
 	cmd.Env = append(os.Environ(), createUnderStrace+"="+path)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		if strings.Contains(string(out), "ptrace") {
-			missingTool(t, "strace cannot trace here: %s", out)
+			stackdtest.Missing(t, "strace cannot trace here: %s", out)
 		}
 		t.Fatalf("the child that creates %s: %v\n%s", path, err, out)
 	}
@@ -124,16 +127,6 @@ func TestFileCreationIsDurable(t *testing.T) {
 		}
 		at++
 	}
-}
-
-// missingTool skips the test, or fails it under CI=true, where every tool
-// a test needs must be installed.
-func missingTool(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("CI=true: "+format, args...)
-	}
-	t.Skipf(format, args...)
 }
 
 func TestFileExisting(t *testing.T) {
@@ -301,7 +294,7 @@ func TestFileBlockStatus(t *testing.T) {
 }
 
 func TestFileCloseLeaksNothing(t *testing.T) {
-	before := runtime.NumGoroutine()
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	path := filepath.Join(t.TempDir(), "leak.img")
 	for range 3 {
 		f, err := OpenFile(path, 1<<20, FileOptions{Workers: 16})
@@ -317,7 +310,6 @@ func TestFileCloseLeaksNothing(t *testing.T) {
 			t.Fatalf("second Close: %v", err)
 		}
 	}
-	waitGoroutines(t, before)
 }
 
 // ramDir returns a fresh directory on tmpfs (/dev/shm), where a File runs

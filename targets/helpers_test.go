@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
-	"runtime"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 // device is stack.Device, restated so that internal tests need not import
@@ -25,17 +25,9 @@ type device interface {
 // however the target ends it: inline or from a worker.
 func submit(t testing.TB, dev bioset.Queue, b *bioset.Bio) error {
 	t.Helper()
-	done := make(chan struct{})
-	b.SetEndIO(func(*bioset.Bio) { close(done) })
 	b.Dev = dev
 	var s bioset.Submitter
-	s.Submit(b)
-	select {
-	case <-done:
-	case <-time.After(10 * time.Second):
-		t.Fatalf("%v bio at %d+%d never ended", b.Op, b.Offset, b.Length)
-	}
-	return b.Err()
+	return stackdtest.Await(t, &s, b, 10*time.Second)
 }
 
 func do(t testing.TB, dev bioset.Queue, op bioset.Op, fl bioset.Flags, off, length uint64, buf []byte) error {
@@ -271,25 +263,6 @@ func checkOutOfRange(t *testing.T, dev device) {
 	// FLUSH has no range: whatever its offset says is ignored.
 	if err := do(t, dev, bioset.OpFlush, 0, 0, 0, nil); err != nil {
 		t.Errorf("flush: %v", err)
-	}
-}
-
-// waitGoroutines waits, for a bounded time, for the goroutine count to drop
-// back to want: exiting goroutines take a moment to be counted out.
-func waitGoroutines(t *testing.T, want int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		n := runtime.NumGoroutine()
-		if n <= want {
-			return
-		}
-		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<16)
-			buf = buf[:runtime.Stack(buf, true)]
-			t.Fatalf("%d goroutines, want at most %d:\n%s", n, want, buf)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

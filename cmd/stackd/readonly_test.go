@@ -13,6 +13,8 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/stack"
+
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 // immutable makes path immutable (chattr +i), so that no one, root
@@ -21,18 +23,11 @@ import (
 // fails under CI=true, where the tests run as root on ext4.
 func immutable(t *testing.T, path string) {
 	t.Helper()
-	unable := func(format string, args ...any) {
-		t.Helper()
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("CI=true: "+format, args...)
-		}
-		t.Skipf(format, args...)
-	}
 	if os.Geteuid() != 0 {
-		unable("chattr +i needs root")
+		stackdtest.Missing(t, "chattr +i needs root")
 	}
 	if out, err := exec.Command("chattr", "+i", path).CombinedOutput(); err != nil {
-		unable("chattr +i %s: %v: %s", path, err, out)
+		stackdtest.Missing(t, "chattr +i %s: %v: %s", path, err, out)
 	}
 	// Registered after t.TempDir's cleanup, so it runs first: the
 	// directory can then be removed.

@@ -25,7 +25,6 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -43,6 +42,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -55,9 +55,6 @@ const (
 	// prepareBound bounds prepare.sh: installing qemu and downloading two
 	// kernels on a fresh machine; a second run only checks its cache.
 	prepareBound = 10 * time.Minute
-	// stopBound bounds stackd's exit after SIGTERM: its own shutdown
-	// grace (30 s) and final flush, and some slack.
-	stopBound = 45 * time.Second
 	// hostToolBound bounds each host-side check (nbdcopy, e2fsck, debugfs)
 	// of a 1 GiB export.
 	hostToolBound = 2 * time.Minute
@@ -76,17 +73,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "e2e:", err)
 		os.Exit(1)
 	}
-	stackdBin = filepath.Join(dir, "stackd")
-	args := []string{"build", "-o", stackdBin}
-	if raceEnabled {
-		// A data race the kernel's load provokes makes stackd exit
-		// 66, and its report lands in the log the test prints.
-		args = append(args, "-race")
-	}
-	args = append(args, "github.com/stackd/stackd/cmd/stackd")
-	build := exec.Command(goTool(), args...)
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
+	// With the race detector, a data race the kernel's load provokes
+	// makes stackd exit 66, and its report lands in the log the test
+	// prints.
+	if stackdBin, err = stackdtest.Build(dir, raceEnabled); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e: building stackd:", err)
 		os.RemoveAll(dir)
 		os.Exit(1)
@@ -94,25 +84,6 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// goTool is the go command of the toolchain running the test.
-func goTool() string {
-	p := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(p); err == nil {
-		return p
-	}
-	return "go"
-}
-
-// need reports a missing prerequisite: a failure under CI=true, where
-// everything must be in place, and a skip elsewhere.
-func need(t *testing.T, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("prerequisite missing (CI=true): "+format, args...)
-	}
-	t.Skipf("prerequisite missing: "+format, args...)
 }
 
 func skipUnlessE2E(t *testing.T) {
@@ -124,7 +95,7 @@ func skipUnlessE2E(t *testing.T) {
 		t.Skip("STACKD_E2E=off")
 	}
 	if runtime.GOOS != "linux" || runtime.GOARCH != "amd64" {
-		need(t, "the guest is a Debian amd64 kernel booted by qemu on a Linux amd64 host, not %s/%s",
+		stackdtest.Missing(t, "the guest is a Debian amd64 kernel booted by qemu on a Linux amd64 host, not %s/%s",
 			runtime.GOOS, runtime.GOARCH)
 	}
 }
@@ -162,7 +133,7 @@ func prepareGuest(t *testing.T, series string) guest {
 		return g
 	}
 	if msg, ok := prepared.errs[series]; ok {
-		need(t, "%s", msg)
+		stackdtest.Missing(t, "%s", msg)
 	}
 	if prepared.guests == nil {
 		prepared.guests = map[string]guest{}
@@ -187,7 +158,7 @@ func prepareGuest(t *testing.T, series string) guest {
 			msg = fmt.Sprintf("prepare.sh %s ran over its bound and was killed\n%s", series, tail(stderr.String(), 30))
 		}
 		prepared.errs[series] = msg
-		need(t, "%s", msg)
+		stackdtest.Missing(t, "%s", msg)
 	}
 	for _, line := range strings.Split(stdout.String(), "\n") {
 		f := strings.Fields(line)
@@ -198,7 +169,7 @@ func prepareGuest(t *testing.T, series string) guest {
 			return g
 		case len(f) >= 2 && f[0] == "unavailable" && f[1] == series:
 			prepared.errs[series] = "kernel " + series + ": " + strings.Join(f[2:], " ")
-			need(t, "%s", prepared.errs[series])
+			stackdtest.Missing(t, "%s", prepared.errs[series])
 		}
 	}
 	prepared.errs[series] = fmt.Sprintf("prepare.sh %s printed no ready line:\n%s\n%s", series, stdout.String(), tail(stderr.String(), 30))
@@ -215,47 +186,10 @@ func tail(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// daemon is a running stackd.
+// daemon is a running stackd (stackdtest.Daemon), logging JSON records.
 type daemon struct {
-	cmd    *exec.Cmd
-	addr   string // 127.0.0.1:PORT of its TCP listener
-	log    *logBuffer
-	exited chan struct{}
-	err    error // from Wait, once exited is closed
-}
-
-// logBuffer collects stackd's JSON log lines.
-type logBuffer struct {
-	mu    sync.Mutex
-	lines []string
-}
-
-func (b *logBuffer) add(line string) {
-	b.mu.Lock()
-	b.lines = append(b.lines, line)
-	b.mu.Unlock()
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Join(b.lines, "\n")
-}
-
-// records returns the log lines that parse as JSON records.
-func (b *logBuffer) records() []map[string]any {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	var out []map[string]any
-	for _, l := range b.lines {
-		var r map[string]any
-		dec := json.NewDecoder(strings.NewReader(l))
-		dec.UseNumber()
-		if dec.Decode(&r) == nil {
-			out = append(out, r)
-		}
-	}
-	return out
+	*stackdtest.Daemon
+	addr string // 127.0.0.1:PORT of its TCP listener
 }
 
 // startStackd starts stackd serving the exports in exportsYAML (the
@@ -269,73 +203,18 @@ func startStackd(t *testing.T, limitsYAML, exportsYAML string) *daemon {
 		cfg += "limits:\n" + limitsYAML
 	}
 	cfg += "exports:\n" + exportsYAML
-	path := filepath.Join(t.TempDir(), "stackd.yaml")
-	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(stackdBin, "serve", "-config", path, "-log-format", "json")
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	d := &daemon{cmd: cmd, log: &logBuffer{}, exited: make(chan struct{})}
-	listening := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			d.log.add(line)
-			var r struct{ Msg, Network, Address string }
-			if json.Unmarshal([]byte(line), &r) == nil && r.Msg == "listening" && r.Network == "tcp" {
-				select {
-				case listening <- r.Address:
-				default:
-				}
-			}
-		}
-		d.err = cmd.Wait()
-		close(d.exited)
-	}()
-	t.Cleanup(func() {
-		select {
-		case <-d.exited:
-		default:
-			cmd.Process.Kill()
-			<-d.exited
-		}
-		if t.Failed() {
-			t.Logf("stackd log (tail):\n%s", tail(d.log.String(), 40))
-		}
-	})
-	select {
-	case d.addr = <-listening:
-	case <-d.exited:
-		t.Fatalf("stackd exited at start: %v\nconfig:\n%s\nlog:\n%s", d.err, cfg, d.log)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("stackd is not listening after 20s\nlog:\n%s", d.log)
-	}
+	d := &daemon{Daemon: stackdtest.Start(t, stackdBin, t.TempDir(), cfg)}
+	d.addr = d.TCP[0]
 	return d
 }
 
-// stop sends SIGTERM and requires stackd to exit 0 within stopBound.
+// stop sends SIGTERM and requires stackd to exit 0 within
+// stackdtest.StopBound.
 func (d *daemon) stop(t *testing.T) {
 	t.Helper()
-	if err := d.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatalf("SIGTERM to stackd: %v", err)
-	}
-	select {
-	case <-d.exited:
-	case <-time.After(stopBound):
-		d.cmd.Process.Kill()
-		<-d.exited
-		t.Fatalf("stackd did not exit within %v of SIGTERM; killed\nlog:\n%s", stopBound, tail(d.log.String(), 40))
-	}
-	if d.err != nil {
-		t.Fatalf("stackd exited with %v after SIGTERM, want exit 0\nlog:\n%s", d.err, tail(d.log.String(), 60))
+	d.Stop(t)
+	if t.Failed() {
+		t.FailNow()
 	}
 }
 
@@ -343,7 +222,7 @@ func (d *daemon) stop(t *testing.T) {
 // warnings and connection summaries.
 func (d *daemon) checkLog(t *testing.T) {
 	t.Helper()
-	for _, r := range d.log.records() {
+	for _, r := range d.Log().Records() {
 		switch r["level"] {
 		case "ERROR":
 			t.Errorf("stackd logged an error: %v", r)
@@ -489,12 +368,12 @@ func runCase(t *testing.T, c kcase) {
 	g := prepareGuest(t, c.series)
 	qemu, err := exec.LookPath("qemu-system-x86_64")
 	if err != nil {
-		need(t, "qemu-system-x86_64: %v", err)
+		stackdtest.Missing(t, "qemu-system-x86_64: %v", err)
 	}
 	hostTools := []string{"nbdcopy", "e2fsck", "debugfs"}
 	for _, tool := range hostTools {
 		if _, err := lookTool(tool); err != nil {
-			need(t, "%s (scripts/install-test-deps.sh and prepare.sh install it): %v", tool, err)
+			stackdtest.Missing(t, "%s (scripts/install-test-deps.sh and prepare.sh install it): %v", tool, err)
 		}
 	}
 

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 // fioJob is the part of one job in fio's JSON output the tests look at.
@@ -64,7 +66,7 @@ func TestFio(t *testing.T) {
 	need(t, "fio")
 	out, err := run(t, "fio", "--enghelp=nbd")
 	if err != nil || !strings.Contains(out, "uri") {
-		missingPeer(t, "fio has no nbd ioengine: %v\n%s", err, out)
+		stackdtest.Missing(t, "fio has no nbd ioengine: %v\n%s", err, out)
 	}
 	d := startDaemon(t, daemonConfig{Exports: []export{{Name: "default", Stack: memStack(32 * MiB)}}})
 	uri := d.uri("default")

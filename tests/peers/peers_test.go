@@ -21,11 +21,12 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 // cmdTimeout bounds every external command a test runs.
@@ -39,57 +40,24 @@ func TestMain(m *testing.M) {
 }
 
 func testMain(m *testing.M) int {
-	root, err := filepath.Abs(filepath.Join("..", ".."))
-	if err == nil {
-		_, err = os.Stat(filepath.Join(root, "go.mod"))
-	}
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "peers: cannot find the module root two levels up:", err)
-		return 1
-	}
 	dir, err := os.MkdirTemp("", "stackd-peers-bin")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "peers:", err)
 		return 1
 	}
 	defer os.RemoveAll(dir)
-	stackdBin = filepath.Join(dir, "stackd")
-
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	build := exec.CommandContext(ctx, goTool(), "build", "-o", stackdBin, "./cmd/stackd")
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "peers: go build ./cmd/stackd: %v\n%s", err, out)
+	if stackdBin, err = stackdtest.Build(dir, false); err != nil {
+		fmt.Fprintln(os.Stderr, "peers:", err)
 		return 1
 	}
 	return m.Run()
-}
-
-// goTool is the go command of the toolchain running the tests.
-func goTool() string {
-	if p, err := exec.LookPath("go"); err == nil {
-		return p
-	}
-	return filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-}
-
-// missingPeer skips the test, or fails it under CI, where every peer must
-// be installed.
-func missingPeer(t *testing.T, format string, args ...any) {
-	t.Helper()
-	msg := fmt.Sprintf(format, args...)
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s (CI=true: every peer must be installed; see scripts/install-test-deps.sh)", msg)
-	}
-	t.Skipf("%s; skipping", msg)
 }
 
 // need makes sure the peer command is installed.
 func need(t *testing.T, cmd string) {
 	t.Helper()
 	if _, err := exec.LookPath(cmd); err != nil {
-		missingPeer(t, "peer %s not installed", cmd)
+		stackdtest.Missing(t, "peer %s not installed", cmd)
 	}
 }
 
@@ -120,7 +88,7 @@ func needNBDPython(t *testing.T) string {
 	t.Helper()
 	p := nbdPython()
 	if p == "" {
-		missingPeer(t, "no python3 with libnbd bindings (python3-libnbd, nbdsh) installed")
+		stackdtest.Missing(t, "no python3 with libnbd bindings (python3-libnbd, nbdsh) installed")
 	}
 	return p
 }

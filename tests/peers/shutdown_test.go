@@ -122,9 +122,9 @@ func TestShutdownUnderLoad(t *testing.T) {
 		}
 	}
 	d.Stop(t)
-	t.Logf("stackd stopped %v after SIGTERM", d.stopTook.Round(time.Millisecond))
-	if d.stopTook > 10*time.Second {
-		t.Errorf("stackd took %v to stop with requests of %v in flight", d.stopTook, legDelay)
+	t.Logf("stackd stopped %v after SIGTERM", d.StopTook.Round(time.Millisecond))
+	if d.StopTook > 10*time.Second {
+		t.Errorf("stackd took %v to stop with requests of %v in flight", d.StopTook, legDelay)
 	}
 	wg.Wait()
 	if len(errs) > 0 {
