@@ -30,55 +30,51 @@ type fileSettings struct {
 	Exports settings.List[exportSettings]  `yaml:"exports" label:"exports" need:"true"`
 }
 
-// controlPath is the control socket's path, or "off", "" or empty for
-// none.
-type controlPath struct {
+// offable is a string setting that "off", "" or an empty value turns
+// off.
+type offable struct {
 	settings.String
-	// off: no control socket.
 	off bool
 }
 
-func (c *controlPath) UnmarshalYAML(n *yaml.Node) error {
+// decode decodes n, a setting called what.
+func (o *offable) decode(n *yaml.Node, what string) error {
 	if settings.IsNull(n) {
-		*c = controlPath{off: true}
+		*o = offable{off: true}
 		return nil
 	}
-	if err := settings.Named(n, 0, "control socket path", &c.String); err != nil {
+	if err := settings.Named(n, 0, what, &o.String); err != nil {
 		return err
 	}
-	c.off = c.S == "" || c.S == "off"
-	if !c.off {
-		var p settings.Problems
-		checkUnixPath(&p, c.Line, "control socket path", c.S)
-		return p.Err()
-	}
+	o.off = o.S == "" || o.S == "off"
 	return nil
+}
+
+// controlPath is the control socket's path, or off for none.
+type controlPath struct{ offable }
+
+func (c *controlPath) UnmarshalYAML(n *yaml.Node) error {
+	if err := c.decode(n, "control socket path"); err != nil || c.off {
+		return err
+	}
+	var p settings.Problems
+	checkUnixPath(&p, c.Line, "control socket path", c.S)
+	return p.Err()
 }
 
 type metricsSettings struct {
 	Address metricsAddress `yaml:"address"`
 }
 
-// metricsAddress is host:port, or "off", "" or empty for no metrics.
-type metricsAddress struct {
-	settings.String
-	// off: metrics are off.
-	off bool
-}
+// metricsAddress is host:port, or off for no metrics.
+type metricsAddress struct{ offable }
 
 func (m *metricsAddress) UnmarshalYAML(n *yaml.Node) error {
-	if settings.IsNull(n) {
-		*m = metricsAddress{off: true}
-		return nil
-	}
-	if err := settings.Named(n, 0, "metrics address", &m.String); err != nil {
+	if err := m.decode(n, "metrics address"); err != nil || m.off {
 		return err
 	}
-	m.off = m.S == "" || m.S == "off"
-	if !m.off {
-		if err := checkHostPort(m.S); err != nil {
-			return settings.Invalid(n, " %q: %v (or \"off\" to serve no metrics)", m.S, err)
-		}
+	if err := checkHostPort(m.S); err != nil {
+		return settings.Invalid(n, " %q: %v (or \"off\" to serve no metrics)", m.S, err)
 	}
 	return nil
 }
