@@ -125,9 +125,10 @@ func (c *Client) dialError(err error) error {
 	case errors.Is(err, os.ErrPermission):
 		hint = "; the socket is mode 0600: run this as the user stackd runs as, or as root"
 	}
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		err = ue.Err
+	// The socket's path is said once, before the reason.
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		err = oe.Err
 	}
 	return fmt.Errorf("control socket %s: %w%s", c.socket, err, hint)
 }

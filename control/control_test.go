@@ -20,29 +20,16 @@ import (
 	"github.com/stackd/stackd/stack"
 )
 
-// testConfig has, under a split, a test mirror whose first leg is a test
-// switch, and a second export with no Controlled node at all.
+// testConfig has controltest.Stack, and a second export with no
+// Controlled node at all.
 const testConfig = `
 exports:
   - name: disk
     default: true
-    stack:
-      split:
-        max_bytes: 64KiB
-        pool: {capacity: 16}
-        leg:
-          testmirror:
-            legs:
-              - testswitch: {leg: {memory: {size: 1MiB}}}
-              - memory: {size: 1MiB}
+    stack: ` + controltest.Stack + `
   - name: plain
     read_only: true
-    stack:
-      stripe:
-        chunk: 4KiB
-        legs:
-          - memory: {size: 1MiB}
-          - memory: {size: 1MiB}
+    stack: {stripe: {chunk: 4KiB, legs: [{memory: {size: 1MiB}}, {memory: {size: 1MiB}}]}}
 `
 
 // fakeServer stands for the NBD server's counters.
@@ -56,7 +43,6 @@ func (fakeServer) Stats() nbd.ServerStats {
 // on a unix socket; it returns a client of it.
 func serve(t *testing.T) (*control.Client, []*stack.Stack, string) {
 	t.Helper()
-	_ = controltest.KindMirror // the kinds register themselves on import
 	cfg, err := configs.Parse("<test>", []byte(testConfig))
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +117,7 @@ func TestStatus(t *testing.T) {
 		t.Errorf("export: %+v", disk)
 	}
 	split := disk.Root
-	if split.Path != "disk/split" || split.Kind != "split" || split.Pool == nil || split.Pool.Capacity != 16 || !split.Pool.Rescuer {
+	if split.Path != "disk/split" || split.Kind != "split" || split.Pool == nil || split.Pool.Capacity != 1024 || !split.Pool.Rescuer {
 		t.Errorf("split: %+v %+v", split, split.Pool)
 	}
 	if split.Requests != 1 || split.Controlled || len(split.Legs) != 1 {
@@ -160,7 +146,7 @@ func TestStatus(t *testing.T) {
 	for _, want := range []string{
 		"server: 2 connections, payload 1.5MiB of 256MiB in use\n",
 		"disk (1MiB, default)\n",
-		"  split 1MiB requests=1 pool=0/16 punted=0 rescued=0 ",
+		"  split 1MiB requests=1 pool=0/1024 punted=0 rescued=0 ",
 		"    testmirror 1MiB requests=1 ",
 		"      testswitch 1MiB requests=1 mode=on switches=0 [in_sync] ",
 		"        memory 1MiB requests=1 ",

@@ -20,6 +20,18 @@ import (
 	"github.com/stackd/stackd/stack"
 )
 
+// Stack is a stack node in YAML flow style for the tests: a test mirror
+// under a split, whose first leg is a test switch over memory and whose
+// second is memory, 1 MiB each. Its paths, in an export "disk":
+//
+//	disk/split
+//	disk/split/testmirror
+//	disk/split/testmirror/leg0          the testswitch
+//	disk/split/testmirror/leg0/memory
+//	disk/split/testmirror/leg1          memory
+const Stack = "{split: {max_bytes: 64KiB, leg: {testmirror: {legs: [" +
+	"{testswitch: {leg: {memory: {size: 1MiB}}}}, {memory: {size: 1MiB}}]}}}}"
+
 // The kinds' names, as a stack node's key.
 const (
 	KindSwitch = "testswitch"
