@@ -91,9 +91,6 @@ func New(o Options) *Server {
 	return s
 }
 
-// Handler returns the API's handler, bounds on the body included.
-func (s *Server) Handler() http.Handler { return http.HandlerFunc(s.serveBounded) }
-
 // Serve serves the API on ln until Shutdown; it returns nil then.
 func (s *Server) Serve(ln net.Listener) error {
 	if err := s.http.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
