@@ -61,6 +61,13 @@ func (d *daemon) stopControl() {
 	d.control = nil
 }
 
+// listenBacklog asks for the longest queue of connections not yet
+// accepted; the kernel lowers it to net.core.somaxconn, as it does for
+// the listeners of package net (syscall.SOMAXCONN is an old 128, too few
+// for many NBD clients connecting at once). 65535: older kernels keep the
+// backlog in 16 bits.
+const listenBacklog = 1<<16 - 1
+
 // listenUnix listens on a unix socket at path. A socket left behind by a
 // stackd that died is removed first, but only if connecting to it is
 // refused: a server that answers there, or one that cannot be asked,
@@ -95,7 +102,7 @@ func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 				return nil, err
 			}
 		}
-		if err := syscall.Listen(fd, syscall.SOMAXCONN); err != nil {
+		if err := syscall.Listen(fd, listenBacklog); err != nil {
 			return nil, fmt.Errorf("listen: %w", err)
 		}
 		return net.FileListener(f)
