@@ -281,6 +281,15 @@ func TestHTTP(t *testing.T) {
 	if code, body := do("POST", "/v1/nodes/disk/split/testmirror/leg0/actions/on", nil); code != 200 || !strings.Contains(body, `"action": "on"`) {
 		t.Errorf("on: %d %s", code, body)
 	}
+
+	// A header far beyond maxHeaderBytes is refused before any handler.
+	req, _ := http.NewRequest("GET", "http://stackd/v1/status", nil)
+	req.Header.Set("X-Padding", strings.Repeat("x", 64<<10))
+	if resp, err := hc.Do(req); err != nil {
+		t.Fatal(err)
+	} else if resp.Body.Close(); resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
+		t.Errorf("a 64 KiB header: %s", resp.Status)
+	}
 }
 
 // TestFormatState: how a node's state is put into words.

@@ -142,7 +142,8 @@ func (s *Server) getNode(w http.ResponseWriter, r *http.Request) {
 // ActionResult is the body of a successful action: what was done, and the
 // state of the node that did it, afterwards.
 type ActionResult struct {
-	// Path is the node acted on: the layer, for a leg action.
+	// Path is the node that acted: the layer, for a leg action; Leg the
+	// leg it acted on, -1 when it acted on itself.
 	Path   string          `json:"path"`
 	Leg    int             `json:"leg"`
 	Action string          `json:"action"`
