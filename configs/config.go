@@ -51,7 +51,10 @@ type Config struct {
 	// /metrics; empty means metrics are off. Default:
 	// DefaultMetricsAddress.
 	MetricsAddress string
-	Limits         Limits
+	// Control is the path of the control socket (`stackd status`,
+	// `stackd leg`, `stackd fault`); empty means none, the default.
+	Control string
+	Limits  Limits
 	// Exports in file order; at least one.
 	Exports []Export
 	// Source names the file the configuration came from (DefaultSource

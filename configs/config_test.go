@@ -306,6 +306,32 @@ func TestMetricsOff(t *testing.T) {
 	}
 }
 
+// TestControl: the control socket is off unless the configuration names
+// it; "off" and an empty value turn it off.
+func TestControl(t *testing.T) {
+	const exports = "exports:\n  - name: a\n    stack: {null: {size: 1MiB}}\n"
+	for src, want := range map[string]string{
+		"":                                    "",
+		"control: off\n":                      "",
+		"control: \"\"\n":                     "",
+		"control:\n":                          "",
+		"control: /run/stackd/control.sock\n": "/run/stackd/control.sock",
+		"control: ctl.sock\n":                 "ctl.sock",
+	} {
+		c, err := Parse("t.yaml", []byte(src+exports))
+		if err != nil {
+			t.Errorf("%q: %v", src, err)
+			continue
+		}
+		if c.Control != want {
+			t.Errorf("%q: Control = %q, want %q", src, c.Control, want)
+		}
+	}
+	if Default().Control != "" {
+		t.Error("the embedded default has a control socket; it must run as any user, and /run/stackd is root's")
+	}
+}
+
 func TestLoad(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "stackd.yaml")

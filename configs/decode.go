@@ -26,33 +26,55 @@ type fileSettings struct {
 	Listen  settings.List[listenerSetting] `yaml:"listen" label:"listen"`
 	Metrics metricsSettings                `yaml:"metrics" label:"metrics"`
 	Limits  limitsSettings                 `yaml:"limits" label:"limits"`
+	Control controlPath                    `yaml:"control" label:"control"`
 	Exports settings.List[exportSettings]  `yaml:"exports" label:"exports" need:"true"`
+}
+
+// offable is a string setting that "off", "" or an empty value turns
+// off.
+type offable struct {
+	settings.String
+	off bool
+}
+
+// decode decodes n, a setting called what.
+func (o *offable) decode(n *yaml.Node, what string) error {
+	if settings.IsNull(n) {
+		*o = offable{off: true}
+		return nil
+	}
+	if err := settings.Named(n, 0, what, &o.String); err != nil {
+		return err
+	}
+	o.off = o.S == "" || o.S == "off"
+	return nil
+}
+
+// controlPath is the control socket's path, or off for none.
+type controlPath struct{ offable }
+
+func (c *controlPath) UnmarshalYAML(n *yaml.Node) error {
+	if err := c.decode(n, "control socket path"); err != nil || c.off {
+		return err
+	}
+	var p settings.Problems
+	checkUnixPath(&p, c.Line, "control socket path", c.S)
+	return p.Err()
 }
 
 type metricsSettings struct {
 	Address metricsAddress `yaml:"address"`
 }
 
-// metricsAddress is host:port, or "off", "" or empty for no metrics.
-type metricsAddress struct {
-	settings.String
-	// off: metrics are off.
-	off bool
-}
+// metricsAddress is host:port, or off for no metrics.
+type metricsAddress struct{ offable }
 
 func (m *metricsAddress) UnmarshalYAML(n *yaml.Node) error {
-	if settings.IsNull(n) {
-		*m = metricsAddress{off: true}
-		return nil
-	}
-	if err := settings.Named(n, 0, "metrics address", &m.String); err != nil {
+	if err := m.decode(n, "metrics address"); err != nil || m.off {
 		return err
 	}
-	m.off = m.S == "" || m.S == "off"
-	if !m.off {
-		if err := checkHostPort(m.S); err != nil {
-			return settings.Invalid(n, " %q: %v (or \"off\" to serve no metrics)", m.S, err)
-		}
+	if err := checkHostPort(m.S); err != nil {
+		return settings.Invalid(n, " %q: %v (or \"off\" to serve no metrics)", m.S, err)
 	}
 	return nil
 }
@@ -129,12 +151,7 @@ func (l *listenerSetting) UnmarshalYAML(n *yaml.Node) error {
 		if err := settings.Named(v, k.Line, "unix socket path", &addr); err != nil {
 			return err
 		}
-		switch {
-		case addr.S == "":
-			p.At(addr.Line, "unix socket path must not be empty")
-		case len(addr.S) > maxUnixPath:
-			p.At(addr.Line, "unix socket path is %d bytes long; Linux allows at most %d", len(addr.S), maxUnixPath)
-		}
+		checkUnixPath(&p, addr.Line, "unix socket path", addr.S)
 		if p.Len() > 0 {
 			return p.Err()
 		}
@@ -144,6 +161,16 @@ func (l *listenerSetting) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*l = listenerSetting{Listener: Listener{Network: k.Value, Address: addr.S}, line: addr.Line}
 	return nil
+}
+
+// checkUnixPath checks a socket path for what bind(2) accepts.
+func checkUnixPath(p *settings.Problems, line int, what, path string) {
+	switch {
+	case path == "":
+		p.At(line, "%s must not be empty", what)
+	case len(path) > maxUnixPath:
+		p.At(line, "%s is %d bytes long; Linux allows at most %d", what, len(path), maxUnixPath)
+	}
 }
 
 // Bounds on what a configuration may describe, so that a small file
@@ -251,6 +278,7 @@ func (d *decoder) config(data []byte) *Config {
 	} else if a.Line > 0 {
 		c.MetricsAddress = a.S
 	}
+	c.Control = d.control(fs.Control, fs.Listen)
 	d.checkStacks(c)
 	return c
 }
@@ -380,6 +408,21 @@ func (d *decoder) listeners(ls settings.List[listenerSetting]) []Listener {
 		out = append(out, l.Listener)
 	}
 	return out
+}
+
+// control returns the control socket's path, "" for none; a path that is
+// also an NBD listener's would have two servers on one socket.
+func (d *decoder) control(c controlPath, ls settings.List[listenerSetting]) string {
+	if c.off || c.Line == 0 {
+		return ""
+	}
+	for _, l := range ls.Items {
+		if l.Network == "unix" && l.Address == c.S {
+			d.errorAt(c.Line, "control socket %s is also an NBD listener at line %d; give the control socket a path of its own", c.S, l.line)
+			return ""
+		}
+	}
+	return c.S
 }
 
 // checkHostPort accepts host:port with a numeric port; the host may be

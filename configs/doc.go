@@ -12,6 +12,11 @@
 //	  - unix: /run/stackd/nbd.sock   # socket path, at most 107 bytes
 //	metrics:
 //	  address: 127.0.0.1:9810    # default; "off", "" or empty: no metrics
+//	control: /run/stackd/control.sock  # optional; default none ("off",
+//	                             # "" or empty: none). The control socket
+//	                             # of stackd status, leg and fault: HTTP
+//	                             # and JSON on a unix socket of mode 0600;
+//	                             # at most 107 bytes, not a listen path
 //	limits:                      # each optional; absent or 0: the default
 //	  max_connections: 1024      # open connections; more are refused
 //	  max_connections_per_client: 64  # open connections from one IP

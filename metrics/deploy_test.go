@@ -374,6 +374,9 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if want := dir + "/control.sock"; cfg.Control != want {
+		t.Errorf("control socket %q, want /run/stackd/control.sock, the unit's RuntimeDirectory", cfg.Control)
+	}
 	if cfg.MetricsAddress != "127.0.0.1:9810" {
 		t.Errorf("metrics address %q, want the one deploy/prometheus scrapes", cfg.MetricsAddress)
 	}

@@ -18,7 +18,9 @@ import (
 type Controlled interface {
 	// State returns the node's live state for `stackd status`: a value
 	// that encoding/json turns into an object (a struct with json tags),
-	// taken under the node's own lock so that it is consistent.
+	// taken under the node's own lock so that it is consistent. A
+	// "legs" list with one entry per leg is shown beside each leg; see
+	// control.FormatStatus for how the rest is put into words.
 	State() any
 	// Act performs action on the node itself (leg -1) or on its leg
 	// number leg. An action the node does not know, or one that does not

@@ -2,10 +2,15 @@
 //
 //	stackd [serve] [-config FILE] [-log-format text|json] [-log-level LEVEL]
 //	stackd check -config FILE
+//	stackd status [-json] [-control SOCKET | -config FILE]
+//	stackd leg fail|restore PATH [-control SOCKET | -config FILE]
+//	stackd fault PATH on|off|down-now [-control SOCKET | -config FILE]
 //	stackd version
 //
 // With no config, serve runs the embedded default: export "default", a
-// 1 GiB striped RAM disk on 127.0.0.1:10809.
+// 1 GiB striped RAM disk on 127.0.0.1:10809. status, leg and fault talk
+// to a running daemon's control socket (configs' control:): the live tree
+// with its pools and states, and the actions of mirrors and fault layers.
 package main
 
 import (
@@ -26,6 +31,7 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/configs"
+	"github.com/stackd/stackd/control"
 	"github.com/stackd/stackd/metrics"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/stack"
@@ -65,6 +71,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return serve(args, stderr)
 	case "check":
 		return check(args, stdout, stderr)
+	case "status":
+		return status(args, stdout, stderr)
+	case "leg":
+		return leg(args, stdout, stderr)
+	case "fault":
+		return fault(args, stdout, stderr)
 	case "version":
 		fmt.Fprintln(stdout, "stackd", buildVersion())
 		return 0
@@ -82,6 +94,9 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage:
   stackd [serve] [-config FILE] [-log-format text|json] [-log-level debug|info|warn|error] [-pprof]
   stackd check -config FILE
+  stackd status [-json] [-control SOCKET | -config FILE]
+  stackd leg fail|restore PATH [-control SOCKET | -config FILE]
+  stackd fault PATH on|off|down-now [-control SOCKET | -config FILE]
   stackd version
 `)
 }
@@ -209,12 +224,16 @@ type daemon struct {
 	metricsSrv  *http.Server // nil when metrics are off
 	metricsAddr net.Addr
 	metricsDone chan struct{}
+
+	control     *control.Server // nil without a control socket
+	controlDone chan struct{}
 }
 
 // start brings a daemon up in the order an operator watching /readyz
 // expects: the metrics endpoint first (so /healthz answers while large
-// stacks are built), then the stacks, then the NBD listeners; only then is
-// it ready. On error, whatever was started is stopped.
+// stacks are built), then the stacks, the control socket over them, then
+// the NBD listeners; only then is it ready. On error, whatever was started
+// is stopped.
 func start(cfg *configs.Config, log *slog.Logger, o serveOptions) (*daemon, error) {
 	d := newDaemon(cfg, log)
 	if err := d.serveMetrics(cfg.MetricsAddress, o.pprof); err != nil {
@@ -224,7 +243,13 @@ func start(cfg *configs.Config, log *slog.Logger, o serveOptions) (*daemon, erro
 		d.stopMetrics()
 		return nil, err
 	}
+	if err := d.serveControl(cfg); err != nil {
+		d.closeStacks()
+		d.stopMetrics()
+		return nil, err
+	}
 	if err := d.listen(cfg); err != nil {
+		d.stopControl()
 		d.closeStacks()
 		d.stopMetrics()
 		return nil, err
@@ -363,17 +388,11 @@ func (d *daemon) listen(cfg *configs.Config) error {
 	return nil
 }
 
-// listen opens one listener. A unix socket left behind by a stackd that
-// died is removed first, but only if nothing answers on it.
+// listen opens one listener; a unix socket as listenUnix does, with the
+// mode the umask leaves (the unit's UMask decides who may connect).
 func listen(l configs.Listener) (net.Listener, error) {
 	if l.Network == "unix" {
-		if fi, err := os.Lstat(l.Address); err == nil && fi.Mode()&os.ModeSocket != 0 {
-			if c, err := net.DialTimeout("unix", l.Address, time.Second); err == nil {
-				c.Close()
-				return nil, fmt.Errorf("listen unix %s: another server is answering there", l.Address)
-			}
-			os.Remove(l.Address)
-		}
+		return listenUnix(l.Address, 0)
 	}
 	ln, err := net.Listen(l.Network, l.Address)
 	if err != nil {
@@ -405,6 +424,9 @@ func (d *daemon) stop() error {
 			errs = append(errs, fmt.Errorf("export %q: final flush: %w", d.names[i], err))
 		}
 	}
+	// The control socket answers while the connections drain, and stops
+	// before the stacks it reads close.
+	d.stopControl()
 	d.closeStacks()
 	// Last, so that the shutdown itself can be scraped.
 	d.stopMetrics()
