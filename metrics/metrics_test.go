@@ -21,6 +21,7 @@ import (
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/stack"
 )
 
 // testConfig has an ordinary export and one whose single-bio pools force
@@ -50,6 +51,17 @@ exports:
             legs:
               - memory: {size: 8MiB}
               - memory: {size: 8MiB}
+  - name: faulty
+    stack:
+      error:
+        ops: [write]
+        ranges: [{offset: 0, length: 4KiB}]
+        leg:
+          flakey:
+            up: 1h
+            down: 1h
+            mode: drop_writes
+            leg: {memory: {size: 1MiB}}
 `
 
 const diskSize = 16 << 20
@@ -118,6 +130,20 @@ func runWorkload(t testing.TB, r *rig) gathered {
 		t.Fatal(err)
 	}
 
+	// The fault layers: the error layer fails a write into its range;
+	// the flakey layer, sent down, drops one elsewhere.
+	fc := r.dial(t, "faulty")
+	if err := fc.Write(ctx, 0, buf, 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write into the error layer's range: %v, want EIO", err)
+	}
+	if err := faultNode(t, r, "faulty/error/flakey").Act(stack.ActionDownNow, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Write(ctx, 8192, buf, 0); err != nil {
+		t.Fatalf("write to the flakey layer while down: %v", err)
+	}
+	fc.Close()
+
 	// A handshake that fails: the client gives up on an unknown export.
 	if _, err := client.Dial(ctx, "unix", r.sock, client.Options{ExportName: "nonesuch"}); err == nil {
 		t.Fatal("dialled an unknown export")
@@ -131,6 +157,18 @@ func runWorkload(t testing.TB, r *rig) gathered {
 	r.m.RequestStarted("disk", bioset.OpRead)
 	r.m.RequestDone("disk", bioset.OpRead, 4096, syscall.EROFS, time.Millisecond)
 	return gather(t, r.m)
+}
+
+// faultNode returns the control of the node at path in r's stacks.
+func faultNode(t testing.TB, r *rig, path string) stack.Controlled {
+	t.Helper()
+	for _, ws := range r.m.stacks {
+		if n, _, _, err := ws.st.Lookup(path); err == nil && n.Control != nil {
+			return n.Control
+		}
+	}
+	t.Fatalf("no node %s to control", path)
+	return nil
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {
@@ -183,7 +221,7 @@ func TestWorkloadSeries(t *testing.T) {
 
 		// Server-wide.
 		{"stackd_connections_open", nil, 2},
-		{"stackd_connections_accepted_total", nil, 3},
+		{"stackd_connections_accepted_total", nil, 4},
 		{"stackd_connections_rejected_total", []string{"reason=max_connections"}, 0},
 		{"stackd_connections_rejected_total", []string{"reason=max_connections_per_client"}, 0},
 		{"stackd_handshake_failures_total", []string{"reason=eof"}, 1},
@@ -194,6 +232,17 @@ func TestWorkloadSeries(t *testing.T) {
 		{"stackd_layer_pool_capacity_bios", []string{"layer=tiny/split"}, 1},
 		{"stackd_layer_pool_capacity_bios", []string{"layer=disk/split"}, 1024},
 		{"stackd_layer_pool_rescuer_enabled", []string{"layer=tiny/split/stripe"}, 1},
+
+		// Per fault layer; the failure counts as an error of the layer
+		// and of none below it.
+		{"stackd_fault_requests_failed_total", []string{"layer=faulty/error"}, 1},
+		{"stackd_fault_requests_dropped_total", []string{"layer=faulty/error"}, 0},
+		{"stackd_fault_requests_failed_total", []string{"layer=faulty/error/flakey"}, 0},
+		{"stackd_fault_requests_dropped_total", []string{"layer=faulty/error/flakey"}, 1},
+		{"stackd_layer_errors_total", []string{"layer=faulty/error"}, 1},
+		{"stackd_layer_errors_total", []string{"layer=faulty/error/flakey"}, 0},
+		{"stackd_export_errors_total", []string{"export=faulty", "op=write", "error=EIO"}, 1},
+		{"stackd_layer_requests_total", []string{"layer=faulty/error/flakey/memory", "op=write"}, 0},
 	}
 	for _, c := range checks {
 		if got := g.value(t, c.name, c.labels...); got != c.want {
@@ -205,7 +254,9 @@ func TestWorkloadSeries(t *testing.T) {
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split") -
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe") -
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg0") -
-		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg1"); got != 3*10*4096 {
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg1") -
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=faulty/error") -
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=faulty/error/flakey"); got != 3*10*4096 {
 		t.Errorf("disk's layers saw %v write bytes, want %v (three levels of 40960)", got, 3*10*4096)
 	}
 
@@ -290,7 +341,7 @@ func TestNoUnboundedLabels(t *testing.T) {
 				if !allowed[l.GetName()] {
 					t.Errorf("%s: label %s=%q", name, l.GetName(), l.GetValue())
 				}
-				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" {
+				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" && l.GetValue() != "faulty" {
 					t.Errorf("%s: export %q is not configured", name, l.GetValue())
 				}
 			}
