@@ -116,6 +116,37 @@ func TestFormatTreeAttributes(t *testing.T) {
 	}
 }
 
+// TestFormatTreeFaults: the fault layers' words, their defaults shown.
+func TestFormatTreeFaults(t *testing.T) {
+	c, err := parseAndCheck("test.yaml", []byte(dedent(`
+		exports:
+		  - name: f
+		    stack:
+		      error:
+		        ops: [write, flush]
+		        rate: 0.5
+		        ranges: [{offset: 1MiB, length: 64KiB}, {offset: 0, length: 512}]
+		        leg:
+		          flakey:
+		            up: 5s
+		            down: 1s
+		            leg:
+		              error: {leg: {memory: {size: 2MiB}}}`)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	FormatTree(&b, c)
+	want := "f (2MiB, default)\n" +
+		"  error 2MiB ops=write,flush errno=EIO rate=0.5 ranges=1MiB+64KiB,0B+512B\n" +
+		"    flakey 2MiB up=5s down=1s mode=error\n" +
+		"      error 2MiB errno=EIO\n" +
+		"        memory 2MiB\n"
+	if b.String() != want {
+		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
 func TestSpecMapping(t *testing.T) {
 	src := dedent(`
 		listen:
@@ -345,6 +376,7 @@ func TestErrorType(t *testing.T) {
 // the size of the export each describes.
 func TestExamples(t *testing.T) {
 	heads := map[string]string{
+		"faults.yaml":       "faulty (256MiB, default)",
 		"file-stripe.yaml":  "striped (4GiB, default)",
 		"linear-files.yaml": "concat (3GiB, default)",
 		"read-only.yaml":    "golden (1GiB, default, read-only)",
