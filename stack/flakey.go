@@ -48,6 +48,10 @@ type Flakey struct {
 // flakeyOff is Flakey.start while the layer is switched off.
 const flakeyOff = math.MinInt64
 
+// maxFlakeyCycle bounds up + down, so that a cycle's length fits a
+// time.Duration (about 292 years) and the phase arithmetic cannot wrap.
+const maxFlakeyCycle = time.Duration(math.MaxInt64)
+
 // FlakeyMode is what a Flakey does while down.
 type FlakeyMode uint8
 
@@ -88,8 +92,8 @@ type FlakeyOptions struct {
 // NewFlakey returns a flakey layer over leg, switched on, at the start
 // of an up period.
 func NewFlakey(leg Device, o FlakeyOptions) (*Flakey, error) {
-	if o.Up <= 0 || o.Down <= 0 {
-		return nil, fmt.Errorf("flakey: up %v and down %v must both be positive", o.Up, o.Down)
+	if o.Up <= 0 || o.Down <= 0 || o.Up > maxFlakeyCycle-o.Down {
+		return nil, fmt.Errorf("flakey: up %v and down %v must both be positive, and together at most %v", o.Up, o.Down, maxFlakeyCycle)
 	}
 	f := &Flakey{leg: leg, up: o.Up, down: o.Down, mode: o.Mode, now: o.Now}
 	if f.now == nil {
@@ -219,6 +223,9 @@ func (c *FlakeyConfig) Check(p *settings.Problems) {
 		if d.v.Line > 0 && d.v.D == 0 {
 			p.At(d.v.Line, "flakey %s must be greater than zero", d.key)
 		}
+	}
+	if up, down := c.Up, c.Down; up.D > 0 && down.D > 0 && up.D > maxFlakeyCycle-down.D {
+		p.At(down.Line, "flakey up %s and down %s together are longer than %v, the longest cycle", up, down, maxFlakeyCycle)
 	}
 	if m := c.Mode; m.Line > 0 && !slices.Contains(flakeyModes, m.S) {
 		p.At(m.Line, "flakey mode: unknown mode %q%s", m.S, settings.Suggest(m.S, flakeyModes, ""))

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -254,6 +255,8 @@ func TestFlakeyConfigErrors(t *testing.T) {
 		{"flakey:\n  up: 1s\n  down: 0s\n  leg: {null: {size: 1MiB}}", `line 3: flakey down must be greater than zero`},
 		{"flakey: {up: -1s, down: 1s, leg: {null: {size: 1MiB}}}", `line 1: flakey up: -1s: a duration cannot be negative`},
 		{"flakey: {up: 1s, leg: {null: {size: 1MiB}}}", `line 1: flakey needs "down"`},
+		{"flakey: {up: 2000000h, down: 1000000h, leg: {null: {size: 1MiB}}}",
+			`line 1: flakey up 2000000h0m0s and down 1000000h0m0s together are longer than 2562047h47m16.854775807s, the longest cycle`},
 		{"flakey: {up: 1s, down: 1s, mode: drop_write, leg: {null: {size: 1MiB}}}", `line 1: flakey mode: unknown mode "drop_write" (did you mean "drop_writes"?)`},
 		{"flakey: {up: 1s, down: 1s, mode: sometimes, leg: {null: {size: 1MiB}}}", `line 1: flakey mode: unknown mode "sometimes" (want error, drop_writes, error_writes)`},
 	} {
@@ -265,5 +268,51 @@ func TestFlakeyConfigErrors(t *testing.T) {
 	}
 	if _, err := NewFlakey(targets.NewNull(1<<20), FlakeyOptions{Up: time.Second}); err == nil {
 		t.Error("NewFlakey took a zero down period")
+	}
+}
+
+// TestFaultControlRaces: requests run while the control switches the
+// layers and reads their state; under -race, the request path's atomics
+// and the actions' lock must not race, and every request completes.
+func TestFaultControlRaces(t *testing.T) {
+	clock := newFakeClock()
+	f, err := NewFlakey(targets.NewMemory(1<<20, 0), FlakeyOptions{Up: time.Second, Down: time.Second, Mode: FlakeyDropWrites, Now: clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewErrorLayer(f, ErrorOptions{Rate: 0.5, Seed: 1})
+	done := make(chan struct{})
+	var workers sync.WaitGroup
+	for w := range 4 {
+		workers.Go(func() {
+			var s bioset.Submitter
+			for i := range 200 {
+				op := []bioset.Op{bioset.OpRead, bioset.OpWrite, bioset.OpFlush}[(w+i)%3]
+				if err := opRequest(t, &s, e, op, uint64(i%64)*4096, 4096); err != nil && err != syscall.EIO {
+					t.Errorf("%v: %v", op, err)
+				}
+			}
+		})
+	}
+	go func() { workers.Wait(); close(done) }()
+	actions := []string{ActionOn, ActionOff, ActionDownNow}
+	for i := 0; ; i++ {
+		select {
+		case <-done:
+			if e.Failed() == 0 {
+				t.Error("the error layer failed nothing")
+			}
+			return
+		default:
+		}
+		clock.advance(100 * time.Millisecond)
+		if err := f.Act(actions[i%3], -1); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Act(actions[i%2], -1); err != nil {
+			t.Fatal(err)
+		}
+		_ = state(t, f)
+		_ = e.State()
 	}
 }
