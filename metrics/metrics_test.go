@@ -610,3 +610,52 @@ func TestHandler(t *testing.T) {
 		t.Errorf("/nonesuch: %d", code)
 	}
 }
+
+// TestFaultErrnosOnTheWire: each errno an error layer can give reaches
+// the client as itself, through the NBD error table, and is counted
+// under its NBD name. One error layer per op, stacked, each its own
+// errno.
+func TestFaultErrnosOnTheWire(t *testing.T) {
+	r := startRig(t, `
+exports:
+  - name: e
+    stack:
+      error:
+        {ops: [read], errno: EIO, leg: {error:
+        {ops: [write], errno: ENOSPC, leg: {error:
+        {ops: [trim], errno: EPERM, leg: {error:
+        {ops: [write_zeroes], errno: ENOMEM, leg: {error:
+        {ops: [flush], errno: EINVAL, leg: {memory: {size: 1MiB}}}}}}}}}}}
+`, true, Options{NoRuntimeCollectors: true})
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	c := r.dial(t, "e")
+	buf := make([]byte, 4096)
+	for _, x := range []struct {
+		op, name string
+		err      error
+		want     syscall.Errno
+	}{
+		{"read", "EIO", c.Read(ctx, 0, buf), syscall.EIO},
+		{"write", "ENOSPC", c.Write(ctx, 0, buf, 0), syscall.ENOSPC},
+		{"trim", "EPERM", c.Trim(ctx, 0, 4096, 0), syscall.EPERM},
+		{"write_zeroes", "ENOMEM", c.WriteZeroes(ctx, 0, 4096, 0), syscall.ENOMEM},
+		{"flush", "EINVAL", c.Flush(ctx), syscall.EINVAL},
+	} {
+		if !errors.Is(x.err, x.want) {
+			t.Errorf("%s: %v, want %v", x.op, x.err, x.want)
+		}
+		// A request is counted once its reply is sent, which may be
+		// just after the client has it.
+		waitFor(t, x.op+" counted as "+x.name, func() bool {
+			return gather(t, r.m).sum("stackd_export_errors_total", "export=e", "op="+x.op, "error="+x.name) == 1
+		})
+	}
+	if err := c.Cache(ctx, 0, 4096); err != nil {
+		t.Errorf("cache, which no layer fails: %v", err)
+	}
+	g := gather(t, r.m)
+	if v := g.value(t, "stackd_layer_errors_total", "layer=e/error"); v != 5 {
+		t.Errorf("the top layer counts %v errors at or below it, want 5", v)
+	}
+}
