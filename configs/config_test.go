@@ -95,7 +95,19 @@ func TestFormatTreeAttributes(t *testing.T) {
 		              leg: {memory: {size: 1MiB, chunk: 64KiB}}
 		          - null: {size: 1536MiB}
 		  - name: b
-		    stack: {null: {size: 512}}`), "IMG", img)
+		    stack: {null: {size: 512}}
+		  - name: f
+		    stack:
+		      error:
+		        ops: [write, flush]
+		        rate: 0.5
+		        ranges: [{offset: 1MiB, length: 64KiB}, {offset: 0, length: 512}]
+		        leg:
+		          flakey:
+		            up: 5s
+		            down: 1s
+		            leg:
+		              error: {leg: {memory: {size: 2MiB}}}`), "IMG", img)
 	c, err := parseAndCheck("test.yaml", []byte(src))
 	if err != nil {
 		t.Fatal(err)
@@ -110,7 +122,12 @@ func TestFormatTreeAttributes(t *testing.T) {
 		"      memory 1MiB chunk=64KiB\n" +
 		"    null 1536MiB\n" +
 		"b (512B)\n" +
-		"  null 512B\n"
+		"  null 512B\n" +
+		"f (2MiB)\n" +
+		"  error 2MiB ops=write,flush errno=EIO rate=0.5 ranges=1MiB+64KiB,0B+512B\n" +
+		"    flakey 2MiB up=5s down=1s mode=error\n" +
+		"      error 2MiB errno=EIO\n" +
+		"        memory 2MiB\n"
 	if b.String() != want {
 		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
 	}
@@ -371,6 +388,7 @@ func TestErrorType(t *testing.T) {
 // the size of the export each describes.
 func TestExamples(t *testing.T) {
 	heads := map[string]string{
+		"faults.yaml":       "faulty (256MiB, default)",
 		"file-stripe.yaml":  "striped (4GiB, default)",
 		"linear-files.yaml": "concat (3GiB, default)",
 		"read-only.yaml":    "golden (1GiB, default, read-only)",

@@ -60,8 +60,11 @@
 // Each kind is described in one file of package stack, by its settings
 // struct (stack.SplitConfig for split, stack.FileConfig for file, …),
 // whose field comments are the reference for the kind's keys and the
-// rules its values follow; the README's table lists the kinds. Every
-// layer takes an optional pool:
+// rules its values follow; the README's table lists the kinds. The
+// fault layers, error and flakey (stack.ErrorConfig, stack.FlakeyConfig),
+// fail or drop requests on purpose, to test what a client makes of a
+// failing disk. Every layer that allocates requests of its own (split,
+// stripe, linear) takes an optional pool:
 //
 //	pool: {capacity: 1024, rescuer: true}
 //

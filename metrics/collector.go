@@ -61,7 +61,13 @@ var (
 	layerBytes = desc("stackd_layer_bytes_total",
 		"Bytes those bios addressed, by op.", "layer", "op")
 	layerErrors = desc("stackd_layer_errors_total",
-		"Bios that failed at or below the layer (the sum of its targets' failures).", "layer")
+		"Bios that failed at or below the layer (the sum of the failures of its targets and fault layers).", "layer")
+
+	// Per fault layer (error, flakey), read from stack.FaultStats.
+	faultFailed = desc("stackd_fault_requests_failed_total",
+		"Requests the fault layer failed on purpose.", "layer")
+	faultDropped = desc("stackd_fault_requests_dropped_total",
+		"Writes the fault layer acknowledged and discarded (flakey's drop_writes).", "layer")
 
 	// Per layer's bio pool (BioSet), read from bioset.Stats.
 	poolCapacity = desc("stackd_layer_pool_capacity_bios",
@@ -90,6 +96,7 @@ var allDescs = []*prometheus.Desc{
 	connsOpen, connsAccepted, connsRejected, handshakeFailures,
 	payloadCapacity, payloadInUse, payloadPeak, payloadWaits, payloadShareWaits,
 	layerRequests, layerBytes, layerErrors,
+	faultFailed, faultDropped,
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
 }
@@ -174,6 +181,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- counter(layerBytes, n.Stats.Bytes(op), n.Path, op.String())
 			}
 			ch <- counter(layerErrors, n.Errors(), n.Path)
+			if f := n.Fault; f != nil {
+				ch <- counter(faultFailed, f.Failed(), n.Path)
+				ch <- counter(faultDropped, f.Dropped(), n.Path)
+			}
 			if n.Pool == nil {
 				continue
 			}

@@ -22,6 +22,7 @@ import (
 	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/stack"
 )
 
 // testConfig has an ordinary export and one whose single-bio pools force
@@ -51,6 +52,17 @@ exports:
             legs:
               - memory: {size: 8MiB}
               - memory: {size: 8MiB}
+  - name: faulty
+    stack:
+      error:
+        ops: [write]
+        ranges: [{offset: 0, length: 4KiB}]
+        leg:
+          flakey:
+            up: 1h
+            down: 1h
+            mode: drop_writes
+            leg: {memory: {size: 1MiB}}
 `
 
 const diskSize = 16 << 20
@@ -119,6 +131,20 @@ func runWorkload(t testing.TB, r *rig) gathered {
 		t.Fatal(err)
 	}
 
+	// The fault layers: the error layer fails a write into its range;
+	// the flakey layer, sent down, drops one elsewhere.
+	fc := r.dial(t, "faulty")
+	if err := fc.Write(ctx, 0, buf, 0); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write into the error layer's range: %v, want EIO", err)
+	}
+	if err := faultNode(t, r, "faulty/error/flakey").Act(stack.ActionDownNow, -1); err != nil {
+		t.Fatal(err)
+	}
+	if err := fc.Write(ctx, 8192, buf, 0); err != nil {
+		t.Fatalf("write to the flakey layer while down: %v", err)
+	}
+	fc.Close()
+
 	// A handshake that fails: the client gives up on an unknown export.
 	if _, err := client.Dial(ctx, "unix", r.sock, client.Options{ExportName: "nonesuch"}); err == nil {
 		t.Fatal("dialled an unknown export")
@@ -132,6 +158,18 @@ func runWorkload(t testing.TB, r *rig) gathered {
 	r.m.RequestStarted("disk", bioset.OpRead)
 	r.m.RequestDone("disk", bioset.OpRead, 4096, syscall.EROFS, time.Millisecond)
 	return gather(t, r.m)
+}
+
+// faultNode returns the control of the node at path in r's stacks.
+func faultNode(t testing.TB, r *rig, path string) stack.Controlled {
+	t.Helper()
+	for _, ws := range r.m.stacks {
+		if n, _, _, err := ws.st.Lookup(path); err == nil && n.Control != nil {
+			return n.Control
+		}
+	}
+	t.Fatalf("no node %s to control", path)
+	return nil
 }
 
 func waitFor(t testing.TB, what string, cond func() bool) {
@@ -178,7 +216,7 @@ func TestWorkloadSeries(t *testing.T) {
 
 		// Server-wide.
 		{"stackd_connections_open", nil, 2},
-		{"stackd_connections_accepted_total", nil, 3},
+		{"stackd_connections_accepted_total", nil, 4},
 		{"stackd_connections_rejected_total", []string{"reason=max_connections"}, 0},
 		{"stackd_connections_rejected_total", []string{"reason=max_connections_per_client"}, 0},
 		{"stackd_handshake_failures_total", []string{"reason=eof"}, 1},
@@ -189,6 +227,17 @@ func TestWorkloadSeries(t *testing.T) {
 		{"stackd_layer_pool_capacity_bios", []string{"layer=tiny/split"}, 1},
 		{"stackd_layer_pool_capacity_bios", []string{"layer=disk/split"}, 1024},
 		{"stackd_layer_pool_rescuer_enabled", []string{"layer=tiny/split/stripe"}, 1},
+
+		// Per fault layer; the failure counts as an error of the layer
+		// and of none below it.
+		{"stackd_fault_requests_failed_total", []string{"layer=faulty/error"}, 1},
+		{"stackd_fault_requests_dropped_total", []string{"layer=faulty/error"}, 0},
+		{"stackd_fault_requests_failed_total", []string{"layer=faulty/error/flakey"}, 0},
+		{"stackd_fault_requests_dropped_total", []string{"layer=faulty/error/flakey"}, 1},
+		{"stackd_layer_errors_total", []string{"layer=faulty/error"}, 1},
+		{"stackd_layer_errors_total", []string{"layer=faulty/error/flakey"}, 0},
+		{"stackd_export_errors_total", []string{"export=faulty", "op=write", "error=EIO"}, 1},
+		{"stackd_layer_requests_total", []string{"layer=faulty/error/flakey/memory", "op=write"}, 0},
 	}
 	for _, c := range checks {
 		if got := g.value(t, c.name, c.labels...); got != c.want {
@@ -200,7 +249,9 @@ func TestWorkloadSeries(t *testing.T) {
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split") -
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe") -
 		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg0") -
-		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg1"); got != 3*10*4096 {
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=tiny/split/stripe/leg1") -
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=faulty/error") -
+		g.sum("stackd_layer_bytes_total", "op=write", "layer=faulty/error/flakey"); got != 3*10*4096 {
 		t.Errorf("disk's layers saw %v write bytes, want %v (three levels of 40960)", got, 3*10*4096)
 	}
 
@@ -285,7 +336,7 @@ func TestNoUnboundedLabels(t *testing.T) {
 				if !allowed[l.GetName()] {
 					t.Errorf("%s: label %s=%q", name, l.GetName(), l.GetValue())
 				}
-				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" {
+				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" && l.GetValue() != "faulty" {
 					t.Errorf("%s: export %q is not configured", name, l.GetValue())
 				}
 			}
@@ -552,5 +603,54 @@ func TestHandler(t *testing.T) {
 	}
 	if code, _ := get("/nonesuch"); code != http.StatusNotFound {
 		t.Errorf("/nonesuch: %d", code)
+	}
+}
+
+// TestFaultErrnosOnTheWire: each errno an error layer can give reaches
+// the client as itself, through the NBD error table, and is counted
+// under its NBD name. One error layer per op, stacked, each its own
+// errno.
+func TestFaultErrnosOnTheWire(t *testing.T) {
+	r := startRig(t, `
+exports:
+  - name: e
+    stack:
+      error:
+        {ops: [read], errno: EIO, leg: {error:
+        {ops: [write], errno: ENOSPC, leg: {error:
+        {ops: [trim], errno: EPERM, leg: {error:
+        {ops: [write_zeroes], errno: ENOMEM, leg: {error:
+        {ops: [flush], errno: EINVAL, leg: {memory: {size: 1MiB}}}}}}}}}}}
+`, true, Options{NoRuntimeCollectors: true})
+	ctx, cancel := context.WithTimeout(context.Background(), ioTimeout)
+	defer cancel()
+	c := r.dial(t, "e")
+	buf := make([]byte, 4096)
+	for _, x := range []struct {
+		op, name string
+		err      error
+		want     syscall.Errno
+	}{
+		{"read", "EIO", c.Read(ctx, 0, buf), syscall.EIO},
+		{"write", "ENOSPC", c.Write(ctx, 0, buf, 0), syscall.ENOSPC},
+		{"trim", "EPERM", c.Trim(ctx, 0, 4096, 0), syscall.EPERM},
+		{"write_zeroes", "ENOMEM", c.WriteZeroes(ctx, 0, 4096, 0), syscall.ENOMEM},
+		{"flush", "EINVAL", c.Flush(ctx), syscall.EINVAL},
+	} {
+		if !errors.Is(x.err, x.want) {
+			t.Errorf("%s: %v, want %v", x.op, x.err, x.want)
+		}
+		// A request is counted once its reply is sent, which may be
+		// just after the client has it.
+		waitFor(t, x.op+" counted as "+x.name, func() bool {
+			return gather(t, r.m).sum("stackd_export_errors_total", "export=e", "op="+x.op, "error="+x.name) == 1
+		})
+	}
+	if err := c.Cache(ctx, 0, 4096); err != nil {
+		t.Errorf("cache, which no layer fails: %v", err)
+	}
+	g := gather(t, r.m)
+	if v := g.value(t, "stackd_layer_errors_total", "layer=e/error"); v != 5 {
+		t.Errorf("the top layer counts %v errors at or below it, want 5", v)
 	}
 }

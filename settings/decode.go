@@ -140,14 +140,15 @@ func deref(n *yaml.Node) *yaml.Node {
 }
 
 // Suggest returns a hint for an unknown name: the given hint, else the
-// closest known name, else the list of known names.
+// closest known name, else the list of known names. Case is ignored in
+// finding the closest, so that "eio" suggests "EIO" as "Read" does "read".
 func Suggest(name string, known []string, hint string) string {
 	if hint != "" {
 		return "; " + hint
 	}
 	best, bestDist := "", 3
 	for _, k := range known {
-		if dist := editDistance(strings.ToLower(name), k); dist < bestDist {
+		if dist := editDistance(strings.ToLower(name), strings.ToLower(k)); dist < bestDist {
 			best, bestDist = k, dist
 		}
 	}

@@ -2,6 +2,7 @@ package settings
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 	"time"
@@ -104,6 +105,24 @@ type Int struct {
 // UnmarshalYAML implements yaml.Unmarshaler.
 func (i *Int) UnmarshalYAML(n *yaml.Node) error {
 	return decodeTagged(i, n, "!!int", func(v *Int) any { return &v.N }, "a whole number")
+}
+
+// Float is a YAML number, integer or not ("1", "0.25").
+type Float struct {
+	F float64
+	Pos
+}
+
+// UnmarshalYAML implements yaml.Unmarshaler.
+func (f *Float) UnmarshalYAML(n *yaml.Node) error {
+	return decodeScalar(f, n, func(n *yaml.Node) (Float, error) {
+		var x Float
+		if n.Kind != yaml.ScalarNode || (n.ShortTag() != "!!float" && n.ShortTag() != "!!int") ||
+			n.Decode(&x.F) != nil || math.IsNaN(x.F) || math.IsInf(x.F, 0) {
+			return Float{}, Invalid(n, " must be a number such as 0.5, not %s", Describe(n))
+		}
+		return x, nil
+	})
 }
 
 // Bool is a YAML boolean.
@@ -222,6 +241,7 @@ func Describe(n *yaml.Node) string {
 func (s Size) String() string     { return FormatSize(s.Bytes) }
 func (d Duration) String() string { return d.D.String() }
 func (i Int) String() string      { return fmt.Sprint(i.N) }
+func (f Float) String() string    { return strconv.FormatFloat(f.F, 'g', -1, 64) }
 
 // Word returns s as one word of a line, quoted when it would not read as
 // one.

@@ -24,19 +24,21 @@ type Node struct {
 	// Control is the node's device if the operator can steer it (see
 	// Controlled); nil otherwise.
 	Control Controlled
-	// errorSources are the targets at or below the node that count the
-	// bios they fail.
+	// Fault counts what a fault layer (error, flakey) failed or dropped;
+	// nil for every other node.
+	Fault *FaultStats
+	// errorSources are the nodes at or below this one that count the bios
+	// they fail: targets and fault layers. ownErrors is this node's own,
+	// or nil.
 	errorSources []errorSource
-	// target: the node has no legs. (A layer may have no pool: one that
-	// only holds bios and remaps them allocates none.)
-	target bool
+	ownErrors    errorSource
 }
 
 type errorSource interface{ Errors() uint64 }
 
 // Errors returns how many bios failed at or below the node. Errors arise
-// at targets and travel up their parents' chains, so a layer's count is
-// the sum of its targets'.
+// at targets and fault layers and travel up their parents' chains, so a
+// layer's count is the sum of theirs.
 func (n *Node) Errors() uint64 {
 	var sum uint64
 	for _, e := range n.errorSources {
@@ -112,15 +114,18 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 		n.Pool = l.Pool()
 	}
 	if e, ok := dev.(errorSource); ok {
+		n.ownErrors = e
 		n.errorSources = []errorSource{e}
 	}
 	if ctl, ok := dev.(Controlled); ok {
 		n.Control = ctl
 	}
-	n.target = len(legs) == 0
+	if f, ok := dev.(interface{ Faults() *FaultStats }); ok {
+		n.Fault = f.Faults()
+	}
 	for _, below := range st.Nodes[first:] {
-		if below.target {
-			n.errorSources = append(n.errorSources, below.errorSources...)
+		if below.ownErrors != nil {
+			n.errorSources = append(n.errorSources, below.ownErrors)
 		}
 	}
 	// Parents go before their legs in Nodes: insert this node before the

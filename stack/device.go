@@ -1,5 +1,6 @@
-// Package stack holds stackd's stacking layers — split, stripe, linear —
-// and builds a stack of layers over leaf targets from a Spec.
+// Package stack holds stackd's stacking layers — split, stripe, linear,
+// delay, and the fault layers error and flakey — and builds a stack of
+// layers over leaf targets from a Spec.
 //
 // A layer remaps a bio in place when it falls on one leg, and otherwise
 // serves it with children allocated from the layer's own BioSet, each

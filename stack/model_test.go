@@ -6,9 +6,11 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -46,7 +48,46 @@ type gen struct {
 
 // spec returns a random stack of the given depth and exactly size bytes
 // (size is a multiple of 64 KiB).
+//
+// Now and then a node sits under a fault layer that never strikes: an
+// error layer whose rate is 0, or a flakey one whose up period outlasts
+// the test. Below the top, the model could not tell which part of a
+// request such a layer would fail (a split or stripe above cuts the
+// request first); these check that the layers pass every request
+// through, pieces and remainders of any layer above included. Faults that
+// strike are put on top (topFault), where the model predicts them.
 func (g *gen) spec(depth int, size uint64) Spec {
+	s := g.node(depth, size)
+	switch g.rng.IntN(12) {
+	case 0:
+		o := g.faultChoice(size)
+		o.Rate = 0
+		return errorSpec(o, s)
+	case 1:
+		mode := FlakeyMode(g.rng.IntN(len(flakeyModes)))
+		return flakeySpec(FlakeyOptions{Up: 1000 * time.Hour, Down: time.Second, Mode: mode}, s)
+	}
+	return s
+}
+
+// faultChoice returns an error layer's random choice of ops, ranges,
+// errno and seed for a device of size bytes, at rate 1.
+func (g *gen) faultChoice(size uint64) ErrorOptions {
+	o := ErrorOptions{Rate: 1, Errno: errnos[g.rng.IntN(len(errnos))].errno, Seed: g.rng.Uint64()}
+	for _, op := range bioset.Ops() {
+		if g.rng.IntN(2) == 0 {
+			o.Ops = append(o.Ops, op)
+		}
+	}
+	for range g.rng.IntN(4) { // none: everywhere
+		off := g.rng.Uint64N(size)
+		o.Ranges = append(o.Ranges, ByteRange{off, 1 + g.rng.Uint64N(min(size-off, 256<<10))})
+	}
+	return o
+}
+
+// node is spec without the fault layers.
+func (g *gen) node(depth int, size uint64) Spec {
 	pool := poolOf(1 + g.rng.IntN(8))
 	kind := g.rng.IntN(4)
 	if depth == 0 {
@@ -179,13 +220,32 @@ func TestModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, seed^0x5eed))
 	g := &gen{rng: rng, dir: t.TempDir()}
 	lent := 0
+	var struck uint64
 	for i := 0; i < modelStacks; i++ {
 		size := uint64(1+rng.IntN(64)) * 65536 * 4
 		spec := g.spec(1+rng.IntN(3), size)
+		var top *topFault
+		switch rng.IntN(4) {
+		case 0:
+			top = &topFault{opts: g.faultChoice(size)}
+			spec = errorSpec(top.opts, spec)
+		case 1:
+			top = &topFault{flakey: true, clock: newFakeClock(), up: time.Duration(1+rng.IntN(5)) * time.Second,
+				down: time.Duration(1+rng.IntN(3)) * time.Second, mode: FlakeyMode(rng.IntN(len(flakeyModes)))}
+			spec = flakeySpec(FlakeyOptions{Up: top.up, Down: top.down, Mode: top.mode, Now: top.clock.Now}, spec)
+		}
 		if t.Failed() {
 			return
 		}
-		lent += runModel(t, seed, i, spec, rng)
+		lent += runModel(t, seed, i, spec, top, rng)
+		if top != nil {
+			struck += top.failed + top.dropped
+		}
+	}
+	// Faults on top strike at a quarter to all of the requests they see
+	// while on: a run in which none struck would not have tested them.
+	if struck == 0 && !t.Failed() {
+		t.Errorf("seed %d: no fault on top of %d stacks failed or dropped a request", seed, modelStacks)
 	}
 	// Memory leaves lend: a model run that saw no loan would not have
 	// tested them.
@@ -194,9 +254,100 @@ func TestModel(t *testing.T) {
 	}
 }
 
+// topFault is a fault layer on top of a model stack, and what the model
+// knows of it. There it sees each request as the test sends it, and a
+// request it fails or drops reaches nothing below, so that the model can
+// predict every outcome: the error or drop, and the bytes unchanged.
+type topFault struct {
+	// An error layer's choice (at rate 1, so that every chosen request
+	// fails).
+	opts ErrorOptions
+	// Or a flakey layer, on a clock the test moves.
+	flakey   bool
+	clock    *fakeClock
+	up, down time.Duration
+	mode     FlakeyMode
+	// off: switched off by the test; start: when the flakey layer's
+	// current cycle began, by the model's reckoning.
+	off   bool
+	start time.Duration
+	// What the model expects the layer to have counted.
+	failed, dropped uint64
+}
+
+// step moves the clock and, now and then, switches the layer, as the
+// control socket would, keeping the model's reckoning in step.
+func (f *topFault) step(t *testing.T, rng *rand.Rand, ctl Controlled) {
+	if f.flakey {
+		f.clock.advance(time.Duration(rng.Int64N(int64(f.up+f.down) / 2)))
+	}
+	if rng.IntN(10) != 0 {
+		return
+	}
+	action := []string{ActionOn, ActionOff, ActionDownNow}[rng.IntN(3)]
+	if !f.flakey && action == ActionDownNow {
+		action = ActionOn
+	}
+	if err := ctl.Act(action, -1); err != nil {
+		t.Fatalf("%s: %v", action, err)
+	}
+	if !f.flakey {
+		f.off = action == ActionOff
+		return
+	}
+	now := time.Duration(f.clock.at.Load())
+	switch action {
+	case ActionOn:
+		if f.off {
+			f.start = now
+		}
+		f.off = false
+	case ActionOff:
+		f.off = true
+	case ActionDownNow:
+		f.off, f.start = false, now-f.up
+	}
+}
+
+// outcome is what the layer does to a request: the error it fails it
+// with, or whether it drops it; neither, and the request passes.
+func (f *topFault) outcome(op bioset.Op, off, n uint64) (error, bool) {
+	if f.off {
+		return nil, false
+	}
+	if !f.flakey {
+		if len(f.opts.Ops) > 0 && !slices.Contains(f.opts.Ops, op) {
+			return nil, false
+		}
+		hit := len(f.opts.Ranges) == 0
+		for _, r := range f.opts.Ranges {
+			hit = hit || op != bioset.OpFlush && off < r.Offset+r.Length && r.Offset < off+n
+		}
+		if !hit {
+			return nil, false
+		}
+		f.failed++
+		return f.opts.Errno, false
+	}
+	if (time.Duration(f.clock.at.Load())-f.start)%(f.up+f.down) < f.up {
+		return nil, false
+	}
+	write := op == bioset.OpWrite || op == bioset.OpTrim || op == bioset.OpWriteZeroes || op == bioset.OpFlush
+	switch {
+	case f.mode == FlakeyError, f.mode == FlakeyErrorWrites && write:
+		f.failed++
+		return syscall.EIO, false
+	case f.mode == FlakeyDropWrites && write:
+		f.dropped++
+		return nil, true
+	}
+	return nil, false
+}
+
 // runModel runs random ops on a stack built from spec against a byte-array
-// model, and returns how many pieces its leaves lent to reads.
-func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (lent int) {
+// model, and returns how many pieces its leaves lent to reads. top, if
+// not nil, describes the fault layer at spec's top.
+func runModel(t *testing.T, seed uint64, step int, spec Spec, top *topFault, rng *rand.Rand) (lent int) {
 	st, err := Build("model", spec, BuildOptions{})
 	if err != nil {
 		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
@@ -221,8 +372,14 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 	// the device: no layer may cut it short while slots are left. A
 	// stripe gives each leg half its slots over the leg count, so three
 	// levels of four-leg stripes need 2*4 per level below the top.
+	// A fault on top would fail this; it is the stack below that is
+	// fresh.
 	fresh := make([]bioset.Extent, 4096)
-	if err := request(t, &s, dev, bioset.OpBlockStatus, 0, 0, size, nil, fresh); err != nil {
+	below := dev
+	if top != nil {
+		below = st.Nodes[1].Dev
+	}
+	if err := request(t, &s, below, bioset.OpBlockStatus, 0, 0, size, nil, fresh); err != nil {
 		fail("block status of the fresh device: %v", err)
 	}
 	if covered := checkExtents(fail, model, 0, size, fresh); covered != size {
@@ -234,6 +391,27 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 		var flags bioset.Flags
 		if rng.IntN(4) == 0 {
 			flags |= bioset.FlagFUA
+		}
+		if top != nil {
+			top.step(t, rng, st.Nodes[0].Control)
+			if op == bioset.OpFlush {
+				off, n = 0, 0
+			}
+			want, drop := top.outcome(op, off, n)
+			if want != nil || drop {
+				var buf []byte
+				if op.HasPayload() {
+					buf = make([]byte, n)
+				}
+				var slots []bioset.Extent
+				if op == bioset.OpBlockStatus {
+					slots = make([]bioset.Extent, 1)
+				}
+				if err := request(t, &s, dev, op, flags, off, n, buf, slots); err != want {
+					fail("%v %d+%d through the fault on top: %v, want %v (dropped: %v)", op, off, n, err, want, drop)
+				}
+				continue // failed or dropped: the model's bytes stay
+			}
 		}
 		switch op {
 		case bioset.OpWrite:
@@ -288,6 +466,13 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 				fail("block status %d+%d: %v", off, n, err)
 			}
 			checkExtents(fail, model, off, n, slots)
+		}
+	}
+	if top != nil {
+		f := st.Nodes[0].Fault
+		if f.Failed() != top.failed || f.Dropped() != top.dropped || st.Nodes[0].Errors() < top.failed {
+			fail("the fault on top counted %d failed, %d dropped, %d errors; the model expected %d failed, %d dropped",
+				f.Failed(), f.Dropped(), st.Nodes[0].Errors(), top.failed, top.dropped)
 		}
 	}
 	return lent

@@ -33,3 +33,25 @@ func (c *counted) Submit(s *bioset.Submitter, b *bioset.Bio) {
 	c.stats.bytes[b.Op].Add(b.Length)
 	c.Device.Submit(s, b)
 }
+
+// FaultStats counts what a fault layer (error, flakey) did to the bios it
+// was given instead of passing them on: Failed were ended with an error,
+// Dropped were acknowledged without reaching the leg. Atomic adds, so the
+// request path takes no lock for them.
+type FaultStats struct {
+	failed  atomic.Uint64
+	dropped atomic.Uint64
+}
+
+// Failed returns how many bios the layer failed.
+func (fs *FaultStats) Failed() uint64 { return fs.failed.Load() }
+
+// Dropped returns how many writes the layer acknowledged and discarded.
+func (fs *FaultStats) Dropped() uint64 { return fs.dropped.Load() }
+
+// Errors makes a fault layer an error source for Node.Errors: the bios it
+// fails are failures at or below every node above it.
+func (fs *FaultStats) Errors() uint64 { return fs.Failed() }
+
+// Faults returns fs, for Build to find a fault layer's counters.
+func (fs *FaultStats) Faults() *FaultStats { return fs }

@@ -13,8 +13,9 @@ import (
 var zeroes [1 << 20]byte
 
 // errorCounter counts the bios a target ends with an error. Errors start
-// at the leaves; the per-layer error metric of a layer is the sum over the
-// targets below it, so only targets count.
+// at the leaves (and at fault layers, which fail bios on purpose); the
+// per-layer error metric of a layer is the sum over those below it, so
+// each counts only the bios it fails itself, never one failed below it.
 type errorCounter struct{ n atomic.Uint64 }
 
 // end ends b with err, counting it if it is an error.
