@@ -22,6 +22,7 @@ import (
 	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/targets"
 )
 
 // testConfig has an ordinary export and one whose single-bio pools force
@@ -552,5 +553,18 @@ func TestHandler(t *testing.T) {
 	}
 	if code, _ := get("/nonesuch"); code != http.StatusNotFound {
 		t.Errorf("/nonesuch: %d", code)
+	}
+}
+
+// TestServiceLatencyBounds: a target's service latency histogram is
+// exported with the export histogram's bounds, so the two must agree.
+func TestServiceLatencyBounds(t *testing.T) {
+	if len(targets.LatencyBounds) != len(latencyBounds) {
+		t.Fatalf("targets.LatencyBounds has %d bounds, metrics %d", len(targets.LatencyBounds), len(latencyBounds))
+	}
+	for i := range latencyBounds {
+		if targets.LatencyBounds[i] != latencyBounds[i] {
+			t.Errorf("bound %d: targets %v, metrics %v", i, targets.LatencyBounds[i], latencyBounds[i])
+		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/targets"
 )
 
 // Node is one layer or target of a built stack.
@@ -24,6 +25,9 @@ type Node struct {
 	// Control is the node's device if the operator can steer it (see
 	// Controlled); nil otherwise.
 	Control Controlled
+	// Service is the counters of a target that waits on a remote service
+	// (the rbd target's cluster), for metrics; nil for other nodes.
+	Service targets.ServiceStats
 	// errorSources are the targets at or below the node that count the
 	// bios they fail.
 	errorSources []errorSource
@@ -116,6 +120,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if ctl, ok := dev.(Controlled); ok {
 		n.Control = ctl
+	}
+	if svc, ok := dev.(targets.ServiceStats); ok {
+		n.Service = svc
 	}
 	n.target = len(legs) == 0
 	for _, below := range st.Nodes[first:] {
