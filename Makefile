@@ -3,9 +3,9 @@
 #   make test               install the test peers if missing, then run everything
 GO ?= go
 
-.PHONY: test deps vet unit build build-rbd bench
+.PHONY: test deps vet unit rbd build build-rbd bench
 
-test: deps vet unit
+test: deps vet unit rbd
 
 deps:
 	./scripts/install-test-deps.sh
@@ -20,6 +20,13 @@ vet:
 # test cache cannot see, so a cached pass could hide a regression.
 unit:
 	$(GO) test -race -count=1 -timeout 30m ./...
+
+# The rbd target's tests: the daemon built with librbd (the tags below),
+# over a one-node Ceph cluster the tests start, with real NBD peers (about
+# 30 s). tests/rbd builds only with the tag; the rest of the tree is the
+# same code either way, and unit has run it.
+rbd:
+	$(GO) test -race -count=1 -timeout 10m -tags $(RBD_TAGS) ./tests/rbd
 
 build:
 	$(GO) build -o bin/stackd ./cmd/stackd
