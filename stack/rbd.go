@@ -58,6 +58,14 @@ type RBDConfig struct {
 	hostFailed bool
 }
 
+// imageUse is an rbd target's image, where the configuration first uses
+// it: a conf (so a cluster), pool, namespace and image name.
+type imageUse struct {
+	conf, pool, namespace, image string
+	line                         int
+	export                       string
+}
+
 // maxRBDWorkers bounds workers: each is an OS thread while it waits.
 const maxRBDWorkers = 1024
 
@@ -142,18 +150,18 @@ func (c *RBDConfig) Build(legs []Device, b BuildContext) (Device, error) {
 		return nil, sizeError(c.Size.Line, "rbd image %s is %s, smaller than its configured size %s",
 			c.Image.S, settings.FormatSize(d.Size()), c.Size)
 	}
-	return &prefix{RBDDevice: d, size: c.Size.Bytes}, nil
+	return &rbdPrefix{RBDDevice: d, size: c.Size.Bytes}, nil
 }
 
-// prefix serves the first size bytes of an image larger than configured:
+// rbdPrefix serves the first size bytes of an image larger than configured:
 // the bios it gets are inside size already (the protocol layer and the
 // layers above check against Size).
-type prefix struct {
+type rbdPrefix struct {
 	targets.RBDDevice
 	size uint64
 }
 
-func (p *prefix) Size() uint64 { return p.size }
+func (p *rbdPrefix) Size() uint64 { return p.size }
 
 func (c *RBDConfig) Describe() []string {
 	words := []string{"pool=" + settings.Word(c.Pool.S), "image=" + settings.Word(c.Image.S)}
@@ -173,7 +181,22 @@ func (c *RBDConfig) Describe() []string {
 // image's size: the image must exist and be at least the configured size.
 // A stackd built without librbd reports that at the node's line.
 func (c *RBDConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
-	if bad || c.Image.Line == 0 {
+	if c.Image.Line == 0 || c.Image.S == "" {
+		return
+	}
+	// Two legs on one image would each open it, and with its exclusive
+	// lock (a default feature) pass the lock back and forth on every
+	// write, each leg's cache blind to the other's writes.
+	id := imageUse{conf: c.options(false).Conf, pool: c.Pool.S, namespace: c.Namespace.S, image: c.Image.S}
+	for _, u := range h.images {
+		if u.conf == id.conf && u.pool == id.pool && u.namespace == id.namespace && u.image == id.image {
+			p.At(c.Image.Line, "rbd image %s/%s is already used at line %d (export %q); an image can back only one leg", c.Pool.S, c.Image.S, u.line, u.export)
+			return
+		}
+	}
+	id.line, id.export = c.Image.Line, h.Export
+	h.images = append(h.images, id)
+	if bad {
 		return
 	}
 	c.hostFailed = true

@@ -33,3 +33,19 @@ func TestRBDWithoutLibrbd(t *testing.T) {
 		t.Errorf("Build of an rbd node without librbd: %v", err)
 	}
 }
+
+// TestRBDImageUsedTwice: an image backs one leg only, caught before the
+// cluster is asked anything.
+func TestRBDImageUsedTwice(t *testing.T) {
+	var s Spec
+	doc := "stripe:\n  chunk: 64KiB\n  legs:\n    - rbd: {pool: rbd, image: disk0}\n    - rbd: {pool: rbd, image: disk0}\n"
+	if err := yaml.Unmarshal([]byte(doc), &s); err != nil {
+		t.Fatal(err)
+	}
+	var h Host
+	var p settings.Problems
+	h.CheckHost(s, &p)
+	if err := p.Err(); err == nil || !strings.Contains(err.Error(), "line 5: rbd image rbd/disk0 is already used at line 4") {
+		t.Fatalf("two legs on one image: %v", err)
+	}
+}

@@ -327,6 +327,19 @@ func TestRBD(t *testing.T) {
 		}
 	})
 
+	t.Run("prefix of an image", func(t *testing.T) {
+		c.CreateImage(t, "prefix", 32*MiB)
+		_, uri := serve(t, rbdNode(c, "prefix", ", size: 16MiB"))
+		if out := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", uri)); out != "16777216" {
+			t.Errorf("nbdinfo --size of a 32 MiB image served as 16 MiB: %s", out)
+		}
+		// The last block of the prefix is served; the one past it is not.
+		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 16380k 4k", "-c", "read -P 0x77 16380k 4k", uri)
+		if out, err := run(t, "qemu-io", "-f", "raw", "-c", "read 16M 4k", uri); err == nil && !strings.Contains(out, "error") {
+			t.Errorf("read past the prefix succeeded:\n%s", out)
+		}
+	})
+
 	t.Run("missing image", func(t *testing.T) {
 		dir := t.TempDir()
 		conf := filepath.Join(dir, "stackd.yaml")
