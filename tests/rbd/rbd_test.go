@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -56,7 +57,9 @@ func stackd(t *testing.T) string {
 			binErr = err
 			return
 		}
-		bin, binErr = stackdtest.BuildWith(dir, stackdtest.BuildOptions{Tags: buildTags})
+		// Under the race detector: the target's workers, librbd's
+		// threads and the metrics scrape meet here as nowhere else.
+		bin, binErr = stackdtest.BuildWith(dir, stackdtest.BuildOptions{Race: true, Tags: buildTags})
 	})
 	if binErr != nil {
 		if strings.Contains(binErr.Error(), "librbd-dev") {
@@ -351,6 +354,37 @@ func TestRBD(t *testing.T) {
 		if err == nil || !strings.Contains(out, "does not exist") {
 			t.Errorf("stackd check of a missing image: %v\n%s", err, out)
 		}
+	})
+
+	t.Run("cluster unreachable", func(t *testing.T) {
+		// A conf naming a monitor where nothing listens: the check
+		// gives up within connect_timeout, and says why.
+		dir := t.TempDir()
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		cephConf := filepath.Join(dir, "ceph.conf")
+		if err := os.WriteFile(cephConf, []byte(fmt.Sprintf("[global]\nmon host = v2:%s\nauth client required = none\nlog file = %s/client.log\n", addr, dir)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		conf := filepath.Join(dir, "stackd.yaml")
+		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: {rbd: {pool: rbd, image: x, conf: %s, connect_timeout: 2s}}\n", cephConf)
+		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		out, err := run(t, stackd(t), "check", "-config", conf)
+		took := time.Since(start)
+		if err == nil || !strings.Contains(out, "cannot reach the cluster") {
+			t.Errorf("stackd check with no monitor: %v\n%s", err, out)
+		}
+		if took > 15*time.Second {
+			t.Errorf("stackd check with no monitor took %v; want about connect_timeout (2s)", took)
+		}
+		t.Logf("check gave up after %v: %s", took.Round(time.Millisecond), strings.TrimSpace(out))
 	})
 
 	// Last: it stops the cluster.
