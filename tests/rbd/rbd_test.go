@@ -328,6 +328,15 @@ func TestRBD(t *testing.T) {
 		if err == nil || !strings.Contains(out, "smaller than its configured size 32MiB") || !strings.Contains(out, "stackd.yaml:3") {
 			t.Errorf("stackd check of a 16 MiB image configured as 32 MiB: %v\n%s", err, out)
 		}
+		// At the image's size, check accepts it and shows the leaf.
+		yaml = fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "small", ", size: 16MiB"))
+		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		out = mustRun(t, stackd(t), "check", "-config", conf)
+		if !strings.Contains(out, "rbd 16MiB pool=rbd image=small conf="+c.Conf) {
+			t.Errorf("stackd check of a 16 MiB image configured as 16 MiB:\n%s", out)
+		}
 	})
 
 	t.Run("prefix of an image", func(t *testing.T) {
