@@ -259,9 +259,12 @@ func (c *Ceph) daemon(name, bin string, args ...string) error {
 		return err
 	}
 	cmd.Stdout, cmd.Stderr = out, out
-	// Its own process group, so that a terminal's ^C reaches the test
-	// and the test's cleanup decides how the daemons stop.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// A test binary that dies without its cleanups (a panic, go test's
+	// -timeout) takes its daemons with it rather than leave a cluster
+	// running. (The signal follows the thread that started the child;
+	// test goroutines do not lock their threads, so the runtime keeps
+	// it.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		out.Close()
 		return fmt.Errorf("start %s: %w", name, err)
