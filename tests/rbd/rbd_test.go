@@ -413,5 +413,17 @@ func TestRBD(t *testing.T) {
 		}
 		t.Logf("read failed after %v", took.Round(time.Millisecond))
 		d.Alive(t)
+		// The daemon's log has librbd's own errno, which the client's
+		// EIO does not carry.
+		logged := false
+		for _, r := range d.Log().Records() {
+			if r["msg"] == "rbd request failed" && r["librbd_errno"] != nil && r["image"] == c.Pool+"/lost" {
+				logged = true
+				t.Logf("logged: librbd errno %v (%v), the client got %v", r["librbd_errno"], r["err"], r["errno"])
+			}
+		}
+		if !logged {
+			t.Errorf("no \"rbd request failed\" record with librbd_errno for image %s/lost in the log", c.Pool)
+		}
 	})
 }
