@@ -14,7 +14,12 @@ vet:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
-	$(GO) vet -tags $(RBD_TAGS) ./...
+	@# The rbd build needs librbd's headers; without them (and not under
+	@# CI=true, where deps has installed them) it is skipped, as the rbd
+	@# tests are.
+	@if [ -e /usr/include/rbd/librbd.h ] || [ "$$CI" = true ]; then \
+		echo "$(GO) vet -tags $(RBD_TAGS) ./..."; $(GO) vet -tags $(RBD_TAGS) ./...; \
+	else echo "vet: no librbd headers (Debian: librbd-dev); the rbd build is not vetted"; fi
 
 # -count=1: tests/ build and run stackd and real peers at run time, which the
 # test cache cannot see, so a cached pass could hide a regression.
