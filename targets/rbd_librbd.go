@@ -45,11 +45,11 @@ type rbdTarget struct {
 	closeErr error
 }
 
-// connect reads the conf, bounds every wait librados and librbd may do,
+// rbdConnect reads the conf, bounds every wait librados and librbd may do,
 // and connects. client_mount_timeout bounds the monitor handshake; the op
 // timeouts bound each call afterwards, so that a lost cluster fails bios
 // instead of holding them.
-func connect(o RBDOptions) (*rados.Conn, error) {
+func rbdConnect(o RBDOptions) (*rados.Conn, error) {
 	conn, err := rados.NewConnWithUser(o.User)
 	if err != nil {
 		return nil, fmt.Errorf("rbd: user %s: %w", o.User, err)
@@ -87,16 +87,16 @@ func connect(o RBDOptions) (*rados.Conn, error) {
 	return conn, nil
 }
 
-func imageName(o RBDOptions) string {
+func rbdImageName(o RBDOptions) string {
 	if o.Namespace != "" {
 		return o.Pool + "/" + o.Namespace + "/" + o.Image
 	}
 	return o.Pool + "/" + o.Image
 }
 
-// open connects and opens the image, read-only if asked.
-func open(o RBDOptions, readOnly bool) (*rados.Conn, *rados.IOContext, *rbd.Image, error) {
-	conn, err := connect(o)
+// rbdOpen connects and opens the image, read-only if asked.
+func rbdOpen(o RBDOptions, readOnly bool) (*rados.Conn, *rados.IOContext, *rbd.Image, error) {
+	conn, err := rbdConnect(o)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -116,15 +116,15 @@ func open(o RBDOptions, readOnly bool) (*rados.Conn, *rados.IOContext, *rbd.Imag
 		ioctx.Destroy()
 		conn.Shutdown()
 		if errors.Is(err, rbd.ErrNotFound) {
-			return nil, nil, nil, fmt.Errorf("rbd: image %s does not exist (rbd create --size SIZE %s)", imageName(o), imageName(o))
+			return nil, nil, nil, fmt.Errorf("rbd: image %s does not exist (rbd create --size SIZE %s)", rbdImageName(o), rbdImageName(o))
 		}
-		return nil, nil, nil, fmt.Errorf("rbd: open image %s: %w", imageName(o), err)
+		return nil, nil, nil, fmt.Errorf("rbd: open image %s: %w", rbdImageName(o), err)
 	}
 	return conn, ioctx, img, nil
 }
 
 func probeRBD(o RBDOptions) (uint64, error) {
-	conn, ioctx, img, err := open(o, true)
+	conn, ioctx, img, err := rbdOpen(o, true)
 	if err != nil {
 		return 0, err
 	}
@@ -135,13 +135,13 @@ func probeRBD(o RBDOptions) (uint64, error) {
 	}()
 	size, err := img.GetSize()
 	if err != nil {
-		return 0, fmt.Errorf("rbd: size of image %s: %w", imageName(o), err)
+		return 0, fmt.Errorf("rbd: size of image %s: %w", rbdImageName(o), err)
 	}
 	return size, nil
 }
 
 func openRBD(o RBDOptions) (RBDDevice, error) {
-	conn, ioctx, img, err := open(o, o.ReadOnly)
+	conn, ioctx, img, err := rbdOpen(o, o.ReadOnly)
 	if err != nil {
 		return nil, err
 	}
@@ -150,9 +150,9 @@ func openRBD(o RBDOptions) (RBDDevice, error) {
 		img.Close()
 		ioctx.Destroy()
 		conn.Shutdown()
-		return nil, fmt.Errorf("rbd: size of image %s: %w", imageName(o), err)
+		return nil, fmt.Errorf("rbd: size of image %s: %w", rbdImageName(o), err)
 	}
-	r := &rbdTarget{conn: conn, ioctx: ioctx, img: img, name: imageName(o), size: size, readOnly: o.ReadOnly}
+	r := &rbdTarget{conn: conn, ioctx: ioctx, img: img, name: rbdImageName(o), size: size, readOnly: o.ReadOnly}
 	r.w = newWorkers(o.Workers, r.perform)
 	return r, nil
 }
@@ -239,15 +239,15 @@ func (r *rbdTarget) failed(b *bioset.Bio, err error) error {
 	return errno
 }
 
-// zeroBlock is the pattern writesame repeats to zero a range.
-var zeroBlock = zeroes[:blockSize]
+// rbdZeroBlock is the pattern writesame repeats to zero a range.
+var rbdZeroBlock = zeroes[:rbdBlock]
 
-// blockSize is the unit NBD ranges come in, and writesame's pattern.
-const blockSize = 512
+// rbdBlock is the unit NBD ranges come in, and writesame's pattern.
+const rbdBlock = 512
 
-// writeSameMax bounds one rbd_writesame: it returns the bytes written as
+// rbdWriteSameMax bounds one rbd_writesame: it returns the bytes written as
 // an int, so a range of 2 GiB or more would read as an error.
-const writeSameMax = 1 << 30
+const rbdWriteSameMax = 1 << 30
 
 func (r *rbdTarget) do(b *bioset.Bio) error {
 	switch b.Op {
@@ -297,10 +297,10 @@ func (r *rbdTarget) do(b *bioset.Bio) error {
 // written, since the client asked for the range to stay allocated.
 func (r *rbdTarget) writeZeroes(b *bioset.Bio) error {
 	off, n := b.Offset, b.Length
-	if b.Flags&bioset.FlagNoHole == 0 && off%blockSize == 0 && n%blockSize == 0 {
+	if b.Flags&bioset.FlagNoHole == 0 && off%rbdBlock == 0 && n%rbdBlock == 0 {
 		for n > 0 {
-			step := min(n, writeSameMax)
-			if _, err := r.img.WriteSame(off, step, zeroBlock, 0); err != nil {
+			step := min(n, rbdWriteSameMax)
+			if _, err := r.img.WriteSame(off, step, rbdZeroBlock, 0); err != nil {
 				return err
 			}
 			off, n = off+step, n-step
@@ -317,10 +317,10 @@ func (r *rbdTarget) writeZeroes(b *bioset.Bio) error {
 	return nil
 }
 
-// errExtentsFull stops a diff iteration once the bio's extent slots are
+// rbdExtentsFull stops a diff iteration once the bio's extent slots are
 // full: the answer then covers a prefix of the range, as the protocol
 // allows.
-const errExtentsFull = -int(syscall.ECANCELED)
+const rbdExtentsFull = -int(syscall.ECANCELED)
 
 // blockStatus answers BLOCK_STATUS from the objects that exist:
 // rbd_diff_iterate2 from the image's creation, whole objects (from the
@@ -346,7 +346,7 @@ func (r *rbdTarget) blockStatus(b *bioset.Bio) error {
 			}
 			if !f.add(from-f.pos, holeZero) || !f.add(to-from, flags) {
 				full = true
-				return errExtentsFull
+				return rbdExtentsFull
 			}
 			return 0
 		},
