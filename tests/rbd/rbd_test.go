@@ -39,9 +39,19 @@ var buildTags = []string{"rbd", "pacific"}
 
 var (
 	binOnce sync.Once
+	binDir  string
 	bin     string
 	binErr  error
 )
+
+// TestMain removes the daemon the tests built, once they are done.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
 
 // stackd builds the tagged daemon once for the whole package; a machine
 // without librbd's headers cannot, which is Missing.
@@ -57,6 +67,7 @@ func stackd(t *testing.T) string {
 			binErr = err
 			return
 		}
+		binDir = dir
 		// Under the race detector: the target's workers, librbd's
 		// threads and the metrics scrape meet here as nowhere else.
 		bin, binErr = stackdtest.BuildWith(dir, stackdtest.BuildOptions{Race: true, Tags: buildTags})
