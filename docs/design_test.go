@@ -300,17 +300,28 @@ func checkDependencyList(t *testing.T, file string) map[string]bool {
 	return listed
 }
 
+// buildTagSets are the builds whose imports the lists cover: the default
+// one, and the one with the rbd target (librbd through cgo), whose files
+// only that build compiles. A package's line is the union over them, so
+// that an import hidden behind a tag is listed too.
+var buildTagSets = [][]string{nil, {"rbd", "pacific"}}
+
 // stackdImports returns the stackd packages dir's non-test files import,
-// relative to the module and sorted.
+// in any of buildTagSets' builds, relative to the module and sorted.
 func stackdImports(dir string) ([]string, error) {
-	p, err := build.ImportDir(dir, 0)
-	if err != nil {
-		return nil, err
-	}
 	var out []string
-	for _, imp := range p.Imports {
-		if rel, ok := strings.CutPrefix(imp, module); ok {
-			out = append(out, rel)
+	for _, tags := range buildTagSets {
+		ctx := build.Default
+		ctx.BuildTags = tags
+		ctx.CgoEnabled = true
+		p, err := ctx.ImportDir(dir, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, imp := range p.Imports {
+			if rel, ok := strings.CutPrefix(imp, module); ok && !slices.Contains(out, rel) {
+				out = append(out, rel)
+			}
 		}
 	}
 	slices.Sort(out)

@@ -88,6 +88,13 @@ var (
 		"Bios waiting for the rescuer now.", "layer")
 	poolRescuer = desc("stackd_layer_pool_rescuer_enabled",
 		"1 if the pool's rescuer runs, 0 if it was turned off (pool.rescuer: false).", "layer")
+
+	// Per target that waits on a remote service (an rbd leg), read from
+	// stack.Node.Service.
+	serviceInFlight = desc("stackd_target_service_requests_in_flight",
+		"Bios submitted to the target and not yet completed by its service (librbd for an rbd leg), queued for a worker included.", "layer")
+	serviceDuration = desc("stackd_target_service_request_duration_seconds",
+		"Time the target's service (librbd) took for a bio's call, by op.", "layer", "op")
 )
 
 var allDescs = []*prometheus.Desc{
@@ -99,6 +106,7 @@ var allDescs = []*prometheus.Desc{
 	faultFailed, faultDropped,
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
+	serviceInFlight, serviceDuration,
 }
 
 // collector turns the counters into constant metrics when Prometheus
@@ -184,6 +192,19 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if f := n.Fault; f != nil {
 				ch <- counter(faultFailed, f.Failed(), n.Path)
 				ch <- counter(faultDropped, f.Dropped(), n.Path)
+			}
+			if svc := n.Service; svc != nil {
+				ch <- gauge(serviceInFlight, float64(svc.InFlight()), n.Path)
+				for _, op := range bioset.Ops() {
+					// As for the export's histograms: an op never
+					// asked for has none.
+					if h := svc.ServiceLatency(op); h != nil {
+						if counts, total, sum := h.Snapshot(); total > 0 {
+							ch <- prometheus.MustNewConstHistogram(serviceDuration, total, sum.Seconds(),
+								cumulative(counts[:len(latencyBounds)]), n.Path, op.String())
+						}
+					}
+				}
 			}
 			if n.Pool == nil {
 				continue

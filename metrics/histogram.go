@@ -66,3 +66,16 @@ func (h *histogram) snapshot() (buckets map[float64]uint64, count uint64, sum fl
 	count += h.counts[len(latencyBounds)].Load()
 	return buckets, count, time.Duration(h.sumNanos.Load()).Seconds()
 }
+
+// cumulative turns per-bucket counts over latencyBounds (a target's
+// targets.Latency, whose bounds a test keeps equal to these) into
+// Prometheus' cumulative buckets.
+func cumulative(counts []uint64) map[float64]uint64 {
+	buckets := make(map[float64]uint64, len(counts))
+	var sum uint64
+	for i, c := range counts {
+		sum += c
+		buckets[latencyBoundsSeconds[i]] = sum
+	}
+	return buckets
+}

@@ -23,6 +23,7 @@ import (
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/stack"
+	"github.com/stackd/stackd/targets"
 )
 
 // testConfig has an ordinary export and one whose single-bio pools force
@@ -652,5 +653,18 @@ exports:
 	g := gather(t, r.m)
 	if v := g.value(t, "stackd_layer_errors_total", "layer=e/error"); v != 5 {
 		t.Errorf("the top layer counts %v errors at or below it, want 5", v)
+	}
+}
+
+// TestServiceLatencyBounds: a target's service latency histogram is
+// exported with the export histogram's bounds, so the two must agree.
+func TestServiceLatencyBounds(t *testing.T) {
+	if len(targets.LatencyBounds) != len(latencyBounds) {
+		t.Fatalf("targets.LatencyBounds has %d bounds, metrics %d", len(targets.LatencyBounds), len(latencyBounds))
+	}
+	for i := range latencyBounds {
+		if targets.LatencyBounds[i] != latencyBounds[i] {
+			t.Errorf("bound %d: targets %v, metrics %v", i, targets.LatencyBounds[i], latencyBounds[i])
+		}
 	}
 }

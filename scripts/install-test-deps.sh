@@ -17,12 +17,26 @@ wanted=(
 	# strace watches the file target fsync a new image and its directory
 	# (targets/file_test.go).
 	strace:strace
+	# A one-node Ceph cluster for the rbd target's tests
+	# (internal/stackdtest/ceph.go), librbd's headers for its cgo build,
+	# and qemu's rbd driver for the bench's qemu-nbd over rbd:.
+	ceph-mon:ceph-mon
+	ceph-osd:ceph-osd
+	ceph-mgr:ceph-mgr
+	ceph-common:rbd
+	librbd-dev:/usr/include/rbd/librbd.h
+	librados-dev:/usr/include/rados/librados.h
+	qemu-block-extra:/usr/lib/*/qemu/block-rbd.so
 )
 
 missing=()
 for w in "${wanted[@]}"; do
 	pkg=${w%%:*} cmd=${w##*:}
-	if ! command -v "$cmd" >/dev/null 2>&1; then
+	# A path (a header, a module; a glob for the multiarch directory)
+	# stands for a package that provides no command.
+	if [[ $cmd == /* ]]; then
+		compgen -G "$cmd" >/dev/null || missing+=("$pkg")
+	elif ! command -v "$cmd" >/dev/null 2>&1; then
 		missing+=("$pkg")
 	fi
 done

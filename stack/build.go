@@ -6,6 +6,7 @@ import (
 	"strconv"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/targets"
 )
 
 // Node is one layer or target of a built stack.
@@ -27,6 +28,9 @@ type Node struct {
 	// Fault counts what a fault layer (error, flakey) failed or dropped;
 	// nil for every other node.
 	Fault *FaultStats
+	// Service is the counters of a target that waits on a remote service
+	// (the rbd target's cluster), for metrics; nil for other nodes.
+	Service targets.ServiceStats
 	// errorSources are the nodes at or below this one that count the bios
 	// they fail: targets and fault layers. ownErrors is this node's own,
 	// or nil.
@@ -122,6 +126,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if f, ok := dev.(interface{ Faults() *FaultStats }); ok {
 		n.Fault = f.Faults()
+	}
+	if svc, ok := dev.(targets.ServiceStats); ok {
+		n.Service = svc
 	}
 	for _, below := range st.Nodes[first:] {
 		if below.ownErrors != nil {

@@ -100,6 +100,9 @@ type Host struct {
 	// files lists each file target's first use, so that a file backs at
 	// most one leg in the whole configuration.
 	files []fileUse
+	// images lists each rbd target's first use, likewise (see
+	// RBDConfig.checkHost).
+	images []imageUse
 }
 
 type fileUse struct {

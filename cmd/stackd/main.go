@@ -181,6 +181,9 @@ func serve(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "stackd:", err)
 		return 2
 	}
+	// Leaves that log (the rbd target's librbd errors) use the default
+	// logger, so that their records join the daemon's, in its format.
+	slog.SetDefault(log)
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		log.Error("configuration rejected", "err", err)

@@ -51,21 +51,37 @@ func ModuleRoot() (string, error) {
 // once, from TestMain: `go test` does not rebuild binaries that a test runs,
 // so the daemon a test drives is the code in the tree now.
 func Build(dir string, race bool) (string, error) {
+	return BuildWith(dir, BuildOptions{Race: race})
+}
+
+// BuildOptions say how BuildWith builds the daemon.
+type BuildOptions struct {
+	// Race builds it under the race detector.
+	Race bool
+	// Tags are build tags, such as rbd and pacific for the rbd target.
+	Tags []string
+}
+
+// BuildWith is Build with build tags.
+func BuildWith(dir string, o BuildOptions) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	bin := filepath.Join(dir, "stackd")
 	args := []string{"build", "-o", bin}
-	if race {
+	if o.Race {
 		args = append(args, "-race")
+	}
+	if len(o.Tags) > 0 {
+		args = append(args, "-tags", strings.Join(o.Tags, ","))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), buildBound)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, goTool(), append(args, "./cmd/stackd")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("go build ./cmd/stackd: %v\n%s", err, out)
+		return "", fmt.Errorf("go %s ./cmd/stackd: %v\n%s", strings.Join(args, " "), err, out)
 	}
 	return bin, nil
 }
