@@ -255,7 +255,7 @@ func TestLimitDefaults(t *testing.T) {
 		}
 		// What Parse accepts, the server must too: the two check the
 		// same bounds in two places.
-		st, err := cfg.Exports[0].Build()
+		st, err := cfg.Exports[0].Build(nil)
 		if err != nil {
 			t.Fatal(err)
 		}

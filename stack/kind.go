@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,6 +247,10 @@ type BuildContext struct {
 	Path string
 	// ReadOnly: the export is read-only (BuildOptions.ReadOnly).
 	ReadOnly bool
+	// Log is where a node logs what the operator should know, such as
+	// a mirror leg's state changes (BuildOptions.Logger, or
+	// slog.Default()).
+	Log *slog.Logger
 }
 
 // PoolSpec sizes a layer's BioSet: `pool: {capacity: 1024, rescuer: true}`.

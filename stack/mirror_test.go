@@ -1,0 +1,603 @@
+package stack
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/targets"
+)
+
+// failingDevice is a leg that fails what it is told to with EIO, and
+// otherwise passes bios to the device below, unchanged: the tests' stand-in
+// for the fault layers.
+type failingDevice struct {
+	Device
+	failReads, failWrites atomic.Bool
+	// seen records the op and flags of every bio, when record is set.
+	record atomic.Bool
+	mu     sync.Mutex
+	seen   []seenBio
+}
+
+type seenBio struct {
+	op    bioset.Op
+	flags bioset.Flags
+}
+
+func (d *failingDevice) Submit(s *bioset.Submitter, b *bioset.Bio) {
+	if d.record.Load() {
+		d.mu.Lock()
+		d.seen = append(d.seen, seenBio{b.Op, b.Flags})
+		d.mu.Unlock()
+	}
+	switch {
+	case b.Op == bioset.OpRead && d.failReads.Load(),
+		(b.Op == bioset.OpWrite || b.Op == bioset.OpTrim || b.Op == bioset.OpWriteZeroes || b.Op == bioset.OpFlush) && d.failWrites.Load():
+		b.End(syscall.EIO)
+		return
+	}
+	d.Device.Submit(s, b)
+}
+
+func (d *failingDevice) ops() []seenBio {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]seenBio(nil), d.seen...)
+}
+
+func failingLegs(n int, size uint64) ([]*failingDevice, []Device) {
+	f := make([]*failingDevice, n)
+	d := make([]Device, n)
+	for i := range f {
+		f[i] = &failingDevice{Device: targets.NewMemory(size, 0)}
+		d[i] = f[i]
+	}
+	return f, d
+}
+
+var quietLog = slog.New(slog.NewTextHandler(io.Discard, nil))
+
+func testMirrorOptions(o MirrorOptions) MirrorOptions {
+	if o.Pool.Name == "" {
+		o.Pool = bioset.Options{Name: "t/mirror", Capacity: 64}
+	}
+	if o.ResyncRate == 0 {
+		o.ResyncRate = 1 << 40
+	}
+	if o.ClearInterval == 0 {
+		o.ClearInterval = -1
+	}
+	if o.Log == nil {
+		o.Log = quietLog
+	}
+	return o
+}
+
+func newTestMirror(t *testing.T, legs []Device, o MirrorOptions) *Mirror {
+	t.Helper()
+	m, err := NewMirror(legs, testMirrorOptions(o))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSynced(t, m)
+	return m
+}
+
+// waitSynced waits for every leg of m to be in sync, at most completeBound.
+func waitSynced(t *testing.T, m *Mirror) MirrorState {
+	t.Helper()
+	deadline := time.Now().Add(completeBound)
+	for {
+		st := m.MirrorState()
+		synced := !st.Resync.Active
+		for _, l := range st.Legs {
+			synced = synced && l.State == "in_sync"
+		}
+		if synced {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror not in sync after %v: %+v", completeBound, st)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func legStates(m *Mirror) []string {
+	var s []string
+	for _, l := range m.MirrorState().Legs {
+		s = append(s, l.State)
+	}
+	return s
+}
+
+func pattern(n int, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = seed + byte(i*7)
+	}
+	return p
+}
+
+// legBytes reads all of leg.
+func legBytes(t *testing.T, leg Device) []byte {
+	t.Helper()
+	var s bioset.Submitter
+	buf := make([]byte, leg.Size())
+	if err := request(t, &s, leg, bioset.OpRead, 0, 0, leg.Size(), buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	return buf
+}
+
+func checkLegsEqual(t *testing.T, legs []Device) {
+	t.Helper()
+	first := legBytes(t, legs[0])
+	for i := 1; i < len(legs); i++ {
+		if !bytes.Equal(first, legBytes(t, legs[i])) {
+			t.Fatalf("leg %d differs from leg 0", i)
+		}
+	}
+}
+
+func TestMirrorWritesEveryLeg(t *testing.T) {
+	_, legs := failingLegs(3, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var s bioset.Submitter
+	data := pattern(3*4096, 1)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 4096, uint64(len(data)), data, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := request(t, &s, m, bioset.OpWriteZeroes, 0, 8192, 4096, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), data...)
+	clear(want[4096:8192])
+	for i, leg := range legs {
+		got := make([]byte, len(data))
+		if err := request(t, &s, leg, bioset.OpRead, 0, 4096, uint64(len(got)), got, nil); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("leg %d does not hold the write", i)
+		}
+	}
+	if got, want := m.Caps(), legCaps(legs); got != want {
+		t.Fatalf("caps %v, want the legs' intersection %v", got, want)
+	}
+	if st := legStates(m); st[0] != "in_sync" || st[1] != "in_sync" || st[2] != "in_sync" {
+		t.Fatalf("states %v", st)
+	}
+}
+
+func TestMirrorWriteFailsOneLeg(t *testing.T) {
+	f, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var s bioset.Submitter
+	f[1].failWrites.Store(true)
+	data := pattern(8192, 3)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 8192, data, nil); err != nil {
+		t.Fatalf("a write that one leg took failed: %v", err)
+	}
+	if st := legStates(m); st[0] != "in_sync" || st[1] != "faulty" {
+		t.Fatalf("states %v, want leg 1 faulty", st)
+	}
+	// Reads now come from leg 0 only, whatever the policy.
+	for range 4 {
+		got := make([]byte, 8192)
+		if err := request(t, &s, m, bioset.OpRead, 0, 0, 8192, got, nil); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("read after the failure: %v", err)
+		}
+	}
+	// The region stays dirty while a leg is faulty.
+	m.clearIdle()
+	m.clearIdle()
+	if st := m.MirrorState(); st.DirtyRegions == 0 {
+		t.Fatal("a faulty leg's regions were cleared")
+	}
+}
+
+func TestMirrorWriteFailsEveryLeg(t *testing.T) {
+	f, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var s bioset.Submitter
+	f[0].failWrites.Store(true)
+	f[1].failWrites.Store(true)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 4096, make([]byte, 4096), nil); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("a write no leg took: %v, want EIO", err)
+	}
+	// One leg is set aside; the last one in sync never is.
+	st := legStates(m)
+	if st[0] == "faulty" && st[1] == "faulty" || st[0] == "in_sync" && st[1] == "in_sync" {
+		t.Fatalf("states %v: want one faulty, one in sync", st)
+	}
+	if err := request(t, &s, m, bioset.OpFlush, 0, 0, 0, nil, nil); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("flush: %v, want EIO", err)
+	}
+}
+
+func TestMirrorReadRetry(t *testing.T) {
+	f, legs := failingLegs(3, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{Read: "first"})
+	defer m.Close()
+	var s bioset.Submitter
+	data := pattern(4096, 9)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 65536, 4096, data, nil); err != nil {
+		t.Fatal(err)
+	}
+	f[0].failReads.Store(true)
+	f[1].failReads.Store(true)
+	got := make([]byte, 4096)
+	if err := request(t, &s, m, bioset.OpRead, 0, 65536, 4096, got, nil); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read with two failing legs: %v", err)
+	}
+	st := m.MirrorState()
+	if st.Legs[0].State != "faulty" || st.Legs[1].State != "faulty" || st.Legs[2].State != "in_sync" {
+		t.Fatalf("states %+v", st.Legs)
+	}
+	if st.Legs[0].ReadErrorsRetried != 1 || st.Legs[1].ReadErrorsRetried != 1 {
+		t.Fatalf("retries %+v, want one on each failing leg", st.Legs)
+	}
+	// The last leg in sync fails too: the client sees the error, and the
+	// leg stays.
+	f[2].failReads.Store(true)
+	if err := request(t, &s, m, bioset.OpRead, 0, 65536, 4096, got, nil); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("read with no leg able to answer: %v, want EIO", err)
+	}
+	if st := legStates(m); st[2] != "in_sync" {
+		t.Fatalf("the last leg in sync was failed: %v", st)
+	}
+}
+
+func TestMirrorReadPolicies(t *testing.T) {
+	for _, policy := range []string{"round-robin", "first", "least-pending"} {
+		t.Run(policy, func(t *testing.T) {
+			f, legs := failingLegs(2, 1<<20)
+			m := newTestMirror(t, legs, MirrorOptions{Read: policy})
+			defer m.Close()
+			for _, d := range f {
+				d.record.Store(true)
+			}
+			var s bioset.Submitter
+			for range 10 {
+				if err := request(t, &s, m, bioset.OpRead, 0, 0, 4096, make([]byte, 4096), nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			n0, n1 := len(f[0].ops()), len(f[1].ops())
+			switch policy {
+			case "round-robin":
+				if n0 != 5 || n1 != 5 {
+					t.Fatalf("reads %d, %d: want 5 each", n0, n1)
+				}
+			default: // least-pending with nothing pending picks the first
+				if n0 != 10 || n1 != 0 {
+					t.Fatalf("reads %d, %d: want all on leg 0", n0, n1)
+				}
+			}
+		})
+	}
+}
+
+func TestMirrorFlushAndFUA(t *testing.T) {
+	f, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	for _, d := range f {
+		d.record.Store(true)
+	}
+	var s bioset.Submitter
+	if err := request(t, &s, m, bioset.OpWrite, bioset.FlagFUA, 0, 4096, make([]byte, 4096), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := request(t, &s, m, bioset.OpFlush, 0, 0, 0, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range f {
+		ops := d.ops()
+		if len(ops) != 2 || ops[0] != (seenBio{bioset.OpWrite, bioset.FlagFUA}) || ops[1].op != bioset.OpFlush {
+			t.Fatalf("leg %d saw %v: want a FUA write and a flush", i, ops)
+		}
+	}
+	// A leg that fails a flush is set aside; the flush succeeds on the
+	// other, and then means "on every leg in sync".
+	f[1].failWrites.Store(true)
+	if err := request(t, &s, m, bioset.OpFlush, 0, 0, 0, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := legStates(m); st[1] != "faulty" {
+		t.Fatalf("states %v", st)
+	}
+}
+
+func TestMirrorBlockStatus(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var s bioset.Submitter
+	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 65536, pattern(65536, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	ext := blockStatus(t, &s, m, 0, 1<<20, 16)
+	if len(ext) == 0 || ext[0].Offset != 0 || ext[0].Flags != 0 {
+		t.Fatalf("extents %v: want the written range first, allocated", ext)
+	}
+}
+
+func TestMirrorControl(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var ctl Controlled = m
+	if err := ctl.Act("explode", 0); !errors.Is(err, ErrUnknownAction) {
+		t.Fatalf("unknown action: %v", err)
+	}
+	for _, c := range []struct {
+		action string
+		leg    int
+		ok     bool
+	}{
+		{"restore", 0, false}, // in sync
+		{"fail", 5, false},    // no such leg
+		{"fail", -1, false},   // the node itself
+		{"fail", 1, true},
+		{"fail", 1, false}, // faulty already
+		{"fail", 0, false}, // the last in sync
+		{"restore", 1, true},
+	} {
+		err := ctl.Act(c.action, c.leg)
+		if (err == nil) != c.ok {
+			t.Fatalf("%s %d: %v, want ok %v", c.action, c.leg, err, c.ok)
+		}
+	}
+	waitSynced(t, m)
+	raw, err := json.Marshal(ctl.State())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back struct {
+		Read string `json:"read"`
+		Legs []struct {
+			State string `json:"state"`
+		} `json:"legs"`
+		Resync struct {
+			DoneBytes uint64 `json:"done_bytes"`
+		} `json:"resync"`
+	}
+	if err := json.Unmarshal(raw, &back); err != nil || back.Read != "round-robin" || len(back.Legs) != 2 || back.Legs[1].State != "in_sync" {
+		t.Fatalf("state %s: %v", raw, err)
+	}
+}
+
+// TestMirrorResync fails a leg, writes past it, restores it and checks
+// that only the regions written meanwhile were copied, and that the legs
+// end equal.
+func TestMirrorResync(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	const region = 64 << 10
+	m := newTestMirror(t, legs, MirrorOptions{Region: region})
+	defer m.Close()
+	m.clearIdle()
+	m.clearIdle() // the initial resync's bits
+	if st := m.MirrorState(); st.DirtyRegions != 0 {
+		t.Fatalf("%d dirty regions after clearing", st.DirtyRegions)
+	}
+	if err := m.Act("fail", 1); err != nil {
+		t.Fatal(err)
+	}
+	var s bioset.Submitter
+	// Three regions: 0, 5 (one write over it) and 8-9 (a write across).
+	for _, w := range []struct{ off, n uint64 }{{0, 4096}, {5 * region, region}, {9*region - 512, 1024}} {
+		if err := request(t, &s, m, bioset.OpWrite, 0, w.off, w.n, pattern(int(w.n), byte(w.off)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := m.MirrorState()
+	if before.DirtyRegions != 4 || before.Legs[1].RemainingBytes != 4*region {
+		t.Fatalf("state %+v: want 4 dirty regions for leg 1", before)
+	}
+	if err := m.Act("restore", 1); err != nil {
+		t.Fatal(err)
+	}
+	after := waitSynced(t, m)
+	if got := after.Legs[1].ResyncedBytes - before.Legs[1].ResyncedBytes; got != 4*region {
+		t.Fatalf("resynced %d bytes, want %d", got, 4*region)
+	}
+	checkLegsEqual(t, legs)
+}
+
+// TestMirrorResyncUnderWrites resyncs a leg while clients write all over
+// the mirror: the region locks keep the copy from overwriting a
+// newer write, so the legs end equal.
+func TestMirrorResyncUnderWrites(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	const region = 4096
+	m := newTestMirror(t, legs, MirrorOptions{Region: region})
+	defer m.Close()
+	if err := m.Act("fail", 1); err != nil {
+		t.Fatal(err)
+	}
+	var s bioset.Submitter
+	for off := uint64(0); off < 1<<20; off += 8192 {
+		if err := request(t, &s, m, bioset.OpWrite, 0, off, 4096, pattern(4096, byte(off>>12)), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := m.Act("restore", 1); err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var s bioset.Submitter
+			for i := range 200 {
+				// Writers own disjoint blocks: two writes in flight
+				// to one block may reach the legs in different
+				// orders, as with md, and the legs could differ
+				// without any fault of the resync.
+				off := uint64((i*37%64)*4+w) * 4096
+				if err := request(t, &s, m, bioset.OpWrite, 0, off, 4096, pattern(4096, byte(i+w)), nil); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	waitSynced(t, m)
+	checkLegsEqual(t, legs)
+}
+
+// TestMirrorBitmapFile writes through a mirror with a bitmap file,
+// abandons it as a crash would, and opens it again over the same legs:
+// only the regions left dirty are resynced, and the legs end equal.
+func TestMirrorBitmapFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	const region = 64 << 10
+	_, legs := failingLegs(2, 1<<20)
+	o := MirrorOptions{Region: region, BitmapPath: path}
+	m := newTestMirror(t, legs, o)
+	m.clearIdle()
+	m.clearIdle()
+	var s bioset.Submitter
+	// A write that completes everywhere, in regions 2 and 3.
+	if err := request(t, &s, m, bioset.OpWrite, 0, 2*region+4096, region, pattern(region, 5), nil); err != nil {
+		t.Fatal(err)
+	}
+	m.workOnce(&s) // flush the cleared bits; the write's were flushed before it
+	// What a crash in the middle of a write leaves: the data on leg 0
+	// only, in region 3, whose bit is durable.
+	if err := request(t, &s, legs[0], bioset.OpWrite, 0, 3*region+8192, 4096, pattern(4096, 77), nil); err != nil {
+		t.Fatal(err)
+	}
+	m.abandon()
+
+	m2 := newTestMirror(t, legs, o)
+	st := m2.MirrorState()
+	if st.Legs[1].ResyncedBytes != 2*region {
+		t.Fatalf("resynced %d bytes after the crash, want the 2 dirty regions, %d", st.Legs[1].ResyncedBytes, 2*region)
+	}
+	checkLegsEqual(t, legs)
+	// A clean stop: the next start resyncs nothing.
+	if err := m2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	m3 := newTestMirror(t, legs, o)
+	defer m3.Close()
+	if st := m3.MirrorState(); st.Legs[1].ResyncedBytes != 0 || st.DirtyRegions != 0 {
+		t.Fatalf("after a clean stop: %+v", st)
+	}
+}
+
+// TestMirrorBitmapRecordsFailure: a leg that fails is recorded in the file
+// before the write that failed on it completes, so a restart resyncs it
+// rather than trusting it.
+func TestMirrorBitmapRecordsFailure(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	f, legs := failingLegs(2, 1<<20)
+	o := MirrorOptions{BitmapPath: path}
+	m := newTestMirror(t, legs, o)
+	var s bioset.Submitter
+	f[0].failWrites.Store(true)
+	data := pattern(4096, 42)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 4096, data, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.abandon()
+	f[0].failWrites.Store(false)
+	m2 := newTestMirror(t, legs, o)
+	defer m2.Close()
+	if st := m2.MirrorState(); st.Legs[0].ResyncedBytes == 0 {
+		t.Fatalf("leg 0 failed before the crash and was not resynced: %+v", st)
+	}
+	checkLegsEqual(t, legs)
+	got := make([]byte, 4096)
+	if err := request(t, &s, m2, bioset.OpRead, 0, 0, 4096, got, nil); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("the acknowledged write is lost: %v", err)
+	}
+}
+
+func TestMirrorBitmapFileRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	_, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{BitmapPath: path})
+	m.Close()
+	_, other := failingLegs(2, 2<<20)
+	if _, err := NewMirror(other, testMirrorOptions(MirrorOptions{BitmapPath: path})); err == nil {
+		t.Fatal("a bitmap file of another mirror was accepted")
+	}
+}
+
+// TestMirrorDeadlockProof is the rescuer proof pair for the mirror's
+// fan-out: a write over two legs needs two children in one Submit, and the
+// pool holds one.
+func TestMirrorDeadlockProof(t *testing.T) {
+	base := runtime.NumGoroutine()
+	write := func(m *Mirror) <-chan error {
+		errc := make(chan error, 1)
+		done := make(chan struct{})
+		b := new(bioset.Bio)
+		b.Init(bioset.OpWrite, 0, 4096, pattern(4096, 1), func(*bioset.Bio) { close(done) })
+		b.Dev = m
+		go func() {
+			var s bioset.Submitter
+			s.Submit(b)
+		}()
+		go func() {
+			select {
+			case <-done:
+				errc <- b.Err()
+			case <-time.After(completeBound):
+				close(errc)
+			}
+		}()
+		return errc
+	}
+	t.Run("rescuer off: stalls", func(t *testing.T) {
+		_, legs := failingLegs(2, 1<<20)
+		m := newTestMirror(t, legs, MirrorOptions{Pool: bioset.Options{Name: "t/mirror", Capacity: 1, NoRescuer: true}})
+		errc := write(m)
+		select {
+		case <-errc:
+			t.Fatal("write completed without a rescuer; it must stall")
+		case <-time.After(stallBound):
+		}
+		if ps := m.Pool().Stats(); ps.InUse != 1 || ps.Waits == 0 || ps.Punted != 0 {
+			t.Fatalf("stalled pool %+v: want 1 in use, a waiter, no punts", ps)
+		}
+		m.Pool().EnableRescuer()
+		if err, ok := <-errc; !ok || err != nil {
+			t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
+		}
+		m.Close()
+	})
+	t.Run("rescuer on: completes", func(t *testing.T) {
+		_, legs := failingLegs(2, 1<<20)
+		m := newTestMirror(t, legs, MirrorOptions{Pool: bioset.Options{Name: "t/mirror", Capacity: 1}})
+		if err, ok := <-write(m); !ok || err != nil {
+			t.Fatalf("completed %v, err %v: %+v", ok, err, m.Pool().Stats())
+		}
+		m.Close()
+		if ps := m.Pool().Stats(); ps.Punted == 0 || ps.Rescued != ps.Punted {
+			t.Fatalf("pool %+v: want punts, all rescued", ps)
+		}
+		checkLegsEqual(t, legs)
+	})
+	settleGoroutines(t, base)
+}
