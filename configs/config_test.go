@@ -511,3 +511,38 @@ func parseAndCheck(source string, data []byte) (*Config, error) {
 	}
 	return c, c.CheckHost()
 }
+
+func TestFormatTreeMirror(t *testing.T) {
+	bitmap := filepath.Join(t.TempDir(), "m0.bitmap")
+	src := strings.ReplaceAll(dedent(`
+		exports:
+		  - name: m
+		    stack:
+		      mirror:
+		        read: least-pending
+		        bitmap: {path: BITMAP, region: 1MiB}
+		        resync_rate: 64MiB/s
+		        legs:
+		          - memory: {size: 16MiB}
+		          - memory: {size: 16MiB}`), "BITMAP", bitmap)
+	c, err := parseAndCheck("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	FormatTree(&b, c)
+	want := "m (16MiB, default)\n" +
+		"  mirror 16MiB legs=2 read=least-pending bitmap=" + bitmap + " region=1MiB resync_rate=64MiB/s pool=1024\n" +
+		"    memory 16MiB\n" +
+		"    memory 16MiB\n"
+	if b.String() != want {
+		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
+	}
+	st, err := c.Exports[0].Build(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

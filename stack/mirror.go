@@ -1332,13 +1332,13 @@ func (c *MirrorConfig) LegSpecs() []Spec { return c.Legs.Items }
 func (c *MirrorConfig) Check(p *settings.Problems) {
 	if r := c.Read; r.Line > 0 {
 		if _, ok := parseReadPolicy(r.S); !ok {
-			p.At(r.Line, "mirror read: unknown policy %q%s", r.S, settings.Suggest(r.S, readPolicyNames[:], "want round-robin, first or least-pending"))
+			p.At(r.Line, "mirror read: unknown policy %q%s", r.S, settings.Suggest(r.S, readPolicyNames[:], ""))
 		}
 	}
-	checkBlocks(p, "mirror bitmap region", c.Bitmap.Region)
 	if c.Bitmap.Path.Line > 0 && c.Bitmap.Path.S == "" {
 		p.At(c.Bitmap.Path.Line, "mirror bitmap path must not be empty (leave it out to keep the bitmap in memory)")
 	}
+	checkBlocks(p, "mirror bitmap region", c.Bitmap.Region)
 	if r := c.ResyncRate; r.Line > 0 {
 		if _, err := parseRate(r.S); err != nil {
 			p.At(r.Line, "mirror resync_rate: %v", err)
