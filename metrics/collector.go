@@ -2,10 +2,12 @@ package metrics
 
 import (
 	"runtime"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/stack"
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -82,6 +84,16 @@ var (
 		"Bios waiting for the rescuer now.", "layer")
 	poolRescuer = desc("stackd_layer_pool_rescuer_enabled",
 		"1 if the pool's rescuer runs, 0 if it was turned off (pool.rescuer: false).", "layer")
+
+	// Per mirror leg, read from stack.Mirror.MirrorState.
+	mirrorLegState = desc("stackd_mirror_leg_state",
+		"1 for the mirror leg's current state (in_sync, faulty, resyncing), 0 for the others.", "layer", "leg", "state")
+	mirrorResynced = desc("stackd_mirror_resync_bytes_total",
+		"Bytes the resync has copied to the mirror leg.", "layer", "leg")
+	mirrorRemaining = desc("stackd_mirror_resync_remaining_bytes",
+		"Bytes of dirty regions the mirror leg still needs copied: 0 once in sync.", "layer", "leg")
+	mirrorRetried = desc("stackd_mirror_read_errors_retried_total",
+		"Reads that failed on the mirror leg and were retried on another leg.", "layer", "leg")
 )
 
 var allDescs = []*prometheus.Desc{
@@ -92,6 +104,7 @@ var allDescs = []*prometheus.Desc{
 	layerRequests, layerBytes, layerErrors,
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
+	mirrorLegState, mirrorResynced, mirrorRemaining, mirrorRetried,
 }
 
 // collector turns the counters into constant metrics when Prometheus
@@ -174,6 +187,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 				ch <- counter(layerBytes, n.Stats.Bytes(op), n.Path, op.String())
 			}
 			ch <- counter(layerErrors, n.Errors(), n.Path)
+			if mr, ok := n.Control.(interface{ MirrorState() stack.MirrorState }); ok {
+				collectMirror(ch, n.Path, mr.MirrorState())
+			}
 			if n.Pool == nil {
 				continue
 			}
@@ -192,5 +208,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- gauge(poolRescuer, rescuer, n.Path)
 		}
+	}
+}
+
+// collectMirror sends a mirror's per-leg series: one state series per
+// state, so that an alert can ask for the faulty ones alone.
+func collectMirror(ch chan<- prometheus.Metric, layer string, st stack.MirrorState) {
+	for _, l := range st.Legs {
+		leg := strconv.Itoa(l.Leg)
+		for _, state := range stack.MirrorLegStates() {
+			v := 0.0
+			if state == l.State {
+				v = 1
+			}
+			ch <- gauge(mirrorLegState, v, layer, leg, state)
+		}
+		ch <- counter(mirrorResynced, l.ResyncedBytes, layer, leg)
+		ch <- gauge(mirrorRemaining, float64(l.RemainingBytes), layer, leg)
+		ch <- counter(mirrorRetried, l.ReadErrorsRetried, layer, leg)
 	}
 }

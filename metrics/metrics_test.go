@@ -50,6 +50,12 @@ exports:
             legs:
               - memory: {size: 8MiB}
               - memory: {size: 8MiB}
+  - name: mirrored
+    stack:
+      mirror:
+        legs:
+          - memory: {size: 1MiB}
+          - memory: {size: 1MiB}
 `
 
 const diskSize = 16 << 20
@@ -283,14 +289,14 @@ func TestNoUnboundedLabels(t *testing.T) {
 	r := startRig(t, testConfig, true, Options{NoRuntimeCollectors: true})
 	g := runWorkload(t, r)
 	allowed := map[string]bool{"export": true, "layer": true, "op": true, "error": true,
-		"reason": true, "le": true, "version": true, "goversion": true}
+		"reason": true, "le": true, "version": true, "goversion": true, "leg": true, "state": true}
 	for name, mf := range g {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if !allowed[l.GetName()] {
 					t.Errorf("%s: label %s=%q", name, l.GetName(), l.GetValue())
 				}
-				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" {
+				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" && l.GetValue() != "mirrored" {
 					t.Errorf("%s: export %q is not configured", name, l.GetValue())
 				}
 			}

@@ -52,7 +52,7 @@ func startRigConfig(tb testing.TB, cfg *configs.Config, observe bool, o Options)
 	}
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := e.Build(nil)
+		st, err := e.Build(slog.New(slog.DiscardHandler))
 		if err != nil {
 			tb.Fatal(err)
 		}
