@@ -26,8 +26,8 @@ import (
 //
 // Children are not chained to their parent: a chained child's error
 // becomes its parent's, and a mirror must be able to lose a leg's answer
-// and still succeed. So each child carries its request's mirrorIO in
-// Private, ends through the mirror's own endIO, which notes the leg's
+// and still succeed. So each child carries its request's mirrorIO and its
+// leg in Private, ends through the mirror's own endIO, which notes the leg's
 // answer and frees the child, and the last child of a request ends the
 // parent with the mirror's verdict.
 //
@@ -181,6 +181,22 @@ type mirrorIO struct {
 	tried   uint64 // a read's legs tried so far
 	leg     int    // a read's next leg
 	gen     uint64 // the header generation an end waits for
+	// legs are what the children's Private point to: the request and the
+	// child's leg. The layers below may remap a child's Dev, so the leg
+	// cannot be found from it; and pointing into io allocates nothing.
+	legs [mirrorMaxLegs]legRef
+}
+
+type legRef struct {
+	io  *mirrorIO
+	leg int
+}
+
+// ref is what a child of io to leg carries in Private.
+func (io *mirrorIO) ref(leg int) *legRef {
+	r := &io.legs[leg]
+	r.io, r.leg = io, leg
+	return r
 }
 
 type ioStage uint8
@@ -445,15 +461,6 @@ func (m *Mirror) kick() {
 	}
 }
 
-func (m *Mirror) legOf(dev bioset.Queue) int {
-	for i := range m.legs {
-		if m.legs[i].dev == dev {
-			return i
-		}
-	}
-	panic("mirror: a child from a device that is not a leg")
-}
-
 func (m *Mirror) getIO(b *bioset.Bio) *mirrorIO {
 	io := m.ios.Get().(*mirrorIO)
 	io.parent = b
@@ -532,7 +539,7 @@ func (m *Mirror) sendRead(s *bioset.Submitter, io *mirrorIO, leg int) {
 	c := m.pool.Alloc(s)
 	c.Op, c.Flags = b.Op, b.Flags
 	m.fill(c, b, leg)
-	c.Private = io
+	c.Private = io.ref(leg)
 	c.SetEndIO(m.readEnd)
 	m.legs[leg].pending.Add(1)
 	s.Submit(c)
@@ -555,8 +562,8 @@ func (m *Mirror) fill(c, b *bioset.Bio, leg int) {
 // retry needs a new child, and allocating one here could wait for a bio
 // that only this goroutine would free, so the retry goes to the worker.
 func (m *Mirror) endRead(c *bioset.Bio) {
-	io := c.Private.(*mirrorIO)
-	leg := m.legOf(c.Dev)
+	ref := c.Private.(*legRef)
+	io, leg := ref.io, ref.leg
 	err := c.Err()
 	m.pool.Free(c)
 	m.legs[leg].pending.Add(-1)
@@ -634,7 +641,7 @@ func (m *Mirror) sendWrite(s *bioset.Submitter, io *mirrorIO) {
 		c := m.pool.Alloc(s)
 		c.Op, c.Flags = b.Op, b.Flags // FUA passes down to every leg
 		m.fill(c, b, i)
-		c.Private = io
+		c.Private = io.ref(i)
 		c.SetEndIO(m.writeEnd)
 		s.Submit(c)
 	}
@@ -643,8 +650,8 @@ func (m *Mirror) sendWrite(s *bioset.Submitter, io *mirrorIO) {
 
 // endWrite is a write child's completion (rule 6: no allocation, no wait).
 func (m *Mirror) endWrite(c *bioset.Bio) {
-	io := c.Private.(*mirrorIO)
-	leg := m.legOf(c.Dev)
+	ref := c.Private.(*legRef)
+	io, leg := ref.io, ref.leg
 	err := c.Err()
 	m.pool.Free(c)
 	if err != nil {

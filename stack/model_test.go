@@ -47,7 +47,7 @@ type gen struct {
 // (size is a multiple of 64 KiB).
 func (g *gen) spec(depth int, size uint64) Spec {
 	pool := poolOf(1 + g.rng.IntN(8))
-	kind := g.rng.IntN(4)
+	kind := g.rng.IntN(5)
 	if depth == 0 {
 		kind = 3
 	}
@@ -92,6 +92,15 @@ func (g *gen) spec(depth int, size uint64) Spec {
 			left -= units
 		}
 		return linearSpec(pool, specs...)
+	case 4:
+		// A mirror, over and under the other layers: every leg the
+		// mirror's size.
+		var specs []Spec
+		for range 2 + g.rng.IntN(2) {
+			specs = append(specs, g.spec(depth-1, size))
+		}
+		return mirrorSpec(readPolicyNames[g.rng.IntN(len(readPolicyNames))],
+			[]uint64{4096, 65536}[g.rng.IntN(2)], pool, specs...)
 	default:
 		if g.rng.IntN(3) == 0 {
 			g.n++
@@ -196,7 +205,7 @@ func TestModel(t *testing.T) {
 // runModel runs random ops on a stack built from spec against a byte-array
 // model, and returns how many pieces its leaves lent to reads.
 func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (lent int) {
-	st, err := Build("model", spec, BuildOptions{})
+	st, err := Build("model", spec, BuildOptions{Logger: quietLog})
 	if err != nil {
 		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
 	}
@@ -227,7 +236,21 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 	if covered := checkExtents(fail, model, 0, size, fresh); covered != size {
 		fail("block status of the fresh device covers %d bytes", covered)
 	}
+	var mirrors []*Mirror
+	for _, n := range st.Nodes {
+		if m, ok := n.Control.(*Mirror); ok {
+			mirrors = append(mirrors, m)
+		}
+	}
 	for i := 0; i < modelOpsPerStep; i++ {
+		if len(mirrors) > 0 && rng.IntN(10) == 0 {
+			// Fail or restore a mirror leg now and then: the mirror
+			// refuses to fail its last leg in sync, so a fault never
+			// reaches every leg at once, and reads must go on
+			// returning the model's bytes.
+			m := mirrors[rng.IntN(len(mirrors))]
+			m.Act([]string{"fail", "restore"}[rng.IntN(2)], rng.IntN(len(m.legs)))
+		}
 		off, n := randomRange(rng, size)
 		op := bioset.Ops()[rng.IntN(len(bioset.Ops()))]
 		var flags bioset.Flags
@@ -287,6 +310,22 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, rng *rand.Rand) (l
 				fail("block status %d+%d: %v", off, n, err)
 			}
 			checkExtents(fail, model, off, n, slots)
+		}
+	}
+	// Restore every leg and let the resyncs finish: then every leg of
+	// every mirror holds the same bytes.
+	for _, m := range mirrors {
+		for leg := range m.legs {
+			m.Act("restore", leg)
+		}
+	}
+	for _, m := range mirrors {
+		waitSynced(t, m)
+		first := legBytes(t, m.legs[0].dev)
+		for leg := 1; leg < len(m.legs); leg++ {
+			if !bytes.Equal(first, legBytes(t, m.legs[leg].dev)) {
+				fail("after resync, leg %d of mirror %s differs from leg 0", leg, m.path)
+			}
 		}
 	}
 	return lent

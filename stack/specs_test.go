@@ -33,3 +33,13 @@ func delaySpec(l DelayLatencies, leg Spec) Spec {
 		Flush: settings.Duration{D: l.Flush}, Other: settings.Duration{D: l.Other}, Leg: Leg{leg},
 	}}
 }
+
+func mirrorSpec(read string, region uint64, pool PoolSpec, legs ...Spec) Spec {
+	return Spec{Config: &MirrorConfig{
+		Read:       settings.String{S: read},
+		Bitmap:     MirrorBitmapConfig{Region: settings.Size{Bytes: region}},
+		ResyncRate: settings.String{S: "1TiB/s"},
+		Pool:       pool,
+		Legs:       settings.List[Spec]{Items: legs},
+	}}
+}
