@@ -330,6 +330,18 @@ func checkLegCount(p *settings.Problems, kind string, legs settings.List[Spec], 
 	p.At(legs.Line, "%s needs at least %d %s, has %d", kind, min, noun, len(legs.Items))
 }
 
+// checkEqualLegs reports the first leg whose size differs from the
+// first's, for the kinds whose legs must be the same size.
+func checkEqualLegs(kind string, legs []Sized) error {
+	for i := 1; i < len(legs); i++ {
+		if legs[i].Bytes != legs[0].Bytes {
+			return sizeError(legs[i].Line, "%s leg %d is %s but leg 1 (line %d) is %s; the legs of a %s must be the same size",
+				kind, i+1, settings.FormatSize(legs[i].Bytes), legs[0].Line, settings.FormatSize(legs[0].Bytes), kind)
+		}
+	}
+	return nil
+}
+
 func sizeError(line int, format string, args ...any) error {
 	return &settings.Error{Line: line, Msg: fmt.Sprintf(format, args...)}
 }

@@ -203,7 +203,6 @@ type ioStage uint8
 
 const (
 	stageAdmit ioStage = iota // run admission again (the region was unlocked)
-	stageSend                 // submit the write's children
 	stageRetry                // submit the read to io.leg
 )
 
@@ -232,18 +231,6 @@ func (l *ioList) pop() *mirrorIO {
 		io.next = nil
 	}
 	return io
-}
-
-func (l *ioList) merge(o ioList) {
-	if o.head == nil {
-		return
-	}
-	if l.tail == nil {
-		l.head = o.head
-	} else {
-		l.tail.next = o.head
-	}
-	l.tail = o.tail
 }
 
 // MirrorOptions configure NewMirror.
@@ -785,8 +772,6 @@ func (m *Mirror) workOnce(s *bioset.Submitter) {
 		switch io.stage {
 		case stageRetry:
 			m.sendRead(s, io, io.leg)
-		case stageSend:
-			m.sendWrite(s, io)
 		case stageAdmit:
 			m.mu.Lock()
 			now := m.admit(io)
@@ -988,11 +973,10 @@ func (m *Mirror) resyncPassOnce(s *bioset.Submitter, cp *regionCopy, buf []byte)
 		}
 		m.mu.Lock()
 		m.locked = -1
-		unblocked := m.blocked.take()
-		for io := unblocked.head; io != nil; io = io.next {
+		for io := m.blocked.pop(); io != nil; io = m.blocked.pop() {
 			io.stage = stageAdmit
+			m.work.push(io)
 		}
-		m.work.merge(unblocked)
 		m.cursor = r + 1
 		m.resyncDone += n
 		m.resyncPass += n
@@ -1385,11 +1369,8 @@ func (c *MirrorConfig) NodeSize(legs []Sized) (uint64, error) {
 	if len(legs) < 2 {
 		return 0, errSizeUnknown // reported by Check
 	}
-	for i := 1; i < len(legs); i++ {
-		if legs[i].Bytes != legs[0].Bytes {
-			return 0, sizeError(legs[i].Line, "mirror leg %d is %s but leg 1 (line %d) is %s; the legs of a mirror must be the same size",
-				i+1, settings.FormatSize(legs[i].Bytes), legs[0].Line, settings.FormatSize(legs[0].Bytes))
-		}
+	if err := checkEqualLegs(KindMirror, legs); err != nil {
+		return 0, err
 	}
 	if r := c.region(); (legs[0].Bytes+r-1)/r > maxMirrorRegions {
 		line := c.Bitmap.Region.Line

@@ -549,26 +549,7 @@ func TestMirrorBitmapFileRefused(t *testing.T) {
 // pool holds one.
 func TestMirrorDeadlockProof(t *testing.T) {
 	base := runtime.NumGoroutine()
-	write := func(m *Mirror) <-chan error {
-		errc := make(chan error, 1)
-		done := make(chan struct{})
-		b := new(bioset.Bio)
-		b.Init(bioset.OpWrite, 0, 4096, pattern(4096, 1), func(*bioset.Bio) { close(done) })
-		b.Dev = m
-		go func() {
-			var s bioset.Submitter
-			s.Submit(b)
-		}()
-		go func() {
-			select {
-			case <-done:
-				errc <- b.Err()
-			case <-time.After(completeBound):
-				close(errc)
-			}
-		}()
-		return errc
-	}
+	write := func(m *Mirror) <-chan error { return submitWatched(m, bioset.OpWrite, pattern(4096, 1)) }
 	t.Run("rescuer off: stalls", func(t *testing.T) {
 		_, legs := failingLegs(2, 1<<20)
 		m := newTestMirror(t, legs, MirrorOptions{Pool: bioset.Options{Name: "t/mirror", Capacity: 1, NoRescuer: true}})
