@@ -202,6 +202,26 @@ func openBitmapFile(path string, size, region uint64, regions, legs int) (bf *bi
 	return bf, h, bits, false, nil
 }
 
+// readBitmapHeader checks that the file at path opens for writing and
+// holds a header stackd can read; whether it fits the mirror is learnt
+// when the mirror is built, which knows the legs' sizes.
+func readBitmapHeader(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("mirror bitmap %s cannot be opened for writing: %s", path, reason(err))
+	}
+	defer f.Close()
+	p := make([]byte, bitmapHeaderLen)
+	_, err = f.ReadAt(p, 0)
+	if err == nil {
+		_, err = decodeBitmapHeader(p)
+	}
+	if err != nil {
+		return fmt.Errorf("mirror bitmap %s: %v; remove it to resync every leg from leg 0", path, err)
+	}
+	return nil
+}
+
 // bitmapBytes is the length of the bits area for n regions, in whole
 // blocks.
 func bitmapBytes(n int) int {

@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"math/bits"
 	"strconv"
@@ -252,6 +253,10 @@ type MirrorOptions struct {
 	Pool          bioset.Options
 	// Log receives the legs' state changes (absent: slog.Default()).
 	Log *slog.Logger
+	// ReadOnly: the mirror serves a read-only export, whose legs are
+	// opened read-only. It takes them as they are: every leg in sync,
+	// nothing to resync, and no bitmap file, which it could not keep.
+	ReadOnly bool
 }
 
 // The mirror's defaults.
@@ -325,9 +330,12 @@ func NewMirror(legs []Device, o MirrorOptions) (*Mirror, error) {
 	for i, l := range legs {
 		m.legs[i].dev = l
 	}
-	states, err := m.openRecord(o.BitmapPath, size)
-	if err != nil {
-		return nil, err
+	states := make([]legState, len(legs))
+	if !o.ReadOnly {
+		var err error
+		if states, err = m.openRecord(o.BitmapPath, size); err != nil {
+			return nil, err
+		}
 	}
 	for i, st := range states {
 		m.legs[i].state = st
@@ -1311,6 +1319,8 @@ type MirrorBitmapConfig struct {
 	// Path is the bitmap file, which makes the bitmap survive a restart
 	// (absent: in memory only, and every start resyncs every leg from leg
 	// 0). A relative path is relative to the configuration's directory.
+	// A read-only export's mirror takes its legs as they are and keeps
+	// no bitmap.
 	Path settings.String `yaml:"path" label:"mirror bitmap path"`
 	// Region is how much one bit covers: a positive multiple of 512
 	// (absent: 64KiB).
@@ -1393,6 +1403,34 @@ func (c *MirrorConfig) ResolvePaths(dir string) {
 	c.Bitmap.Path.S = f.Path.S
 }
 
+// checkHost checks that the bitmap file can be used: an existing one is a
+// bitmap stackd can read, a missing one can be created. It changes
+// nothing. A read-only export's mirror keeps no bitmap (MirrorOptions).
+func (c *MirrorConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
+	path, line := c.Bitmap.Path.S, c.Bitmap.Path.Line
+	if line == 0 || path == "" || h.ReadOnly {
+		return
+	}
+	st, used := h.claim(path, line)
+	switch {
+	case used != nil:
+		p.At(line, "mirror bitmap %s is already used at line %d (export %q); a file can serve only one leg or bitmap", path, used.line, used.export)
+	case bad:
+	case errors.Is(st.err, fs.ErrNotExist):
+		if err := canCreate(path); err != nil {
+			p.At(line, "mirror bitmap %s does not exist, and %v", path, err)
+		}
+	case st.err != nil:
+		p.At(line, "mirror bitmap %s: %s", path, reason(st.err))
+	case !st.info.Mode().IsRegular():
+		p.At(line, "mirror bitmap %s is not a regular file", path)
+	default:
+		if err := readBitmapHeader(path); err != nil {
+			p.At(line, "%v", err)
+		}
+	}
+}
+
 func (c *MirrorConfig) options(b BuildContext) MirrorOptions {
 	rate, _ := parseRate(c.ResyncRate.S)
 	return MirrorOptions{
@@ -1402,6 +1440,7 @@ func (c *MirrorConfig) options(b BuildContext) MirrorOptions {
 		ResyncRate: rate,
 		Pool:       c.Pool.Options(b.Path),
 		Log:        b.Log,
+		ReadOnly:   b.ReadOnly,
 	}
 }
 

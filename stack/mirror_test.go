@@ -582,3 +582,19 @@ func TestMirrorDeadlockProof(t *testing.T) {
 	})
 	settleGoroutines(t, base)
 }
+
+// TestMirrorReadOnly: a read-only export's mirror takes its legs as they
+// are, resyncs nothing and keeps no bitmap file.
+func TestMirrorReadOnly(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	_, legs := failingLegs(2, 1<<20)
+	m, err := NewMirror(legs, testMirrorOptions(MirrorOptions{BitmapPath: path, ReadOnly: true}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	st := m.MirrorState()
+	if st.Resync.Active || st.DirtyRegions != 0 || st.Legs[1].State != "in_sync" || st.Bitmap != "memory" {
+		t.Fatalf("read-only mirror %+v", st)
+	}
+}
