@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -28,6 +29,8 @@ type failingDevice struct {
 	record atomic.Bool
 	mu     sync.Mutex
 	seen   []seenBio
+	// onWrite, if set, sees every WRITE before it goes down.
+	onWrite func(*bioset.Bio)
 }
 
 type seenBio struct {
@@ -40,6 +43,9 @@ func (d *failingDevice) Submit(s *bioset.Submitter, b *bioset.Bio) {
 		d.mu.Lock()
 		d.seen = append(d.seen, seenBio{b.Op, b.Flags})
 		d.mu.Unlock()
+	}
+	if d.onWrite != nil && b.Op == bioset.OpWrite {
+		d.onWrite(b)
 	}
 	switch {
 	case b.Op == bioset.OpRead && d.failReads.Load(),
@@ -597,4 +603,80 @@ func TestMirrorReadOnly(t *testing.T) {
 	if st.Resync.Active || st.DirtyRegions != 0 || st.Legs[1].State != "in_sync" || st.Bitmap != "memory" {
 		t.Fatalf("read-only mirror %+v", st)
 	}
+}
+
+// bitOnDisk reports whether the bitmap file at path has region r's bit set.
+func bitOnDisk(t *testing.T, path string, r int) bool {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Error(err)
+		return false
+	}
+	return raw[bitmapBitsOffset+r/8]&(1<<(r%8)) != 0
+}
+
+// TestMirrorBitDurableFirst: with a bitmap file, a write reaches a leg
+// only once the bit of its region is in the file.
+func TestMirrorBitDurableFirst(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	const region = 64 << 10
+	f, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{Region: region, BitmapPath: path})
+	defer m.Close()
+	m.clearIdle()
+	m.clearIdle()
+	var s bioset.Submitter
+	m.workOnce(&s) // the cleared bits reach the file
+	if bitOnDisk(t, path, 7) {
+		t.Fatal("region 7 is dirty in the file before any write")
+	}
+	var checked atomic.Int32
+	f[1].onWrite = func(b *bioset.Bio) {
+		if !bitOnDisk(t, path, int(b.Offset/region)) {
+			t.Errorf("a write to region %d reached a leg before its bit was durable", b.Offset/region)
+		}
+		checked.Add(1)
+	}
+	if err := request(t, &s, m, bioset.OpWrite, 0, 7*region, 4096, pattern(4096, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if checked.Load() != 1 {
+		t.Fatalf("%d writes checked", checked.Load())
+	}
+}
+
+// TestMirrorResyncRate: the resync never runs ahead of its rate, one
+// region aside, and reports its progress while it runs.
+func TestMirrorResyncRate(t *testing.T) {
+	const region, rate = 4096, 256 << 10
+	_, legs := failingLegs(2, 256<<10)
+	start := time.Now()
+	m, err := NewMirror(legs, testMirrorOptions(MirrorOptions{Region: region, ResyncRate: rate}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	seen := false
+	for {
+		st := m.MirrorState()
+		elapsed := time.Since(start).Seconds()
+		if done := st.Legs[1].ResyncedBytes; float64(done) > rate*elapsed+region {
+			t.Fatalf("%d bytes resynced after %.3fs at %d bytes a second", done, elapsed, rate)
+		}
+		if st.Legs[1].State == "in_sync" {
+			break
+		}
+		if st.Resync.Active && st.Legs[1].RemainingBytes > 0 {
+			seen = true
+			if p := st.Legs[1].Percent; p < 0 || p >= 100 || st.Resync.LimitBytes != rate {
+				t.Fatalf("progress %+v", st)
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !seen {
+		t.Fatal("never saw the resync in progress")
+	}
+	checkLegsEqual(t, legs)
 }
