@@ -177,7 +177,6 @@ type mirrorIO struct {
 	insync  uint64
 	pending atomic.Int32
 	ok      atomic.Uint64
-	failed  atomic.Uint64
 	errno   atomic.Uint32
 	tried   uint64 // a read's legs tried so far
 	leg     int    // a read's next leg
@@ -650,7 +649,6 @@ func (m *Mirror) endWrite(c *bioset.Bio) {
 	err := c.Err()
 	m.pool.Free(c)
 	if err != nil {
-		io.failed.Or(1 << leg)
 		io.errno.CompareAndSwap(0, uint32(bioset.Errno(err)))
 		m.failLeg(leg, fmt.Sprintf("%v failed: %v", io.parent.Op, err))
 	} else {
@@ -666,14 +664,19 @@ func (m *Mirror) childDone(io *mirrorIO) {
 }
 
 // endWriteIO ends a write once every leg has answered: it succeeds if a
-// leg that was in sync took it. When a leg failed and there is a bitmap
-// file, the end waits for the worker to record the failure: otherwise a
-// crash could bring the failed leg back as in sync, and the resync after
-// it could copy its stale data over the acknowledged write (md waits for
+// leg that took it is in sync now (and so was when it was sent: a leg
+// only becomes in sync once the resync has passed every region, which
+// waits for the writes in flight there). A leg failed meanwhile, by an
+// error or by the operator, does not count: reads no longer go to it.
+//
+// When a leg's state changed and the bitmap file does not say so yet,
+// the end waits for the worker to record it: otherwise a crash could
+// bring a leg that missed this write back as in sync, and the resync
+// after it copy its stale data over the acknowledged write (md waits for
 // its superblock likewise).
 func (m *Mirror) endWriteIO(io *mirrorIO) {
 	var err error
-	if io.ok.Load()&io.insync == 0 {
+	if io.ok.Load()&io.insync&m.insync.Load() == 0 {
 		err = syscall.Errno(io.errno.Load())
 		if err == syscall.Errno(0) {
 			err = syscall.EIO
@@ -686,7 +689,7 @@ func (m *Mirror) endWriteIO(io *mirrorIO) {
 			m.lockDrained.Broadcast()
 		}
 	}
-	if io.failed.Load() != 0 && m.file != nil && m.headerSynced < m.headerGen {
+	if m.file != nil && m.headerSynced < m.headerGen {
 		io.gen = m.headerGen
 		if err != nil {
 			io.errno.Store(uint32(bioset.Errno(err)))

@@ -626,11 +626,13 @@ func TestMirrorBitDurableFirst(t *testing.T) {
 	defer m.Close()
 	m.clearIdle()
 	m.clearIdle()
-	var s bioset.Submitter
-	m.workOnce(&s) // the cleared bits reach the file
-	if bitOnDisk(t, path, 7) {
-		t.Fatal("region 7 is dirty in the file before any write")
+	// The worker writes the cleared bits to the file.
+	for deadline := time.Now().Add(completeBound); bitOnDisk(t, path, 7); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("region 7 is still dirty in the file after clearing")
+		}
 	}
+	var s bioset.Submitter
 	var checked atomic.Int32
 	f[1].onWrite = func(b *bioset.Bio) {
 		if !bitOnDisk(t, path, int(b.Offset/region)) {
@@ -677,6 +679,32 @@ func TestMirrorResyncRate(t *testing.T) {
 	}
 	if !seen {
 		t.Fatal("never saw the resync in progress")
+	}
+	checkLegsEqual(t, legs)
+}
+
+// TestMirrorBitmapRecordsOperatorFail: a leg the operator failed is in
+// the file before a write that went past it is acknowledged, so a crash
+// does not bring it back as in sync.
+func TestMirrorBitmapRecordsOperatorFail(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "m.bitmap")
+	_, legs := failingLegs(2, 1<<20)
+	o := MirrorOptions{BitmapPath: path}
+	m := newTestMirror(t, legs, o)
+	if err := m.Act("fail", 0); err != nil {
+		t.Fatal(err)
+	}
+	var s bioset.Submitter
+	data := pattern(4096, 99)
+	if err := request(t, &s, m, bioset.OpWrite, 0, 8192, 4096, data, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.abandon()
+	m2 := newTestMirror(t, legs, o)
+	defer m2.Close()
+	got := make([]byte, 4096)
+	if err := request(t, &s, legs[0], bioset.OpRead, 0, 8192, 4096, got, nil); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("leg 0, failed before the crash, was not resynced from leg 1: %v", err)
 	}
 	checkLegsEqual(t, legs)
 }
