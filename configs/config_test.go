@@ -347,6 +347,7 @@ func TestExamples(t *testing.T) {
 	heads := map[string]string{
 		"file-stripe.yaml":  "striped (4GiB, default)",
 		"linear-files.yaml": "concat (3GiB, default)",
+		"mirror-files.yaml": "mirrored (1GiB, default)",
 		"read-only.yaml":    "golden (1GiB, default, read-only)",
 		"tiny-pools.yaml":   "tiny (128MiB, default)",
 	}
