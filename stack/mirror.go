@@ -142,6 +142,15 @@ type legChange struct {
 	leg      int
 	from, to legState
 	reason   string
+	err      error // what failed the leg, or nil
+}
+
+// writeFailed are failLeg's reasons for the ops a mirror writes with.
+var writeFailed = [bioset.NumOps]string{
+	bioset.OpWrite:       "a write failed",
+	bioset.OpTrim:        "a trim failed",
+	bioset.OpWriteZeroes: "a write_zeroes failed",
+	bioset.OpFlush:       "a flush failed",
 }
 
 type readPolicy uint8
@@ -566,7 +575,7 @@ func (m *Mirror) endRead(c *bioset.Bio) {
 		m.putIO(io)
 		return
 	}
-	m.failLeg(leg, "read failed: "+err.Error())
+	m.failLeg(leg, "a read failed", err)
 	next := m.pickRead(io.tried)
 	if next < 0 {
 		io.parent.End(err) // no leg could answer
@@ -650,7 +659,7 @@ func (m *Mirror) endWrite(c *bioset.Bio) {
 	m.pool.Free(c)
 	if err != nil {
 		io.errno.CompareAndSwap(0, uint32(bioset.Errno(err)))
-		m.failLeg(leg, fmt.Sprintf("%v failed: %v", io.parent.Op, err))
+		m.failLeg(leg, writeFailed[io.parent.Op], err)
 	} else {
 		io.ok.Or(1 << leg)
 	}
@@ -710,25 +719,32 @@ func (m *Mirror) endWriteIO(io *mirrorIO) {
 // sync: that one stays, and the error goes up to the client instead, as md
 // never fails its last working disk. It runs in completion: a short lock,
 // and the logging is left to the worker.
-func (m *Mirror) failLeg(leg int, reason string) {
+func (m *Mirror) failLeg(leg int, reason string, err error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := m.legs[leg].state
 	if st == legFaulty || (st == legInSync && bits.OnesCount64(m.insync.Load()) == 1) {
 		return
 	}
-	m.setState(leg, legFaulty, reason)
+	m.setStateErr(leg, legFaulty, reason, err)
 }
 
 // setState changes a leg's state, with mu held, and queues the change for
 // the worker to log and record.
 func (m *Mirror) setState(leg int, to legState, reason string) {
+	m.setStateErr(leg, to, reason, nil)
+}
+
+// setStateErr is setState for a change an error caused. It runs in
+// completion too: reason is a constant and err the bio's, so that nothing
+// is formatted, and so allocated, before the worker logs it.
+func (m *Mirror) setStateErr(leg int, to legState, reason string, err error) {
 	from := m.legs[leg].state
 	m.legs[leg].state = to
 	m.updateMasks()
 	m.headerGen++
 	if len(m.changes) < cap(m.changes) {
-		m.changes = append(m.changes, legChange{leg: leg, from: from, to: to, reason: reason})
+		m.changes = append(m.changes, legChange{leg: leg, from: from, to: to, reason: reason, err: err})
 	} else {
 		m.dropped++
 	}
@@ -767,7 +783,11 @@ func (m *Mirror) workOnce(s *bioset.Submitter) {
 	m.dropped = 0
 	m.mu.Unlock()
 	for _, c := range changes {
-		m.log.Warn("mirror leg state changed", "leg", c.leg, "from", c.from.String(), "to", c.to.String(), "reason", c.reason)
+		args := []any{"leg", c.leg, "from", c.from.String(), "to", c.to.String(), "reason", c.reason}
+		if c.err != nil {
+			args = append(args, "err", c.err)
+		}
+		m.log.Warn("mirror leg state changed", args...)
 	}
 	if dropped > 0 {
 		m.log.Warn("mirror leg state changes not logged", "count", dropped)
@@ -782,7 +802,18 @@ func (m *Mirror) workOnce(s *bioset.Submitter) {
 	for io := work.pop(); io != nil; io = work.pop() {
 		switch io.stage {
 		case stageRetry:
-			m.sendRead(s, io, io.leg)
+			// The leg picked in completion may have been failed since:
+			// pick again among the legs in sync and not yet tried.
+			leg := io.leg
+			if m.insync.Load()&(1<<leg) == 0 {
+				if leg = m.pickRead(io.tried); leg < 0 {
+					io.parent.End(syscall.EIO)
+					m.putIO(io)
+					continue
+				}
+				io.tried |= 1 << leg
+			}
+			m.sendRead(s, io, leg)
 		case stageAdmit:
 			m.mu.Lock()
 			now := m.admit(io)
@@ -1084,7 +1115,7 @@ func (cp *regionCopy) copy(s *bioset.Submitter, r, source int, targets uint64, b
 	n := min(m.region, m.size-off)
 	buf = buf[:n]
 	if err := cp.submit(s, bioset.OpRead, source, off, n, buf); err != nil {
-		m.failLeg(source, "resync read failed: "+err.Error())
+		m.failLeg(source, "a resync read failed", err)
 		if m.insync.Load()&(1<<source) != 0 {
 			// The last leg in sync cannot read it: the legs behind
 			// cannot be made whole, so they stay faulty.
@@ -1111,7 +1142,7 @@ func (cp *regionCopy) copy(s *bioset.Submitter, r, source int, targets uint64, b
 			err = cp.submit(s, bioset.OpWrite, i, off, n, buf)
 		}
 		if err != nil {
-			m.failLeg(i, "resync write failed: "+err.Error())
+			m.failLeg(i, "a resync write failed", err)
 			continue
 		}
 		m.legs[i].resynced.Add(n)
