@@ -249,6 +249,19 @@ func TestWorkloadSeries(t *testing.T) {
 	if punted == 0 {
 		t.Errorf("the single-bio pools never punted to their rescuers")
 	}
+	// The mirror's legs, each in sync after the initial resync, which
+	// copied the whole 1 MiB to leg 1.
+	for _, leg := range []string{"0", "1"} {
+		if v := g.value(t, "stackd_mirror_leg_state", "layer=mirrored/mirror", "leg="+leg, "state=in_sync"); v != 1 {
+			t.Errorf("mirror leg %s: in_sync %v", leg, v)
+		}
+		if v := g.sum("stackd_mirror_leg_state", "layer=mirrored/mirror", "leg="+leg); v != 1 {
+			t.Errorf("mirror leg %s: %v states at once", leg, v)
+		}
+	}
+	if v := g.value(t, "stackd_mirror_resync_bytes_total", "layer=mirrored/mirror", "leg=1"); v != 1<<20 {
+		t.Errorf("mirror leg 1 resynced %v bytes, want 1MiB", v)
+	}
 	if w := g.value(t, "stackd_layer_pool_allocation_waits_total", "layer=tiny/split/stripe"); w == 0 {
 		t.Errorf("the tiny stripe's allocations never waited")
 	}

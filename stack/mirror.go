@@ -999,13 +999,7 @@ func (m *Mirror) resyncPassOnce(s *bioset.Submitter, cp *regionCopy, buf []byte)
 		if m.restart || m.closed || r < 0 {
 			break
 		}
-		// Lock the region: writes to it now wait in blocked, and the
-		// copy waits for those in flight (they may not have reached
-		// the source yet).
-		m.locked = r
-		for m.inflight[r] > 0 {
-			m.lockDrained.Wait()
-		}
+		m.lockRegion(r)
 		targets = m.writable.Load() &^ m.insync.Load() & m.passTargets
 		source := bits.TrailingZeros64(m.insync.Load())
 		m.mu.Unlock()
@@ -1014,11 +1008,7 @@ func (m *Mirror) resyncPassOnce(s *bioset.Submitter, cp *regionCopy, buf []byte)
 			n = cp.copy(s, r, source, targets, buf)
 		}
 		m.mu.Lock()
-		m.locked = -1
-		for io := m.blocked.pop(); io != nil; io = m.blocked.pop() {
-			io.stage = stageAdmit
-			m.work.push(io)
-		}
+		m.unlockRegion()
 		m.cursor = r + 1
 		m.resyncDone += n
 		m.resyncPass += n
@@ -1055,6 +1045,28 @@ func (m *Mirror) resyncPassOnce(s *bioset.Submitter, cp *regionCopy, buf []byte)
 		m.log.Info("mirror resync finished", "legs", legList(passTargets), "bytes", passBytes)
 	}
 	return again
+}
+
+// lockRegion locks region r against client writes, with mu held: writes
+// to it wait in blocked from now on, and it returns once those already in
+// flight there have ended (they may not have reached the source yet).
+// Only the resyncer locks, one region at a time.
+func (m *Mirror) lockRegion(r int) {
+	m.locked = r
+	for m.inflight[r] > 0 {
+		m.lockDrained.Wait()
+	}
+}
+
+// unlockRegion unlocks the locked region, with mu held, and hands the
+// writes that waited for it to the worker, which admits them again. The
+// caller signals the worker once it has let go of mu.
+func (m *Mirror) unlockRegion() {
+	m.locked = -1
+	for io := m.blocked.pop(); io != nil; io = m.blocked.pop() {
+		io.stage = stageAdmit
+		m.work.push(io)
+	}
 }
 
 func legList(mask uint64) string {
@@ -1204,6 +1216,16 @@ type MirrorState struct {
 	DirtyRegions int              `json:"dirty_regions"`
 	Legs         []MirrorLegState `json:"legs"`
 	Resync       MirrorResync     `json:"resync"`
+}
+
+// Synced reports whether every leg is in sync and no resync runs.
+func (s MirrorState) Synced() bool {
+	for _, l := range s.Legs {
+		if l.State != legInSync.String() {
+			return false
+		}
+	}
+	return !s.Resync.Active
 }
 
 // MirrorLegState is one leg's part of MirrorState.

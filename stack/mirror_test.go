@@ -105,16 +105,11 @@ func waitSynced(t *testing.T, m *Mirror) MirrorState {
 	t.Helper()
 	deadline := time.Now().Add(completeBound)
 	for {
-		st := m.MirrorState()
-		synced := !st.Resync.Active
-		for _, l := range st.Legs {
-			synced = synced && l.State == "in_sync"
-		}
-		if synced {
+		if st := m.MirrorState(); st.Synced() {
 			return st
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("mirror not in sync after %v: %+v", completeBound, st)
+			t.Fatalf("mirror not in sync after %v: %+v", completeBound, m.MirrorState())
 		}
 		time.Sleep(time.Millisecond)
 	}
@@ -705,6 +700,52 @@ func TestMirrorBitmapRecordsOperatorFail(t *testing.T) {
 	got := make([]byte, 4096)
 	if err := request(t, &s, legs[0], bioset.OpRead, 0, 8192, 4096, got, nil); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("leg 0, failed before the crash, was not resynced from leg 1: %v", err)
+	}
+	checkLegsEqual(t, legs)
+}
+
+// TestMirrorRegionLock: a write to the region the resyncer holds is
+// queued, without blocking Submit, and goes to every leg once the region
+// is unlocked.
+func TestMirrorRegionLock(t *testing.T) {
+	const region = 64 << 10
+	f, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{Region: region})
+	defer m.Close()
+	for _, d := range f {
+		d.record.Store(true)
+	}
+	m.mu.Lock()
+	m.lockRegion(3)
+	m.mu.Unlock()
+	done := make(chan struct{})
+	data := pattern(4096, 3)
+	var b bioset.Bio
+	b.Init(bioset.OpWrite, 3*region+512, 4096, data, func(*bioset.Bio) { close(done) })
+	b.Dev = m
+	var s bioset.Submitter
+	s.Submit(&b) // returns: the write waits in the mirror, not in Submit
+	m.mu.Lock()
+	queued := m.blocked.head != nil
+	m.mu.Unlock()
+	if !queued || len(f[0].ops()) != 0 || len(f[1].ops()) != 0 {
+		t.Fatalf("a write to the locked region was not held back: queued %v, legs saw %v, %v", queued, f[0].ops(), f[1].ops())
+	}
+	// A write elsewhere goes at once.
+	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 4096, data, nil); err != nil {
+		t.Fatal(err)
+	}
+	m.mu.Lock()
+	m.unlockRegion()
+	m.mu.Unlock()
+	m.signal()
+	select {
+	case <-done:
+	case <-time.After(completeBound):
+		t.Fatal("the held write did not complete after the unlock")
+	}
+	if err := b.Err(); err != nil {
+		t.Fatal(err)
 	}
 	checkLegsEqual(t, legs)
 }
