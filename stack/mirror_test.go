@@ -90,7 +90,7 @@ func testMirrorOptions(o MirrorOptions) MirrorOptions {
 	return o
 }
 
-func newTestMirror(t *testing.T, legs []Device, o MirrorOptions) *Mirror {
+func newTestMirror(t testing.TB, legs []Device, o MirrorOptions) *Mirror {
 	t.Helper()
 	m, err := NewMirror(legs, testMirrorOptions(o))
 	if err != nil {
@@ -101,7 +101,7 @@ func newTestMirror(t *testing.T, legs []Device, o MirrorOptions) *Mirror {
 }
 
 // waitSynced waits for every leg of m to be in sync, at most completeBound.
-func waitSynced(t *testing.T, m *Mirror) MirrorState {
+func waitSynced(t testing.TB, m *Mirror) MirrorState {
 	t.Helper()
 	deadline := time.Now().Add(completeBound)
 	for {
@@ -748,4 +748,52 @@ func TestMirrorRegionLock(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkLegsEqual(t, legs)
+}
+
+// TestMirrorSteadyStateAllocs: in steady state a mirrored read or write
+// allocates nothing on the heap: the children come from the pool, the
+// mirrorIO from the mirror's pool of them.
+func TestMirrorSteadyStateAllocs(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	var s bioset.Submitter
+	r := newSyncRequest()
+	buf := make([]byte, 4096)
+	for _, op := range []bioset.Op{bioset.OpWrite, bioset.OpRead} {
+		r.run(&s, m, bioset.OpWrite, 8192, 4096, buf)
+		if allocs := testing.AllocsPerRun(200, func() { r.run(&s, m, op, 8192, 4096, buf) }); allocs != 0 {
+			t.Errorf("%v through a mirror: %v heap allocations per request, want 0", op, allocs)
+		}
+	}
+}
+
+// BenchmarkMirror measures a 4 KiB request through a mirror of two memory
+// legs, beside the same request to one memory leg.
+func BenchmarkMirror(b *testing.B) {
+	for _, op := range []bioset.Op{bioset.OpWrite, bioset.OpRead} {
+		for _, mirrored := range []bool{false, true} {
+			name := op.String() + "/memory"
+			if mirrored {
+				name += "/mirror"
+			}
+			b.Run(name, func(b *testing.B) {
+				var dev Device = targets.NewMemory(16<<20, 0)
+				if mirrored {
+					m := newTestMirror(b, []Device{dev, targets.NewMemory(16<<20, 0)}, MirrorOptions{})
+					b.Cleanup(func() { m.Close() })
+					dev = m
+				}
+				var s bioset.Submitter
+				r := newSyncRequest()
+				buf := make([]byte, 4096)
+				r.run(&s, dev, bioset.OpWrite, 8192, 4096, buf)
+				b.SetBytes(4096)
+				b.ReportAllocs()
+				for b.Loop() {
+					r.run(&s, dev, op, 8192, 4096, buf)
+				}
+			})
+		}
+	}
 }
