@@ -177,13 +177,10 @@ func parseReadPolicy(s string) (readPolicy, bool) {
 
 // mirrorIO is one client request while the mirror serves it.
 type mirrorIO struct {
-	parent *bioset.Bio
-	next   *mirrorIO
-	stage  ioStage
-	lo, hi int // regions a write covers; hi < lo for none (FLUSH)
-	// insync: the legs in sync when the children were sent; a write
-	// succeeds if one of them took it.
-	insync  uint64
+	parent  *bioset.Bio
+	next    *mirrorIO
+	stage   ioStage
+	lo, hi  int // regions a write covers; hi < lo for none (FLUSH)
 	pending atomic.Int32
 	ok      atomic.Uint64
 	errno   atomic.Uint32
@@ -630,7 +627,6 @@ func (m *Mirror) admit(io *mirrorIO) bool {
 func (m *Mirror) sendWrite(s *bioset.Submitter, io *mirrorIO) {
 	b := io.parent
 	targets := m.writable.Load()
-	io.insync = m.insync.Load() & targets
 	// One reference per child and one for this loop, so that children
 	// that end before the loop does (with the rescuer) cannot end b.
 	io.pending.Store(int32(bits.OnesCount64(targets)) + 1)
@@ -673,10 +669,12 @@ func (m *Mirror) childDone(io *mirrorIO) {
 }
 
 // endWriteIO ends a write once every leg has answered: it succeeds if a
-// leg that took it is in sync now (and so was when it was sent: a leg
-// only becomes in sync once the resync has passed every region, which
-// waits for the writes in flight there). A leg failed meanwhile, by an
-// error or by the operator, does not count: reads no longer go to it.
+// leg that took it is in sync now. Such a leg holds the write whether it
+// was in sync or resyncing when the write was sent (it received it
+// either way); a leg failed meanwhile, by an error or by the operator,
+// does not count, since reads no longer go to it. Counting the legs in
+// sync at the send instead would fail a write whose only in-sync leg the
+// operator failed after a resync had finished on another that took it.
 //
 // When a leg's state changed and the bitmap file does not say so yet,
 // the end waits for the worker to record it: otherwise a crash could
@@ -685,7 +683,7 @@ func (m *Mirror) childDone(io *mirrorIO) {
 // its superblock likewise).
 func (m *Mirror) endWriteIO(io *mirrorIO) {
 	var err error
-	if io.ok.Load()&io.insync&m.insync.Load() == 0 {
+	if io.ok.Load()&m.insync.Load() == 0 {
 		err = syscall.Errno(io.errno.Load())
 		if err == syscall.Errno(0) {
 			err = syscall.EIO
@@ -1029,6 +1027,22 @@ func (m *Mirror) resyncPassOnce(s *bioset.Submitter, cp *regionCopy, buf []byte)
 		}
 	}
 	// mu is held here.
+	if !m.restart && !m.closed && m.caps&bioset.CapFlush != 0 {
+		// The copies are not durable until the legs flush them: a
+		// FLUSH acknowledged once a leg is in sync must cover what the
+		// resync wrote there too.
+		targets := m.writable.Load() &^ m.insync.Load() & m.passTargets
+		m.mu.Unlock()
+		for i := range m.legs {
+			if targets&(1<<i) == 0 {
+				continue
+			}
+			if err := cp.submit(s, bioset.OpFlush, i, 0, 0, nil); err != nil {
+				m.failLeg(i, "a resync flush failed", err)
+			}
+		}
+		m.mu.Lock()
+	}
 	again := m.restart
 	done := !m.restart && !m.closed
 	if done {
