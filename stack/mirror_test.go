@@ -860,3 +860,22 @@ func TestMirrorStress(t *testing.T) {
 		}
 	}
 }
+
+// TestMirrorNoRecord: with no bitmap file the mirror cannot tell what a
+// restart left different, so it copies everything from leg 0.
+func TestMirrorNoRecord(t *testing.T) {
+	_, legs := failingLegs(2, 1<<20)
+	var s bioset.Submitter
+	if err := request(t, &s, legs[0], bioset.OpWrite, 0, 4096, 8192, pattern(8192, 1), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := request(t, &s, legs[1], bioset.OpWrite, 0, 512<<10, 4096, pattern(4096, 2), nil); err != nil {
+		t.Fatal(err)
+	}
+	m := newTestMirror(t, legs, MirrorOptions{})
+	defer m.Close()
+	if st := m.MirrorState(); st.Legs[1].ResyncedBytes != 1<<20 {
+		t.Fatalf("resynced %d bytes, want all of leg 1", st.Legs[1].ResyncedBytes)
+	}
+	checkLegsEqual(t, legs)
+}
