@@ -607,7 +607,7 @@ func (m *Mirror) admit(io *mirrorIO) bool {
 		m.touched.set(r)
 		if !m.dirty.has(r) {
 			m.dirty.set(r)
-			m.changed[r/(bitmapBlock*8)] = struct{}{}
+			m.noteChanged(r)
 		}
 		if m.file != nil && !m.durable.has(r) {
 			need = true
@@ -619,6 +619,14 @@ func (m *Mirror) admit(io *mirrorIO) bool {
 		return false
 	}
 	return true
+}
+
+// noteChanged marks the file's block that holds region r's bit for the
+// next flush; with the bitmap in memory there is nothing to write.
+func (m *Mirror) noteChanged(r int) {
+	if m.file != nil {
+		m.changed[r/(bitmapBlock*8)] = struct{}{}
+	}
 }
 
 // sendWrite submits io's write to every writable leg: those in sync and
@@ -949,7 +957,7 @@ func (m *Mirror) clearIdle() {
 				m.touched.unset(r)
 			default:
 				m.dirty.unset(r)
-				m.changed[r/(bitmapBlock*8)] = struct{}{}
+				m.noteChanged(r)
 			}
 		}
 	}
