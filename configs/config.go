@@ -3,6 +3,7 @@ package configs
 import (
 	_ "embed"
 	"fmt"
+	"log/slog"
 	"os"
 	"time"
 
@@ -247,9 +248,10 @@ func (l Limits) ServerOptions() nbd.Options {
 	}
 }
 
-// Build builds e's stack, its leaves read-only if e is.
-func (e Export) Build() (*stack.Stack, error) {
-	return stack.Build(e.Name, e.Stack, stack.BuildOptions{ReadOnly: e.ReadOnly})
+// Build builds e's stack, its leaves read-only if e is. The nodes log
+// to log (nil: slog.Default()), such as a mirror leg's state changes.
+func (e Export) Build(log *slog.Logger) (*stack.Stack, error) {
+	return stack.Build(e.Name, e.Stack, stack.BuildOptions{ReadOnly: e.ReadOnly, Logger: log})
 }
 
 // ServerExport returns the nbd export e describes, served by dev (the root

@@ -272,7 +272,7 @@ func TestLimitDefaults(t *testing.T) {
 		}
 		// What Parse accepts, the server must too: the two check the
 		// same bounds in two places.
-		st, err := cfg.Exports[0].Build()
+		st, err := cfg.Exports[0].Build(nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -391,6 +391,7 @@ func TestExamples(t *testing.T) {
 		"faults.yaml":       "faulty (256MiB, default)",
 		"file-stripe.yaml":  "striped (4GiB, default)",
 		"linear-files.yaml": "concat (3GiB, default)",
+		"mirror-files.yaml": "mirrored (1GiB, default)",
 		"read-only.yaml":    "golden (1GiB, default, read-only)",
 		"tiny-pools.yaml":   "tiny (128MiB, default)",
 	}
@@ -554,4 +555,39 @@ func parseAndCheck(source string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, c.CheckHost()
+}
+
+func TestFormatTreeMirror(t *testing.T) {
+	bitmap := filepath.Join(t.TempDir(), "m0.bitmap")
+	src := strings.ReplaceAll(dedent(`
+		exports:
+		  - name: m
+		    stack:
+		      mirror:
+		        read: least-pending
+		        bitmap: {path: BITMAP, region: 1MiB}
+		        resync_rate: 64MiB/s
+		        legs:
+		          - memory: {size: 16MiB}
+		          - memory: {size: 16MiB}`), "BITMAP", bitmap)
+	c, err := parseAndCheck("test.yaml", []byte(src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	FormatTree(&b, c)
+	want := "m (16MiB, default)\n" +
+		"  mirror 16MiB legs=2 read=least-pending bitmap=" + bitmap + " region=1MiB resync_rate=64MiB/s pool=1024\n" +
+		"    memory 16MiB\n" +
+		"    memory 16MiB\n"
+	if b.String() != want {
+		t.Errorf("FormatTree:\n%s\nwant:\n%s", b.String(), want)
+	}
+	st, err := c.Exports[0].Build(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -50,7 +50,7 @@ func serve(t *testing.T) (*control.Client, []*stack.Stack, string) {
 	var exports []control.Export
 	var stacks []*stack.Stack
 	for _, e := range cfg.Exports {
-		st, err := e.Build()
+		st, err := e.Build(nil)
 		if err != nil {
 			t.Fatal(err)
 		}

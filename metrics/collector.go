@@ -2,10 +2,12 @@ package metrics
 
 import (
 	"runtime"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/stack"
 )
 
 func desc(name, help string, labels ...string) *prometheus.Desc {
@@ -95,6 +97,15 @@ var (
 		"Bios submitted to the target and not yet completed by its service (librbd for an rbd leg), queued for a worker included.", "layer")
 	serviceDuration = desc("stackd_target_service_request_duration_seconds",
 		"Time the target's service (librbd) took for a bio's call, by op.", "layer", "op")
+	// Per mirror leg, read from stack.Mirror.MirrorState.
+	mirrorLegState = desc("stackd_mirror_leg_state",
+		"1 for the mirror leg's current state (in_sync, faulty, resyncing), 0 for the others.", "layer", "leg", "state")
+	mirrorResynced = desc("stackd_mirror_resync_bytes_total",
+		"Bytes the resync has copied to the mirror leg.", "layer", "leg")
+	mirrorRemaining = desc("stackd_mirror_resync_remaining_bytes",
+		"Bytes of dirty regions the mirror leg still needs copied: 0 once in sync.", "layer", "leg")
+	mirrorRetried = desc("stackd_mirror_read_errors_retried_total",
+		"Reads that failed on the mirror leg and were retried on another leg.", "layer", "leg")
 )
 
 var allDescs = []*prometheus.Desc{
@@ -107,6 +118,7 @@ var allDescs = []*prometheus.Desc{
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
 	serviceInFlight, serviceDuration,
+	mirrorLegState, mirrorResynced, mirrorRemaining, mirrorRetried,
 }
 
 // collector turns the counters into constant metrics when Prometheus
@@ -206,6 +218,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 					}
 				}
 			}
+			if mr, ok := n.Control.(interface{ MirrorState() stack.MirrorState }); ok {
+				collectMirror(ch, n.Path, mr.MirrorState())
+			}
 			if n.Pool == nil {
 				continue
 			}
@@ -224,5 +239,23 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			ch <- gauge(poolRescuer, rescuer, n.Path)
 		}
+	}
+}
+
+// collectMirror sends a mirror's per-leg series: one state series per
+// state, so that an alert can ask for the faulty ones alone.
+func collectMirror(ch chan<- prometheus.Metric, layer string, st stack.MirrorState) {
+	for _, l := range st.Legs {
+		leg := strconv.Itoa(l.Leg)
+		for _, state := range stack.MirrorLegStates() {
+			v := 0.0
+			if state == l.State {
+				v = 1
+			}
+			ch <- gauge(mirrorLegState, v, layer, leg, state)
+		}
+		ch <- counter(mirrorResynced, l.ResyncedBytes, layer, leg)
+		ch <- gauge(mirrorRemaining, float64(l.RemainingBytes), layer, leg)
+		ch <- counter(mirrorRetried, l.ReadErrorsRetried, layer, leg)
 	}
 }

@@ -381,7 +381,7 @@ func TestExampleConfig(t *testing.T) {
 		t.Errorf("metrics address %q, want the one deploy/prometheus scrapes", cfg.MetricsAddress)
 	}
 	for _, e := range cfg.Exports {
-		st, err := e.Build()
+		st, err := e.Build(nil)
 		if err != nil {
 			t.Fatalf("export %s: %v", e.Name, err)
 		}

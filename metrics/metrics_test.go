@@ -64,6 +64,12 @@ exports:
             down: 1h
             mode: drop_writes
             leg: {memory: {size: 1MiB}}
+  - name: mirrored
+    stack:
+      mirror:
+        legs:
+          - memory: {size: 1MiB}
+          - memory: {size: 1MiB}
 `
 
 const diskSize = 16 << 20
@@ -290,6 +296,19 @@ func TestWorkloadSeries(t *testing.T) {
 	if punted == 0 {
 		t.Errorf("the single-bio pools never punted to their rescuers")
 	}
+	// The mirror's legs, each in sync after the initial resync, which
+	// copied the whole 1 MiB to leg 1.
+	for _, leg := range []string{"0", "1"} {
+		if v := g.value(t, "stackd_mirror_leg_state", "layer=mirrored/mirror", "leg="+leg, "state=in_sync"); v != 1 {
+			t.Errorf("mirror leg %s: in_sync %v", leg, v)
+		}
+		if v := g.sum("stackd_mirror_leg_state", "layer=mirrored/mirror", "leg="+leg); v != 1 {
+			t.Errorf("mirror leg %s: %v states at once", leg, v)
+		}
+	}
+	if v := g.value(t, "stackd_mirror_resync_bytes_total", "layer=mirrored/mirror", "leg=1"); v != 1<<20 {
+		t.Errorf("mirror leg 1 resynced %v bytes, want 1MiB", v)
+	}
 	if w := g.value(t, "stackd_layer_pool_allocation_waits_total", "layer=tiny/split/stripe"); w == 0 {
 		t.Errorf("the tiny stripe's allocations never waited")
 	}
@@ -330,14 +349,14 @@ func TestNoUnboundedLabels(t *testing.T) {
 	r := startRig(t, testConfig, true, Options{NoRuntimeCollectors: true})
 	g := runWorkload(t, r)
 	allowed := map[string]bool{"export": true, "layer": true, "op": true, "error": true,
-		"reason": true, "le": true, "version": true, "goversion": true}
+		"reason": true, "le": true, "version": true, "goversion": true, "leg": true, "state": true}
 	for name, mf := range g {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
 				if !allowed[l.GetName()] {
 					t.Errorf("%s: label %s=%q", name, l.GetName(), l.GetValue())
 				}
-				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" && l.GetValue() != "faulty" {
+				if l.GetName() == "export" && l.GetValue() != "disk" && l.GetValue() != "tiny" && l.GetValue() != "faulty" && l.GetValue() != "mirrored" {
 					t.Errorf("%s: export %q is not configured", name, l.GetValue())
 				}
 			}

@@ -15,6 +15,7 @@ import (
 	"github.com/stackd/stackd/configs"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
+	"github.com/stackd/stackd/stack"
 )
 
 // ioTimeout bounds every blocking step of a test.
@@ -27,6 +28,26 @@ type rig struct {
 	m    *Metrics
 	srv  *nbd.Server
 	sock string
+}
+
+// waitMirrorsSynced waits for the initial resync of every mirror of st, so
+// that a scrape finds its pool idle and its legs in sync.
+func waitMirrorsSynced(tb testing.TB, st *stack.Stack) {
+	tb.Helper()
+	for _, n := range st.Nodes {
+		m, ok := n.Control.(*stack.Mirror)
+		if !ok {
+			continue
+		}
+		for deadline := time.Now().Add(ioTimeout); ; time.Sleep(time.Millisecond) {
+			if m.MirrorState().Synced() {
+				break
+			}
+			if time.Now().After(deadline) {
+				tb.Fatalf("%s: not in sync after %v: %+v", n.Path, ioTimeout, m.MirrorState())
+			}
+		}
+	}
 }
 
 // startRig serves the exports of the configuration text cfgYAML. With
@@ -52,11 +73,12 @@ func startRigConfig(tb testing.TB, cfg *configs.Config, observe bool, o Options)
 	}
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := e.Build()
+		st, err := e.Build(slog.New(slog.DiscardHandler))
 		if err != nil {
 			tb.Fatal(err)
 		}
 		tb.Cleanup(func() { st.Close() })
+		waitMirrorsSynced(tb, st)
 		if r.m != nil {
 			r.m.WatchStack(e.Name, st)
 		}

@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 
 	"github.com/stackd/stackd/bioset"
@@ -76,6 +77,8 @@ type BuildOptions struct {
 	// serve read-only (a file an export may not write can then be
 	// served: one only root may read, or one made immutable).
 	ReadOnly bool
+	// Logger receives the nodes' logs (absent: slog.Default()).
+	Logger *slog.Logger
 }
 
 // Build creates the devices that spec describes, for the export called
@@ -89,6 +92,13 @@ func Build(name string, spec Spec, o BuildOptions) (*Stack, error) {
 	}
 	st.Root = root
 	return st, nil
+}
+
+func (st *Stack) log() *slog.Logger {
+	if st.opts.Logger != nil {
+		return st.opts.Logger
+	}
+	return slog.Default()
 }
 
 func (st *Stack) build(path string, spec Spec) (Device, error) {
@@ -108,7 +118,7 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 		}
 		legs = append(legs, d)
 	}
-	dev, err := spec.Config.Build(legs, BuildContext{Path: path, ReadOnly: st.opts.ReadOnly})
+	dev, err := spec.Config.Build(legs, BuildContext{Path: path, ReadOnly: st.opts.ReadOnly, Log: st.log()})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

@@ -20,3 +20,25 @@ func TestLookup(t *testing.T) {
 		t.Fatal("a path that names no node was found")
 	}
 }
+
+// TestLookupMirrorLeg: the control socket's path to a mirror leg finds
+// the mirror, which the leg's number then steers.
+func TestLookupMirrorLeg(t *testing.T) {
+	spec := mirrorSpec("", 0, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0))
+	st, err := Build("e", spec, BuildOptions{Logger: quietLog})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	_, parent, leg, err := st.Lookup("e/mirror/leg1")
+	if err != nil || parent == nil || parent.Control == nil || leg != 1 {
+		t.Fatalf("lookup: %v %d %v", parent, leg, err)
+	}
+	waitSynced(t, parent.Control.(*Mirror))
+	if err := parent.Control.Act("fail", leg); err != nil {
+		t.Fatal(err)
+	}
+	if got := legStates(parent.Control.(*Mirror)); got[1] != "faulty" {
+		t.Fatalf("states %v", got)
+	}
+}

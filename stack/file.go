@@ -134,20 +134,31 @@ func (c *FileConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	if c.Path.Line == 0 || path == "" {
 		return
 	}
-	var st fileStat
-	st.info, st.err = os.Stat(path)
-	for _, u := range h.files {
-		if u.path == path || (st.err == nil && u.stat.err == nil && os.SameFile(st.info, u.stat.info)) {
-			p.At(c.Path.Line, "file %s is already used at line %d (export %q); a file can back only one leg", path, u.line, u.export)
-			return
-		}
+	st, used := h.claim(path, c.Path.Line)
+	if used != nil {
+		p.At(c.Path.Line, "file %s is already used at line %d (export %q); a file can back only one leg", path, used.line, used.export)
+		return
 	}
-	h.files = append(h.files, fileUse{path: path, line: c.Path.Line, export: h.Export, stat: st})
 	if bad {
 		return
 	}
 	c.hostSize, c.hostKnown = c.checkFile(p, st, h.ReadOnly)
 	c.hostFailed = !c.hostKnown
+}
+
+// claim records the use of the file at path, from line, and returns what
+// Stat said of it; or, if the file was claimed already (by this path or
+// another naming the same file), that first use.
+func (h *Host) claim(path string, line int) (fileStat, *fileUse) {
+	var st fileStat
+	st.info, st.err = os.Stat(path)
+	for i, u := range h.files {
+		if u.path == path || (st.err == nil && u.stat.err == nil && os.SameFile(st.info, u.stat.info)) {
+			return st, &h.files[i]
+		}
+	}
+	h.files = append(h.files, fileUse{path: path, line: line, export: h.Export, stat: st})
+	return st, nil
 }
 
 // fileStat is what Stat said of a file target's path, kept so that two

@@ -3,6 +3,7 @@ package stack
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"strconv"
 	"strings"
@@ -246,6 +247,10 @@ type BuildContext struct {
 	Path string
 	// ReadOnly: the export is read-only (BuildOptions.ReadOnly).
 	ReadOnly bool
+	// Log is where a node logs what the operator should know, such as
+	// a mirror leg's state changes (BuildOptions.Logger, or
+	// slog.Default()).
+	Log *slog.Logger
 }
 
 // PoolSpec sizes a layer's BioSet: `pool: {capacity: 1024, rescuer: true}`.
@@ -323,6 +328,18 @@ func checkLegCount(p *settings.Problems, kind string, legs settings.List[Spec], 
 		noun = "leg"
 	}
 	p.At(legs.Line, "%s needs at least %d %s, has %d", kind, min, noun, len(legs.Items))
+}
+
+// checkEqualLegs reports the first leg whose size differs from the
+// first's, for the kinds whose legs must be the same size.
+func checkEqualLegs(kind string, legs []Sized) error {
+	for i := 1; i < len(legs); i++ {
+		if legs[i].Bytes != legs[0].Bytes {
+			return sizeError(legs[i].Line, "%s leg %d is %s but leg 1 (line %d) is %s; the legs of a %s must be the same size",
+				kind, i+1, settings.FormatSize(legs[i].Bytes), legs[0].Line, settings.FormatSize(legs[0].Bytes), kind)
+		}
+	}
+	return nil
 }
 
 func sizeError(line int, format string, args ...any) error {

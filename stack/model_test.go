@@ -89,7 +89,7 @@ func (g *gen) faultChoice(size uint64) ErrorOptions {
 // node is spec without the fault layers.
 func (g *gen) node(depth int, size uint64) Spec {
 	pool := poolOf(1 + g.rng.IntN(8))
-	kind := g.rng.IntN(4)
+	kind := g.rng.IntN(5)
 	if depth == 0 {
 		kind = 3
 	}
@@ -134,6 +134,15 @@ func (g *gen) node(depth int, size uint64) Spec {
 			left -= units
 		}
 		return linearSpec(pool, specs...)
+	case 4:
+		// A mirror, over and under the other layers: every leg the
+		// mirror's size.
+		var specs []Spec
+		for range 2 + g.rng.IntN(2) {
+			specs = append(specs, g.spec(depth-1, size))
+		}
+		return mirrorSpec(readPolicyNames[g.rng.IntN(len(readPolicyNames))],
+			[]uint64{4096, 65536}[g.rng.IntN(2)], pool, specs...)
 	default:
 		if g.rng.IntN(3) == 0 {
 			g.n++
@@ -348,7 +357,7 @@ func (f *topFault) outcome(op bioset.Op, off, n uint64) (error, bool) {
 // model, and returns how many pieces its leaves lent to reads. top, if
 // not nil, describes the fault layer at spec's top.
 func runModel(t *testing.T, seed uint64, step int, spec Spec, top *topFault, rng *rand.Rand) (lent int) {
-	st, err := Build("model", spec, BuildOptions{})
+	st, err := Build("model", spec, BuildOptions{Logger: quietLog})
 	if err != nil {
 		t.Fatalf("seed %d step %d: build %s: %v", seed, step, describe(spec), err)
 	}
@@ -385,7 +394,21 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, top *topFault, rng
 	if covered := checkExtents(fail, model, 0, size, fresh); covered != size {
 		fail("block status of the fresh device covers %d bytes", covered)
 	}
+	var mirrors []*Mirror
+	for _, n := range st.Nodes {
+		if m, ok := n.Control.(*Mirror); ok {
+			mirrors = append(mirrors, m)
+		}
+	}
 	for i := 0; i < modelOpsPerStep; i++ {
+		if len(mirrors) > 0 && rng.IntN(10) == 0 {
+			// Fail or restore a mirror leg now and then: the mirror
+			// refuses to fail its last leg in sync, so a fault never
+			// reaches every leg at once, and reads must go on
+			// returning the model's bytes.
+			m := mirrors[rng.IntN(len(mirrors))]
+			m.Act([]string{"fail", "restore"}[rng.IntN(2)], rng.IntN(len(m.legs)))
+		}
 		off, n := randomRange(rng, size)
 		op := bioset.Ops()[rng.IntN(len(bioset.Ops()))]
 		var flags bioset.Flags
@@ -473,6 +496,22 @@ func runModel(t *testing.T, seed uint64, step int, spec Spec, top *topFault, rng
 		if f.Failed() != top.failed || f.Dropped() != top.dropped || st.Nodes[0].Errors() < top.failed {
 			fail("the fault on top counted %d failed, %d dropped, %d errors; the model expected %d failed, %d dropped",
 				f.Failed(), f.Dropped(), st.Nodes[0].Errors(), top.failed, top.dropped)
+		}
+	}
+	// Restore every leg and let the resyncs finish: then every leg of
+	// every mirror holds the same bytes.
+	for _, m := range mirrors {
+		for leg := range m.legs {
+			m.Act("restore", leg)
+		}
+	}
+	for _, m := range mirrors {
+		waitSynced(t, m)
+		first := legBytes(t, m.legs[0].dev)
+		for leg := 1; leg < len(m.legs); leg++ {
+			if !bytes.Equal(first, legBytes(t, m.legs[leg].dev)) {
+				fail("after resync, leg %d of mirror %s differs from leg 0", leg, m.path)
+			}
 		}
 	}
 	return lent

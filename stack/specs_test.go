@@ -84,3 +84,13 @@ type clockedFlakeyConfig struct {
 func (c *clockedFlakeyConfig) Build(legs []Device, _ BuildContext) (Device, error) {
 	return NewFlakey(legs[0], FlakeyOptions{Up: c.Up.D, Down: c.Down.D, Mode: c.mode(), Now: c.now})
 }
+
+func mirrorSpec(read string, region uint64, pool PoolSpec, legs ...Spec) Spec {
+	return Spec{Config: &MirrorConfig{
+		Read:       settings.String{S: read},
+		Bitmap:     MirrorBitmapConfig{Region: settings.Size{Bytes: region}},
+		ResyncRate: settings.String{S: "1TiB/s"},
+		Pool:       pool,
+		Legs:       settings.List[Spec]{Items: legs},
+	}}
+}

@@ -70,6 +70,31 @@ func memoryLegs(n int, size uint64) []Device {
 	return legs
 }
 
+// submitWatched submits a bio of op over buf at offset 0 to dev on a
+// goroutine of its own, and returns a channel that yields the bio's error
+// once it ends, or is closed if it has not ended within completeBound: a
+// request that may stall is watched without blocking the test.
+func submitWatched(dev Device, op bioset.Op, buf []byte) <-chan error {
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	b := new(bioset.Bio)
+	b.Init(op, 0, uint64(len(buf)), buf, func(*bioset.Bio) { close(done) })
+	b.Dev = dev
+	go func() {
+		var s bioset.Submitter
+		s.Submit(b)
+	}()
+	go func() {
+		select {
+		case <-done:
+			errc <- b.Err()
+		case <-time.After(completeBound):
+			close(errc)
+		}
+	}()
+	return errc
+}
+
 // TestStripeDeadlockProof is the project's central claim, shown on the real
 // stripe layer. A 16 KiB write over a 4 KiB-chunk stripe of four legs needs
 // four children in one Submit; the pool holds two.
@@ -77,28 +102,11 @@ func TestStripeDeadlockProof(t *testing.T) {
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	const chunk = 4096
 	write := func(st *Stripe) <-chan error {
-		errc := make(chan error, 1)
-		done := make(chan struct{})
 		buf := make([]byte, 4*chunk)
 		for i := range buf {
 			buf[i] = byte(i / chunk)
 		}
-		b := new(bioset.Bio)
-		b.Init(bioset.OpWrite, 0, uint64(len(buf)), buf, func(*bioset.Bio) { close(done) })
-		b.Dev = st
-		go func() {
-			var s bioset.Submitter
-			s.Submit(b)
-		}()
-		go func() {
-			select {
-			case <-done:
-				errc <- b.Err()
-			case <-time.After(completeBound):
-				close(errc)
-			}
-		}()
-		return errc
+		return submitWatched(st, bioset.OpWrite, buf)
 	}
 
 	t.Run("rescuer off: stalls", func(t *testing.T) {

@@ -202,11 +202,8 @@ func (c *StripeConfig) NodeSize(legs []Sized) (uint64, error) {
 	if chunk == 0 || len(legs) < 2 {
 		return 0, errSizeUnknown // reported by Check
 	}
-	for i := 1; i < len(legs); i++ {
-		if legs[i].Bytes != legs[0].Bytes {
-			return 0, sizeError(legs[i].Line, "stripe leg %d is %s but leg 1 (line %d) is %s; the legs of a stripe must be the same size",
-				i+1, settings.FormatSize(legs[i].Bytes), legs[0].Line, settings.FormatSize(legs[0].Bytes))
-		}
+	if err := checkEqualLegs(KindStripe, legs); err != nil {
+		return 0, err
 	}
 	if legs[0].Bytes < chunk {
 		return 0, sizeError(legs[0].Line, "stripe legs are %s, smaller than the %s chunk; each leg must hold at least one chunk",

@@ -64,7 +64,7 @@ func main() {
 	}
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := e.Build()
+		st, err := e.Build(nil)
 		if err != nil {
 			log.Fatalf("profile: export %q: %v", e.Name, err)
 		}

@@ -349,7 +349,7 @@ func (d *daemon) stopMetrics() {
 func (d *daemon) build(cfg *configs.Config) error {
 	var exports []nbd.ExportConfig
 	for _, e := range cfg.Exports {
-		st, err := e.Build()
+		st, err := e.Build(d.log)
 		if err != nil {
 			d.closeStacks()
 			return fmt.Errorf("export %q: %w", e.Name, err)
