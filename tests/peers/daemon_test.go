@@ -35,6 +35,9 @@ type daemonConfig struct {
 	// Metrics serves the daemon's metrics on 127.0.0.1 at a free port
 	// (daemon.MetricsAddr); without it they are off.
 	Metrics bool
+	// Control is the path of the control socket (daemon.ControlSocket),
+	// or empty for none.
+	Control string
 }
 
 // memStack is the default configuration's stack shape (split at 1 MiB
@@ -70,6 +73,8 @@ type daemon struct {
 	// MetricsAddr is 127.0.0.1:port of the metrics endpoint, if
 	// configured (see scrape).
 	MetricsAddr string
+	// ControlSocket is the control socket's path, if configured.
+	ControlSocket string
 }
 
 // startDaemon starts stackd with cfg and waits until it is ready. The
@@ -78,7 +83,7 @@ type daemon struct {
 func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 	t.Helper()
 	dir := socketDir(t)
-	d := &daemon{t: t, Dir: dir, Socket: filepath.Join(dir, "nbd.sock")}
+	d := &daemon{t: t, Dir: dir, Socket: filepath.Join(dir, "nbd.sock"), ControlSocket: cfg.Control}
 	d.Daemon = stackdtest.Start(t, stackdBin, dir, d.config(cfg))
 	if cfg.TCP {
 		d.TCPAddr = d.Daemon.TCP[0]
@@ -98,6 +103,9 @@ func (d *daemon) config(cfg daemonConfig) string {
 		b.WriteString("metrics: {address: 127.0.0.1:0}\n")
 	} else {
 		b.WriteString("metrics: {address: off}\n")
+	}
+	if cfg.Control != "" {
+		fmt.Fprintf(&b, "control: %s\n", strconv.Quote(cfg.Control))
 	}
 	if cfg.Limits != "" {
 		fmt.Fprintf(&b, "limits: %s\n", cfg.Limits)

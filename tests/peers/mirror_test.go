@@ -1,0 +1,272 @@
+package peers
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/stackd/stackd/internal/stackdtest"
+	"github.com/stackd/stackd/nbd/wire"
+)
+
+// mirrorLegSize is each leg's size: fio writes and verifies all of it.
+const mirrorLegSize = 64 * MiB
+
+// mirrorDaemon serves export "default": a mirror of two file legs, the
+// first under a flakey layer that stays up (for an hour) until the test
+// sends it down, with the control socket and a bitmap file beside leg0, so
+// that a daemon started again on the same legs finds it.
+func mirrorDaemon(t *testing.T, leg0, leg1 string) *daemon {
+	t.Helper()
+	dir := socketDir(t)
+	stack := fmt.Sprintf(`{mirror: {resync_rate: 256MiB/s, bitmap: {path: %s, region: 64KiB}, legs: [
+	  {flakey: {up: 1h, down: 2s, mode: error, leg: {file: {path: %s, size: %d}}}},
+	  {file: {path: %s, size: %d}}]}}`,
+		strconv.Quote(filepath.Join(filepath.Dir(leg0), "m.bitmap")), strconv.Quote(leg0), mirrorLegSize, strconv.Quote(leg1), mirrorLegSize)
+	return startDaemon(t, daemonConfig{
+		Exports: []export{{Name: "default", Stack: stack}},
+		Control: filepath.Join(dir, "control.sock"),
+	})
+}
+
+// ctl runs a stackd control command against d and returns its output.
+func (d *daemon) ctl(t *testing.T, args ...string) string {
+	t.Helper()
+	return mustRun(t, stackdBin, append(args, "-control", d.ControlSocket)...)
+}
+
+// statusNode is a node of `stackd status -json`'s tree, as far as these
+// tests read it.
+type statusNode struct {
+	Path  string `json:"path"`
+	State *struct {
+		Legs []struct {
+			State string `json:"state"`
+		} `json:"legs"`
+	} `json:"state"`
+	Legs []statusNode `json:"legs"`
+}
+
+// find returns the node at path in the tree below n, or nil.
+func (n *statusNode) find(path string) *statusNode {
+	if n.Path == path {
+		return n
+	}
+	for i := range n.Legs {
+		if f := n.Legs[i].find(path); f != nil {
+			return f
+		}
+	}
+	return nil
+}
+
+// legStates returns the mirror's legs' states as `stackd status -json`
+// reports them.
+func (d *daemon) legStates(t *testing.T) []string {
+	t.Helper()
+	var st struct {
+		Exports []struct {
+			Root statusNode `json:"root"`
+		} `json:"exports"`
+	}
+	out := d.ctl(t, "status", "-json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("stackd status -json: %v\n%s", err, out)
+	}
+	for _, e := range st.Exports {
+		if n := e.Root.find("default/mirror"); n != nil && n.State != nil {
+			var states []string
+			for _, l := range n.State.Legs {
+				states = append(states, l.State)
+			}
+			return states
+		}
+	}
+	t.Fatalf("no mirror state in stackd status -json:\n%s", out)
+	return nil
+}
+
+// waitLegs waits, boundedly, until the mirror's legs are in want.
+func (d *daemon) waitLegs(t *testing.T, what string, want ...string) {
+	t.Helper()
+	stackdtest.WaitFor(t, what, 2*time.Minute, func() bool {
+		got := d.legStates(t)
+		return fmt.Sprint(got) == fmt.Sprint(want)
+	})
+}
+
+// verifyDuring runs fio over d's export, writing every block once and
+// verifying it (crc32c, with a verify backlog, so that blocks are read
+// back while writes go on), and runs fault once fio has been writing for a
+// while. Any error fio sees, or a block that does not verify, fails the
+// test: a leg that fails under a mirror must cost the client nothing.
+func verifyDuring(t *testing.T, d *daemon, fault func()) {
+	t.Helper()
+	need(t, "fio")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runFio(t, d.uri("default"), "--name=mirror", "--rw=randwrite", "--bs=4k", "--iodepth=16",
+			"--size="+strconv.Itoa(mirrorLegSize), "--verify=crc32c", "--verify_backlog=512",
+			"--do_verify=1", "--rate=24m")
+	}()
+	// About a second of writes at the rate cap, so that the fault comes in
+	// the middle of the run.
+	select {
+	case <-done:
+		t.Fatal("fio finished before the fault")
+	case <-time.After(time.Second):
+	}
+	fault()
+	select {
+	case <-done:
+	case <-time.After(cmdTimeout):
+		t.Fatal("fio did not finish")
+	}
+}
+
+// equalLegs stops d (a clean shutdown flushes both legs) and requires the
+// two leg files to be byte-equal.
+func equalLegs(t *testing.T, d *daemon, leg0, leg1 string) {
+	t.Helper()
+	d.Stop(t)
+	if off := firstDiff(t, leg0, leg1); off >= 0 {
+		t.Fatalf("after resync the legs differ from byte %d", off)
+	}
+}
+
+// TestMirrorLegFailsUnderVerify: through the real daemon, a mirror's leg
+// fails in the middle of a fio verify run, three ways: its flakey layer
+// goes down, the control socket fails it, and its file system fills up.
+// Each time the client sees no error and every block verifies; the leg is
+// then restored, resync makes it whole, and the legs' files are byte-equal.
+func TestMirrorLegFailsUnderVerify(t *testing.T) {
+	t.Run("flakey-down", func(t *testing.T) {
+		dir := t.TempDir()
+		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
+		d := mirrorDaemon(t, leg0, leg1)
+		verifyDuring(t, d, func() { d.ctl(t, "fault", "default/mirror/leg0", "down-now") })
+		d.waitLegs(t, "leg 0 to be faulty", "faulty", "in_sync")
+		// Its flakey layer is up again after 2 s.
+		time.Sleep(2500 * time.Millisecond)
+		d.ctl(t, "leg", "restore", "default/mirror/leg0")
+		d.waitLegs(t, "leg 0's resync to complete", "in_sync", "in_sync")
+		equalLegs(t, d, leg0, leg1)
+	})
+
+	t.Run("control-socket", func(t *testing.T) {
+		dir := t.TempDir()
+		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
+		d := mirrorDaemon(t, leg0, leg1)
+		verifyDuring(t, d, func() { d.ctl(t, "leg", "fail", "default/mirror/leg1") })
+		d.waitLegs(t, "leg 1 to be faulty", "in_sync", "faulty")
+		d.ctl(t, "leg", "restore", "default/mirror/leg1")
+		d.waitLegs(t, "leg 1's resync to complete", "in_sync", "in_sync")
+		equalLegs(t, d, leg0, leg1)
+	})
+
+	t.Run("file-system-full", func(t *testing.T) {
+		if os.Geteuid() != 0 {
+			stackdtest.Missing(t, "mounting a small tmpfs needs root")
+		}
+		dir := t.TempDir()
+		small := filepath.Join(dir, "small")
+		if err := os.Mkdir(small, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// Room for a quarter of the leg: its writes fail with ENOSPC once
+		// fio has written that much of it.
+		if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", small).CombinedOutput(); err != nil {
+			stackdtest.Missing(t, "mount tmpfs: %v: %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
+		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(small, "leg1.img")
+		d := mirrorDaemon(t, leg0, leg1)
+		verifyDuring(t, d, func() {})
+		d.waitLegs(t, "leg 1 to be faulty once its file system filled", "in_sync", "faulty")
+		if out, err := exec.Command("mount", "-o", "remount,size=128m", small).CombinedOutput(); err != nil {
+			t.Fatalf("remount the tmpfs larger: %v: %s", err, out)
+		}
+		d.ctl(t, "leg", "restore", "default/mirror/leg1")
+		d.waitLegs(t, "leg 1's resync to complete", "in_sync", "in_sync")
+		equalLegs(t, d, leg0, leg1)
+	})
+}
+
+// TestMirrorCrashResyncsOnlyDirtyRegions: stackd is killed with SIGKILL
+// while it writes to a mirror with a bitmap file. Started again on the
+// same files, it resyncs only the regions the bitmap marked dirty (far
+// less than the leg), the legs end byte-equal, and every write that was
+// acknowledged with FUA before the kill reads back.
+func TestMirrorCrashResyncsOnlyDirtyRegions(t *testing.T) {
+	dir := t.TempDir()
+	leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
+	d := mirrorDaemon(t, leg0, leg1)
+	// A new bitmap file holds no record of the legs, so the first start
+	// copies leg 0 to leg 1 whole; a crash before that ends would rightly
+	// resync everything again.
+	d.waitLegs(t, "the first start's full resync to complete", "in_sync", "in_sync")
+	// Bits are cleared lazily, once a region has been idle for a while
+	// with every leg in sync: wait for the resync's to go.
+	stackdtest.WaitFor(t, "the bitmap to be clean", time.Minute, func() bool { return d.mirrorStatus(t).DirtyRegions == 0 })
+	c := connectRaw(t, d.Socket, "default")
+	// 64 KiB writes, one every 1 MiB: 64 of the leg's 1024 regions of
+	// 64 KiB are dirtied, each acknowledged with FUA.
+	const step, size = MiB, 64 * KiB
+	var acked []uint64
+	for off := uint64(0); off < mirrorLegSize; off += step {
+		errno, _, err := c.do(wire.CmdFlagFUA, wire.CmdWrite, off, size, slotData(int(off/step)))
+		if err != nil || errno != 0 {
+			t.Fatalf("FUA WRITE at %d: errno %d, %v", off, errno, err)
+		}
+		acked = append(acked, off)
+	}
+	d.Kill()
+
+	d = mirrorDaemon(t, leg0, leg1)
+	d.waitLegs(t, "the resync after the crash to complete", "in_sync", "in_sync")
+	resynced := d.mirrorStatus(t).Resync.DoneBytes
+	t.Logf("%d bytes resynced after the crash, of %d", resynced, mirrorLegSize)
+	if resynced == 0 || resynced > uint64(len(acked))*size*2 {
+		t.Errorf("%d bytes resynced after the crash; want the dirty regions only (%d writes of %d)", resynced, len(acked), size)
+	}
+	c = connectRaw(t, d.Socket, "default")
+	for _, off := range acked {
+		if got := c.mustRead(t, off, size); string(got) != string(slotData(int(off/step))) {
+			t.Fatalf("the FUA write at %d, acknowledged before the crash, does not read back", off)
+		}
+	}
+	c.disconnect()
+	equalLegs(t, d, leg0, leg1)
+}
+
+// mirrorState is the part of the mirror's `stackd status -json` state
+// these tests read.
+type mirrorState struct {
+	DirtyRegions int `json:"dirty_regions"`
+	Resync       struct {
+		DoneBytes uint64 `json:"done_bytes"`
+	} `json:"resync"`
+}
+
+// mirrorStatus is the mirror's state, by `stackd status -json`.
+func (d *daemon) mirrorStatus(t *testing.T) mirrorState {
+	t.Helper()
+	var st struct {
+		Exports []struct {
+			Root struct {
+				State mirrorState `json:"state"`
+			} `json:"root"`
+		} `json:"exports"`
+	}
+	out := d.ctl(t, "status", "-json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Exports) == 0 {
+		t.Fatalf("stackd status -json: %v\n%s", err, out)
+	}
+	return st.Exports[0].Root.State
+}
