@@ -283,7 +283,7 @@ func TestNoUnboundedLabels(t *testing.T) {
 	r := startRig(t, testConfig, true, Options{NoRuntimeCollectors: true})
 	g := runWorkload(t, r)
 	allowed := map[string]bool{"export": true, "layer": true, "op": true, "error": true,
-		"reason": true, "le": true, "version": true, "goversion": true}
+		"reason": true, "outcome": true, "le": true, "version": true, "goversion": true}
 	for name, mf := range g {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,7 @@ type transmission struct {
 	share *budget
 	hdr   wire.RequestHeader // reader's header buffer, decoded in place
 	raw   syscall.RawConn    // the socket's non-blocking side; nil: use nc only
+	tlsw  *bufio.Writer      // over TLS, the writer's buffer in front of nc; nil otherwise
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -176,11 +178,17 @@ func (c *conn) transmit() {
 		wake:   make(chan struct{}, 1),
 		out:    newReplyBatch(o.MaxInFlight),
 	}
-	if uc, ok := c.nc.(*net.UnixConn); ok {
+	if uc, ok := c.sock.(*net.UnixConn); ok {
 		// Best effort: the kernel clips it to net.core.wmem_max.
 		uc.SetWriteBuffer(unixSendBufSize)
 	}
-	if sc, ok := c.nc.(syscall.Conn); ok {
+	if c.tlsUp {
+		// Over TLS every byte is encrypted by Go code, so there is no
+		// RawConn to send from (and so no lending, see submit): the
+		// writer sends everything, through a buffer that gathers a
+		// batch's small replies into full TLS records.
+		t.tlsw = bufio.NewWriterSize(c.nc, tlsWriteBufSize)
+	} else if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			t.raw = raw
 		}
@@ -325,7 +333,7 @@ func (c *conn) readLoop() error {
 // endDrain ends a shutdown's drain once the last request submitted before
 // it has been answered: it wakes the reader, which stops reading.
 func (c *conn) endDrain() {
-	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.sock.SetReadDeadline(aLongTimeAgo)
 }
 
 // allocRequest takes a top bio and a request for a new request, waiting
@@ -623,7 +631,8 @@ func (c *conn) armWriteDeadline() {
 		return
 	}
 	c.tx.armed = now
-	c.nc.SetWriteDeadline(now.Add(c.srv.opts.ReplyTimeout))
+	// The socket's deadline, which a TLS connection's writes share.
+	c.sock.SetWriteDeadline(now.Add(c.srv.opts.ReplyTimeout))
 }
 
 // writeFailed records the first write error and closes the socket: the
