@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 
 	"github.com/stackd/stackd/nbd/wire"
 )
@@ -135,7 +136,11 @@ func (c *conn) startTLS(data []byte) error {
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
 			outcome = TLSHandshakeTimeout
-		case errors.As(err, &ve), c.srv.tls.ClientAuth >= tls.RequireAnyClientCert && len(tc.ConnectionState().PeerCertificates) == 0:
+		case errors.As(err, &ve), strings.Contains(err.Error(), "didn't provide a certificate"):
+			// A certificate that did not verify, or none where one is
+			// required (crypto/tls has no error value for that one; the
+			// configuration in effect may be GetConfigForClient's, so the
+			// server's own cannot say whether one was required).
 			outcome = TLSHandshakeBadCert
 		}
 		c.tlsHandshake(outcome)

@@ -248,7 +248,9 @@ func TestTLSHandshakeBounded(t *testing.T) {
 	cs := certs(t)
 	obs := &countingObserver{}
 	o := tlsExports(TLSOptional, cs.ServerConfig(false))
-	o.HandshakeTimeout = 300 * time.Millisecond
+	// Long enough for a real handshake under the race detector on a
+	// loaded machine: the last dial below needs one.
+	o.HandshakeTimeout = 2 * time.Second
 	o.Observer = obs
 	ts := startServer(t, o, "tcp")
 	begin := func() *rawConn {

@@ -38,6 +38,10 @@ type export struct {
 	Default     bool
 	// Stack is a stack node in YAML flow style (see memStack, fileStack).
 	Stack string
+	// TLS is the export's tls: ("required"), or empty.
+	TLS string
+	// Allow is the export's allow list in YAML flow style, or empty.
+	Allow string
 }
 
 // daemonConfig is what a test needs from its daemon.
@@ -50,6 +54,11 @@ type daemonConfig struct {
 	// Metrics serves the daemon's metrics on 127.0.0.1 at a free port
 	// (daemon.MetricsAddr); without it they are off.
 	Metrics bool
+	// TLS is the tls: section in YAML flow style, or empty.
+	TLS string
+	// TCPAllow is the TCP listener's allow list in YAML flow style, or
+	// empty.
+	TCPAllow string
 }
 
 // memStack is the default configuration's stack shape (split at 1 MiB
@@ -146,6 +155,12 @@ func (d *daemon) config(cfg daemonConfig) string {
 	fmt.Fprintf(&b, "  - unix: %s\n", strconv.Quote(d.Socket))
 	if d.TCPAddr != "" {
 		fmt.Fprintf(&b, "  - tcp: %s\n", strconv.Quote(d.TCPAddr))
+		if cfg.TCPAllow != "" {
+			fmt.Fprintf(&b, "    allow: %s\n", cfg.TCPAllow)
+		}
+	}
+	if cfg.TLS != "" {
+		fmt.Fprintf(&b, "tls: %s\n", cfg.TLS)
 	}
 	if d.MetricsAddr != "" {
 		fmt.Fprintf(&b, "metrics: {address: %s}\n", strconv.Quote(d.MetricsAddr))
@@ -166,6 +181,12 @@ func (d *daemon) config(cfg daemonConfig) string {
 		}
 		if e.Default {
 			b.WriteString("    default: true\n")
+		}
+		if e.TLS != "" {
+			fmt.Fprintf(&b, "    tls: %s\n", e.TLS)
+		}
+		if e.Allow != "" {
+			fmt.Fprintf(&b, "    allow: %s\n", e.Allow)
 		}
 		fmt.Fprintf(&b, "    stack: %s\n", e.Stack)
 	}

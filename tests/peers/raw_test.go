@@ -31,10 +31,23 @@ func knownData() (off uint64, data []byte) {
 	return 5*MiB - 1234, data
 }
 
+// rawConnector opens a raw connection to an export of a daemon, in
+// transmission: plaintext (plainConnector) or over TLS.
+type rawConnector func(t *testing.T, name string) *rawConn
+
+func plainConnector(d *daemon) rawConnector {
+	return func(t *testing.T, name string) *rawConn { return connectRaw(t, d.Socket, name) }
+}
+
 // writeKnown writes knownData through a fresh raw connection.
 func writeKnown(t *testing.T, d *daemon) {
 	t.Helper()
-	c := connectRaw(t, d.Socket, "default")
+	writeKnownWith(t, plainConnector(d))
+}
+
+func writeKnownWith(t *testing.T, connect rawConnector) {
+	t.Helper()
+	c := connect(t, "default")
 	defer c.disconnect()
 	off, data := knownData()
 	c.mustWrite(t, off, data)
@@ -44,8 +57,13 @@ func writeKnown(t *testing.T, d *daemon) {
 // completes a handshake and that knownData is intact.
 func checkKnown(t *testing.T, d *daemon) {
 	t.Helper()
+	checkKnownWith(t, d, plainConnector(d))
+}
+
+func checkKnownWith(t *testing.T, d *daemon, connect rawConnector) {
+	t.Helper()
 	d.alive()
-	c := connectRaw(t, d.Socket, "default")
+	c := connect(t, "default")
 	defer c.disconnect()
 	off, want := knownData()
 	got := c.mustRead(t, off, len(want))
@@ -58,12 +76,23 @@ func checkKnown(t *testing.T, d *daemon) {
 // followed by a valid request on the same connection: the server answers
 // with the error the spec (and the README) gives, and the connection lives.
 func TestRawBadRequests(t *testing.T) {
-	d := startDaemon(t, daemonConfig{Exports: []export{
+	d := startDaemon(t, daemonConfig{Exports: badRequestExports()})
+	badRequests(t, d, plainConnector(d))
+}
+
+// badRequestExports are the exports badRequests needs.
+func badRequestExports() []export {
+	return []export{
 		{Name: "default", Stack: memStack(rawExportSize / 4)},
 		{Name: "ro", ReadOnly: true, Stack: memStack(4 * MiB)},
-	}})
-	writeKnown(t, d)
-	c := connectRaw(t, d.Socket, "default")
+	}
+}
+
+// badRequests is TestRawBadRequests on connections connect opens: over
+// the unix socket in plaintext, or over TLS (TestTLSRawBadRequests).
+func badRequests(t *testing.T, d *daemon, connect rawConnector) {
+	writeKnownWith(t, connect)
+	c := connect(t, "default")
 	defer c.disconnect()
 	if c.size != rawExportSize {
 		t.Fatalf("export size %d, want %d", c.size, rawExportSize)
@@ -176,7 +205,7 @@ func TestRawBadRequests(t *testing.T) {
 	})
 
 	t.Run("read-only export", func(t *testing.T) {
-		ro := connectRaw(t, d.Socket, "ro")
+		ro := connect(t, "ro")
 		defer ro.disconnect()
 		if ro.flags&wire.FlagReadOnly == 0 {
 			t.Errorf("transmission flags %#x lack NBD_FLAG_READ_ONLY", ro.flags)
@@ -194,7 +223,7 @@ func TestRawBadRequests(t *testing.T) {
 		ro.mustRead(t, 0, 4096)
 	})
 
-	checkKnown(t, d)
+	checkKnownWith(t, d, connect)
 }
 
 // TestRawFraming breaks the framing of the transmission phase: the server
