@@ -16,7 +16,8 @@ type Observer interface {
 	// under the MaxConnections cap, handshake included.
 	ConnOpened()
 	ConnClosed()
-	// ConnRefused reports a connection closed at accept, over a cap.
+	// ConnRefused reports a connection closed at accept: over a cap, or
+	// from an address its listener's allow list leaves out.
 	// reason is one of ConnRefusalReasons; remote is the client's address,
 	// for a log line only (it is no metric label: it carries the port).
 	ConnRefused(reason, remote string)
@@ -24,7 +25,9 @@ type Observer interface {
 	// for a reason other than the client's NBD_OPT_ABORT. reason is one of
 	// a fixed set of short labels, safe as a metric label: "timeout",
 	// "eof", "bad_magic", "bad_client_flags", "unknown_export",
-	// "option_too_big", "too_many_options", "shutdown", "io".
+	// "option_too_big", "too_many_options", "shutdown", "io", "tls" (the
+	// TLS handshake failed), and "tls_required" and "export_allow" (an
+	// NBD_OPT_EXPORT_NAME refused by policy: see OptionRefused).
 	HandshakeFailed(reason string)
 	// RequestStarted and RequestDone bracket a valid request: one that was
 	// decoded and passed the checks, whether or not it reached the device.
