@@ -37,6 +37,13 @@ func tlsExports(mode TLSMode, cfg *tls.Config) Options {
 	}
 }
 
+// hello reads the greeting and answers with fixed newstyle and no zeroes.
+func (r *rawConn) hello() {
+	r.t.Helper()
+	r.greet()
+	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+}
+
 // upgrade sends STARTTLS, expects its ACK and runs the client's side of
 // the handshake.
 func (r *rawConn) upgrade(cfg *tls.Config) error {
@@ -92,8 +99,7 @@ func TestTLSSelective(t *testing.T) {
 	ts := startServer(t, o, "tcp")
 
 	r := dialRaw(t, ts)
-	r.greet()
-	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	r.hello()
 	if got := r.list(); len(got) != 1 || got[0] != "open" {
 		t.Fatalf("plaintext LIST: %q, want only the open export", got)
 	}
@@ -137,8 +143,7 @@ func TestTLSSelective(t *testing.T) {
 	// EXPORT_NAME of the TLS-only export in plaintext cannot be refused
 	// with an error: the session ends, and others go on being served.
 	p := dialRaw(t, ts)
-	p.greet()
-	p.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	p.hello()
 	p.option(wire.OptExportName, []byte("secret"))
 	p.expectClosed()
 	r.request(wire.CmdRead, 0, 3, 0, 512, nil)
@@ -153,8 +158,7 @@ func TestTLSForced(t *testing.T) {
 	cs := certs(t)
 	ts := startServer(t, tlsExports(TLSRequired, cs.ServerConfig(false)), "tcp")
 	r := dialRaw(t, ts)
-	r.greet()
-	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	r.hello()
 	for _, opt := range []uint32{wire.OptList, wire.OptStructuredReply, wire.OptInfo, wire.OptGo, wire.OptSetMetaContext, 42} {
 		r.option(opt, nil)
 		r.expectReply(opt, wire.RepErrTLSReqd)
@@ -168,15 +172,13 @@ func TestTLSForced(t *testing.T) {
 
 	// EXPORT_NAME before TLS: hang up.
 	p := dialRaw(t, ts)
-	p.greet()
-	p.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	p.hello()
 	p.option(wire.OptExportName, []byte("open"))
 	p.expectClosed()
 
 	// ABORT is answered before TLS.
 	a := dialRaw(t, ts)
-	a.greet()
-	a.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	a.hello()
 	a.option(wire.OptAbort, nil)
 	a.expectReply(wire.OptAbort, wire.RepAck)
 }
@@ -255,8 +257,7 @@ func TestTLSHandshakeBounded(t *testing.T) {
 	ts := startServer(t, o, "tcp")
 	begin := func() *rawConn {
 		r := dialRaw(t, ts)
-		r.greet()
-		r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+		r.hello()
 		r.option(wire.OptStartTLS, nil)
 		r.expectReply(wire.OptStartTLS, wire.RepAck)
 		return r
@@ -277,8 +278,7 @@ func TestTLSHandshakeBounded(t *testing.T) {
 
 	// Plaintext sent along with the STARTTLS.
 	r := dialRaw(t, ts)
-	r.greet()
-	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	r.hello()
 	r.write(append(wire.AppendOption(nil, wire.OptStartTLS, nil), wire.AppendOption(nil, wire.OptList, nil)...))
 	r.expectReply(wire.OptStartTLS, wire.RepAck)
 	r.expectClosed()
@@ -344,8 +344,7 @@ func TestAllowCIDRAndUnix(t *testing.T) {
 
 	open := &testServer{srv: srv, network: "tcp", addr: l2.Addr().String()}
 	p := dialRawFrom(t, open, from2)
-	p.greet()
-	p.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	p.hello()
 	if got := p.list(); len(got) != 1 || got[0] != "any" {
 		t.Errorf("LIST from 127.0.0.2: %q", got)
 	}
@@ -354,8 +353,7 @@ func TestAllowCIDRAndUnix(t *testing.T) {
 
 	us := &testServer{srv: srv, network: "unix", addr: ul.Addr().String()}
 	u := dialRaw(t, us)
-	u.greet()
-	u.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	u.hello()
 	u.option(wire.OptGo, wire.AppendInfoRequest(nil, "one"))
 	u.expectReply(wire.OptGo, wire.RepErrPolicy)
 	u.option(wire.OptInfo, wire.AppendInfoRequest(nil, "root"))
