@@ -31,7 +31,7 @@ RUNTIME=${BENCH_RUNTIME:-5}
 RAMP=${BENCH_RAMP:-1}
 REPS=${BENCH_REPS:-3}
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
-WORKLOADS="rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8"
+WORKLOADS=${TLS_WORKLOADS:-"rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8"}
 check_workloads $WORKLOADS
 
 WORK=$(mktemp -d /tmp/stackd-tls-bench.XXXXXX)
