@@ -57,6 +57,7 @@ type conn struct {
 	fixedNewstyle bool
 	tlsUp         bool
 	peerCert      *x509.Certificate
+	tlsSock       *tlsSocket // the socket under the TLS connection, once up
 
 	// Transmission phase; see transmit.go. Set under mu, once, so that
 	// beginClose can tell a handshake from a transmission.

@@ -228,7 +228,8 @@ type ServerStats struct {
 	// ConnsOpen is the number of connections open now, handshake
 	// included; ConnsAccepted the number ever accepted under the caps, and
 	// ConnsRejected the number closed at once because of one
-	// (MaxConnections or MaxConnectionsPerClient).
+	// (MaxConnections or MaxConnectionsPerClient) or a listener's allow
+	// list.
 	ConnsOpen     int
 	ConnsAccepted uint64
 	ConnsRejected uint64
@@ -323,6 +324,18 @@ func NewServer(o Options) (*Server, error) {
 		// versions SHOULD NOT be by default; here they never are.
 		s.tls = o.TLS.Clone()
 		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
+		if get := s.tls.GetConfigForClient; get != nil {
+			// The configuration a handshake gets may be another one;
+			// the floor holds for it too.
+			s.tls.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+				c, err := get(hi)
+				if c != nil && c.MinVersion < tls.VersionTLS12 {
+					c = c.Clone()
+					c.MinVersion = tls.VersionTLS12
+				}
+				return c, err
+			}
+		}
 	}
 	for i, ec := range o.Exports {
 		switch {

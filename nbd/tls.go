@@ -4,8 +4,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/stackd/stackd/nbd/wire"
 )
@@ -127,7 +129,8 @@ func (c *conn) startTLS(data []byte) error {
 		// as if they came over TLS.)
 		return &handshakeError{reasonTLS, "data sent behind NBD_OPT_STARTTLS before its reply"}
 	}
-	tc := tls.Server(c.sock, c.srv.tls)
+	c.tlsSock = &tlsSocket{Conn: c.sock, replyTimeout: c.srv.opts.ReplyTimeout}
+	tc := tls.Server(c.tlsSock, c.srv.tls)
 	if err := tc.Handshake(); err != nil {
 		// "If the handshake is unsuccessful ... the server MUST terminate
 		// the session": the caller hangs up.
@@ -215,4 +218,36 @@ func (c *conn) exportRefusal(e *export) (rep uint32, reason, msg string) {
 func (c *conn) listed(e *export) bool {
 	rep, _, _ := c.exportRefusal(e)
 	return rep == 0
+}
+
+// tlsSocket is the socket under a TLS connection. In transmission it arms
+// the write deadline before each write, because over TLS not only the
+// writer writes: crypto/tls answers some records it reads (a TLS 1.3 key
+// update, an alert) with a write of its own, on the reader's goroutine,
+// possibly hours after the last reply. That write must meet a deadline
+// armed for it, not one left over from a long-finished reply, which would
+// fail it and so the connection (the invariant of conn.armWriteDeadline).
+// Re-arming at most once per replyDeadlineSlack keeps the timer update
+// off the per-record path, as armWriteDeadline does. During the handshake
+// it leaves the deadlines to conn.handshake, which bounds everything.
+type tlsSocket struct {
+	net.Conn
+	replyTimeout time.Duration
+	// transmitting is set by conn.transmit before the writer starts,
+	// and only read after.
+	transmitting bool
+	// armed is when the write deadline was last set here. crypto/tls
+	// writes to its socket only under its write lock, so Writes never
+	// run at once.
+	armed time.Time
+}
+
+func (s *tlsSocket) Write(p []byte) (int, error) {
+	if s.transmitting {
+		if now := time.Now(); now.Sub(s.armed) >= replyDeadlineSlack {
+			s.armed = now
+			s.Conn.SetWriteDeadline(now.Add(s.replyTimeout))
+		}
+	}
+	return s.Conn.Write(p)
 }

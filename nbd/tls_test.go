@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -368,3 +369,45 @@ func TestAllowCIDRAndUnix(t *testing.T) {
 
 func unixUID() int { return os.Getuid() }
 func unixGID() int { return os.Getgid() }
+
+// TestTLSSocketArmsWriteDeadline: in transmission the socket under a TLS
+// connection arms the write deadline before a write, so that a write
+// crypto/tls makes on the reader's goroutine long after the last reply
+// does not meet an expired deadline; during the handshake it leaves the
+// deadline alone.
+func TestTLSSocketArmsWriteDeadline(t *testing.T) {
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	go io.Copy(io.Discard, b)
+	s := &tlsSocket{Conn: a, replyTimeout: time.Minute}
+	a.SetWriteDeadline(aLongTimeAgo)
+	if _, err := s.Write([]byte("x")); err == nil {
+		t.Fatal("a handshake write ignored the deadline conn.handshake set")
+	}
+	s.transmitting = true
+	if _, err := s.Write([]byte("x")); err != nil {
+		t.Fatalf("a write in transmission met a stale deadline: %v", err)
+	}
+}
+
+// TestTLSMinVersion: a configuration that GetConfigForClient hands out
+// still refuses TLS below 1.2.
+func TestTLSMinVersion(t *testing.T) {
+	cs := certs(t)
+	inner := cs.ServerConfig(false)
+	inner.MinVersion = tls.VersionTLS10
+	o := tlsExports(TLSOptional, &tls.Config{GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) { return inner, nil }})
+	ts := startServer(t, o, "tcp")
+	old := cs.ClientConfig(nil)
+	old.MinVersion, old.MaxVersion = tls.VersionTLS10, tls.VersionTLS11
+	r := dialRaw(t, ts)
+	r.hello()
+	if err := r.upgrade(old); err == nil {
+		t.Fatal("a TLS 1.1 handshake succeeded")
+	}
+	c := ts.dial(t, client.Options{ExportName: "secret", TLS: cs.ClientConfig(nil)})
+	if err := c.Read(tctx(t), 0, make([]byte, 512)); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -188,6 +188,7 @@ func (c *conn) transmit() {
 		// writer sends everything, through a buffer that gathers a
 		// batch's small replies into full TLS records.
 		t.tlsw = bufio.NewWriterSize(c.nc, tlsWriteBufSize)
+		c.tlsSock.transmitting = true // before the writer starts
 	} else if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			t.raw = raw
@@ -621,7 +622,9 @@ const replyDeadlineSlack = time.Second
 // was armed for. Every send that consults the deadline (the writer's
 // blocking sends, sendBatch with block true) calls this first, so none
 // meets a deadline armed for an earlier write that has since ended; the
-// reader's non-blocking sends do not consult it at all (sendBatch). A
+// reader's non-blocking sends do not consult it at all (sendBatch); over
+// TLS, where crypto/tls may write from the reader too, the socket arms it
+// before every write (tlsSocket.Write). A
 // deadline left over from a long-finished reply therefore never fails a
 // later one, however long the connection was idle in between: a kernel
 // client may sit quiet for hours.
