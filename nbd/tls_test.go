@@ -234,14 +234,14 @@ func TestTLSClientCertificates(t *testing.T) {
 	if n := obs.count(&obs.optRefused, RefusedAllowList); n != 3 {
 		t.Errorf("%d refusals counted as export_allow, want 3", n)
 	}
-	// Certificates the CA did not sign, or that have expired, and none:
-	// the handshake fails.
-	for _, cert := range []*tls.Certificate{&cs.Untrusted, &cs.Expired, nil} {
+	// Certificates the CA did not sign, that have expired, or that are
+	// not for client auth, and none: the handshake fails.
+	for _, cert := range []*tls.Certificate{&cs.Untrusted, &cs.Expired, &cs.ServerUsage, nil} {
 		if err := dial("open", cert); err == nil {
 			t.Errorf("a bad client certificate was accepted")
 		}
 	}
-	waitFor(t, "three bad certificates counted", func() bool { return obs.count(&obs.tlsShakes, TLSHandshakeBadCert) == 3 })
+	waitFor(t, "four bad certificates counted", func() bool { return obs.count(&obs.tlsShakes, TLSHandshakeBadCert) == 4 })
 }
 
 // TestTLSHandshakeBounded: the handshake timeout holds through the TLS
@@ -410,4 +410,21 @@ func TestTLSMinVersion(t *testing.T) {
 	if err := c.Read(tctx(t), 0, make([]byte, 512)); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestTLSNotFixedNewstyle: a client without NBD_FLAG_C_FIXED_NEWSTYLE is
+// served in NOTLS (doc/proto.md, "TLS support"): no TLS_REQD to it, and
+// no STARTTLS; in FORCEDTLS it reaches no export.
+func TestTLSNotFixedNewstyle(t *testing.T) {
+	cs := certs(t)
+	ts := startServer(t, tlsExports(TLSRequired, cs.ServerConfig(false)), "tcp")
+	r := dialRaw(t, ts)
+	r.greet()
+	r.clientFlags(wire.FlagCNoZeroes)
+	r.option(wire.OptStartTLS, nil)
+	r.expectReply(wire.OptStartTLS, wire.RepErrPolicy)
+	r.option(wire.OptList, nil)
+	r.expectReply(wire.OptList, wire.RepErrPolicy)
+	r.option(wire.OptExportName, []byte("open"))
+	r.expectClosed()
 }

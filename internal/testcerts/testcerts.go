@@ -60,8 +60,11 @@ type Set struct {
 	// pair, ready for a tls.Config.
 	CA     *x509.CertPool
 	Server tls.Certificate
-	// Client1, Client2, Expired and Untrusted are the clients' pairs.
-	Client1, Client2, Expired, Untrusted tls.Certificate
+	// Client1, Client2, Expired and Untrusted are the clients' pairs;
+	// ServerUsage is a client's pair whose certificate the trusted CA
+	// signed for server auth only, which a server must refuse from a
+	// client.
+	Client1, Client2, Expired, Untrusted, ServerUsage tls.Certificate
 	// ServerNotAfter is when the server's certificate expires.
 	ServerNotAfter time.Time
 	// Client1SPKI is the SHA-256 of client 1's SubjectPublicKeyInfo.
@@ -158,6 +161,7 @@ func Generate(dir string) (*Set, error) {
 	c2, k2 := leaf(ca, Client2CN, []string{Client2DNS}, nil, x509.ExtKeyUsageClientAuth, now.Add(-time.Hour), now.Add(day))
 	ce, ke := leaf(ca, "expired", []string{"expired.test"}, nil, x509.ExtKeyUsageClientAuth, now.Add(-3*day), now.Add(-day))
 	cu, ku := leaf(other, Client1CN, []string{Client1DNS}, nil, x509.ExtKeyUsageClientAuth, now.Add(-time.Hour), now.Add(day))
+	cs, ks := leaf(ca, "server-usage", []string{"server-usage.test"}, nil, x509.ExtKeyUsageServerAuth, now.Add(-time.Hour), now.Add(day))
 	se, sek := leaf(ca, "localhost", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)},
 		x509.ExtKeyUsageServerAuth, now.Add(-3*day), now.Add(-day))
 
@@ -174,6 +178,7 @@ func Generate(dir string) (*Set, error) {
 		Client2:          pair(c2, k2),
 		Expired:          pair(ce, ke),
 		Untrusted:        pair(cu, ku),
+		ServerUsage:      pair(cs, ks),
 		ServerNotAfter:   srv.NotAfter,
 		Client1SPKI:      sha256.Sum256(c1.RawSubjectPublicKeyInfo),
 	}
