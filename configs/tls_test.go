@@ -74,6 +74,12 @@ func TestTLSConfig(t *testing.T) {
 		t.Errorf("secret: %+v", secret)
 	}
 
+	var tree strings.Builder
+	FormatTree(&tree, c)
+	if !strings.Contains(tree.String(), "secret (1MiB, tls only, allow: 6 rules)") {
+		t.Errorf("tree:\n%s", tree.String())
+	}
+
 	// The server's configuration: a handshake with client 1 verifies.
 	st, err := c.NewServerTLS()
 	if err != nil {
