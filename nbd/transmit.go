@@ -204,7 +204,8 @@ func (c *conn) transmit() {
 	c.tx = t
 	c.mu.Unlock()
 	c.srv.log.Info("nbd: connection opened", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
-		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0)
+		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0,
+		"tls", c.tlsUp, "client_cert", c.peerName())
 
 	writerDone := make(chan struct{})
 	go func() {
