@@ -319,20 +319,22 @@ func startTLSRaw(t *testing.T, addr string) net.Conn {
 	return c
 }
 
-// TestTLSRawBadRequests runs every bad-request row of TestRawBadRequests
-// again over TLS (mode required, client certificates), on the unix
-// socket: the raw client over tls.Client.
-func TestTLSRawBadRequests(t *testing.T) {
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := startDaemon(t, daemonConfig{
+// tlsDaemon starts a daemon with TLS required and client certificates
+// from cs's CA.
+func tlsDaemon(t *testing.T, cs *testcerts.Set, exports []export, limits string) *daemon {
+	t.Helper()
+	return startDaemon(t, daemonConfig{
 		TLS: fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: required}",
 			filepath.Join(cs.Dir, testcerts.ServerCert), filepath.Join(cs.Dir, testcerts.ServerKey), filepath.Join(cs.Dir, testcerts.CACert)),
-		Exports: badRequestExports(),
+		Limits:  limits,
+		Exports: exports,
 	})
-	connect := func(t *testing.T, name string) *rawConn {
+}
+
+// tlsConnector opens raw connections over TLS to d's unix socket, as
+// client 1 of cs: STARTTLS, the handshake, then GO.
+func tlsConnector(d *daemon, cs *testcerts.Set) rawConnector {
+	return func(t *testing.T, name string) *rawConn {
 		t.Helper()
 		c := dialRaw(t, d.Socket)
 		if err := greetAndFlags(c); err != nil {
@@ -354,5 +356,30 @@ func TestTLSRawBadRequests(t *testing.T) {
 		}
 		return rc
 	}
-	badRequests(t, d, connect)
+}
+
+func generateCerts(t *testing.T) *testcerts.Set {
+	t.Helper()
+	cs, err := testcerts.Generate(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// TestTLSRawBadRequests runs every bad-request row of TestRawBadRequests
+// again over TLS (mode required, client certificates), on the unix
+// socket: the raw client over tls.Client.
+func TestTLSRawBadRequests(t *testing.T) {
+	cs := generateCerts(t)
+	d := tlsDaemon(t, cs, badRequestExports(), "")
+	badRequests(t, d, tlsConnector(d, cs))
+}
+
+// TestTLSRawFraming runs TestRawFraming's rows over TLS: framing broken
+// inside the TLS stream ends that connection alone.
+func TestTLSRawFraming(t *testing.T) {
+	cs := generateCerts(t)
+	d := tlsDaemon(t, cs, framingExports(), framingLimits)
+	framing(t, d, tlsConnector(d, cs))
 }
