@@ -4,6 +4,7 @@ import (
 	_ "embed"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"time"
 
@@ -61,6 +62,12 @@ type Config struct {
 	// Source names the file the configuration came from (DefaultSource
 	// for the embedded default).
 	Source string
+	// TLS is the tls: section; nil without one, or with mode off.
+	TLS *TLS
+	// Warnings are problems CheckHost found that do not stop the
+	// configuration from being served (a key others can read), each
+	// "FILE:LINE: reason".
+	Warnings []*Error
 }
 
 // Listener is one socket to accept NBD connections on.
@@ -69,6 +76,9 @@ type Listener struct {
 	Network string
 	// Address is host:port for tcp, a socket path for unix.
 	Address string
+	// Allow lists the addresses a tcp listener admits; others are closed
+	// at accept. Empty: every address.
+	Allow []netip.Prefix
 }
 
 // Limits bound the server's resources. A zero field means its default;
@@ -131,6 +141,11 @@ type Export struct {
 	// Default marks the export a client gets by asking for the empty
 	// name. At most one export is the default.
 	Default bool
+	// TLSRequired serves the export only over TLS (tls: required).
+	TLSRequired bool
+	// Allow lists who may open the export (allow:); empty: everyone the
+	// listener admits.
+	Allow []nbd.AllowRule
 	// Stack describes the layers and targets that serve the export.
 	Stack stack.Spec
 	// line is the stack's, for problems with the export's size.
@@ -197,8 +212,10 @@ func Parse(source string, data []byte) (*Config, error) {
 
 // CheckHost checks what c needs of this host: that the files its file
 // targets name exist, or can be created, and can be opened as their
-// exports need; that no file backs two legs; and, with the sizes of
-// existing files learnt, that the legs of every layer fit together. It
+// exports need; that no file backs two legs; with the sizes of
+// existing files learnt, that the legs of every layer fit together; and
+// that the TLS certificate and key can be read, belong together and are
+// valid now (a key others can read is a warning, in c.Warnings). It
 // creates or changes nothing. `stackd check` and `stackd serve` both run
 // it, so that they never disagree. Its error is of the form Parse's.
 func (c *Config) CheckHost() error {
@@ -211,6 +228,10 @@ func (c *Config) CheckHost() error {
 		d.checkSize(&p, e)
 	}
 	d.add(p.Err())
+	if c.TLS != nil {
+		c.TLS.checkHost(d, time.Now())
+	}
+	c.Warnings = d.warns
 	return d.err()
 }
 
@@ -260,5 +281,6 @@ func (e Export) ServerExport(dev nbd.Export) nbd.ExportConfig {
 	return nbd.ExportConfig{
 		Name: e.Name, Description: e.Description, Device: dev,
 		ReadOnly: e.ReadOnly, Default: e.Default,
+		TLSRequired: e.TLSRequired, Allow: e.Allow,
 	}
 }

@@ -21,7 +21,7 @@ func TestDefault(t *testing.T) {
 	if c.Source != DefaultSource {
 		t.Errorf("Source = %q", c.Source)
 	}
-	if want := []Listener{{"tcp", "127.0.0.1:10809"}}; !reflect.DeepEqual(c.Listeners, want) {
+	if want := []Listener{{Network: "tcp", Address: "127.0.0.1:10809"}}; !reflect.DeepEqual(c.Listeners, want) {
 		t.Errorf("Listeners = %v, want %v", c.Listeners, want)
 	}
 	if c.MetricsAddress != "127.0.0.1:9810" {
@@ -182,7 +182,7 @@ func TestSpecMapping(t *testing.T) {
 		"linear 2097156KiB legs=2 pool=1024(null 4KiB()null 2GiB())",
 	}
 	want := &Config{
-		Listeners:      []Listener{{"tcp", ":10809"}, {"unix", "/run/stackd/nbd.sock"}},
+		Listeners:      []Listener{{Network: "tcp", Address: ":10809"}, {Network: "unix", Address: "/run/stackd/nbd.sock"}},
 		MetricsAddress: "[::1]:9810",
 		Limits: Limits{
 			MaxConnections: 10, MaxConnectionsPerClient: 10, MaxInFlight: 256,

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"regexp"
 	"sort"
@@ -16,6 +17,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/stack"
 )
@@ -28,6 +30,7 @@ type fileSettings struct {
 	Limits  limitsSettings                 `yaml:"limits" label:"limits"`
 	Control controlPath                    `yaml:"control" label:"control"`
 	Exports settings.List[exportSettings]  `yaml:"exports" label:"exports" need:"true"`
+	TLS     tlsSettings                    `yaml:"tls" label:"tls"`
 }
 
 // offable is a string setting that "off", "" or an empty value turns
@@ -95,6 +98,9 @@ type exportSettings struct {
 	Default     settings.Bool   `yaml:"default" label:"default"`
 	ReadOnly    settings.Bool   `yaml:"read_only" label:"read_only"`
 	Stack       stack.Spec      `yaml:"stack" label:"stack" need:"true"`
+	// TLS is "required" (only over TLS) or "optional" (the default).
+	TLS   settings.String             `yaml:"tls" label:"export tls"`
+	Allow settings.List[allowSetting] `yaml:"allow" label:"export allow"`
 	// line is the export's; stackLine its stack's, for problems with
 	// the stack as a whole.
 	line, stackLine int
@@ -122,17 +128,63 @@ type listenerSetting struct {
 	line int
 }
 
+// listenerAllow decodes a listener's allow list, a list of CIDR prefixes
+// (or bare addresses).
+func listenerAllow(p *settings.Problems, key, val *yaml.Node) []netip.Prefix {
+	var cidrs settings.List[settings.String]
+	if err := settings.Named(val, key.Line, "listener allow", &cidrs); err != nil {
+		p.Add(err)
+		return nil
+	}
+	if len(cidrs.Items) == 0 {
+		p.At(key.Line, "listener allow is an empty list, which would refuse everyone; leave it out to admit every address")
+	}
+	var allow []netip.Prefix
+	for _, c := range cidrs.Items {
+		pfx, err := parseCIDR(c.S)
+		if err != nil {
+			p.At(c.Line, "listener allow %q: %v", c.S, err)
+			continue
+		}
+		allow = append(allow, pfx)
+	}
+	return allow
+}
+
 // maxUnixPath is the longest socket path Linux accepts: sun_path holds 108
 // bytes including the terminating NUL.
 const maxUnixPath = 107
 
 func (l *listenerSetting) UnmarshalYAML(n *yaml.Node) error {
 	var p settings.Problems
-	if n.Kind != yaml.MappingNode || len(n.Content) != 2 {
-		p.At(n.Line, "a listener is a mapping with one key, tcp or unix, such as \"- tcp: 127.0.0.1:10809\"; got %s", settings.Describe(n))
+	if n.Kind != yaml.MappingNode || len(n.Content) < 2 {
+		p.At(n.Line, "a listener is a mapping with one key, tcp or unix, such as \"- tcp: 127.0.0.1:10809\", and an optional allow list; got %s", settings.Describe(n))
 		return p.Err()
 	}
-	k, v := n.Content[0], n.Content[1]
+	// One key names the network (tcp or unix); allow is the only other.
+	var k, v *yaml.Node
+	var allow []netip.Prefix
+	allowLine := 0
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		key, val := n.Content[i], n.Content[i+1]
+		switch {
+		case key.Value == "allow" && allowLine == 0:
+			allowLine = key.Line
+			allow = listenerAllow(&p, key, val)
+		case k == nil:
+			k, v = key, val
+		case key.Value == "allow":
+			p.At(key.Line, "a listener has one allow list")
+		default:
+			p.At(n.Line, "a listener is a mapping with one key, tcp or unix, such as \"- tcp: 127.0.0.1:10809\", and an optional allow list; got a mapping with %s and %s", k.Value, key.Value)
+		}
+	}
+	if k == nil {
+		p.At(n.Line, "a listener needs a tcp or unix key beside its allow list")
+	}
+	if p.Len() > 0 {
+		return p.Err()
+	}
 	var addr settings.String
 	switch k.Value {
 	case "tcp":
@@ -151,6 +203,9 @@ func (l *listenerSetting) UnmarshalYAML(n *yaml.Node) error {
 		if err := settings.Named(v, k.Line, "unix socket path", &addr); err != nil {
 			return err
 		}
+		if allowLine != 0 {
+			p.At(allowLine, "a unix socket's clients have no address for a listener's allow list; give the exports allow lists of unix_uid or unix_gid")
+		}
 		checkUnixPath(&p, addr.Line, "unix socket path", addr.S)
 		if p.Len() > 0 {
 			return p.Err()
@@ -159,7 +214,7 @@ func (l *listenerSetting) UnmarshalYAML(n *yaml.Node) error {
 		p.At(k.Line, "unknown listener kind %q%s", k.Value, settings.Suggest(k.Value, []string{"tcp", "unix"}, ""))
 		return p.Err()
 	}
-	*l = listenerSetting{Listener: Listener{Network: k.Value, Address: addr.S}, line: addr.Line}
+	*l = listenerSetting{Listener: Listener{Network: k.Value, Address: addr.S, Allow: allow}, line: addr.Line}
 	return nil
 }
 
@@ -195,8 +250,9 @@ const (
 type decoder struct {
 	file string
 	// dir anchors relative file paths; "" means the working directory.
-	dir  string
-	errs []*Error
+	dir   string
+	errs  []*Error
+	warns []*Error
 }
 
 func newDecoder(source string) *decoder {
@@ -219,6 +275,12 @@ func (d *decoder) add(err error) {
 			d.errorAt(e.Line, "%s", e.Msg)
 		}
 	}
+}
+
+// warnAt records a warning: a problem that does not stop the
+// configuration from being served.
+func (d *decoder) warnAt(line int, format string, args ...any) {
+	d.warns = append(d.warns, &Error{File: d.file, Line: line, Msg: fmt.Sprintf(format, args...)})
 }
 
 func (d *decoder) err() error {
@@ -272,6 +334,7 @@ func (d *decoder) config(data []byte) *Config {
 		MetricsAddress: DefaultMetricsAddress,
 		Limits:         d.limits(fs.Limits),
 		Exports:        d.exports(fs.Exports),
+		TLS:            d.tls(&fs.TLS),
 	}
 	if a := fs.Metrics.Address; a.off {
 		c.MetricsAddress = ""
@@ -280,7 +343,28 @@ func (d *decoder) config(data []byte) *Config {
 	}
 	c.Control = d.control(fs.Control, fs.Listen)
 	d.checkStacks(c)
+	d.checkTLSNeeds(c, fs.Exports)
 	return c
+}
+
+// checkTLSNeeds checks that what the exports ask of TLS is configured: a
+// TLS-only export needs a tls section whose mode is not off, and a
+// client_cert rule needs tls.client_ca, without which no certificate is
+// verified and such a rule could match no one.
+func (d *decoder) checkTLSNeeds(c *Config, es settings.List[exportSettings]) {
+	for _, x := range es.Items {
+		if v := x.TLS; v.Line > 0 && v.S == "required" && c.TLS == nil {
+			d.errorAt(v.Line, "export %q: tls: required needs a tls section (cert, key) with a mode other than off", x.Name.S)
+		}
+		for _, a := range x.Allow.Items {
+			switch a.rule.Kind {
+			case nbd.AllowCertDNS, nbd.AllowCertCN, nbd.AllowCertSPKI:
+				if c.TLS == nil || c.TLS.ClientCA == "" {
+					d.errorAt(a.line, "export %q: a client_cert rule needs tls.client_ca, which verifies the certificates it names", x.Name.S)
+				}
+			}
+		}
+	}
 }
 
 // bounded reports whether root stays within MaxYAMLNodes once its
@@ -395,16 +479,17 @@ func (d *decoder) listeners(ls settings.List[listenerSetting]) []Listener {
 		return nil
 	}
 	var out []Listener
-	seen := map[Listener]int{}
+	seen := map[[2]string]int{}
 	for _, l := range ls.Items {
 		if l.line == 0 {
 			continue // not decoded
 		}
-		if first, dup := seen[l.Listener]; dup {
+		key := [2]string{l.Network, l.Address}
+		if first, dup := seen[key]; dup {
 			d.errorAt(l.line, "listener %s %s is already listed at line %d", l.Network, l.Address, first)
 			continue
 		}
-		seen[l.Listener] = l.line
+		seen[key] = l.line
 		out = append(out, l.Listener)
 	}
 	return out
@@ -570,6 +655,23 @@ func (d *decoder) exports(es settings.List[exportSettings]) []Export {
 			continue // not a mapping
 		}
 		e := Export{Name: x.Name.S, ReadOnly: x.ReadOnly.B, Stack: x.Stack, line: x.stackLine}
+		if v := x.TLS; v.Line > 0 {
+			switch v.S {
+			case "required":
+				e.TLSRequired = true
+			case "optional":
+			default:
+				d.errorAt(v.Line, "export tls %q: want required (only over TLS) or optional (as the tls section's mode says)", v.S)
+			}
+		}
+		for _, a := range x.Allow.Items {
+			if a.line > 0 {
+				e.Allow = append(e.Allow, a.rule)
+			}
+		}
+		if x.Allow.Line > 0 && len(x.Allow.Items) == 0 {
+			d.errorAt(x.Allow.Line, "export allow is an empty list, which would refuse everyone; leave it out to admit everyone the listener admits")
+		}
 		if v := x.Name; v.Line > 0 {
 			switch {
 			case v.S == "":

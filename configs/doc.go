@@ -10,6 +10,9 @@
 //	  - tcp: 127.0.0.1:10809     # host:port, numeric port; ":10809" is every
 //	                             # interface; quote IPv6: "[::1]:10809"
 //	  - unix: /run/stackd/nbd.sock   # socket path, at most 107 bytes
+//	  - tcp: 0.0.0.0:10810
+//	    allow: [10.0.0.0/8, "::1"]   # optional, tcp only: other addresses
+//	                             # are closed at accept
 //	metrics:
 //	  address: 127.0.0.1:9810    # default; "off", "" or empty: no metrics
 //	control: /run/stackd/control.sock  # optional; default none ("off",
@@ -32,6 +35,15 @@
 //	  handshake_timeout: 10s     # time to finish the NBD handshake
 //	  reply_timeout: 1m          # time to write one reply; a client that
 //	                             # does not take it is dropped; at least 2s
+//	tls:                         # optional: NBD_OPT_STARTTLS
+//	  cert: /etc/stackd/tls/server-cert.pem  # required; relative paths
+//	  key: /etc/stackd/tls/server-key.pem    # are the file's directory's;
+//	                             # a key others can read is a warning
+//	  client_ca: /etc/stackd/tls/ca-cert.pem # optional: clients must
+//	                             # present a certificate it signed
+//	  mode: optional             # off | optional (default: clients may
+//	                             # STARTTLS) | required (every option but
+//	                             # STARTTLS and ABORT needs TLS)
 //	exports:                     # at least one
 //	  - name: default            # required, unique, 1 to 4096 bytes
 //	    description: "striped RAM disk"   # optional, at most 4096 bytes
@@ -40,6 +52,12 @@
 //	                             # A lone export without this key is the
 //	                             # default.
 //	    read_only: false         # optional; writes, trims, zeroes get EPERM
+//	    tls: required            # optional: this export only over TLS
+//	    allow:                   # optional: who may open it; default all
+//	      - cidr: 10.1.0.0/16    # TCP source address
+//	      - unix_uid: 0          # unix socket peer (SO_PEERCRED); unix_gid too
+//	      - client_cert: {dns: host1.example}  # or cn:, or spki_sha256:
+//	                             # (needs tls.client_ca)
 //	    stack:                   # required: a stack node
 //	      split:
 //	        max_bytes: 1MiB

@@ -30,6 +30,12 @@ func FormatTree(w io.Writer, c *Config) {
 		if e.ReadOnly {
 			attrs = append(attrs, "read-only")
 		}
+		if e.TLSRequired {
+			attrs = append(attrs, "tls only")
+		}
+		if len(e.Allow) > 0 {
+			attrs = append(attrs, fmt.Sprintf("allow: %d rules", len(e.Allow)))
+		}
 		fmt.Fprintf(&b, "%s (%s)", settings.Word(e.Name), strings.Join(attrs, ", "))
 		if e.Description != "" {
 			fmt.Fprintf(&b, " %q", e.Description)

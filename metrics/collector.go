@@ -43,7 +43,13 @@ var (
 	connsAccepted = desc("stackd_connections_accepted_total",
 		"NBD connections accepted under the max_connections limit.")
 	connsRejected = desc("stackd_connections_rejected_total",
-		"NBD connections closed at accept, by the limit that refused them: max_connections (the server is full) or max_connections_per_client.", "reason")
+		"NBD connections closed at accept, by the limit that refused them: max_connections (the server is full), max_connections_per_client or listen_allow (the address is not on the listener's allow list).", "reason")
+	optionsRefused = desc("stackd_options_refused_total",
+		"Handshake options refused by policy, by reason: tls_required (the option or export needs TLS, not up yet) or export_allow (the client is not on the export's allow list); logged at most once a second.", "reason")
+	tlsHandshakes = desc("stackd_tls_handshakes_total",
+		"TLS handshakes after NBD_OPT_STARTTLS, by outcome: ok, bad_certificate, timeout or failed.", "outcome")
+	tlsCertExpiry = desc("stackd_tls_certificate_expiry_timestamp_seconds",
+		"When the server's TLS certificate (tls.cert) expires, as a Unix time; absent without TLS.")
 	handshakeFailures = desc("stackd_handshake_failures_total",
 		"Connections that ended before transmission, by reason (a client's NBD_OPT_ABORT is not a failure).", "reason")
 	payloadCapacity = desc("stackd_payload_budget_capacity_bytes",
@@ -178,6 +184,15 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for reason, n := range m.refusals {
 		ch <- counter(connsRejected, n, reason)
+	}
+	for reason, n := range m.optRefused {
+		ch <- counter(optionsRefused, n, reason)
+	}
+	for outcome, n := range m.tlsShakes {
+		ch <- counter(tlsHandshakes, n, outcome)
+	}
+	if !m.certExpiry.IsZero() {
+		ch <- gauge(tlsCertExpiry, float64(m.certExpiry.Unix()))
 	}
 	m.mu.Unlock()
 

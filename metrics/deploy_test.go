@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -266,6 +267,8 @@ var metricRef = regexp.MustCompile(`\b(?:stackd|process|go)_[a-zA-Z0-9_]*[a-zA-Z
 func exportedNames(t *testing.T) map[string]bool {
 	t.Helper()
 	r := startRig(t, testConfig, true, Options{})
+	// The certificate's gauge exists only with TLS configured.
+	r.m.SetCertificateExpiry(time.Now().Add(time.Hour))
 	g := runWorkload(t, r)
 	names := make(map[string]bool)
 	for name, mf := range g {

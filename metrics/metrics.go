@@ -76,6 +76,10 @@ type Metrics struct {
 	handshakes map[string]uint64
 	refusals   map[string]uint64 // connections refused at accept, by reason
 	refuseLog  limiter
+	optRefused map[string]uint64 // options refused by policy, by reason
+	optLog     limiter
+	tlsShakes  map[string]uint64 // TLS handshakes, by outcome
+	certExpiry time.Time         // the server certificate's NotAfter; zero: no TLS
 	server     *nbd.Server
 	stacks     []watchedStack
 }
@@ -115,6 +119,8 @@ func New(o Options) *Metrics {
 		exports:    make(map[string]*exportStats, len(o.Exports)),
 		handshakes: make(map[string]uint64, len(handshakeReasons)),
 		refusals:   make(map[string]uint64, len(refusalReasons)),
+		optRefused: make(map[string]uint64, len(nbd.OptionRefusalReasons)),
+		tlsShakes:  make(map[string]uint64, len(nbd.TLSHandshakeOutcomes)),
 	}
 	if m.log == nil {
 		m.log = slog.New(slog.DiscardHandler)
@@ -140,6 +146,12 @@ func New(o Options) *Metrics {
 	}
 	for _, r := range refusalReasons {
 		m.refusals[r] = 0
+	}
+	for _, r := range nbd.OptionRefusalReasons {
+		m.optRefused[r] = 0
+	}
+	for _, r := range nbd.TLSHandshakeOutcomes {
+		m.tlsShakes[r] = 0
 	}
 	m.reg.MustRegister(&collector{m: m})
 	if !o.NoRuntimeCollectors {
@@ -204,6 +216,34 @@ func (m *Metrics) ConnRefused(reason, remote string) {
 	if ok, suppressed := m.refuseLog.allow(m.now(), m.every); ok {
 		m.log.Warn("connection refused", "reason", reason, "remote", remote, "suppressed", suppressed)
 	}
+}
+
+// OptionRefused counts an option refused by policy (TLS required, an
+// export's allow list), by reason, and logs it rate-limited, like
+// ConnRefused: the log says who was refused, for which export and why.
+func (m *Metrics) OptionRefused(reason, export, remote string) {
+	m.mu.Lock()
+	countReason(m.optRefused, reason)
+	m.mu.Unlock()
+	if ok, suppressed := m.optLog.allow(m.now(), m.every); ok {
+		m.log.Warn("option refused", "reason", reason, "export", export, "remote", remote, "suppressed", suppressed)
+	}
+}
+
+// TLSHandshake counts a TLS handshake by outcome.
+func (m *Metrics) TLSHandshake(outcome string) {
+	m.mu.Lock()
+	countReason(m.tlsShakes, outcome)
+	m.mu.Unlock()
+}
+
+// SetCertificateExpiry records when the server's certificate expires, for
+// the gauge an alert watches; the zero time removes the gauge (no TLS).
+// Called at start and at each reload of the certificates.
+func (m *Metrics) SetCertificateExpiry(t time.Time) {
+	m.mu.Lock()
+	m.certExpiry = t
+	m.mu.Unlock()
 }
 
 // HandshakeFailed counts a failed handshake by reason. Not on the request

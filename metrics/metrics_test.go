@@ -349,7 +349,7 @@ func TestNoUnboundedLabels(t *testing.T) {
 	r := startRig(t, testConfig, true, Options{NoRuntimeCollectors: true})
 	g := runWorkload(t, r)
 	allowed := map[string]bool{"export": true, "layer": true, "op": true, "error": true,
-		"reason": true, "le": true, "version": true, "goversion": true, "leg": true, "state": true}
+		"reason": true, "outcome": true, "le": true, "version": true, "goversion": true, "leg": true, "state": true}
 	for name, mf := range g {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {

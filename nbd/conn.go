@@ -2,6 +2,7 @@ package nbd
 
 import (
 	"bufio"
+	"crypto/x509"
 	"errors"
 	"io"
 	"net"
@@ -17,11 +18,19 @@ import (
 // serves it, then the transmission phase on that goroutine (the reader)
 // and one writer goroutine.
 type conn struct {
-	srv    *Server
+	srv *Server
+	// sock is the accepted socket; nc is what the protocol runs over: sock
+	// itself, or the TLS connection over it once STARTTLS has run. Only
+	// the conn's goroutine changes nc, during the handshake, before the
+	// writer starts; anything another goroutine does to the connection
+	// (deadlines, an abrupt close) goes to sock, whose deadlines a TLS
+	// connection shares.
+	sock   net.Conn
 	nc     net.Conn
 	id     uint64
 	remote string
 	client clientID // for the per-client cap; see Server.admit
+	gid    int64    // unix: the peer's gid (SO_PEERCRED); -1 otherwise
 	start  time.Time
 	br     *bufio.Reader
 	bw     *bufio.Writer
@@ -43,6 +52,13 @@ type conn struct {
 	metaID       uint32 // nonzero: BLOCK_STATUS is allowed and replies carry it
 	optBuf       []byte
 
+	// TLS, set by startTLS. peerCert is the client's verified
+	// certificate, nil without one; the allow lists match it.
+	fixedNewstyle bool
+	tlsUp         bool
+	peerCert      *x509.Certificate
+	tlsSock       *tlsSocket // the socket under the TLS connection, once up
+
 	// Transmission phase; see transmit.go. Set under mu, once, so that
 	// beginClose can tell a handshake from a transmission.
 	tx *transmission
@@ -56,6 +72,7 @@ var (
 func newConn(s *Server, nc net.Conn) *conn {
 	return &conn{
 		srv:    s,
+		sock:   nc,
 		nc:     nc,
 		id:     s.connIDs.Add(1),
 		remote: nc.RemoteAddr().String(),
@@ -67,7 +84,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 // serve runs the connection to its end.
 func (c *conn) serve() {
 	defer c.srv.connDone(c)
-	defer c.nc.Close()
+	// nc, not sock: over TLS, Close sends close_notify first, as the spec
+	// asks of a server ending a TLS session (doc/proto.md, "Terminating
+	// the transmission phase").
+	defer func() { c.nc.Close() }()
 
 	if r, ok := readerPool.Get().(*bufio.Reader); ok {
 		r.Reset(c.nc)
@@ -113,7 +133,7 @@ func (c *conn) beginClose() {
 		}
 	}
 	// Wakes a reader blocked on the socket; see setDeadline.
-	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.sock.SetReadDeadline(aLongTimeAgo)
 }
 
 // closeNow closes the socket at once. In-flight requests still complete in
@@ -123,7 +143,10 @@ func (c *conn) closeNow() {
 	defer c.mu.Unlock()
 	c.closing = true
 	c.stopOnce.Do(func() { close(c.stop) })
-	c.nc.Close()
+	// The socket, not a TLS connection: its Close would first try to
+	// send close_notify, and wait up to seconds for a client that does
+	// not read.
+	c.sock.Close()
 }
 
 var aLongTimeAgo = time.Unix(1, 0)
@@ -138,7 +161,7 @@ func (c *conn) setDeadline(t time.Time) bool {
 	if c.closing {
 		return false
 	}
-	c.nc.SetDeadline(t)
+	c.sock.SetDeadline(t)
 	return true
 }
 

@@ -48,6 +48,7 @@ func (c *conn) negotiate() error {
 	// set it (the spec allows this): the replies it would not expect only
 	// come after options it should not send.
 	c.noZeroes = cflags&wire.FlagCNoZeroes != 0
+	c.fixedNewstyle = cflags&wire.FlagCFixedNewstyle != 0
 
 	var hdr [wire.OptionHeaderLen]byte
 	for n := 0; ; n++ {
@@ -85,7 +86,13 @@ func (c *conn) negotiate() error {
 		if _, err := io.ReadFull(c.br, data); err != nil {
 			return err
 		}
-		done, err := c.option(opt, data)
+		var err error
+		var done bool
+		if c.forcedTLS() && opt != wire.OptStartTLS && opt != wire.OptAbort {
+			err = c.refuseBeforeTLS(opt)
+		} else {
+			done, err = c.option(opt, data)
+		}
 		if err != nil {
 			return err
 		}
@@ -107,6 +114,12 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		if e == nil {
 			// No way to say no: the spec has the server hang up.
 			return false, &handshakeError{reasonUnknownExport, fmt.Sprintf("NBD_OPT_EXPORT_NAME: unknown export %.64q", data)}
+		}
+		if rep, why, msg := c.exportRefusal(e); rep != 0 {
+			// doc/proto.md, "SELECTIVETLS mode": EXPORT_NAME cannot be
+			// answered with an error, so the server MUST end the session.
+			c.optionRefused(why, e.Name)
+			return false, &handshakeError{why, fmt.Sprintf("NBD_OPT_EXPORT_NAME %q: %s", e.Name, msg)}
 		}
 		c.choose(e)
 		var b [wire.ExportNameReplyLen + wire.ExportNameZeroes]byte
@@ -131,6 +144,9 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 			return false, c.optReply(opt, wire.RepErrInvalid, []byte("NBD_OPT_LIST takes no data"))
 		}
 		for _, e := range c.srv.exports {
+			if !c.listed(e) {
+				continue
+			}
 			// The name as a string; the description fills the rest.
 			p := wire.AppendString(make([]byte, 0, 4+len(e.Name)+len(e.Description)), e.Name)
 			p = append(p, e.Description...)
@@ -148,6 +164,10 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 		e := c.srv.lookup(name)
 		if e == nil {
 			return false, c.optReply(opt, wire.RepErrUnknown, []byte("unknown export"))
+		}
+		if rep, why, msg := c.exportRefusal(e); rep != 0 {
+			c.optionRefused(why, e.Name)
+			return false, c.optReply(opt, rep, []byte(msg))
 		}
 		if opt == wire.OptGo {
 			c.choose(e)
@@ -167,8 +187,11 @@ func (c *conn) option(opt uint32, data []byte) (done bool, err error) {
 	case wire.OptListMetaContext, wire.OptSetMetaContext:
 		return false, c.metaContext(opt, data)
 
+	case wire.OptStartTLS:
+		return false, c.startTLS(data)
+
 	default:
-		// STARTTLS, EXTENDED_HEADERS and anything newer or unknown.
+		// EXTENDED_HEADERS and anything newer or unknown.
 		return false, c.optReply(opt, wire.RepErrUnsup, nil)
 	}
 }
@@ -285,6 +308,10 @@ func (c *conn) metaContext(opt uint32, data []byte) error {
 	e := c.srv.lookup(name)
 	if e == nil {
 		return c.optReply(opt, wire.RepErrUnknown, []byte("unknown export"))
+	}
+	if rep, why, msg := c.exportRefusal(e); rep != 0 {
+		c.optionRefused(why, e.Name)
+		return c.optReply(opt, rep, []byte(msg))
 	}
 	match := false
 	if opt == wire.OptListMetaContext && len(queries) == 0 {

@@ -187,6 +187,12 @@ func (r *rawConn) start(name string, structured, meta bool) (uint64, uint16) {
 	r.t.Helper()
 	r.greet()
 	r.clientFlags(wire.FlagCFixedNewstyle | wire.FlagCNoZeroes)
+	return r.haggle(name, structured, meta)
+}
+
+// haggle is start after the greeting and the client's flags.
+func (r *rawConn) haggle(name string, structured, meta bool) (uint64, uint16) {
+	r.t.Helper()
 	if structured {
 		r.option(wire.OptStructuredReply, nil)
 		if typ, _ := r.reply(wire.OptStructuredReply); typ != wire.RepAck {
@@ -268,6 +274,8 @@ type countingObserver struct {
 	opened, closed     int
 	handshakeFailed    map[string]int
 	refused            map[string]int
+	optRefused         map[string]int
+	tlsShakes          map[string]int
 	started, done, bad int
 	doneBytes          uint64
 	doneErrs           int
@@ -282,6 +290,29 @@ func (o *countingObserver) ConnRefused(reason, _ string) {
 	}
 	o.refused[reason]++
 	o.mu.Unlock()
+}
+func (o *countingObserver) OptionRefused(reason, _, _ string) {
+	o.mu.Lock()
+	if o.optRefused == nil {
+		o.optRefused = map[string]int{}
+	}
+	o.optRefused[reason]++
+	o.mu.Unlock()
+}
+func (o *countingObserver) TLSHandshake(outcome string) {
+	o.mu.Lock()
+	if o.tlsShakes == nil {
+		o.tlsShakes = map[string]int{}
+	}
+	o.tlsShakes[outcome]++
+	o.mu.Unlock()
+}
+
+// count reads one of o's maps under its lock.
+func (o *countingObserver) count(m *map[string]int, key string) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return (*m)[key]
 }
 func (o *countingObserver) HandshakeFailed(reason string) {
 	o.mu.Lock()

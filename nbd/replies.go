@@ -333,6 +333,21 @@ func (c *conn) sendBatch(block bool) bool {
 			if err = t.raw.Write(b.onSocket); err == nil {
 				err = b.err
 			}
+		case t.tlsw != nil:
+			c.armWriteDeadline()
+			// Only the writer sends without a RawConn (see idle), and it
+			// blocks. Through the buffer, so that a batch of small replies
+			// is one TLS record and one write, not one of each per header.
+			for _, p := range b.iov {
+				if _, err = t.tlsw.Write(p); err != nil {
+					break
+				}
+			}
+			if err == nil {
+				err = t.tlsw.Flush()
+			}
+			clear(b.iov)
+			b.iov = b.iov[:0]
 		default:
 			c.armWriteDeadline()
 			// Only the writer sends without a RawConn (see idle), and it

@@ -24,6 +24,7 @@ package nbd
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -122,6 +123,9 @@ const (
 	// writeBufSize buffers the handshake's replies, a few small ones per
 	// option; transmission replies go out as iovec batches (replies.go).
 	writeBufSize = 4 << 10
+	// tlsWriteBufSize is the writer's buffer over TLS: the most plaintext
+	// one TLS record carries, so that small replies leave in full records.
+	tlsWriteBufSize = 16 << 10
 )
 
 // Export is what a server serves: a device that accepts bios. A stack's
@@ -150,6 +154,15 @@ type ExportConfig struct {
 	// Default makes this the export selected by an empty name. At most
 	// one export may be the default.
 	Default bool
+	// TLSRequired serves the export only over TLS (SELECTIVETLS, with
+	// Options.TLSMode TLSOptional): before NBD_OPT_STARTTLS, INFO and GO
+	// get NBD_REP_ERR_TLS_REQD, EXPORT_NAME ends the session, and LIST
+	// leaves the export out. Needs Options.TLS.
+	TLSRequired bool
+	// Allow lists who may open the export; a client that matches no rule
+	// gets NBD_REP_ERR_POLICY for it (EXPORT_NAME: the session ends), and
+	// LIST leaves it out. Empty: everyone the listener admits.
+	Allow []AllowRule
 }
 
 // Options configure a Server. The zero value of each field selects its
@@ -199,6 +212,15 @@ type Options struct {
 	Logger *slog.Logger
 	// Observer receives events for metrics. nil: none.
 	Observer Observer
+	// TLS is the server's side of NBD_OPT_STARTTLS: its certificate, and
+	// with ClientCAs and ClientAuth the client certificates it verifies.
+	// Its GetConfigForClient may hand out a newer configuration per
+	// handshake, so that certificates can be replaced while connections
+	// stay. Versions below TLS 1.2 are never accepted. Needed unless
+	// TLSMode is TLSOff.
+	TLS *tls.Config
+	// TLSMode is how TLS is offered; see TLSMode. Default TLSOff.
+	TLSMode TLSMode
 }
 
 // ServerStats is a snapshot of a server's counters.
@@ -206,7 +228,8 @@ type ServerStats struct {
 	// ConnsOpen is the number of connections open now, handshake
 	// included; ConnsAccepted the number ever accepted under the caps, and
 	// ConnsRejected the number closed at once because of one
-	// (MaxConnections or MaxConnectionsPerClient).
+	// (MaxConnections or MaxConnectionsPerClient) or a listener's allow
+	// list.
 	ConnsOpen     int
 	ConnsAccepted uint64
 	ConnsRejected uint64
@@ -225,6 +248,7 @@ type ServerStats struct {
 // export is an ExportConfig ready to serve.
 type export struct {
 	ExportConfig
+	allow *allowList // nil: everyone
 }
 
 // Server serves NBD exports. Create it with NewServer.
@@ -232,7 +256,8 @@ type Server struct {
 	opts      Options
 	log       *slog.Logger
 	obs       Observer
-	exports   []*export // in configuration order, for NBD_OPT_LIST
+	tls       *tls.Config // nil: TLSOff
+	exports   []*export   // in configuration order, for NBD_OPT_LIST
 	byName    map[string]*export
 	defExport *export
 	budget    *budget
@@ -289,6 +314,29 @@ func NewServer(o Options) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	switch {
+	case o.TLSMode < TLSOff || o.TLSMode > TLSRequired:
+		return nil, fmt.Errorf("nbd: %v", o.TLSMode)
+	case o.TLSMode != TLSOff && o.TLS == nil:
+		return nil, fmt.Errorf("nbd: TLSMode %v needs a TLS configuration", o.TLSMode)
+	case o.TLSMode != TLSOff:
+		// doc/proto.md, "TLS versions": TLS 1.2 MUST be supported, older
+		// versions SHOULD NOT be by default; here they never are.
+		s.tls = o.TLS.Clone()
+		s.tls.MinVersion = max(s.tls.MinVersion, tls.VersionTLS12)
+		if get := s.tls.GetConfigForClient; get != nil {
+			// The configuration a handshake gets may be another one;
+			// the floor holds for it too.
+			s.tls.GetConfigForClient = func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
+				c, err := get(hi)
+				if c != nil && c.MinVersion < tls.VersionTLS12 {
+					c = c.Clone()
+					c.MinVersion = tls.VersionTLS12
+				}
+				return c, err
+			}
+		}
+	}
 	for i, ec := range o.Exports {
 		switch {
 		case ec.Name == "":
@@ -302,7 +350,14 @@ func NewServer(o Options) (*Server, error) {
 		case s.byName[ec.Name] != nil:
 			return nil, fmt.Errorf("nbd: export %q configured twice", ec.Name)
 		}
-		e := &export{ExportConfig: ec}
+		if ec.TLSRequired && s.tls == nil {
+			return nil, fmt.Errorf("nbd: export %q requires TLS, and TLSMode is off", ec.Name)
+		}
+		allow, err := newAllowList(ec.Allow)
+		if err != nil {
+			return nil, fmt.Errorf("nbd: export %q: %w", ec.Name, err)
+		}
+		e := &export{ExportConfig: ec, allow: allow}
 		if ec.Default {
 			if s.defExport != nil {
 				return nil, fmt.Errorf("nbd: exports %q and %q are both the default", s.defExport.Name, ec.Name)
@@ -369,6 +424,16 @@ func (s *Server) lookup(name string) *export {
 // goroutines until l fails or Shutdown is called. After Shutdown it
 // returns nil; otherwise the listener's error. Serve closes l.
 func (s *Server) Serve(l net.Listener) error {
+	return s.ServeListener(l, ListenerOptions{})
+}
+
+// ServeListener is Serve with options for this listener: its allow list.
+func (s *Server) ServeListener(l net.Listener, o ListenerOptions) error {
+	allow, err := newListenerAllow(o.Allow)
+	if err != nil {
+		l.Close()
+		return err
+	}
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -403,13 +468,13 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		s.startConn(nc)
+		s.startConn(nc, allow)
 	}
 }
 
 // startConn serves nc on a goroutine of its own if admit lets it in.
-func (s *Server) startConn(nc net.Conn) {
-	if c := s.admit(nc); c != nil {
+func (s *Server) startConn(nc net.Conn, allow listenerAllow) {
+	if c := s.admit(nc, allow); c != nil {
 		go c.serve()
 	}
 }
@@ -417,14 +482,15 @@ func (s *Server) startConn(nc net.Conn) {
 // serveConn serves nc on the calling goroutine, for tests that bring
 // their own connection (net.Pipe).
 func (s *Server) serveConn(nc net.Conn) {
-	if c := s.admit(nc); c != nil {
+	if c := s.admit(nc, nil); c != nil {
 		c.serve()
 	}
 }
 
-// admit registers nc as a connection, or closes it at once when the server
-// is shutting down, MaxConnections are open, or its client has
-// MaxConnectionsPerClient open.
+// admit registers nc as a connection, or closes it at once when the
+// listener's allow list leaves its address out, the server is shutting
+// down, MaxConnections are open, or its client has MaxConnectionsPerClient
+// open.
 //
 // The per-client cap is checked here, at accept, before the connection
 // costs anything but a file descriptor: the slots are what a client takes
@@ -432,8 +498,15 @@ func (s *Server) serveConn(nc net.Conn) {
 // for HandshakeTimeout, and it can reopen each one as it is closed), or
 // with idle connections after GO, which must not time out because kernel
 // clients idle for hours. Either way it takes only its own share.
-func (s *Server) admit(nc net.Conn) *conn {
-	cl := clientOf(nc)
+//
+// A listener's allow list is checked first, before anything of the
+// connection is counted: a refused address costs one accept and a close.
+func (s *Server) admit(nc net.Conn, allow listenerAllow) *conn {
+	if !allow.admits(nc) {
+		s.refuse(nc, RefusedListenAllow)
+		return nil
+	}
+	cl, gid := identify(nc)
 	s.mu.Lock()
 	if s.shutdown {
 		s.mu.Unlock()
@@ -454,7 +527,7 @@ func (s *Server) admit(nc net.Conn) *conn {
 	}
 	s.perClient[cl]++
 	c := newConn(s, nc)
-	c.client = cl
+	c.client, c.gid = cl, gid
 	s.conns[c] = struct{}{}
 	// Under mu and only while !shutdown: Shutdown's Wait starts after it
 	// sets shutdown, so no Add can race with it.

@@ -1,6 +1,7 @@
 package nbd
 
 import (
+	"bufio"
 	"errors"
 	"fmt"
 	"io"
@@ -61,6 +62,7 @@ type transmission struct {
 	share *budget
 	hdr   wire.RequestHeader // reader's header buffer, decoded in place
 	raw   syscall.RawConn    // the socket's non-blocking side; nil: use nc only
+	tlsw  *bufio.Writer      // over TLS, the writer's buffer in front of nc; nil otherwise
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -176,11 +178,18 @@ func (c *conn) transmit() {
 		wake:   make(chan struct{}, 1),
 		out:    newReplyBatch(o.MaxInFlight),
 	}
-	if uc, ok := c.nc.(*net.UnixConn); ok {
+	if uc, ok := c.sock.(*net.UnixConn); ok {
 		// Best effort: the kernel clips it to net.core.wmem_max.
 		uc.SetWriteBuffer(unixSendBufSize)
 	}
-	if sc, ok := c.nc.(syscall.Conn); ok {
+	if c.tlsUp {
+		// Over TLS every byte is encrypted by Go code, so there is no
+		// RawConn to send from (and so no lending, see submit): the
+		// writer sends everything, through a buffer that gathers a
+		// batch's small replies into full TLS records.
+		t.tlsw = bufio.NewWriterSize(c.nc, tlsWriteBufSize)
+		c.tlsSock.transmitting = true // before the writer starts
+	} else if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			t.raw = raw
 		}
@@ -195,7 +204,8 @@ func (c *conn) transmit() {
 	c.tx = t
 	c.mu.Unlock()
 	c.srv.log.Info("nbd: connection opened", "conn", c.id, "remote", c.remote, "export", c.exp.Name,
-		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0)
+		"size", c.size, "flags", fmt.Sprintf("%#x", c.tflags), "structured", c.structured, "block_status", c.metaID != 0,
+		"tls", c.tlsUp, "client_cert", c.peerName())
 
 	writerDone := make(chan struct{})
 	go func() {
@@ -325,7 +335,7 @@ func (c *conn) readLoop() error {
 // endDrain ends a shutdown's drain once the last request submitted before
 // it has been answered: it wakes the reader, which stops reading.
 func (c *conn) endDrain() {
-	c.nc.SetReadDeadline(aLongTimeAgo)
+	c.sock.SetReadDeadline(aLongTimeAgo)
 }
 
 // allocRequest takes a top bio and a request for a new request, waiting
@@ -613,7 +623,9 @@ const replyDeadlineSlack = time.Second
 // was armed for. Every send that consults the deadline (the writer's
 // blocking sends, sendBatch with block true) calls this first, so none
 // meets a deadline armed for an earlier write that has since ended; the
-// reader's non-blocking sends do not consult it at all (sendBatch). A
+// reader's non-blocking sends do not consult it at all (sendBatch); over
+// TLS, where crypto/tls may write from the reader too, the socket arms it
+// before every write (tlsSocket.Write). A
 // deadline left over from a long-finished reply therefore never fails a
 // later one, however long the connection was idle in between: a kernel
 // client may sit quiet for hours.
@@ -623,7 +635,8 @@ func (c *conn) armWriteDeadline() {
 		return
 	}
 	c.tx.armed = now
-	c.nc.SetWriteDeadline(now.Add(c.srv.opts.ReplyTimeout))
+	// The socket's deadline, which a TLS connection's writes share.
+	c.sock.SetWriteDeadline(now.Add(c.srv.opts.ReplyTimeout))
 }
 
 // writeFailed records the first write error and closes the socket: the

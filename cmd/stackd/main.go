@@ -120,6 +120,7 @@ func buildVersion() string {
 // loadConfig is the one way `check` and `serve` read a configuration:
 // validated, then checked against the host, so that what check accepts
 // serve accepts too.
+// Its warnings (cfg.Warnings) are the caller's to show.
 func loadConfig(path string) (*configs.Config, error) {
 	cfg := configs.Default()
 	if path != "" {
@@ -145,6 +146,9 @@ func check(args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return 1
+	}
+	for _, w := range cfg.Warnings {
+		fmt.Fprintln(stderr, "warning:", w)
 	}
 	configs.FormatTree(stdout, cfg)
 	return 0
@@ -189,6 +193,9 @@ func serve(args []string, stderr io.Writer) int {
 		log.Error("configuration rejected", "err", err)
 		return 1
 	}
+	for _, w := range cfg.Warnings {
+		log.Warn("configuration warning", "warning", w.Error())
+	}
 	d, err := start(cfg, log, o)
 	if err != nil {
 		log.Error("start failed", "err", err)
@@ -196,8 +203,12 @@ func serve(args []string, stderr io.Writer) int {
 	}
 
 	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	s := <-sig
+	for s == syscall.SIGHUP {
+		d.reloadTLS()
+		s = <-sig
+	}
 	log.Info("shutting down: finishing in-flight requests; a second signal exits at once", "signal", s.String())
 	go func() {
 		s := <-sig
@@ -218,6 +229,7 @@ type daemon struct {
 	stacks    []*stack.Stack
 	names     []string
 	server    *nbd.Server
+	tls       *configs.ServerTLS // nil without TLS; SIGHUP reloads it
 	listeners []net.Listener
 	served    chan error
 
@@ -362,6 +374,14 @@ func (d *daemon) build(cfg *configs.Config) error {
 	}
 	opts := cfg.Limits.ServerOptions()
 	opts.Exports, opts.Logger, opts.Observer = exports, d.log, d.metrics
+	st, err := d.serverTLS(cfg)
+	if err != nil {
+		d.closeStacks()
+		return err
+	}
+	if st != nil {
+		d.tls, opts.TLS, opts.TLSMode = st, st.Config(), cfg.TLS.Mode
+	}
 	srv, err := nbd.NewServer(opts)
 	if err != nil {
 		d.closeStacks()
@@ -385,8 +405,9 @@ func (d *daemon) listen(cfg *configs.Config) error {
 		d.listeners = append(d.listeners, ln)
 		d.log.Info("listening", "network", l.Network, "address", ln.Addr().String())
 	}
-	for _, ln := range d.listeners {
-		go func() { d.served <- d.server.Serve(ln) }()
+	for i, ln := range d.listeners {
+		lo := nbd.ListenerOptions{Allow: cfg.Listeners[i].Allow}
+		go func() { d.served <- d.server.ServeListener(ln, lo) }()
 	}
 	return nil
 }

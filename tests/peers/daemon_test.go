@@ -23,6 +23,10 @@ type export struct {
 	Default     bool
 	// Stack is a stack node in YAML flow style (see memStack, fileStack).
 	Stack string
+	// TLS is the export's tls: ("required"), or empty.
+	TLS string
+	// Allow is the export's allow list in YAML flow style, or empty.
+	Allow string
 }
 
 // daemonConfig is what a test needs from its daemon.
@@ -38,6 +42,11 @@ type daemonConfig struct {
 	// Control is the path of the control socket (daemon.ControlSocket),
 	// or empty for none.
 	Control string
+	// TLS is the tls: section in YAML flow style, or empty.
+	TLS string
+	// TCPAllow is the TCP listener's allow list in YAML flow style, or
+	// empty.
+	TCPAllow string
 }
 
 // memStack is the default configuration's stack shape (split at 1 MiB
@@ -98,6 +107,12 @@ func (d *daemon) config(cfg daemonConfig) string {
 	fmt.Fprintf(&b, "  - unix: %s\n", strconv.Quote(d.Socket))
 	if cfg.TCP {
 		b.WriteString("  - tcp: 127.0.0.1:0\n")
+		if cfg.TCPAllow != "" {
+			fmt.Fprintf(&b, "    allow: %s\n", cfg.TCPAllow)
+		}
+	}
+	if cfg.TLS != "" {
+		fmt.Fprintf(&b, "tls: %s\n", cfg.TLS)
 	}
 	if cfg.Metrics {
 		b.WriteString("metrics: {address: 127.0.0.1:0}\n")
@@ -121,6 +136,12 @@ func (d *daemon) config(cfg daemonConfig) string {
 		}
 		if e.Default {
 			b.WriteString("    default: true\n")
+		}
+		if e.TLS != "" {
+			fmt.Fprintf(&b, "    tls: %s\n", e.TLS)
+		}
+		if e.Allow != "" {
+			fmt.Fprintf(&b, "    allow: %s\n", e.Allow)
 		}
 		fmt.Fprintf(&b, "    stack: %s\n", e.Stack)
 	}

@@ -31,10 +31,23 @@ func knownData() (off uint64, data []byte) {
 	return 5*MiB - 1234, data
 }
 
+// rawConnector opens a raw connection to an export of a daemon, in
+// transmission: plaintext (plainConnector) or over TLS.
+type rawConnector func(t *testing.T, name string) *rawConn
+
+func plainConnector(d *daemon) rawConnector {
+	return func(t *testing.T, name string) *rawConn { return connectRaw(t, d.Socket, name) }
+}
+
 // writeKnown writes knownData through a fresh raw connection.
 func writeKnown(t *testing.T, d *daemon) {
 	t.Helper()
-	c := connectRaw(t, d.Socket, "default")
+	writeKnownWith(t, plainConnector(d))
+}
+
+func writeKnownWith(t *testing.T, connect rawConnector) {
+	t.Helper()
+	c := connect(t, "default")
 	defer c.disconnect()
 	off, data := knownData()
 	c.mustWrite(t, off, data)
@@ -44,8 +57,13 @@ func writeKnown(t *testing.T, d *daemon) {
 // completes a handshake and that knownData is intact.
 func checkKnown(t *testing.T, d *daemon) {
 	t.Helper()
+	checkKnownWith(t, d, plainConnector(d))
+}
+
+func checkKnownWith(t *testing.T, d *daemon, connect rawConnector) {
+	t.Helper()
 	d.alive()
-	c := connectRaw(t, d.Socket, "default")
+	c := connect(t, "default")
 	defer c.disconnect()
 	off, want := knownData()
 	got := c.mustRead(t, off, len(want))
@@ -58,12 +76,23 @@ func checkKnown(t *testing.T, d *daemon) {
 // followed by a valid request on the same connection: the server answers
 // with the error the spec (and the README) gives, and the connection lives.
 func TestRawBadRequests(t *testing.T) {
-	d := startDaemon(t, daemonConfig{Exports: []export{
+	d := startDaemon(t, daemonConfig{Exports: badRequestExports()})
+	badRequests(t, d, plainConnector(d))
+}
+
+// badRequestExports are the exports badRequests needs.
+func badRequestExports() []export {
+	return []export{
 		{Name: "default", Stack: memStack(rawExportSize / 4)},
 		{Name: "ro", ReadOnly: true, Stack: memStack(4 * MiB)},
-	}})
-	writeKnown(t, d)
-	c := connectRaw(t, d.Socket, "default")
+	}
+}
+
+// badRequests is TestRawBadRequests on connections connect opens: over
+// the unix socket in plaintext, or over TLS (TestTLSRawBadRequests).
+func badRequests(t *testing.T, d *daemon, connect rawConnector) {
+	writeKnownWith(t, connect)
+	c := connect(t, "default")
 	defer c.disconnect()
 	if c.size != rawExportSize {
 		t.Fatalf("export size %d, want %d", c.size, rawExportSize)
@@ -176,7 +205,7 @@ func TestRawBadRequests(t *testing.T) {
 	})
 
 	t.Run("read-only export", func(t *testing.T) {
-		ro := connectRaw(t, d.Socket, "ro")
+		ro := connect(t, "ro")
 		defer ro.disconnect()
 		if ro.flags&wire.FlagReadOnly == 0 {
 			t.Errorf("transmission flags %#x lack NBD_FLAG_READ_ONLY", ro.flags)
@@ -194,22 +223,32 @@ func TestRawBadRequests(t *testing.T) {
 		ro.mustRead(t, 0, 4096)
 	})
 
-	checkKnown(t, d)
+	checkKnownWith(t, d, connect)
 }
 
 // TestRawFraming breaks the framing of the transmission phase: the server
 // drops that connection only, and serves others with the data intact.
 func TestRawFraming(t *testing.T) {
-	d := startDaemon(t, daemonConfig{
-		Exports: []export{{Name: "default", Stack: memStack(rawExportSize / 4)}},
-		// The smallest budget: a buffer leaked by an abandoned WRITE would
-		// soon leave no room for a maximum-size one.
-		Limits: "{payload_budget: 32MiB}",
-	})
-	writeKnown(t, d)
+	d := startDaemon(t, daemonConfig{Exports: framingExports(), Limits: framingLimits})
+	framing(t, d, plainConnector(d))
+}
+
+// framingExports and framingLimits are the daemon framing needs. The
+// smallest budget: a buffer leaked by an abandoned WRITE would soon leave
+// no room for a maximum-size one.
+func framingExports() []export {
+	return []export{{Name: "default", Stack: memStack(rawExportSize / 4)}}
+}
+
+const framingLimits = "{payload_budget: 32MiB}"
+
+// framing is TestRawFraming on connections connect opens: plaintext, or
+// over TLS (TestTLSRawFraming).
+func framing(t *testing.T, d *daemon, connect rawConnector) {
+	writeKnownWith(t, connect)
 
 	t.Run("bad magic", func(t *testing.T) {
-		c := connectRaw(t, d.Socket, "default")
+		c := connect(t, "default")
 		h := requestHeader(0, wire.CmdRead, 1, 0, 512)
 		be.PutUint32(h, 0xdeadbeef)
 		if _, err := c.Write(h); err != nil {
@@ -218,31 +257,31 @@ func TestRawFraming(t *testing.T) {
 		if err := expectClosed(c, 10*time.Second); err != nil {
 			t.Errorf("after a request with bad magic: %v", err)
 		}
-		checkKnown(t, d)
+		checkKnownWith(t, d, connect)
 	})
 
 	t.Run("truncated header", func(t *testing.T) {
-		c := connectRaw(t, d.Socket, "default")
+		c := connect(t, "default")
 		if _, err := c.Write(requestHeader(0, wire.CmdRead, 1, 0, 512)[:13]); err != nil {
 			t.Fatal(err)
 		}
 		c.Close()
-		checkKnown(t, d)
+		checkKnownWith(t, d, connect)
 	})
 
 	t.Run("write payload cut short", func(t *testing.T) {
 		// More abandoned 32 MiB WRITEs than the budget holds, cut after
 		// the header, a byte, a few MiB, one byte short.
 		for i, n := range []int{0, 1, 3*MiB + 17, wire.DefaultMaxPayload - 1} {
-			c := connectRaw(t, d.Socket, "default")
+			c := connect(t, "default")
 			h := requestHeader(0, wire.CmdWrite, 1, 32*MiB, wire.DefaultMaxPayload)
 			if _, err := c.Write(append(h, bytes.Repeat([]byte{byte(i + 1)}, n)...)); err != nil {
 				t.Fatal(err)
 			}
 			c.Close()
 		}
-		checkKnown(t, d)
-		c := connectRaw(t, d.Socket, "default")
+		checkKnownWith(t, d, connect)
+		c := connect(t, "default")
 		defer c.disconnect()
 		big := bytes.Repeat([]byte{0x7e}, wire.DefaultMaxPayload)
 		c.mustWrite(t, 32*MiB, big)
@@ -255,7 +294,7 @@ func TestRawFraming(t *testing.T) {
 		// A payload past the maximum: the server may end the connection
 		// (it cannot be expected to buffer it) or read it and refuse it.
 		// It must not write it.
-		c := connectRaw(t, d.Socket, "default")
+		c := connect(t, "default")
 		sent := make(chan error, 1)
 		go func() {
 			h := requestHeader(0, wire.CmdWrite, 1, 0, wire.DefaultMaxPayload+1)
@@ -273,11 +312,11 @@ func TestRawFraming(t *testing.T) {
 		}
 		c.Close()
 		<-sent
-		checkKnown(t, d)
+		checkKnownWith(t, d, connect)
 	})
 
 	t.Run("disconnect", func(t *testing.T) {
-		c := connectRaw(t, d.Socket, "default")
+		c := connect(t, "default")
 		if _, err := c.send(0, wire.CmdDisc, 0, 0, nil); err != nil {
 			t.Fatal(err)
 		}
@@ -286,7 +325,7 @@ func TestRawFraming(t *testing.T) {
 		}
 	})
 
-	checkKnown(t, d)
+	checkKnownWith(t, d, connect)
 }
 
 // TestRawHandshakeAbuse attacks the handshake: options claiming 4 GiB of

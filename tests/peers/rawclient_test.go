@@ -105,14 +105,25 @@ func readOptionReply(c net.Conn) (optionReply, error) {
 
 // handshake negotiates export name on c, which has just been dialled.
 func handshake(c net.Conn, name string) (*rawConn, error) {
-	if err := readGreeting(c); err != nil {
+	if err := greetAndFlags(c); err != nil {
 		return nil, err
+	}
+	return goExport(c, name)
+}
+
+// greetAndFlags reads the greeting and sends the client's flags.
+func greetAndFlags(c net.Conn) error {
+	if err := readGreeting(c); err != nil {
+		return err
 	}
 	var cf [4]byte
 	be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
-	if _, err := c.Write(cf[:]); err != nil {
-		return nil, err
-	}
+	_, err := c.Write(cf[:])
+	return err
+}
+
+// goExport enters transmission on export name with NBD_OPT_GO.
+func goExport(c net.Conn, name string) (*rawConn, error) {
 	if _, err := c.Write(goOption(name)); err != nil {
 		return nil, err
 	}
