@@ -27,6 +27,9 @@ type Node struct {
 	// Fault counts what a fault layer (error, flakey) failed or dropped;
 	// nil for every other node.
 	Fault *FaultStats
+	// Remote reports a remote leg's connections and round trips (the
+	// nbd kind); nil for every other node.
+	Remote interface{ RemoteStats() RemoteStats }
 	// errorSources are the nodes at or below this one that count the bios
 	// they fail: targets and fault layers. ownErrors is this node's own,
 	// or nil.
@@ -122,6 +125,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if f, ok := dev.(interface{ Faults() *FaultStats }); ok {
 		n.Fault = f.Faults()
+	}
+	if r, ok := dev.(interface{ RemoteStats() RemoteStats }); ok {
+		n.Remote = r
 	}
 	for _, below := range st.Nodes[first:] {
 		if below.ownErrors != nil {

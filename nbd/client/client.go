@@ -905,6 +905,16 @@ func (c *Client) Abort(err error) { c.breakConn(err) }
 // flight on it has been completed: the time to dial again.
 func (c *Client) Broken() <-chan struct{} { return c.readerDone }
 
+// Err returns why the connection is unusable, or nil while it works.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && c.closed {
+		return ErrClosed
+	}
+	return c.err
+}
+
 // HasMetaContext reports whether base:allocation was negotiated, so that
 // BLOCK_STATUS can be sent.
 func (c *Client) HasMetaContext() bool { return c.metaID != 0 }
