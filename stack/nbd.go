@@ -152,6 +152,13 @@ type NBDLeg struct{ *remote.Remote }
 // RemoteStats is a remote leg's counters, as the metrics read them.
 type RemoteStats = remote.Stats
 
+// RemoteLatencyBounds are the upper bounds of RemoteStats.Latency's
+// buckets, and RemoteStateNames the names of RemoteStats.States' values.
+var (
+	RemoteLatencyBounds = remote.LatencyBounds
+	RemoteStateNames    = remote.StateNames
+)
+
 // State implements Controlled: each connection's state, reconnects,
 // requests queued and in flight.
 func (l *NBDLeg) State() any { return l.Remote.State() }
