@@ -123,7 +123,8 @@ type Client struct {
 	metaID     uint32
 	blockSize  [3]uint32 // min, preferred, max; zero if not sent
 
-	wmu sync.Mutex // serialises request writes
+	wmu   sync.Mutex  // serialises request writes
+	wbufs net.Buffers // StartBatch's iovecs, reused under wmu
 
 	mu     sync.Mutex
 	calls  map[uint64]*call // in flight, by cookie
@@ -849,7 +850,11 @@ type Request struct {
 	// not block.
 	Done func(r *Request, err error)
 
-	ca call // the request's state in flight, kept here so that Start allocates nothing
+	// The request's state in flight and its header, kept here so that
+	// Start allocates nothing.
+	ca     call
+	cookie uint64
+	hdr    [wire.RequestHeaderLen]byte
 }
 
 // Start sends r without waiting for its reply; Done reports it. Start
@@ -857,23 +862,32 @@ type Request struct {
 // that the connection is closed or broken and that r was not sent: Done
 // will not be called for it.
 func (c *Client) Start(r *Request) error {
-	if r.Cmd == wire.CmdBlockStatus && c.metaID == 0 {
-		return ErrNoMetaContext
+	one := [1]*Request{r}
+	return c.StartBatch(one[:])
+}
+
+// StartBatch is Start for several requests at once, written to the socket
+// in one writev (headers and WRITE payloads, each from where it is): a
+// sender that finds many requests queued pays one system call for them
+// all. Either every request is sent, and each gets its Done, or StartBatch
+// returns an error and none is sent.
+func (c *Client) StartBatch(rs []*Request) error {
+	for _, r := range rs {
+		if r.Cmd == wire.CmdBlockStatus && c.metaID == 0 {
+			return ErrNoMetaContext
+		}
+		if r.Cmd == wire.CmdRead && uint32(len(r.Buf)) != r.Length {
+			return fmt.Errorf("nbd: read of %d bytes into a buffer of %d", r.Length, len(r.Buf))
+		}
+		r.ca = call{cmd: r.Cmd, off: r.Offset, length: r.Length, async: r}
+		switch r.Cmd {
+		case wire.CmdRead:
+			r.ca.buf = r.Buf
+		case wire.CmdBlockStatus:
+			r.ca.window = r.Extents
+		}
+		r.NExtents = 0
 	}
-	if r.Cmd == wire.CmdRead && uint32(len(r.Buf)) != r.Length {
-		return fmt.Errorf("nbd: read of %d bytes into a buffer of %d", r.Length, len(r.Buf))
-	}
-	r.ca = call{cmd: r.Cmd, off: r.Offset, length: r.Length, async: r}
-	var payload []byte
-	switch r.Cmd {
-	case wire.CmdRead:
-		r.ca.buf = r.Buf
-	case wire.CmdWrite:
-		payload = r.Buf
-	case wire.CmdBlockStatus:
-		r.ca.window = r.Extents
-	}
-	r.NExtents = 0
 	c.mu.Lock()
 	switch {
 	case c.closed:
@@ -884,12 +898,29 @@ func (c *Client) Start(r *Request) error {
 		c.mu.Unlock()
 		return err
 	}
-	c.cookie++
-	cookie := c.cookie
-	c.calls[cookie] = &r.ca
+	for _, r := range rs {
+		c.cookie++
+		r.cookie = c.cookie
+		c.calls[r.cookie] = &r.ca
+	}
 	c.mu.Unlock()
-	if err := c.send(r.Cmd, r.Flags, cookie, r.Offset, r.Length, payload); err != nil {
-		// Registered already: the reader fails it, and Done reports that.
+
+	c.wmu.Lock()
+	bufs := c.wbufs[:0]
+	for _, r := range rs {
+		wire.PutRequest(r.hdr[:], wire.Request{Flags: r.Flags, Type: r.Cmd, Cookie: r.cookie, Offset: r.Offset, Length: r.Length})
+		bufs = append(bufs, r.hdr[:])
+		if r.Cmd == wire.CmdWrite && len(r.Buf) > 0 {
+			bufs = append(bufs, r.Buf)
+		}
+	}
+	out := bufs // WriteTo consumes its receiver; bufs keeps the array for the next batch
+	_, err := out.WriteTo(c.nc)
+	clear(bufs) // drop the references to the payloads
+	c.wbufs = bufs[:0]
+	c.wmu.Unlock()
+	if err != nil {
+		// Registered already: the reader fails them, and Done reports it.
 		c.breakConn(err)
 	}
 	return nil

@@ -12,7 +12,7 @@ import (
 	"github.com/stackd/stackd/nbd/wire"
 )
 
-// TestStartManyInFlight: Start sends without waiting, many requests are
+// TestStartManyInFlight: Start and StartBatch send without waiting, many requests are
 // in flight at once, each Done runs once with its own result, a READ's
 // data lands in its own buffer, and a BLOCK_STATUS fills its window.
 func TestStartManyInFlight(t *testing.T) {
@@ -36,13 +36,18 @@ func TestStartManyInFlight(t *testing.T) {
 			var wg sync.WaitGroup
 			errs := make([]error, n)
 			reqs := make([]Request, n)
+			// The writes go in batches of 32, one writev each.
+			var batch []*Request
 			for i := range reqs {
 				buf := bytes.Repeat([]byte{byte(i)}, 4096)
 				reqs[i] = Request{Cmd: wire.CmdWrite, Offset: uint64(i) * 4096, Length: 4096, Buf: buf}
 				wg.Add(1)
 				reqs[i].Done = func(r *Request, err error) { errs[i] = err; wg.Done() }
-				if err := c.Start(&reqs[i]); err != nil {
-					t.Fatal(err)
+				if batch = append(batch, &reqs[i]); len(batch) == 32 {
+					if err := c.StartBatch(batch); err != nil {
+						t.Fatal(err)
+					}
+					batch = batch[:0]
 				}
 			}
 			wg.Wait()

@@ -149,11 +149,14 @@ func (c *conn) sleep(d time.Duration) bool {
 }
 
 // send is the slot's sender: it hands queued requests to the client, up
-// to maxInFlight at once, in the order they were queued. The network
-// writes happen here, never in Submit.
+// to maxInFlight at once, in the order they were queued, up to maxBatch
+// of them in one writev. The network writes happen here, never in
+// Submit.
 func (c *conn) send() {
 	defer c.r.wg.Done()
 	r := c.r
+	var batch [maxBatch]*req
+	var reqs [maxBatch]*client.Request
 	for {
 		select {
 		case <-c.wake:
@@ -163,34 +166,52 @@ func (c *conn) send() {
 		for {
 			c.mu.Lock()
 			cl := c.cl
-			if cl == nil || c.started >= maxInFlight || c.queue.head == nil {
-				c.mu.Unlock()
+			n := 0
+			for cl != nil && c.started < maxInFlight && c.queue.head != nil && n < maxBatch {
+				q := c.queue.popFront()
+				c.inflight.pushBack(q)
+				q.started = true
+				c.started++
+				batch[n] = q
+				n++
+			}
+			c.mu.Unlock()
+			if n == 0 {
 				break
 			}
-			q := c.queue.popFront()
-			c.inflight.pushBack(q)
-			q.started = true
-			c.started++
-			c.mu.Unlock()
-			if skip, err := q.fill(cl.Flags(), cl.HasMetaContext()); skip {
-				c.mu.Lock()
-				c.inflight.remove(q)
-				c.releaseSlot(q)
-				c.mu.Unlock()
-				r.finish(q, err)
+			m := 0
+			for _, q := range batch[:n] {
+				if skip, err := q.fill(cl.Flags(), cl.HasMetaContext()); skip {
+					c.mu.Lock()
+					c.inflight.remove(q)
+					c.releaseSlot(q)
+					c.mu.Unlock()
+					r.finish(q, err)
+					continue
+				}
+				q.sent = time.Now()
+				reqs[m] = &q.Request
+				batch[m] = q
+				m++
+			}
+			if m == 0 {
 				continue
 			}
-			q.sent = time.Now()
-			if err := cl.Start(&q.Request); err != nil {
+			if err := cl.StartBatch(reqs[:m]); err != nil {
 				// Not sent, and Done will not run: back to the front of
-				// the queue, for the next connection.
+				// the queue, in their order, for the next connection.
 				c.mu.Lock()
-				c.inflight.remove(q)
-				c.releaseSlot(q)
-				c.queue.pushFront(q)
+				for k := m - 1; k >= 0; k-- {
+					q := batch[k]
+					c.inflight.remove(q)
+					c.releaseSlot(q)
+					c.queue.pushFront(q)
+				}
 				c.mu.Unlock()
+				clear(reqs[:m])
 				break
 			}
+			clear(reqs[:m])
 		}
 	}
 }

@@ -12,8 +12,9 @@
 // Submit picks a connected connection round robin and queues the bio on
 // it, under a short lock: it never waits for the network or for another
 // bio (docs/DESIGN.md rule 8). Each connection's sender goroutine sends
-// what is queued, up to maxInFlight requests at once; the rest wait in
-// the queue. Replies complete bios on the client's reader goroutine, in
+// what is queued, up to maxInFlight requests at once, and up to maxBatch
+// of them in one writev (client.StartBatch), so that a burst costs one
+// system call rather than one per request; the rest wait in the queue. Replies complete bios on the client's reader goroutine, in
 // Done, which takes only the connection's short lock, observes the
 // latency and calls End: nothing there blocks or allocates (rule 6).
 // Structured replies, and base:allocation for BLOCK_STATUS, are asked for
@@ -27,9 +28,10 @@
 //
 // # Memory
 //
-// Per connection, fixed: the client's 16 KiB read buffer, its buffer for
-// non-data reply chunks (which grows to the longest such chunk the remote
-// sends, at most the client's maxChunkLen, 8 MiB: a BLOCK_STATUS reply),
+// Per connection, fixed: the client's 16 KiB read buffer, its iovecs for
+// one batch of maxBatch requests, its buffer for non-data reply chunks
+// (which grows to the longest such chunk the remote sends, at most the
+// client's maxChunkLen, 8 MiB: a BLOCK_STATUS reply),
 // its cookie table of up to maxInFlight entries, and two goroutines. Per
 // bio in flight, one request record of about 200 bytes, from a free list
 // that grows to the number of bios in flight at once; that number is
@@ -96,6 +98,8 @@ const (
 	// flight, and what a stackd remote serves at its default
 	// max_in_flight.
 	maxInFlight = 256
+	// maxBatch is how many requests the sender writes in one writev.
+	maxBatch = 64
 	// backoffMin and backoffMax bound the wait between failed dials.
 	backoffMin = 50 * time.Millisecond
 	backoffMax = 2 * time.Second
