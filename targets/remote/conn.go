@@ -25,6 +25,12 @@ type conn struct {
 	inflight reqList
 	started  int            // requests of inflight handed to the client: at most maxInFlight
 	cl       *client.Client // nil while disconnected
+	// idle: the sender found nothing it could send and waits for a
+	// wake-up. Whoever gives it something to do (a request queued, a slot
+	// freed while requests wait) clears it and wakes the sender; while it
+	// is clear, the sender is running and will see the change itself, so
+	// no goroutine is woken per request under load.
+	idle bool
 
 	wake       chan struct{} // one pending wake-up for the sender
 	state      atomic.Int32
@@ -47,8 +53,21 @@ func (c *conn) enqueue(q *req) {
 	q.conn = c
 	c.mu.Lock()
 	c.queue.pushBack(q)
+	wake := c.wakeLocked()
 	c.mu.Unlock()
-	c.signal()
+	if wake {
+		c.signal()
+	}
+}
+
+// wakeLocked reports whether the sender must be woken, now that it may
+// have something to send: it is idle and requests are queued. Under c.mu.
+func (c *conn) wakeLocked() bool {
+	if !c.idle || c.queue.head == nil {
+		return false
+	}
+	c.idle = false
+	return true
 }
 
 // releaseSlot gives back q's sending slot. Under c.mu.
@@ -175,6 +194,7 @@ func (c *conn) send() {
 				batch[n] = q
 				n++
 			}
+			c.idle = n == 0
 			c.mu.Unlock()
 			if n == 0 {
 				break

@@ -266,7 +266,8 @@ func New(o Options) (*Remote, error) {
 	r := &Remote{o: o, size: o.Size, timeout: o.timeout(), stop: make(chan struct{})}
 	r.active.Store(1)
 	for i := range o.Connections {
-		c := &conn{r: r, id: i, wake: make(chan struct{}, 1)}
+		// idle: the sender starts by waiting for its first wake-up.
+		c := &conn{r: r, id: i, wake: make(chan struct{}, 1), idle: true}
 		c.state.Store(connStateUnused)
 		r.conns = append(r.conns, c)
 	}
@@ -556,15 +557,19 @@ func (q *req) done(_ *client.Request, err error) {
 	c.mu.Lock()
 	c.inflight.remove(q)
 	c.releaseSlot(q)
-	if retryable(err) && !r.closing.Load() && time.Now().Before(q.deadline) {
+	requeued := retryable(err) && !r.closing.Load() && time.Now().Before(q.deadline)
+	if requeued {
 		r.retried.Add(1)
 		c.queue.pushBack(q)
-		c.mu.Unlock()
+	}
+	wake := c.wakeLocked() // a slot is free, or q is queued again
+	c.mu.Unlock()
+	if wake {
 		c.signal()
+	}
+	if requeued {
 		return
 	}
-	c.mu.Unlock()
-	c.signal() // a slot is free
 	if err == nil {
 		r.latency.Observe(time.Since(q.sent))
 	}
