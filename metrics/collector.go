@@ -77,6 +77,20 @@ var (
 	faultDropped = desc("stackd_fault_requests_dropped_total",
 		"Writes the fault layer acknowledged and discarded (flakey's drop_writes).", "layer")
 
+	// Per remote leg (the nbd kind), read from stack.RemoteStats.
+	remoteConns = desc("stackd_remote_connections",
+		"The remote leg's connections in each state: connecting, connected, backoff (waiting to dial again), closed, unused (beyond the first while the remote does not allow many).", "layer", "state")
+	remoteReconnects = desc("stackd_remote_reconnects_total",
+		"Connections to the remote dialled again, successfully, after one dropped or was aborted.", "layer")
+	remoteRetried = desc("stackd_remote_requests_retried_total",
+		"Requests sent again on a new connection because theirs dropped, or because the remote answered ESHUTDOWN.", "layer")
+	remoteTimedOut = desc("stackd_remote_requests_timed_out_total",
+		"Requests that failed with EIO because the remote did not answer within the leg's timeout.", "layer")
+	remoteInFlight = desc("stackd_remote_requests_in_flight",
+		"Requests submitted to the remote leg and not yet ended, queued or sent.", "layer")
+	remoteRoundTrip = desc("stackd_remote_round_trip_seconds",
+		"Time from sending a request to the remote to its reply, for the requests answered.", "layer")
+
 	// Per layer's bio pool (BioSet), read from bioset.Stats.
 	poolCapacity = desc("stackd_layer_pool_capacity_bios",
 		"Bios the layer's pool holds (pool.capacity).", "layer")
@@ -121,6 +135,7 @@ var allDescs = []*prometheus.Desc{
 	payloadCapacity, payloadInUse, payloadPeak, payloadWaits, payloadShareWaits,
 	layerRequests, layerBytes, layerErrors,
 	faultFailed, faultDropped,
+	remoteConns, remoteReconnects, remoteRetried, remoteTimedOut, remoteInFlight, remoteRoundTrip,
 	poolCapacity, poolInUse, poolAllocs, poolWaits, poolWaitSeconds,
 	poolPunted, poolRescued, poolRescueQueue, poolRescuer,
 	serviceInFlight, serviceDuration,
@@ -236,6 +251,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			if mr, ok := n.Control.(interface{ MirrorState() stack.MirrorState }); ok {
 				collectMirror(ch, n.Path, mr.MirrorState())
 			}
+			if r := n.Remote; r != nil {
+				collectRemote(ch, n.Path, r.RemoteStats())
+			}
 			if n.Pool == nil {
 				continue
 			}
@@ -273,4 +291,36 @@ func collectMirror(ch chan<- prometheus.Metric, layer string, st stack.MirrorSta
 		ch <- gauge(mirrorRemaining, float64(l.RemainingBytes), layer, leg)
 		ch <- counter(mirrorRetried, l.ReadErrorsRetried, layer, leg)
 	}
+}
+
+// remoteBoundsSeconds are stack.RemoteLatencyBounds as "le" values.
+var remoteBoundsSeconds = func() []float64 {
+	s := make([]float64, len(stack.RemoteLatencyBounds))
+	for i, b := range stack.RemoteLatencyBounds {
+		s[i] = b.Seconds()
+	}
+	return s
+}()
+
+// collectRemote sends a remote leg's metrics.
+func collectRemote(ch chan<- prometheus.Metric, layer string, s stack.RemoteStats) {
+	var inState [len(stack.RemoteStateNames)]int
+	for _, st := range s.States {
+		inState[st]++
+	}
+	for st, n := range inState {
+		ch <- gauge(remoteConns, float64(n), layer, stack.RemoteStateNames[st])
+	}
+	ch <- counter(remoteReconnects, s.Reconnects, layer)
+	ch <- counter(remoteRetried, s.Retried, layer)
+	ch <- counter(remoteTimedOut, s.TimedOut, layer)
+	ch <- gauge(remoteInFlight, float64(s.InFlight), layer)
+	buckets := make(map[float64]uint64, len(remoteBoundsSeconds))
+	var count uint64
+	for i, le := range remoteBoundsSeconds {
+		count += s.Latency[i]
+		buckets[le] = count
+	}
+	count += s.Latency[len(remoteBoundsSeconds)]
+	ch <- prometheus.MustNewConstHistogram(remoteRoundTrip, count, s.LatencySum.Seconds(), buckets, layer)
 }

@@ -32,6 +32,9 @@ type Node struct {
 	// Service is the counters of a target that waits on a remote service
 	// (the rbd target's cluster), for metrics; nil for other nodes.
 	Service targets.ServiceStats
+	// Remote reports a remote leg's connections and round trips (the
+	// nbd kind); nil for every other node.
+	Remote interface{ RemoteStats() RemoteStats }
 	// errorSources are the nodes at or below this one that count the bios
 	// they fail: targets and fault layers. ownErrors is this node's own,
 	// or nil.
@@ -139,6 +142,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if svc, ok := dev.(targets.ServiceStats); ok {
 		n.Service = svc
+	}
+	if r, ok := dev.(interface{ RemoteStats() RemoteStats }); ok {
+		n.Remote = r
 	}
 	for _, below := range st.Nodes[first:] {
 		if below.ownErrors != nil {

@@ -129,7 +129,8 @@ type Client struct {
 	metaID     uint32
 	blockSize  [3]uint32 // min, preferred, max; zero if not sent
 
-	wmu sync.Mutex // serialises request writes
+	wmu   sync.Mutex  // serialises request writes
+	wbufs net.Buffers // StartBatch's iovecs, reused under wmu
 
 	mu     sync.Mutex
 	calls  map[uint64]*call // in flight, by cookie
@@ -151,7 +152,14 @@ type call struct {
 	filling   bool // guarded by Client.mu: the reader is writing into buf
 	abandoned bool // guarded by Client.mu: the caller gave up; discard data
 	err       error
-	done      chan struct{}
+	done      chan struct{} // closed when a synchronous call completes
+	// async is the Request of a call made with Start; its Done runs
+	// instead of closing done.
+	async *Request
+	// window, for an asynchronous BLOCK_STATUS, holds the extents in
+	// place of extents: the reply fills it and stops when it is full.
+	window  []bioset.Extent
+	nWindow int
 }
 
 // Dial connects to an NBD server, negotiates and selects an export. ctx
@@ -625,7 +633,7 @@ func (c *Client) readLoop() {
 		if ca.err == nil {
 			ca.err = err
 		}
-		close(ca.done)
+		ca.complete()
 	}
 }
 
@@ -646,6 +654,18 @@ func (c *Client) finish(cookie uint64, ca *call) {
 	c.mu.Lock()
 	delete(c.calls, cookie)
 	c.mu.Unlock()
+	ca.complete()
+}
+
+// complete tells the caller that ca is over: a synchronous caller by
+// closing done, an asynchronous one by calling its Done. Only the reader
+// calls it, once per call.
+func (ca *call) complete() {
+	if r := ca.async; r != nil {
+		r.NExtents = ca.nWindow
+		r.Done(r, ca.err)
+		return
+	}
 	close(ca.done)
 }
 
@@ -736,7 +756,7 @@ func (c *Client) readReplies() error {
 					switch {
 					case ca.cmd == wire.CmdRead && ca.covered != uint64(ca.length):
 						ca.err = fmt.Errorf("%w: READ reply covers %d of %d bytes", ErrProtocol, ca.covered, ca.length)
-					case ca.cmd == wire.CmdBlockStatus && len(ca.extents) == 0:
+					case ca.cmd == wire.CmdBlockStatus && len(ca.extents) == 0 && ca.nWindow == 0:
 						ca.err = fmt.Errorf("%w: BLOCK_STATUS reply without extents", ErrProtocol)
 					}
 				}
@@ -804,8 +824,17 @@ func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 			if n == 0 {
 				return fmt.Errorf("%w: extent of length 0", ErrProtocol)
 			}
-			ca.extents = append(ca.extents, bioset.Extent{Offset: pos, Length: n, Flags: bioset.ExtentFlags(be.Uint32(d[4:]))})
+			e := bioset.Extent{Offset: pos, Length: n, Flags: bioset.ExtentFlags(be.Uint32(d[4:]))}
 			pos += n
+			switch {
+			case ca.window == nil:
+				ca.extents = append(ca.extents, e)
+			case ca.nWindow < len(ca.window):
+				// A full window drops the rest: an answer for a prefix
+				// is still an answer.
+				ca.window[ca.nWindow] = e
+				ca.nWindow++
+			}
 		}
 	default:
 		if typ&wire.ReplyTypeErrorBit == 0 {
@@ -825,3 +854,132 @@ func (c *Client) chunk(ca *call, typ uint16, p []byte) error {
 	}
 	return nil
 }
+
+// Request is one asynchronous request, for Start: the way a remote leg
+// keeps many requests in flight from one goroutine without waiting for
+// any. The caller owns it, and may reuse it once Done has run.
+type Request struct {
+	// Cmd is the command (wire.CmdRead, ...), Flags its command flags.
+	Cmd   uint16
+	Flags uint16
+	// Offset and Length are the range; Length is len(Buf) for READ and
+	// WRITE.
+	Offset uint64
+	Length uint32
+	// Buf is a WRITE's payload, written to the socket from where it is,
+	// or a READ's destination, into which the reply's data is read: only
+	// the bytes the client had already buffered with the reply's header
+	// (at most its 16 KiB read buffer) are copied, the rest is read
+	// straight in.
+	Buf []byte
+	// Extents is a BLOCK_STATUS's window: the reply's extents are written
+	// into it in order (offsets absolute), those past its end dropped;
+	// NExtents says how many were written.
+	Extents  []bioset.Extent
+	NExtents int
+	// Done is called exactly once for a request that Start accepted,
+	// with nil, a *RemoteError for an error the server answered, or the
+	// error that broke the connection. It runs on the client's reader
+	// goroutine, which reads no more replies until it returns: it must
+	// not block.
+	Done func(r *Request, err error)
+
+	// The request's state in flight and its header, kept here so that
+	// Start allocates nothing.
+	ca     call
+	cookie uint64
+	hdr    [wire.RequestHeaderLen]byte
+}
+
+// Start sends r without waiting for its reply; Done reports it. Start
+// blocks only while it writes to the socket. An error from Start means
+// that the connection is closed or broken and that r was not sent: Done
+// will not be called for it.
+func (c *Client) Start(r *Request) error {
+	one := [1]*Request{r}
+	return c.StartBatch(one[:])
+}
+
+// StartBatch is Start for several requests at once, written to the socket
+// in one writev (headers and WRITE payloads, each from where it is): a
+// sender that finds many requests queued pays one system call for them
+// all. Either every request is sent, and each gets its Done, or StartBatch
+// returns an error and none is sent.
+func (c *Client) StartBatch(rs []*Request) error {
+	for _, r := range rs {
+		if r.Cmd == wire.CmdBlockStatus && c.metaID == 0 {
+			return ErrNoMetaContext
+		}
+		if r.Cmd == wire.CmdRead && uint32(len(r.Buf)) != r.Length {
+			return fmt.Errorf("nbd: read of %d bytes into a buffer of %d", r.Length, len(r.Buf))
+		}
+		r.ca = call{cmd: r.Cmd, off: r.Offset, length: r.Length, async: r}
+		switch r.Cmd {
+		case wire.CmdRead:
+			r.ca.buf = r.Buf
+		case wire.CmdBlockStatus:
+			r.ca.window = r.Extents
+		}
+		r.NExtents = 0
+	}
+	c.mu.Lock()
+	switch {
+	case c.closed:
+		c.mu.Unlock()
+		return ErrClosed
+	case c.err != nil:
+		err := c.err
+		c.mu.Unlock()
+		return err
+	}
+	for _, r := range rs {
+		c.cookie++
+		r.cookie = c.cookie
+		c.calls[r.cookie] = &r.ca
+	}
+	c.mu.Unlock()
+
+	c.wmu.Lock()
+	bufs := c.wbufs[:0]
+	for _, r := range rs {
+		wire.PutRequest(r.hdr[:], wire.Request{Flags: r.Flags, Type: r.Cmd, Cookie: r.cookie, Offset: r.Offset, Length: r.Length})
+		bufs = append(bufs, r.hdr[:])
+		if r.Cmd == wire.CmdWrite && len(r.Buf) > 0 {
+			bufs = append(bufs, r.Buf)
+		}
+	}
+	out := bufs // WriteTo consumes its receiver; bufs keeps the array for the next batch
+	_, err := out.WriteTo(c.nc)
+	clear(bufs) // drop the references to the payloads
+	c.wbufs = bufs[:0]
+	c.wmu.Unlock()
+	if err != nil {
+		// Registered already: the reader fails them, and Done reports it.
+		c.breakConn(err)
+	}
+	return nil
+}
+
+// Abort breaks the connection at once with err, without NBD_CMD_DISC:
+// every request in flight ends with err, and so does every later one.
+// For a server that stops answering: the requests' owner can then send
+// them elsewhere. Close must still be called.
+func (c *Client) Abort(err error) { c.breakConn(err) }
+
+// Broken is closed once the connection is unusable and every request in
+// flight on it has been completed: the time to dial again.
+func (c *Client) Broken() <-chan struct{} { return c.readerDone }
+
+// Err returns why the connection is unusable, or nil while it works.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err == nil && c.closed {
+		return ErrClosed
+	}
+	return c.err
+}
+
+// HasMetaContext reports whether base:allocation was negotiated, so that
+// BLOCK_STATUS can be sent.
+func (c *Client) HasMetaContext() bool { return c.metaID != 0 }

@@ -7,6 +7,10 @@
 // unix socket in its temporary directory (and 127.0.0.1 where it needs
 // TCP), and stops it with SIGTERM at the end, requiring a clean exit.
 //
+// The nbd kind's tests (remote_test.go, hosts_test.go) run the peers as
+// remote servers instead, behind a front stackd; hosts_test.go puts each
+// on a network namespace of its own.
+//
 // A test whose peer is not installed is skipped, or fails when CI=true:
 // scripts/install-test-deps.sh installs them all.
 package peers

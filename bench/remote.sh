@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# bench/remote.sh — the cost of an nbd leg, side by side in one run.
+#
+#   bench/remote.sh                         # ~2 minutes
+#   REMOTE_RUNTIME=2 REMOTE_REPS=1 bench/remote.sh
+#
+# Two stackd processes on this machine: a remote serving one memory
+# export ("remote", listening on a unix socket and on loopback TCP), and a
+# front whose export is an nbd leg to the remote over loopback TCP. The
+# same fio client (--ioengine=nbd, on a unix socket) runs each workload
+# against the front (measured) and straight against the remote
+# (baseline), alternating which goes first, REMOTE_REPS times; the table
+# is the medians and their ratio. The workloads are those of
+# bench/workloads.tsv named in REMOTE_WORKLOADS.
+#
+# Environment (all optional):
+#   REMOTE_RUNTIME=5     seconds measured per fio run (after the ramp)
+#   REMOTE_RAMP=1        seconds of ramp-up, not measured
+#   REMOTE_REPS=3        repetitions per (workload, side)
+#   REMOTE_SIZE_MIB=512  the export's size
+#   REMOTE_PORT=10919    the remote's loopback TCP port
+#   REMOTE_CONNECTIONS=1 the leg's connections (stackd advertises
+#                        CAN_MULTI_CONN, so more are used)
+#   REMOTE_WORKLOADS="rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8"
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+RUNTIME=${REMOTE_RUNTIME:-5}
+RAMP=${REMOTE_RAMP:-1}
+REPS=${REMOTE_REPS:-3}
+SIZE=${REMOTE_SIZE_MIB:-512}
+PORT=${REMOTE_PORT:-10919}
+CONNS=${REMOTE_CONNECTIONS:-1}
+read -r -a WORKLOADS <<<"${REMOTE_WORKLOADS:-rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8}"
+need_tools go fio nbdinfo jq
+check_workloads "${WORKLOADS[@]}"
+
+WORK=$(mktemp -d /tmp/stackd-remote-bench.XXXXXX)
+declare -A PID
+trap 'stop_all; rm -rf "$WORK"' EXIT
+
+log "building stackd"
+(cd "$BENCH_DIR/.." && go build -o "$WORK/stackd" ./cmd/stackd)
+
+printf 'listen:\n  - unix: %s\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {memory: {size: %dMiB}}\n' \
+	"$(sock remote)" "$PORT" "$SIZE" >"$WORK/remote.yaml"
+"$WORK/stackd" serve -config "$WORK/remote.yaml" >"$WORK/remote.log" 2>&1 &
+PID[remote]=$!
+wait_ready remote
+
+printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {nbd: {uri: "nbd://127.0.0.1:%s/default", connections: %d, size: %dMiB}}\n' \
+	"$(sock front)" "$PORT" "$CONNS" "$SIZE" >"$WORK/front.yaml"
+"$WORK/stackd" serve -config "$WORK/front.yaml" >"$WORK/front.log" 2>&1 &
+PID[front]=$!
+wait_ready front
+
+log "prefilling through the front"
+prefill "$(uri front)"
+
+# result JSON UNIT prints the job's iops or MB/s (10^6 bytes a second).
+result() {
+	jq -r --arg unit "$2" '.jobs[0] | (.read.iops + .write.iops) as $iops
+		| (.read.bw_bytes + .write.bw_bytes) as $bw
+		| if $unit == "iops" then $iops else $bw / 1e6 end' "$1"
+}
+
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
+
+printf '| workload | unit | front (nbd leg) | straight to the remote | ratio |\n|---|---|---|---|---|\n' >"$WORK/table.md"
+for wl in "${WORKLOADS[@]}"; do
+	unit=$(workload_field "$wl" unit)
+	: >"$WORK/$wl.front" >"$WORK/$wl.remote"
+	for rep in $(seq "$REPS"); do
+		order="front remote"
+		((rep % 2 == 0)) && order="remote front"
+		for side in $order; do
+			fio_run "$wl" "$(uri "$side")" "$RUNTIME" "$RAMP" "$WORK/$wl.$side.$rep.json" >/dev/null
+			result "$WORK/$wl.$side.$rep.json" "$unit" >>"$WORK/$wl.$side"
+			log "$wl $side rep $rep: $(tail -1 "$WORK/$wl.$side") $unit"
+		done
+	done
+	f=$(median <"$WORK/$wl.front")
+	r=$(median <"$WORK/$wl.remote")
+	printf '| %s | %s | %.0f | %.0f | %.2f× |\n' "$(workload_field "$wl" label)" "$unit" "$f" "$r" \
+		"$(awk -v f="$f" -v r="$r" 'BEGIN { print (r > 0) ? f / r : 0 }')" >>"$WORK/table.md"
+done
+cat "$WORK/table.md"

@@ -1,0 +1,341 @@
+package remote
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stackd/stackd/nbd/client"
+)
+
+// conn is one connection slot of a Remote: the client now connected, if
+// any, the requests waiting to be sent on it, and those in flight.
+//
+// Invariant, under mu: every request of this slot is on exactly one of
+// queue and inflight. Submit and a retry push onto queue; the sender
+// moves a request to inflight before it hands it to the client; Done
+// takes it off inflight; the watchdog takes expired ones off queue. So a
+// request is never lost between two lists, nor ended twice.
+type conn struct {
+	r  *Remote
+	id int
+
+	mu       sync.Mutex
+	queue    reqList
+	inflight reqList
+	started  int            // requests of inflight handed to the client: at most maxInFlight
+	cl       *client.Client // nil while disconnected
+	// idle: the sender found nothing it could send and waits for a
+	// wake-up. Whoever gives it something to do (a request queued, a slot
+	// freed while requests wait) clears it and wakes the sender; while it
+	// is clear, the sender is running and will see the change itself, so
+	// no goroutine is woken per request under load.
+	idle bool
+
+	wake       chan struct{} // one pending wake-up for the sender
+	state      atomic.Int32
+	reconnects atomic.Uint64
+	lastErr    atomic.Pointer[string] // why the last dial failed or the connection dropped
+}
+
+// signal wakes the sender without blocking: one pending wake-up is
+// enough, since the sender looks at everything when it wakes.
+func (c *conn) signal() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// enqueue puts q at the back of the queue. It never blocks: the queue is
+// a list through the requests, as long as the bios above allow.
+func (c *conn) enqueue(q *req) {
+	q.conn = c
+	c.mu.Lock()
+	c.queue.pushBack(q)
+	wake := c.wakeLocked()
+	c.mu.Unlock()
+	if wake {
+		c.signal()
+	}
+}
+
+// wakeLocked reports whether the sender must be woken, now that it may
+// have something to send: it is idle and requests are queued. Under c.mu.
+func (c *conn) wakeLocked() bool {
+	if !c.idle || c.queue.head == nil {
+		return false
+	}
+	c.idle = false
+	return true
+}
+
+// releaseSlot gives back q's sending slot. Under c.mu.
+func (c *conn) releaseSlot(q *req) {
+	if q.started {
+		q.started = false
+		c.started--
+	}
+}
+
+// start runs the slot's goroutines: the dialler, which keeps it
+// connected, and the sender. cl is a client already dialled, or nil.
+func (r *Remote) start(c *conn, cl *client.Client) {
+	c.state.Store(connStateConnecting)
+	r.wg.Add(2)
+	go c.keepConnected(cl)
+	go c.send()
+}
+
+// keepConnected dials, serves until the connection breaks, and dials
+// again, with backoff between failed dials, until Close.
+func (c *conn) keepConnected(cl *client.Client) {
+	defer c.r.wg.Done()
+	r := c.r
+	backoff := backoffMin
+	for first := true; ; first = false {
+		if cl == nil {
+			var err error
+			c.state.Store(connStateConnecting)
+			if cl, err = r.dial(); err != nil {
+				c.lastErr.Store(errString(err))
+				c.state.Store(connStateBackoff)
+				if !c.sleep(backoff) {
+					return
+				}
+				backoff = min(backoff*2, backoffMax)
+				continue
+			}
+			if !first {
+				r.reconnects.Add(1)
+				c.reconnects.Add(1)
+			}
+			r.learnMulti(cl)
+		}
+		backoff = backoffMin
+		c.mu.Lock()
+		c.cl = cl
+		c.mu.Unlock()
+		c.state.Store(connStateConnected)
+		c.signal()
+		select {
+		case <-cl.Broken():
+		case <-r.stop:
+			c.mu.Lock()
+			busy := c.started > 0
+			c.mu.Unlock()
+			if busy {
+				// The sender may be blocked writing to a remote that
+				// stopped reading: break the socket rather than queue a
+				// NBD_CMD_DISC behind it.
+				cl.Abort(errClosing)
+			}
+			cl.Close()
+			c.drop()
+			return
+		}
+		// Every request in flight on cl has been through Done by now
+		// (Broken closes after the reader completed them all): they are
+		// back on the queue or ended.
+		c.drop()
+		c.lastErr.Store(errString(cl.Err()))
+		cl.Close()
+		cl = nil
+		c.state.Store(connStateBackoff)
+		if !c.sleep(backoffMin) {
+			return
+		}
+	}
+}
+
+// drop forgets the client, so that the sender waits for the next.
+func (c *conn) drop() {
+	c.mu.Lock()
+	c.cl = nil
+	c.mu.Unlock()
+}
+
+// sleep waits for d or Close, and reports whether it was d.
+func (c *conn) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.r.stop:
+		return false
+	}
+}
+
+// send is the slot's sender: it hands queued requests to the client, up
+// to maxInFlight at once, in the order they were queued, up to maxBatch
+// of them in one writev. The network writes happen here, never in
+// Submit.
+func (c *conn) send() {
+	defer c.r.wg.Done()
+	r := c.r
+	var batch [maxBatch]*req
+	var reqs [maxBatch]*client.Request
+	for {
+		select {
+		case <-c.wake:
+		case <-r.stop:
+			return
+		}
+		for {
+			c.mu.Lock()
+			cl := c.cl
+			n := 0
+			for cl != nil && c.started < maxInFlight && c.queue.head != nil && n < maxBatch {
+				q := c.queue.popFront()
+				c.inflight.pushBack(q)
+				q.started = true
+				c.started++
+				batch[n] = q
+				n++
+			}
+			c.idle = n == 0
+			c.mu.Unlock()
+			if n == 0 {
+				break
+			}
+			m := 0
+			for _, q := range batch[:n] {
+				if skip, err := q.fill(cl.Flags(), cl.HasMetaContext()); skip {
+					c.mu.Lock()
+					c.inflight.remove(q)
+					c.releaseSlot(q)
+					c.mu.Unlock()
+					r.finish(q, err)
+					continue
+				}
+				q.sent = time.Now()
+				reqs[m] = &q.Request
+				batch[m] = q
+				m++
+			}
+			if m == 0 {
+				continue
+			}
+			if err := cl.StartBatch(reqs[:m]); err != nil {
+				// Not sent, and Done will not run: back to the front of
+				// the queue, in their order, for the next connection.
+				c.mu.Lock()
+				for k := m - 1; k >= 0; k-- {
+					q := batch[k]
+					c.inflight.remove(q)
+					c.releaseSlot(q)
+					c.queue.pushFront(q)
+				}
+				c.mu.Unlock()
+				clear(reqs[:m])
+				break
+			}
+			clear(reqs[:m])
+		}
+	}
+}
+
+// watch fails what has waited past its deadline on the slot: a queued
+// request ends with EIO here; a request in flight too long aborts the
+// connection, whose Done then ends it with EIO and retries the others.
+func (c *conn) watch(now time.Time) {
+	c.mu.Lock()
+	var expired reqList
+	for q := c.queue.head; q != nil; {
+		next := q.next
+		if now.After(q.deadline) {
+			c.queue.remove(q)
+			expired.pushBack(q)
+		}
+		q = next
+	}
+	var abort *client.Client
+	for q := c.inflight.head; q != nil; q = q.next {
+		if q.started && now.After(q.deadline) {
+			abort = c.cl
+			break
+		}
+	}
+	c.mu.Unlock()
+	for q := expired.head; q != nil; {
+		next := q.next
+		q.next, q.prev = nil, nil
+		c.r.finish(q, errTimedOut)
+		q = next
+	}
+	if abort != nil {
+		abort.Abort(errTimedOut)
+	}
+}
+
+// watchdog runs watch on every slot, often enough that a request fails
+// within a tenth of its timeout (at least every second) after it expires.
+func (r *Remote) watchdog() {
+	defer r.wg.Done()
+	tick := time.NewTicker(min(max(r.timeout/10, 10*time.Millisecond), time.Second))
+	defer tick.Stop()
+	for {
+		select {
+		case now := <-tick.C:
+			for _, c := range r.conns {
+				c.watch(now)
+			}
+		case <-r.stop:
+			return
+		}
+	}
+}
+
+// reqList is an intrusive doubly linked list of requests.
+type reqList struct{ head, tail *req }
+
+func (l *reqList) pushBack(q *req) {
+	q.next, q.prev = nil, l.tail
+	if l.tail != nil {
+		l.tail.next = q
+	} else {
+		l.head = q
+	}
+	l.tail = q
+}
+
+func (l *reqList) pushFront(q *req) {
+	q.prev, q.next = nil, l.head
+	if l.head != nil {
+		l.head.prev = q
+	} else {
+		l.tail = q
+	}
+	l.head = q
+}
+
+func (l *reqList) popFront() *req {
+	q := l.head
+	if q != nil {
+		l.remove(q)
+	}
+	return q
+}
+
+func (l *reqList) remove(q *req) {
+	if q.prev != nil {
+		q.prev.next = q.next
+	} else {
+		l.head = q.next
+	}
+	if q.next != nil {
+		q.next.prev = q.prev
+	} else {
+		l.tail = q.prev
+	}
+	q.next, q.prev = nil, nil
+}
+
+// takeAll empties the list and returns its first request, the rest
+// linked through next.
+func (l *reqList) takeAll() *req {
+	q := l.head
+	l.head, l.tail = nil, nil
+	return q
+}

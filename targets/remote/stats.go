@@ -1,0 +1,123 @@
+package remote
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// LatencyBounds are the upper bounds of the round-trip histogram's
+// buckets, from 10 µs (a remote over loopback) to 10 s (one about to time
+// out), in the 1-2.5-5 steps of the server's own latency histogram.
+var LatencyBounds = [...]time.Duration{
+	10 * time.Microsecond, 25 * time.Microsecond, 50 * time.Microsecond,
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	1 * time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	1 * time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// Histogram counts round trips, from a request's last send to its reply,
+// with integer atomics: observing it, inside Done, neither blocks nor
+// allocates.
+type Histogram struct {
+	counts   [len(LatencyBounds) + 1]atomic.Uint64 // per bucket; the last is +Inf
+	sumNanos atomic.Uint64
+}
+
+// Observe records one round trip.
+func (h *Histogram) Observe(d time.Duration) {
+	d = max(d, 0)
+	lo, hi := 0, len(LatencyBounds)
+	for lo < hi { // the first bucket whose bound is >= d
+		mid := int(uint(lo+hi) >> 1)
+		if LatencyBounds[mid] < d {
+			lo = mid + 1
+		} else {
+			hi = mid
+		}
+	}
+	h.counts[lo].Add(1)
+	h.sumNanos.Add(uint64(d))
+}
+
+// Stats is a remote leg's counters, for the metrics.
+type Stats struct {
+	// States is each connection's state (a StateNames index).
+	States []int
+	// Reconnects counts successful dials after the first; Retried the
+	// requests sent again after their connection dropped; TimedOut those
+	// that failed with EIO at their timeout.
+	Reconnects, Retried, TimedOut uint64
+	// InFlight is the bios submitted and not yet ended.
+	InFlight int64
+	// Latency is the round-trip histogram: per bucket of LatencyBounds
+	// (not cumulative, the last one +Inf), and the sum.
+	Latency    [len(LatencyBounds) + 1]uint64
+	LatencySum time.Duration
+}
+
+// Stats returns the leg's counters now.
+func (r *Remote) Stats() Stats {
+	s := Stats{
+		Reconnects: r.reconnects.Load(),
+		Retried:    r.retried.Load(),
+		TimedOut:   r.timedOut.Load(),
+		InFlight:   r.inFlight.Load(),
+		LatencySum: time.Duration(r.latency.sumNanos.Load()),
+	}
+	for _, c := range r.conns {
+		s.States = append(s.States, int(c.state.Load()))
+	}
+	for i := range s.Latency {
+		s.Latency[i] = r.latency.counts[i].Load()
+	}
+	return s
+}
+
+// State is a remote leg's live state, for `stackd status`.
+type State struct {
+	URI         string      `json:"uri"`
+	Connections []ConnState `json:"connections"`
+	Reconnects  uint64      `json:"reconnects"`
+	Retried     uint64      `json:"retried"`
+	TimedOut    uint64      `json:"timed_out"`
+	InFlight    int64       `json:"in_flight"`
+}
+
+// ConnState is one connection's state.
+type ConnState struct {
+	State      string `json:"state"`
+	Reconnects uint64 `json:"reconnects"`
+	// Queued waits for the connection; Sent is in flight on it.
+	Queued int `json:"queued"`
+	Sent   int `json:"sent"`
+	// LastError is why the last dial failed or the connection dropped.
+	LastError string `json:"last_error,omitempty"`
+}
+
+// State returns the leg's state now; each connection's part is read
+// under that connection's lock.
+func (r *Remote) State() State {
+	s := State{
+		URI:        r.o.Target(),
+		Reconnects: r.reconnects.Load(),
+		Retried:    r.retried.Load(),
+		TimedOut:   r.timedOut.Load(),
+		InFlight:   r.inFlight.Load(),
+	}
+	for _, c := range r.conns {
+		cs := ConnState{State: StateNames[c.state.Load()], Reconnects: c.reconnects.Load()}
+		if e := c.lastErr.Load(); e != nil {
+			cs.LastError = *e
+		}
+		c.mu.Lock()
+		for q := c.queue.head; q != nil; q = q.next {
+			cs.Queued++
+		}
+		cs.Sent = c.started
+		c.mu.Unlock()
+		s.Connections = append(s.Connections, cs)
+	}
+	return s
+}
