@@ -5,14 +5,16 @@
 // export back through stackd and checks the filesystem and a file the
 // guest wrote. One more case leaves the device idle for longer than
 // stackd's reply timeout between large and small requests, which must all
-// succeed. A relay between the guest and stackd decodes what the kernel
-// sends, and the test logs it.
+// succeed. Another runs the filesystem case over TLS, nbd-client
+// presenting a client certificate to a stackd that requires both. A
+// relay between the guest and stackd decodes what the kernel sends, and
+// the test logs it.
 //
 // prepare.sh installs qemu and friends when missing (as root) and builds
 // the guests (kernel, initramfs) under tests/e2e/cache/, or
 // $STACKD_E2E_CACHE. When a prerequisite is missing and cannot be had,
 // the tests fail under CI=true and skip otherwise; -short, or
-// STACKD_E2E=off, skips them outright. A run takes 3 to 5 minutes, plus
+// STACKD_E2E=off, skips them outright. A run takes 4 to 6 minutes, plus
 // about a minute to install and download on a fresh machine.
 //
 //	go test -count=1 -v ./tests/e2e/
@@ -193,12 +195,13 @@ type daemon struct {
 }
 
 // startStackd starts stackd serving the exports in exportsYAML (the
-// config's "exports:" list) on a free loopback port, with metrics off and
+// config's "exports:" list) on a free loopback port, with metrics off,
 // the limits in limitsYAML (the config's "limits:" mapping, indented;
-// empty for the defaults).
-func startStackd(t *testing.T, limitsYAML, exportsYAML string) *daemon {
+// empty for the defaults) and the config's "tls:" section tlsYAML (empty:
+// none).
+func startStackd(t *testing.T, limitsYAML, tlsYAML, exportsYAML string) *daemon {
 	t.Helper()
-	cfg := "listen:\n  - tcp: 127.0.0.1:0\nmetrics: {address: off}\n"
+	cfg := "listen:\n  - tcp: 127.0.0.1:0\nmetrics: {address: off}\n" + tlsYAML
 	if limitsYAML != "" {
 		cfg += "limits:\n" + limitsYAML
 	}
@@ -265,6 +268,10 @@ type kcase struct {
 	// server has closed waits for ever, and the guest only ends at
 	// guestBound.
 	clientTimeout time.Duration
+	// tls attaches with nbd-client -certfile -keyfile -cacertfile,
+	// to a stackd that requires TLS and the client's certificate; the
+	// host's checks go over TLS too.
+	tls bool
 	// check runs on what the kernel sent.
 	check func(t *testing.T, s *tapStats)
 }
@@ -317,6 +324,23 @@ func TestKernelClient(t *testing.T) {
 			},
 		},
 		{name: "file-stripe-6.1", series: "6.1", conns: 1, exports: fileStripe, persistent: true},
+		{
+			// The fs job over TLS (issue 15): the kernel's requests
+			// travel through nbd-client's GnuTLS session, which the
+			// tap sees only as far as STARTTLS.
+			name: "tls-6.1", series: "6.1", conns: 1, exports: tlsStack, tls: true,
+			check: func(t *testing.T, s *tapStats) {
+				// The attempt nbd-client must refuse, then the attach.
+				if len(s.conns) != 2 {
+					t.Errorf("the guest opened %d connections, want 2", len(s.conns))
+				}
+				for i, cs := range s.conns {
+					if !cs.tls {
+						t.Errorf("connection %d did not start with NBD_OPT_STARTTLS: options %v", i, cs.options)
+					}
+				}
+			},
+		},
 		{
 			// 6.12 sends WRITE_ZEROES (BLKZEROOUT, which the guest's
 			// blkdiscard -z issues, sets NO_HOLE), and, with
@@ -379,7 +403,19 @@ func runCase(t *testing.T, c kcase) {
 
 	dataDir := t.TempDir()
 	exports := c.exports(dataDir)
-	d := startStackd(t, c.limits, exports)
+	var tc *tlsSetup
+	tlsYAML := ""
+	if c.tls {
+		tc = newTLSSetup(t)
+		tlsYAML = tc.serverYAML()
+	}
+	uri := func(addr string) string {
+		if tc != nil {
+			return tc.uri(addr, "default")
+		}
+		return fmt.Sprintf("nbd://%s/default", addr)
+	}
+	d := startStackd(t, c.limits, tlsYAML, exports)
 	tp := startTap(t, d.addr)
 	reported := false
 	t.Cleanup(func() {
@@ -389,7 +425,7 @@ func runCase(t *testing.T, c kcase) {
 	})
 
 	guestStart := time.Now()
-	serial := runGuest(t, qemu, g, tp.port(), "default", c)
+	serial := runGuest(t, qemu, g, tp.port(), "default", c, tc)
 	t.Logf("guest run (%s, -C %d): %v", g.release, c.conns, time.Since(guestStart).Round(100*time.Millisecond))
 	stats := tp.close()
 	reported = true
@@ -398,12 +434,17 @@ func runCase(t *testing.T, c kcase) {
 		t.Errorf("the tap could not follow the kernel's stream: %s", stats.bad)
 	}
 	for i, cs := range stats.conns {
-		if !cs.disc {
+		// Past STARTTLS the tap sees only ciphertext: stackd's log
+		// tells instead (tlsSetup.checkLog).
+		if !cs.disc && !cs.tls {
 			t.Errorf("connection %d ended without NBD_CMD_DISC", i)
 		}
 	}
 	if c.check != nil {
 		c.check(t, stats)
+	}
+	if tc != nil {
+		tc.checkLog(t, d, c.conns)
 	}
 	if c.job == "idle" {
 		// No filesystem to check: the guest checked what it read.
@@ -419,7 +460,7 @@ func runCase(t *testing.T, c kcase) {
 	}
 	image := filepath.Join(t.TempDir(), "image")
 	checkStart := time.Now()
-	checkImage(t, d.addr, "default", image, sum[1])
+	checkImage(t, uri(d.addr), image, sum[1])
 	t.Logf("host check (nbdcopy, e2fsck, debugfs): %v", time.Since(checkStart).Round(100*time.Millisecond))
 	d.stop(t)
 	d.checkLog(t)
@@ -428,9 +469,9 @@ func runCase(t *testing.T, c kcase) {
 		// The files hold the filesystem: a new stackd on the same
 		// files serves the same bytes.
 		restart := time.Now()
-		d2 := startStackd(t, c.limits, exports)
+		d2 := startStackd(t, c.limits, tlsYAML, exports)
 		again := filepath.Join(t.TempDir(), "image")
-		copyExport(t, d2.addr, "default", again)
+		copyExport(t, uri(d2.addr), again)
 		d2.stop(t)
 		d2.checkLog(t)
 		if off, err := firstDifference(image, again); err != nil {
@@ -459,9 +500,10 @@ func lookTool(name string) (string, error) {
 }
 
 // runGuest boots the guest against 10.0.2.2:port (the host's loopback),
-// waits for it to power off within guestBound, and returns its serial
-// console output, which must hold E2E-PASS.
-func runGuest(t *testing.T, qemu string, g guest, port int, export string, c kcase) string {
+// over TLS with tc's client certificate if tc is not nil, waits for it to
+// power off within guestBound, and returns its serial console output,
+// which must hold E2E-PASS.
+func runGuest(t *testing.T, qemu string, g guest, port int, export string, c kcase, tc *tlsSetup) string {
 	t.Helper()
 	dir := t.TempDir()
 	logPath := filepath.Join(dir, "serial.log")
@@ -480,6 +522,11 @@ func runGuest(t *testing.T, qemu string, g guest, port int, export string, c kca
 	if c.maxSectorsKB != 0 {
 		appendArgs += fmt.Sprintf(" stackd.max_sectors_kb=%d", c.maxSectorsKB)
 	}
+	initrd := g.initrd
+	if tc != nil {
+		initrd = tc.initrd(t, g.initrd)
+		appendArgs += tc.guestArgs()
+	}
 	ctx, cancel := bound(t, guestBound)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, qemu,
@@ -487,7 +534,7 @@ func runGuest(t *testing.T, qemu string, g guest, port int, export string, c kca
 		"-nodefaults", "-display", "none", "-no-reboot",
 		"-serial", "file:"+logPath,
 		"-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
-		"-kernel", g.vmlinuz, "-initrd", g.initrd,
+		"-kernel", g.vmlinuz, "-initrd", initrd,
 		"-append", appendArgs)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -526,23 +573,22 @@ func runGuest(t *testing.T, qemu string, g guest, port int, export string, c kca
 // the filesystem on it.
 var kernelErrors = regexp.MustCompile(`(?m)^.*(nbd0.*(error|timed out|Receive control failed|Dead connection)|EXT4-fs (error|warning)|I/O error).*$`)
 
-// copyExport copies the export to a local file with nbdcopy.
-func copyExport(t *testing.T, addr, export, image string) {
+// copyExport copies the export at uri to a local file with nbdcopy.
+func copyExport(t *testing.T, uri, image string) {
 	t.Helper()
 	ctx, cancel := bound(t, hostToolBound)
 	defer cancel()
-	uri := fmt.Sprintf("nbd://%s/%s", addr, export)
 	out, err := exec.CommandContext(ctx, "nbdcopy", uri, image).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nbdcopy %s %s: %v\n%s", uri, image, err, out)
 	}
 }
 
-// checkImage copies the export and checks, on the host, the filesystem
-// and the file /big0, whose sha256 the guest printed.
-func checkImage(t *testing.T, addr, export, image, bigSum string) {
+// checkImage copies the export at uri and checks, on the host, the
+// filesystem and the file /big0, whose sha256 the guest printed.
+func checkImage(t *testing.T, uri, image, bigSum string) {
 	t.Helper()
-	copyExport(t, addr, export, image)
+	copyExport(t, uri, image)
 	ctx, cancel := bound(t, hostToolBound)
 	defer cancel()
 	e2fsck, _ := lookTool("e2fsck")
@@ -634,6 +680,7 @@ type connStats struct {
 	requests int
 	disc     bool
 	flushes  int
+	tls      bool // the client sent NBD_OPT_STARTTLS; the rest is TLS
 }
 
 type tapStats struct {
@@ -667,10 +714,23 @@ func (s *tapStats) String() string {
 			b.WriteString(")")
 		}
 	}
-	if len(s.conns) > 1 {
+	tls := 0
+	for _, cs := range s.conns {
+		if cs.tls {
+			tls++
+		}
+	}
+	if tls > 0 {
+		fmt.Fprintf(&b, "; %d after STARTTLS, their requests unseen", tls)
+	}
+	if len(s.conns) > 1 && tls < len(s.conns) {
 		b.WriteString("; FLUSH per connection:")
 		for _, cs := range s.conns {
-			fmt.Fprintf(&b, " %d", cs.flushes)
+			if cs.tls {
+				b.WriteString(" -")
+			} else {
+				fmt.Fprintf(&b, " %d", cs.flushes)
+			}
 		}
 	}
 	return b.String()
@@ -785,7 +845,16 @@ func (tp *tap) follow(r *bufio.Reader, cs *connStats) error {
 		}
 		tp.mu.Lock()
 		cs.options = append(cs.options, opt)
+		if opt == wire.OptStartTLS {
+			cs.tls = true
+		}
 		tp.mu.Unlock()
+		// Whether or not the server accepted it (it must, in the only
+		// case that sends it), what follows cannot be followed: TLS
+		// records, or a client that gave up.
+		if opt == wire.OptStartTLS {
+			return nil
+		}
 	}
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {

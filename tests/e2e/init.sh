@@ -20,6 +20,12 @@
 #	stackd.idle=SECONDS     how long the idle job leaves the device idle
 #	stackd.timeout=SECONDS  the kernel's request timeout (nbd-client -t);
 #	                        default none: a request waits for ever
+#	stackd.tls=DIR          attach over TLS with DIR's ca-cert.pem,
+#	                        client-cert.pem and client-key.pem (nbd-client
+#	                        -cacertfile -certfile -keyfile)
+#	stackd.tlshostname=NAME the name the server's certificate must carry
+#	                        (nbd-client -tlshostname; the guest reaches the
+#	                        server as 10.0.2.2, which it does not name)
 #
 # fs: raw O_DIRECT writes, reads and zeroing across the 64 KiB stripe
 # chunk and 1 MiB split boundaries (before mkfs, so the filesystem the
@@ -61,7 +67,7 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
 mkdir -p /dev/pts /var && ln -s /run /var/run
 
-port="" export="" conns=1 job=fs max_sectors_kb="" idle="" timeout=""
+port="" export="" conns=1 job=fs max_sectors_kb="" idle="" timeout="" tls="" tlshostname=""
 for w in $(cat /proc/cmdline); do
 	case $w in
 	stackd.port=*) port=${w#*=} ;;
@@ -71,6 +77,8 @@ for w in $(cat /proc/cmdline); do
 	stackd.max_sectors_kb=*) max_sectors_kb=${w#*=} ;;
 	stackd.idle=*) idle=${w#*=} ;;
 	stackd.timeout=*) timeout=${w#*=} ;;
+	stackd.tls=*) tls=${w#*=} ;;
+	stackd.tlshostname=*) tlshostname=${w#*=} ;;
 	esac
 done
 [ -n "$port" ] || fail "no stackd.port= on the kernel command line"
@@ -104,6 +112,23 @@ set -- /sbin/nbd-client 10.0.2.2 "$port" $dev
 [ -n "$export" ] && set -- "$@" -N "$export"
 [ "$conns" -gt 1 ] && set -- "$@" -C "$conns"
 [ -n "$timeout" ] && set -- "$@" -t "$timeout"
+if [ -n "$tls" ]; then
+	[ -n "$tlshostname" ] || fail "stackd.tls= needs stackd.tlshostname=NAME"
+	set -- "$@" -cacertfile "$tls/ca-cert.pem" -certfile "$tls/client-cert.pem" -keyfile "$tls/client-key.pem"
+	# First a name the server's certificate lacks: nbd-client must
+	# refuse the server, or the attach below would prove nothing about
+	# its verifying the server (it does only when given both -cacertfile
+	# and -tlshostname). Its TLS child, which refuses, has no stderr:
+	# what the parent says is only that the negotiation broke off; the
+	# host checks in stackd's log that it broke off in the handshake.
+	if "$@" -tlshostname wrong.invalid >/tmp/log 2>&1; then
+		fail "nbd-client accepted a server certificate without the name wrong.invalid"
+	fi
+	echo "E2E-INFO tls-refused $(tr '\n' ' ' </tmp/log)"
+	[ "$(cat /sys/block/nbd0/size)" = 0 ] || fail "nbd0 was configured by a refused nbd-client"
+	step tls-refused
+	set -- "$@" -tlshostname "$tlshostname"
+fi
 "$@" >/tmp/log 2>&1 || fail "nbd-client: $(tr '\n' ' ' </tmp/log)"
 i=0
 while [ "$(cat /sys/block/nbd0/size)" = 0 ]; do
