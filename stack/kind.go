@@ -90,7 +90,14 @@ func Kinds() []string {
 	for name := range kinds {
 		names = append(names, name)
 	}
-	slices.SortFunc(names, func(a, b string) int { return kinds[a].Rank - kinds[b].Rank })
+	// By rank, and by name between kinds of one rank, so that the order
+	// is the same every time (the registry is a map).
+	slices.SortFunc(names, func(a, b string) int {
+		if d := kinds[a].Rank - kinds[b].Rank; d != 0 {
+			return d
+		}
+		return strings.Compare(a, b)
+	})
 	return names
 }
 

@@ -327,6 +327,68 @@ func TestRBD(t *testing.T) {
 		}
 	})
 
+	t.Run("mirror of an image and a file", func(t *testing.T) {
+		// The rbd leg is failed through the control socket while the
+		// export is written, so the client goes on with the file alone;
+		// restored, it is resynced from the file, and then the image
+		// and the file hold the same bytes.
+		c.CreateImage(t, "mirrored", 16*MiB)
+		dir, err := os.MkdirTemp("", "rbdm")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(dir) })
+		file, sock, ctlSock := filepath.Join(dir, "leg1.img"), filepath.Join(dir, "nbd.sock"), filepath.Join(dir, "control.sock")
+		conf := fmt.Sprintf("listen:\n  - unix: %s\nmetrics: {address: off}\ncontrol: %s\nexports:\n  - name: disk\n    stack: {mirror: {legs: [%s, {file: {path: %s, size: 16MiB}}]}}\n",
+			sock, ctlSock, rbdNode(c, "mirrored", ""), file)
+		d := stackdtest.Start(t, stackd(t), dir, conf)
+		uri := "nbd+unix:///disk?socket=" + sock
+		ctl := func(args ...string) string { return mustRun(t, stackd(t), append(args, "-control", ctlSock)...) }
+		legs := func() string {
+			var st struct {
+				Exports []struct {
+					Root struct {
+						State struct {
+							Legs []struct {
+								State string `json:"state"`
+							} `json:"legs"`
+						} `json:"state"`
+					} `json:"root"`
+				} `json:"exports"`
+			}
+			out := ctl("status", "-json")
+			if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Exports) == 0 {
+				t.Fatalf("stackd status -json: %v\n%s", err, out)
+			}
+			var s []string
+			for _, l := range st.Exports[0].Root.State.Legs {
+				s = append(s, l.State)
+			}
+			return strings.Join(s, " ")
+		}
+		stackdtest.WaitFor(t, "the first resync (image to file)", time.Minute, func() bool { return legs() == "in_sync in_sync" })
+
+		ctl("leg", "fail", "disk/mirror/leg0")
+		if got := legs(); got != "faulty in_sync" {
+			t.Fatalf("after leg fail: legs %s", got)
+		}
+		src := filepath.Join(dir, "src.img")
+		sum := randomFile(t, src, 16*MiB, 9)
+		mustRun(t, "nbdcopy", src, uri) // the file leg alone takes it
+		ctl("leg", "restore", "disk/mirror/leg0")
+		stackdtest.WaitFor(t, "the rbd leg's resync", time.Minute, func() bool { return legs() == "in_sync in_sync" })
+		d.Stop(t)
+
+		image := filepath.Join(dir, "image.img")
+		c.RBD(t, "export", "mirrored", image)
+		if got := fileSHA(t, image); got != sum {
+			t.Errorf("the rbd image after resync: SHA-256 %x, want the data written while it was failed, %x", got, sum)
+		}
+		if got := fileSHA(t, file); got != sum {
+			t.Errorf("the file leg: SHA-256 %x, want %x", got, sum)
+		}
+	})
+
 	t.Run("image smaller than its size", func(t *testing.T) {
 		c.CreateImage(t, "small", 16*MiB)
 		dir := t.TempDir()
