@@ -157,7 +157,11 @@ func (w lockedWriter) Write(p []byte) (int, error) {
 // serveStackd runs stackd on the host: a memory export, disk0, behind a
 // delay layer of 1 ms on reads and writes (the kernel here has no netem:
 // the latency of a distant host comes from the remote's own stack).
-func (h *host) serveStackd() *exec.Cmd {
+func (h *host) serveStackd() *exec.Cmd { return h.serveStackdLeg(memStack(remoteLegSize / 4)) }
+
+// serveStackdLeg is serveStackd with leg, a stack node in YAML flow style,
+// under the delay layer in place of the memory.
+func (h *host) serveStackdLeg(leg string) *exec.Cmd {
 	dir := socketDir(h.t)
 	conf := filepath.Join(dir, "stackd.yaml")
 	cfg := fmt.Sprintf(`listen:
@@ -166,7 +170,7 @@ metrics: {address: off}
 exports:
   - name: disk0
     stack: {delay: {read: 1ms, write: 1ms, leg: %s}}
-`, h.tcp(), memStack(remoteLegSize/4))
+`, h.tcp(), leg)
 	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
 		h.t.Fatal(err)
 	}

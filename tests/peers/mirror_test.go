@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -100,18 +101,18 @@ func (d *daemon) waitLegs(t *testing.T, what string, want ...string) {
 	})
 }
 
-// verifyDuring runs fio over d's export, writing every block once and
+// verifyDuring runs fio over the export at uri, writing every block once and
 // verifying it (crc32c, with a verify backlog, so that blocks are read
 // back while writes go on), and runs fault once fio has been writing for a
 // while. Any error fio sees, or a block that does not verify, fails the
 // test: a leg that fails under a mirror must cost the client nothing.
-func verifyDuring(t *testing.T, d *daemon, fault func()) {
+func verifyDuring(t *testing.T, uri string, fault func()) {
 	t.Helper()
 	need(t, "fio")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runFio(t, d.uri("default"), "--name=mirror", "--rw=randwrite", "--bs=4k", "--iodepth=16",
+		runFio(t, uri, "--name=mirror", "--rw=randwrite", "--bs=4k", "--iodepth=16",
 			"--size="+strconv.Itoa(mirrorLegSize), "--verify=crc32c", "--verify_backlog=512",
 			"--do_verify=1", "--rate=24m")
 	}()
@@ -131,13 +132,30 @@ func verifyDuring(t *testing.T, d *daemon, fault func()) {
 }
 
 // equalLegs stops d (a clean shutdown flushes both legs) and requires the
-// two leg files to be byte-equal.
+// two legs to be byte-equal. A leg is a file, or the URI of a remote
+// export, which is read straight from its server, not through d.
 func equalLegs(t *testing.T, d *daemon, leg0, leg1 string) {
 	t.Helper()
 	d.Stop(t)
-	if off := firstDiff(t, leg0, leg1); off >= 0 {
+	a, b := legImage(t, leg0), legImage(t, leg1)
+	if off := firstDiff(t, a, b); off >= 0 {
 		t.Fatalf("after resync the legs differ from byte %d", off)
 	}
+	sum, n := fileSHA256(t, a)
+	t.Logf("legs byte-equal: %d bytes, SHA-256 %x", n, sum)
+}
+
+// legImage is a file holding leg's bytes: leg itself if it is a file, or
+// a copy of the remote export at that nbd URI, made by nbdcopy.
+func legImage(t *testing.T, leg string) string {
+	t.Helper()
+	if !strings.HasPrefix(leg, "nbd://") && !strings.HasPrefix(leg, "nbd+unix://") {
+		return leg
+	}
+	need(t, "nbdcopy")
+	f := filepath.Join(t.TempDir(), "leg.img")
+	mustRun(t, "nbdcopy", leg, f)
+	return f
 }
 
 // TestMirrorLegFailsUnderVerify: through the real daemon, a mirror's leg
@@ -150,7 +168,7 @@ func TestMirrorLegFailsUnderVerify(t *testing.T) {
 		dir := t.TempDir()
 		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
 		d := mirrorDaemon(t, leg0, leg1)
-		verifyDuring(t, d, func() { d.ctl(t, "fault", "default/mirror/leg0", "down-now") })
+		verifyDuring(t, d.uri("default"), func() { d.ctl(t, "fault", "default/mirror/leg0", "down-now") })
 		d.waitLegs(t, "leg 0 to be faulty", "faulty", "in_sync")
 		// Its flakey layer is up again after 2 s.
 		time.Sleep(2500 * time.Millisecond)
@@ -163,7 +181,7 @@ func TestMirrorLegFailsUnderVerify(t *testing.T) {
 		dir := t.TempDir()
 		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
 		d := mirrorDaemon(t, leg0, leg1)
-		verifyDuring(t, d, func() { d.ctl(t, "leg", "fail", "default/mirror/leg1") })
+		verifyDuring(t, d.uri("default"), func() { d.ctl(t, "leg", "fail", "default/mirror/leg1") })
 		d.waitLegs(t, "leg 1 to be faulty", "in_sync", "faulty")
 		d.ctl(t, "leg", "restore", "default/mirror/leg1")
 		d.waitLegs(t, "leg 1's resync to complete", "in_sync", "in_sync")
@@ -187,7 +205,7 @@ func TestMirrorLegFailsUnderVerify(t *testing.T) {
 		t.Cleanup(func() { exec.Command("umount", "-l", small).Run() })
 		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(small, "leg1.img")
 		d := mirrorDaemon(t, leg0, leg1)
-		verifyDuring(t, d, func() {})
+		verifyDuring(t, d.uri("default"), func() {})
 		d.waitLegs(t, "leg 1 to be faulty once its file system filled", "in_sync", "faulty")
 		if out, err := exec.Command("mount", "-o", "remount,size=128m", small).CombinedOutput(); err != nil {
 			t.Fatalf("remount the tmpfs larger: %v: %s", err, out)
