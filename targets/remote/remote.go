@@ -89,6 +89,7 @@ import (
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
+	"github.com/stackd/stackd/targets"
 )
 
 // Limits of a remote leg.
@@ -248,7 +249,7 @@ type Remote struct {
 
 	errors, retried, timedOut, reconnects atomic.Uint64
 	inFlight                              atomic.Int64 // bios submitted and not ended
-	latency                               Histogram
+	latency                               targets.Latency
 
 	stop    chan struct{}
 	closing atomic.Bool

@@ -1,45 +1,15 @@
 package remote
 
 import (
-	"sync/atomic"
 	"time"
+
+	"github.com/stackd/stackd/targets"
 )
 
 // LatencyBounds are the upper bounds of the round-trip histogram's
-// buckets, from 10 µs (a remote over loopback) to 10 s (one about to time
-// out), in the 1-2.5-5 steps of the server's own latency histogram.
-var LatencyBounds = [...]time.Duration{
-	10 * time.Microsecond, 25 * time.Microsecond, 50 * time.Microsecond,
-	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
-	1 * time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
-	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
-	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
-	1 * time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
-}
-
-// Histogram counts round trips, from a request's last send to its reply,
-// with integer atomics: observing it, inside Done, neither blocks nor
-// allocates.
-type Histogram struct {
-	counts   [len(LatencyBounds) + 1]atomic.Uint64 // per bucket; the last is +Inf
-	sumNanos atomic.Uint64
-}
-
-// Observe records one round trip.
-func (h *Histogram) Observe(d time.Duration) {
-	d = max(d, 0)
-	lo, hi := 0, len(LatencyBounds)
-	for lo < hi { // the first bucket whose bound is >= d
-		mid := int(uint(lo+hi) >> 1)
-		if LatencyBounds[mid] < d {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	h.counts[lo].Add(1)
-	h.sumNanos.Add(uint64(d))
-}
+// buckets: the leaves' one histogram (targets.Latency), from 10 µs (a
+// remote over loopback) to 10 s (one about to time out).
+var LatencyBounds = targets.LatencyBounds
 
 // Stats is a remote leg's counters, for the metrics.
 type Stats struct {
@@ -64,14 +34,11 @@ func (r *Remote) Stats() Stats {
 		Retried:    r.retried.Load(),
 		TimedOut:   r.timedOut.Load(),
 		InFlight:   r.inFlight.Load(),
-		LatencySum: time.Duration(r.latency.sumNanos.Load()),
 	}
 	for _, c := range r.conns {
 		s.States = append(s.States, int(c.state.Load()))
 	}
-	for i := range s.Latency {
-		s.Latency[i] = r.latency.counts[i].Load()
-	}
+	s.Latency, _, s.LatencySum = r.latency.Snapshot()
 	return s
 }
 
