@@ -293,15 +293,6 @@ func collectMirror(ch chan<- prometheus.Metric, layer string, st stack.MirrorSta
 	}
 }
 
-// remoteBoundsSeconds are stack.RemoteLatencyBounds as "le" values.
-var remoteBoundsSeconds = func() []float64 {
-	s := make([]float64, len(stack.RemoteLatencyBounds))
-	for i, b := range stack.RemoteLatencyBounds {
-		s[i] = b.Seconds()
-	}
-	return s
-}()
-
 // collectRemote sends a remote leg's metrics.
 func collectRemote(ch chan<- prometheus.Metric, layer string, s stack.RemoteStats) {
 	var inState [len(stack.RemoteStateNames)]int
@@ -315,12 +306,11 @@ func collectRemote(ch chan<- prometheus.Metric, layer string, s stack.RemoteStat
 	ch <- counter(remoteRetried, s.Retried, layer)
 	ch <- counter(remoteTimedOut, s.TimedOut, layer)
 	ch <- gauge(remoteInFlight, float64(s.InFlight), layer)
-	buckets := make(map[float64]uint64, len(remoteBoundsSeconds))
+	// The round trips are a targets.Latency: the export histogram's bounds.
 	var count uint64
-	for i, le := range remoteBoundsSeconds {
-		count += s.Latency[i]
-		buckets[le] = count
+	for _, n := range s.Latency {
+		count += n
 	}
-	count += s.Latency[len(remoteBoundsSeconds)]
-	ch <- prometheus.MustNewConstHistogram(remoteRoundTrip, count, s.LatencySum.Seconds(), buckets, layer)
+	ch <- prometheus.MustNewConstHistogram(remoteRoundTrip, count, s.LatencySum.Seconds(),
+		cumulative(s.Latency[:len(latencyBounds)]), layer)
 }

@@ -1,21 +1,16 @@
 package metrics
 
 import (
-	"sync/atomic"
 	"time"
+
+	"github.com/stackd/stackd/targets"
 )
 
-// latencyBounds are the upper bounds of the latency histogram's buckets,
-// 10 µs (a RAM disk over a unix socket) to 10 s (a device that is
-// failing), in the 1-2.5-5 steps Prometheus' own defaults use.
-var latencyBounds = [...]time.Duration{
-	10 * time.Microsecond, 25 * time.Microsecond, 50 * time.Microsecond,
-	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
-	1 * time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
-	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
-	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
-	1 * time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
-}
+// latencyBounds are the upper bounds of the latency histograms' buckets:
+// the leaves' (targets.LatencyBounds), 10 µs (a RAM disk over a unix
+// socket) to 10 s (a device that is failing), so that the client's wait,
+// a leaf's service time and a remote leg's round trip read on one scale.
+var latencyBounds = targets.LatencyBounds
 
 // latencyBoundsSeconds are latencyBounds as Prometheus' "le" values.
 var latencyBoundsSeconds = func() []float64 {
@@ -26,45 +21,21 @@ var latencyBoundsSeconds = func() []float64 {
 	return s
 }()
 
-// histogram is a latency histogram made of integer atomics: observing
-// costs a short search and two atomic adds, with none of the
-// compare-and-swap loops a float sum needs. A scrape turns it into a
-// constant histogram.
-type histogram struct {
-	counts   [len(latencyBounds) + 1]atomic.Uint64 // per bucket, not cumulative; the last is +Inf
-	sumNanos atomic.Uint64
-}
+// histogram is an export's latency histogram: the leaves' integer-atomic
+// one (targets.Latency: observing costs a short search and two atomic
+// adds, with none of the compare-and-swap loops a float sum needs), which
+// a scrape turns into a constant histogram.
+type histogram struct{ targets.Latency }
 
-func (h *histogram) observe(d time.Duration) {
-	if d < 0 {
-		d = 0
-	}
-	// The first bucket whose bound is >= d ("le" is inclusive).
-	lo, hi := 0, len(latencyBounds)
-	for lo < hi {
-		mid := int(uint(lo+hi) >> 1)
-		if latencyBounds[mid] < d {
-			lo = mid + 1
-		} else {
-			hi = mid
-		}
-	}
-	h.counts[lo].Add(1)
-	h.sumNanos.Add(uint64(d))
-}
+func (h *histogram) observe(d time.Duration) { h.Observe(d) }
 
 // snapshot returns the cumulative bucket counts, keyed by upper bound, the
 // total count and the sum in seconds. The count is the sum of the buckets
 // read, so the three agree with each other even while observations race
 // with the scrape.
 func (h *histogram) snapshot() (buckets map[float64]uint64, count uint64, sum float64) {
-	buckets = make(map[float64]uint64, len(latencyBounds))
-	for i := range latencyBounds {
-		count += h.counts[i].Load()
-		buckets[latencyBoundsSeconds[i]] = count
-	}
-	count += h.counts[len(latencyBounds)].Load()
-	return buckets, count, time.Duration(h.sumNanos.Load()).Seconds()
+	counts, count, d := h.Snapshot()
+	return cumulative(counts[:len(latencyBounds)]), count, d.Seconds()
 }
 
 // cumulative turns per-bucket counts over latencyBounds (a target's

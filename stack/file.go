@@ -34,12 +34,9 @@ type FileConfig struct {
 	// and be writable, and the export must not be read-only.
 	Size settings.Size `yaml:"size"`
 
-	// hostSize is the size CheckHost learnt from the file, when Size is
-	// absent; hostKnown says it did.
-	hostSize  uint64
-	hostKnown bool
-	// hostFailed: CheckHost found a problem, so the size is unknown.
-	hostFailed bool
+	// host is what CheckHost learnt of the file's size, for when Size is
+	// absent.
+	host hostSized
 }
 
 func (c *FileConfig) Kind() string     { return KindFile }
@@ -69,17 +66,7 @@ func (c *FileConfig) ResolvePaths(dir string) {
 	c.Path.S = filepath.Clean(p)
 }
 
-func (c *FileConfig) NodeSize(legs []Sized) (uint64, error) {
-	switch {
-	case c.hostFailed:
-		return 0, errSizeUnknown
-	case c.Size.Bytes != 0:
-		return c.Size.Bytes, nil
-	case c.hostKnown:
-		return c.hostSize, nil
-	}
-	return 0, errSizeUnknown
-}
+func (c *FileConfig) NodeSize(legs []Sized) (uint64, error) { return c.host.nodeSize(c.Size.Bytes) }
 
 // Build opens the file read-only under a read-only export, so that it
 // serves what CheckHost accepted for one: a file the export may only read.
@@ -142,8 +129,8 @@ func (c *FileConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	if bad {
 		return
 	}
-	c.hostSize, c.hostKnown = c.checkFile(p, st, h.ReadOnly)
-	c.hostFailed = !c.hostKnown
+	c.host.size, c.host.known = c.checkFile(p, st, h.ReadOnly)
+	c.host.failed = !c.host.known
 }
 
 // claim records the use of the file at path, from line, and returns what

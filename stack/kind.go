@@ -202,6 +202,28 @@ type Sized struct {
 // errSizeUnknown is Settings.NodeSize's answer when only the host knows.
 var errSizeUnknown = errors.New("size unknown until the host is checked")
 
+// hostSized is what a leaf whose size the host can tell (a file, an rbd
+// image, a remote export) learns of it in its host check, for NodeSize.
+type hostSized struct {
+	size   uint64 // the size the host check learnt
+	known  bool   // the host check learnt size
+	failed bool   // the host check found a problem: the size is unknown
+}
+
+// nodeSize is the node's size: the configured one if given (0: none),
+// else what the host check learnt.
+func (h *hostSized) nodeSize(configured uint64) (uint64, error) {
+	switch {
+	case h.failed:
+		return 0, errSizeUnknown
+	case configured != 0:
+		return configured, nil
+	case h.known:
+		return h.size, nil
+	}
+	return 0, errSizeUnknown
+}
+
 // Size returns the size in bytes of the device s describes, and false
 // when it is unknown (after a problem, or before CheckHost for a file
 // with no size).

@@ -53,10 +53,9 @@ type NBDConfig struct {
 	// even while the remote is down.
 	Size settings.Size `yaml:"size"`
 
-	opts      remote.Options // from URI, once Check has parsed it
-	parsed    bool
-	hostSize  uint64 // learnt by CheckHost when Size is absent
-	hostKnown bool
+	opts   remote.Options // from URI, once Check has parsed it
+	parsed bool
+	host   hostSized // the remote's size, learnt by CheckHost when Size is absent
 }
 
 func (c *NBDConfig) Kind() string     { return KindNBD }
@@ -80,15 +79,7 @@ func (c *NBDConfig) Check(p *settings.Problems) {
 	}
 }
 
-func (c *NBDConfig) NodeSize(legs []Sized) (uint64, error) {
-	switch {
-	case c.Size.Bytes != 0:
-		return c.Size.Bytes, nil
-	case c.hostKnown:
-		return c.hostSize, nil
-	}
-	return 0, errSizeUnknown
-}
+func (c *NBDConfig) NodeSize(legs []Sized) (uint64, error) { return c.host.nodeSize(c.Size.Bytes) }
 
 // options are the remote's options with the settings' values.
 func (c *NBDConfig) options() remote.Options {
@@ -97,7 +88,7 @@ func (c *NBDConfig) options() remote.Options {
 	o.Timeout = c.Timeout.D
 	o.Size = c.Size.Bytes
 	if o.Size == 0 {
-		o.Size = c.hostSize
+		o.Size = c.host.size
 	}
 	return o
 }
@@ -119,7 +110,7 @@ func (c *NBDConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	case size%blockSize != 0:
 		p.At(c.URI.Line, "nbd %s: the remote's size, %d bytes, is not a multiple of %d", c.URI.S, size, blockSize)
 	default:
-		c.hostSize, c.hostKnown = size, true
+		c.host.size, c.host.known = size, true
 	}
 }
 
@@ -152,12 +143,9 @@ type NBDLeg struct{ *remote.Remote }
 // RemoteStats is a remote leg's counters, as the metrics read them.
 type RemoteStats = remote.Stats
 
-// RemoteLatencyBounds are the upper bounds of RemoteStats.Latency's
-// buckets, and RemoteStateNames the names of RemoteStats.States' values.
-var (
-	RemoteLatencyBounds = remote.LatencyBounds
-	RemoteStateNames    = remote.StateNames
-)
+// RemoteStateNames are the names of RemoteStats.States' values.
+// (RemoteStats.Latency's buckets are targets.LatencyBounds.)
+var RemoteStateNames = remote.StateNames
 
 // State implements Controlled: each connection's state, reconnects,
 // requests queued and in flight.

@@ -51,11 +51,8 @@ type RBDConfig struct {
 	// holding an OS thread while it waits (absent: 32).
 	Workers settings.Int `yaml:"workers"`
 
-	// hostSize is the image's size as CheckHost learnt it; hostKnown says
-	// it did, hostFailed that CheckHost found a problem.
-	hostSize   uint64
-	hostKnown  bool
-	hostFailed bool
+	// host is the image's size as CheckHost learnt it.
+	host hostSized
 }
 
 // imageUse is an rbd target's image, where the configuration first uses
@@ -123,17 +120,7 @@ func (c *RBDConfig) options(readOnly bool) targets.RBDOptions {
 	}
 }
 
-func (c *RBDConfig) NodeSize(legs []Sized) (uint64, error) {
-	switch {
-	case c.hostFailed:
-		return 0, errSizeUnknown
-	case c.Size.Bytes != 0:
-		return c.Size.Bytes, nil
-	case c.hostKnown:
-		return c.hostSize, nil
-	}
-	return 0, errSizeUnknown
-}
+func (c *RBDConfig) NodeSize(legs []Sized) (uint64, error) { return c.host.nodeSize(c.Size.Bytes) }
 
 // Build opens the image; it is served at its configured size, a prefix
 // of the image, or whole.
@@ -199,7 +186,7 @@ func (c *RBDConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	if bad {
 		return
 	}
-	c.hostFailed = true
+	c.host.failed = true
 	size, err := targets.ProbeRBD(c.options(true))
 	switch {
 	case err != nil:
@@ -213,6 +200,6 @@ func (c *RBDConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	case c.Size.Bytes == 0 && size%blockSize != 0:
 		p.At(c.Image.Line, "rbd image %s/%s is %d bytes, not a multiple of %d; give a size to serve a prefix of it", c.Pool.S, c.Image.S, size, blockSize)
 	default:
-		c.hostSize, c.hostKnown, c.hostFailed = size, true, false
+		c.host = hostSized{size: size, known: true}
 	}
 }

@@ -6,11 +6,6 @@ import (
 	"github.com/stackd/stackd/targets"
 )
 
-// LatencyBounds are the upper bounds of the round-trip histogram's
-// buckets: the leaves' one histogram (targets.Latency), from 10 µs (a
-// remote over loopback) to 10 s (one about to time out).
-var LatencyBounds = targets.LatencyBounds
-
 // Stats is a remote leg's counters, for the metrics.
 type Stats struct {
 	// States is each connection's state (a StateNames index).
@@ -21,9 +16,10 @@ type Stats struct {
 	Reconnects, Retried, TimedOut uint64
 	// InFlight is the bios submitted and not yet ended.
 	InFlight int64
-	// Latency is the round-trip histogram: per bucket of LatencyBounds
+	// Latency is the round-trip histogram (the leaves' one,
+	// targets.Latency): per bucket of targets.LatencyBounds
 	// (not cumulative, the last one +Inf), and the sum.
-	Latency    [len(LatencyBounds) + 1]uint64
+	Latency    [len(targets.LatencyBounds) + 1]uint64
 	LatencySum time.Duration
 }
 
