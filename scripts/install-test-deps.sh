@@ -17,6 +17,13 @@ wanted=(
 	# strace watches the file target fsync a new image and its directory
 	# (targets/file_test.go).
 	strace:strace
+	# Hosts in network namespaces (tests/peers/hosts_test.go), an
+	# immutable image (chattr, cmd/stackd/readonly_test.go) and a small
+	# tmpfs under a mirror leg (mount): on most Debian systems already, but
+	# not on every minimal one.
+	iproute2:ip
+	e2fsprogs:chattr
+	mount:mount
 	# A one-node Ceph cluster for the rbd target's tests
 	# (internal/stackdtest/ceph.go), librbd's headers for its cgo build,
 	# and qemu's rbd driver for the bench's qemu-nbd over rbd:.
