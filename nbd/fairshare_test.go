@@ -62,7 +62,7 @@ func fastest(n int, f func() time.Duration) time.Duration {
 // TestConnectionPayloadShare: a client that holds its replies back, by
 // never reading them or by reading them slowly, holds at most its
 // connection's share of the payload budget, and a well-behaved client
-// beside it keeps at least half the throughput it has alone. Without the
+// beside it still gets its reads done (the test logs how fast). Without the
 // share, the first attacker holds the whole budget within a second and the
 // well-behaved client stops until ReplyTimeout.
 func TestConnectionPayloadShare(t *testing.T) {
@@ -119,9 +119,18 @@ func TestConnectionPayloadShare(t *testing.T) {
 			ratio := alone.Seconds() / beside.Seconds()
 			t.Logf("alone %v, beside the attacker %v: %.2f of the throughput; payload in use %d MiB of %d (share %d MiB); share waits %d",
 				alone, beside, ratio, st.PayloadInUse>>20, st.PayloadCapacity>>20, share>>20, st.PayloadShareWaits)
-			if ratio < 0.5 {
-				t.Errorf("the well-behaved client kept %.2f of its throughput beside the attacker; want at least 0.5", ratio)
-			}
+			// The throughput ratio is logged, not asserted: on a shared
+			// machine it measures the other load as much as the share.
+			// What the share guarantees is asserted instead: the
+			// well-behaved client finished (readThroughput fails the
+			// test on starvation), and the attacker, after it, holds no
+			// more than its share of the budget, where without the share
+			// it holds all of it.
+			// The good client's last buffers are released just after
+			// their replies went out; the attacker's never are.
+			waitFor(t, "the payload in use to come down to the attacker's share", func() bool {
+				return ts.srv.Stats().PayloadInUse <= share
+			})
 			if st.PayloadShareWaits == 0 {
 				t.Errorf("the attacker never waited for its share")
 			}

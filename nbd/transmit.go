@@ -62,7 +62,12 @@ type transmission struct {
 	share *budget
 	hdr   wire.RequestHeader // reader's header buffer, decoded in place
 	raw   syscall.RawConn    // the socket's non-blocking side; nil: use nc only
-	tlsw  *bufio.Writer      // over TLS, the writer's buffer in front of nc; nil otherwise
+	// direct is the export device's direct access, when WRITEs go
+	// straight into it (see direct.go); nil otherwise. f reads their
+	// payloads.
+	direct bioset.Direct
+	f      *socketFill
+	tlsw   *bufio.Writer // over TLS, the writer's buffer in front of nc; nil otherwise
 
 	// sendMu is held by whoever puts replies on the wire: the reader (see
 	// idle) or the writer. It guards the fields below.
@@ -194,6 +199,9 @@ func (c *conn) transmit() {
 			t.raw = raw
 		}
 	}
+	if t.direct = c.directOf(t.raw); t.direct != nil {
+		t.f = newSocketFill(t.raw)
+	}
 	t.endIO = c.endIO
 	t.out.onSocket = t.out.writeFd
 	t.out.trySocket = t.out.tryFd
@@ -298,6 +306,12 @@ func (c *conn) readLoop() error {
 					c.release(r)
 					return err
 				}
+			} else if t.direct != nil {
+				if err := c.writeDirect(r); err != nil {
+					c.release(r)
+					return err
+				}
+				continue
 			} else {
 				if err := c.takePayload(r); err != nil {
 					c.release(r)

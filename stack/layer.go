@@ -27,6 +27,18 @@ func legCaps(legs []Device) bioset.Caps {
 	return c
 }
 
+// legsDirect returns every leg's direct access, or false if one has none:
+// a layer over legs offers direct writes only when all of them take them.
+func legsDirect(legs []Device) ([]bioset.Direct, bool) {
+	ds := make([]bioset.Direct, len(legs))
+	for i, l := range legs {
+		if ds[i] = bioset.DirectOf(l); ds[i] == nil {
+			return nil, false
+		}
+	}
+	return ds, true
+}
+
 // remap points b at dev at offset off and resubmits it: the zero-allocation
 // path for a bio that falls on a single leg. The extent window and
 // TopOffset stay as they are, since the bio still covers the same range of

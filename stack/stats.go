@@ -29,9 +29,32 @@ type counted struct {
 }
 
 func (c *counted) Submit(s *bioset.Submitter, b *bioset.Bio) {
-	c.stats.requests[b.Op].Add(1)
-	c.stats.bytes[b.Op].Add(b.Length)
+	c.count(b.Op, b.Length)
 	c.Device.Submit(s, b)
+}
+
+func (c *counted) count(op bioset.Op, length uint64) {
+	c.stats.requests[op].Add(1)
+	c.stats.bytes[op].Add(length)
+}
+
+// Direct passes the device's direct access up (see bioset.Direct),
+// counting each direct write as the WRITE bio it stands for.
+func (c *counted) Direct() bioset.Direct {
+	if d := bioset.DirectOf(c.Device); d != nil {
+		return countedDirect{c, d}
+	}
+	return nil
+}
+
+type countedDirect struct {
+	c *counted
+	d bioset.Direct
+}
+
+func (cd countedDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
+	cd.c.count(bioset.OpWrite, length)
+	return cd.d.WriteDirect(off, length, head, fill)
 }
 
 // FaultStats counts what a fault layer (error, flakey) did to the bios it

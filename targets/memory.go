@@ -302,6 +302,42 @@ func (m *Memory) write(buf []byte, off uint64) {
 	}
 }
 
+// Direct returns m itself: its bytes are memory (see bioset.Direct).
+func (m *Memory) Direct() bioset.Direct { return m }
+
+// WriteDirect implements bioset.Direct. Each chunk is found, and
+// allocated if it is a hole, under its stripe lock, and head's bytes are
+// copied in under it, as a write does; fill then writes the rest of the
+// chunk's piece with the lock dropped, since it may wait for a client's
+// bytes. That gives up, for the bytes fill writes, what the lock gives a
+// copy: a READ overlapping the write may see part of it, and a TRIM may
+// free the chunk under fill, whose bytes then go with it. Both are orders
+// NBD allows for overlapping requests in flight together, as with lent
+// READ memory (see Memory and docs/DESIGN.md, "Direct writes").
+func (m *Memory) WriteDirect(off, length uint64, head []byte, fill func(dst []byte) error) error {
+	head = head[:min(uint64(len(head)), length)]
+	for length > 0 {
+		idx, in, n := m.piece(off, length)
+		p := m.pageFor(idx)
+		st := m.stripe(idx)
+		st.Lock()
+		c := p[idx&memPageMask]
+		if c == nil {
+			c = m.allocLocked(p, idx)
+		}
+		h := uint64(copy(c[in:in+n], head))
+		st.Unlock()
+		head = head[h:]
+		if h < n {
+			if err := fill(c[in+h : in+n : in+n]); err != nil {
+				return err
+			}
+		}
+		off, length = off+n, length-n
+	}
+	return nil
+}
+
 // allocLocked gives chunk idx, in page p, zeroed memory. The caller holds
 // the chunk's stripe lock.
 func (m *Memory) allocLocked(p *memPage, idx uint64) []byte {

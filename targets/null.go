@@ -39,3 +39,27 @@ func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 	}
 	n.end(b, nil)
 }
+
+// Direct returns n itself: a null target can take a write anywhere, by
+// keeping none of it (see bioset.Direct).
+func (n *Null) Direct() bioset.Direct { return n }
+
+// nullSink is where a null target's WriteDirect has payloads read to, and
+// forgotten. Every writer shares it and nothing reads it, so what
+// concurrent fills leave in it does not matter.
+var nullSink [64 << 10]byte
+
+// WriteDirect implements bioset.Direct: head is ignored, and fill writes
+// the rest into the sink, a piece at a time, as a null target would throw
+// the bytes away.
+func (n *Null) WriteDirect(_, length uint64, head []byte, fill func(dst []byte) error) error {
+	length -= min(uint64(len(head)), length)
+	for length > 0 {
+		k := min(length, uint64(len(nullSink)))
+		if err := fill(nullSink[:k:k]); err != nil {
+			return err
+		}
+		length -= k
+	}
+	return nil
+}
