@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"path/filepath"
 	"time"
 
 	"github.com/stackd/stackd/settings"
@@ -93,19 +92,7 @@ func (c *RBDConfig) Check(p *settings.Problems) {
 }
 
 // ResolvePaths makes the conf path absolute, as a file target's path.
-func (c *RBDConfig) ResolvePaths(dir string) {
-	p := c.Conf.S
-	if p == "" {
-		return
-	}
-	if !filepath.IsAbs(p) && dir != "" {
-		p = filepath.Join(dir, p)
-	}
-	if abs, err := filepath.Abs(p); err == nil {
-		p = abs
-	}
-	c.Conf.S = filepath.Clean(p)
-}
+func (c *RBDConfig) ResolvePaths(dir string) { resolvePath(&c.Conf, dir) }
 
 func (c *RBDConfig) options(readOnly bool) targets.RBDOptions {
 	conf := c.Conf.S
