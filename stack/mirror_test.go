@@ -556,19 +556,7 @@ func TestMirrorDeadlockProof(t *testing.T) {
 	t.Run("rescuer off: stalls", func(t *testing.T) {
 		_, legs := failingLegs(2, 1<<20)
 		m := newTestMirror(t, legs, MirrorOptions{Pool: bioset.Options{Name: "t/mirror", Capacity: 1, NoRescuer: true}})
-		errc := write(m)
-		select {
-		case <-errc:
-			t.Fatal("write completed without a rescuer; it must stall")
-		case <-time.After(stallBound):
-		}
-		if ps := m.Pool().Stats(); ps.InUse != 1 || ps.Waits == 0 || ps.Punted != 0 {
-			t.Fatalf("stalled pool %+v: want 1 in use, a waiter, no punts", ps)
-		}
-		m.Pool().EnableRescuer()
-		if err, ok := <-errc; !ok || err != nil {
-			t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
-		}
+		checkStallsWithoutRescuer(t, m.Pool(), write(m), 1)
 		m.Close()
 	})
 	t.Run("rescuer on: completes", func(t *testing.T) {

@@ -95,6 +95,27 @@ func submitWatched(dev Device, op bioset.Op, buf []byte) <-chan error {
 	return errc
 }
 
+// checkStallsWithoutRescuer is the first half of a rescuer proof pair:
+// the write errc waits for stalls on a pool without a rescuer, inUse bios
+// held and one waiting, none punted, and completes once the rescuer is
+// turned on.
+func checkStallsWithoutRescuer(t *testing.T, pool *bioset.BioSet, errc <-chan error, inUse int) {
+	t.Helper()
+	select {
+	case <-errc:
+		t.Fatal("write completed without a rescuer; it must stall")
+	case <-time.After(stallBound):
+	}
+	if ps := pool.Stats(); ps.InUse != inUse || ps.Waits == 0 || ps.Punted != 0 {
+		t.Fatalf("stalled pool %+v: want %d in use, a waiter, no punts", ps, inUse)
+	}
+	// Release the stall so nothing leaks: the rescuer is the fix.
+	pool.EnableRescuer()
+	if err, ok := <-errc; !ok || err != nil {
+		t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
+	}
+}
+
 // TestStripeDeadlockProof is the project's central claim, shown on the real
 // stripe layer. A 16 KiB write over a 4 KiB-chunk stripe of four legs needs
 // four children in one Submit; the pool holds two.
@@ -115,20 +136,7 @@ func TestStripeDeadlockProof(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		errc := write(st)
-		select {
-		case <-errc:
-			t.Fatal("write completed without a rescuer; it must stall")
-		case <-time.After(stallBound):
-		}
-		if ps := st.Pool().Stats(); ps.InUse != 2 || ps.Waits == 0 || ps.Punted != 0 {
-			t.Fatalf("stalled pool %+v: want 2 in use, a waiter, no punts", ps)
-		}
-		// Release the stall so nothing leaks: the rescuer is the fix.
-		st.Pool().EnableRescuer()
-		if err, ok := <-errc; !ok || err != nil {
-			t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
-		}
+		checkStallsWithoutRescuer(t, st.Pool(), write(st), 2)
 		st.Close()
 	})
 
