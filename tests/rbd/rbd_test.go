@@ -90,26 +90,16 @@ func need(t *testing.T, cmds ...string) {
 	}
 }
 
+// run and mustRun run an external command within cmdTimeout (see
+// stackdtest.Run).
 func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (%v)", err, ctx.Err())
-	}
-	return string(out), err
+	return stackdtest.Run(t, cmdTimeout, name, args...)
 }
 
 func mustRun(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := run(t, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return out
+	return stackdtest.MustRun(t, cmdTimeout, name, args...)
 }
 
 // serve starts the daemon with one export, "disk", over stack (a stack
