@@ -153,6 +153,23 @@ func randomFile(t *testing.T, path string, size int, seed uint64) [sha256.Size]b
 	return sha256.Sum256(data)
 }
 
+// copyRoundTrip copies 32 MiB of random data (from seed) into the export
+// at uri and back with nbdcopy, and checks that it came back whole, what
+// saying which round trip failed; it returns the directory of the copies,
+// src.img and back.img.
+func copyRoundTrip(t *testing.T, uri string, seed uint64, what string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
+	sum := randomFile(t, src, 32*MiB, seed)
+	mustRun(t, "nbdcopy", src, uri)
+	mustRun(t, "nbdcopy", uri, back)
+	if got := fileSHA(t, back); got != sum {
+		t.Errorf("%s: SHA-256 %x, want %x", what, got, sum)
+	}
+	return dir
+}
+
 func fileSHA(t *testing.T, path string) [sha256.Size]byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -220,14 +237,7 @@ func TestRBD(t *testing.T) {
 	t.Run("nbdcopy", func(t *testing.T) {
 		c.CreateImage(t, "copy", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "copy", ""))
-		dir := t.TempDir()
-		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
-		sum := randomFile(t, src, 32*MiB, 2)
-		mustRun(t, "nbdcopy", src, uri)
-		mustRun(t, "nbdcopy", uri, back)
-		if got := fileSHA(t, back); got != sum {
-			t.Errorf("nbdcopy round trip: SHA-256 %x, want %x", got, sum)
-		}
+		copyRoundTrip(t, uri, 2, "nbdcopy round trip")
 	})
 
 	t.Run("qemu-io zero trim fua", func(t *testing.T) {
@@ -298,14 +308,7 @@ func TestRBD(t *testing.T) {
 		c.CreateImage(t, "stripe-b", 16*MiB)
 		_, uri := serve(t, fmt.Sprintf("{stripe: {chunk: 64KiB, legs: [%s, %s]}}",
 			rbdNode(c, "stripe-a", ""), rbdNode(c, "stripe-b", "")))
-		dir := t.TempDir()
-		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
-		sum := randomFile(t, src, 32*MiB, 3)
-		mustRun(t, "nbdcopy", src, uri)
-		mustRun(t, "nbdcopy", uri, back)
-		if got := fileSHA(t, back); got != sum {
-			t.Errorf("nbdcopy round trip through the stripe: SHA-256 %x, want %x", got, sum)
-		}
+		dir := copyRoundTrip(t, uri, 3, "nbdcopy round trip through the stripe")
 		// The chunks alternate: the second 64 KiB of the export is the
 		// first of leg 1's image.
 		legB := filepath.Join(dir, "b.img")
