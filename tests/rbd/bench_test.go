@@ -33,7 +33,7 @@ var benchRows = []benchRow{
 func fioRate(t *testing.T, uri string, r benchRow, secs int) (iops, mibs float64) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "fio.json")
-	mustRun(t, "fio", "--ioengine=nbd", "--uri="+uri, "--name=bench", "--rw="+r.rw, "--bs="+r.bs,
+	stackdtest.MustRun(t, cmdTimeout, "fio", "--ioengine=nbd", "--uri="+uri, "--name=bench", "--rw="+r.rw, "--bs="+r.bs,
 		fmt.Sprintf("--iodepth=%d", r.depth), "--size=256M", "--time_based", fmt.Sprintf("--runtime=%d", secs),
 		"--ramp_time=1", "--output-format=json", "--output="+out)
 	data, err := os.ReadFile(out)

@@ -90,18 +90,6 @@ func need(t *testing.T, cmds ...string) {
 	}
 }
 
-// run and mustRun run an external command within cmdTimeout (see
-// stackdtest.Run).
-func run(t *testing.T, name string, args ...string) (string, error) {
-	t.Helper()
-	return stackdtest.Run(t, cmdTimeout, name, args...)
-}
-
-func mustRun(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	return stackdtest.MustRun(t, cmdTimeout, name, args...)
-}
-
 // serve starts the daemon with one export, "disk", over stack (a stack
 // node in YAML flow style), on a unix socket, and returns its NBD URI.
 func serve(t *testing.T, stack string) (*stackdtest.Daemon, string) {
@@ -162,8 +150,8 @@ func copyRoundTrip(t *testing.T, uri string, seed uint64, what string) string {
 	dir := t.TempDir()
 	src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
 	sum := randomFile(t, src, 32*MiB, seed)
-	mustRun(t, "nbdcopy", src, uri)
-	mustRun(t, "nbdcopy", uri, back)
+	stackdtest.MustRun(t, cmdTimeout, "nbdcopy", src, uri)
+	stackdtest.MustRun(t, cmdTimeout, "nbdcopy", uri, back)
 	if got := fileSHA(t, back); got != sum {
 		t.Errorf("%s: SHA-256 %x, want %x", what, got, sum)
 	}
@@ -189,7 +177,7 @@ func TestRBD(t *testing.T) {
 	t.Run("nbdinfo", func(t *testing.T) {
 		c.CreateImage(t, "info", 64*MiB)
 		d, uri := serve(t, rbdNode(c, "info", ""))
-		out := mustRun(t, "nbdinfo", "--json", uri)
+		out := stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--json", uri)
 		var info struct {
 			Exports []struct {
 				Size     int64 `json:"export-size"`
@@ -226,9 +214,9 @@ func TestRBD(t *testing.T) {
 		dir := t.TempDir()
 		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
 		sum := randomFile(t, src, 32*MiB, 1)
-		mustRun(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, uri)
-		mustRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
-		mustRun(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, back)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, back)
 		if fileSHA(t, back) != sum {
 			t.Errorf("qemu-img convert back: the image differs from what was written")
 		}
@@ -246,7 +234,7 @@ func TestRBD(t *testing.T) {
 		// -f: FUA. write -z: WRITE_ZEROES (punching, then with NO_HOLE
 		// as -u leaves out). discard: TRIM, after which the range is
 		// only read back from what was written around it.
-		out := mustRun(t, "qemu-io", "-f", "raw",
+		out := stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw",
 			"-c", "write -P 0xab 0 4M",
 			"-c", "write -f -P 0xcd 4M 1M",
 			"-c", "write -z 0 1M",
@@ -266,10 +254,10 @@ func TestRBD(t *testing.T) {
 	t.Run("block status", func(t *testing.T) {
 		c.CreateImage(t, "map", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "map", ""))
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 9M 64k", uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 9M 64k", uri)
 		// Objects are 4 MiB: the one written, [8M, 12M), is data; the
 		// rest of the image is a hole that reads as zeroes.
-		out := mustRun(t, "nbdinfo", "--map", "--json", uri)
+		out := stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--map", "--json", uri)
 		var extents []struct {
 			Offset int64 `json:"offset"`
 			Length int64 `json:"length"`
@@ -295,7 +283,7 @@ func TestRBD(t *testing.T) {
 	t.Run("fio verify", func(t *testing.T) {
 		c.CreateImage(t, "fio", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "fio", ""))
-		out := mustRun(t, "fio", "--ioengine=nbd", "--uri="+uri, "--name=verify", "--rw=randwrite",
+		out := stackdtest.MustRun(t, cmdTimeout, "fio", "--ioengine=nbd", "--uri="+uri, "--name=verify", "--rw=randwrite",
 			"--bs=4k", "--iodepth=32", "--size=32M", "--verify=crc32c", "--do_verify=1",
 			"--runtime=60", "--verify_state_save=0", "--output-format=json")
 		if strings.Contains(out, "verify:") || strings.Contains(out, "bad magic") || !strings.Contains(out, `"error" : 0`) {
@@ -336,7 +324,9 @@ func TestRBD(t *testing.T) {
 			sock, ctlSock, rbdNode(c, "mirrored", ""), file)
 		d := stackdtest.Start(t, stackd(t), dir, conf)
 		uri := "nbd+unix:///disk?socket=" + sock
-		ctl := func(args ...string) string { return mustRun(t, stackd(t), append(args, "-control", ctlSock)...) }
+		ctl := func(args ...string) string {
+			return stackdtest.MustRun(t, cmdTimeout, stackd(t), append(args, "-control", ctlSock)...)
+		}
 		legs := func() string {
 			var st struct {
 				Exports []struct {
@@ -367,7 +357,7 @@ func TestRBD(t *testing.T) {
 		}
 		src := filepath.Join(dir, "src.img")
 		sum := randomFile(t, src, 16*MiB, 9)
-		mustRun(t, "nbdcopy", src, uri) // the file leg alone takes it
+		stackdtest.MustRun(t, cmdTimeout, "nbdcopy", src, uri) // the file leg alone takes it
 		ctl("leg", "restore", "disk/mirror/leg0")
 		stackdtest.WaitFor(t, "the rbd leg's resync", time.Minute, func() bool { return legs() == "in_sync in_sync" })
 		d.Stop(t)
@@ -390,7 +380,7 @@ func TestRBD(t *testing.T) {
 		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
 		if err == nil || !strings.Contains(out, "smaller than its configured size 32MiB") || !strings.Contains(out, "stackd.yaml:3") {
 			t.Errorf("stackd check of a 16 MiB image configured as 32 MiB: %v\n%s", err, out)
 		}
@@ -399,7 +389,7 @@ func TestRBD(t *testing.T) {
 		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out = mustRun(t, stackd(t), "check", "-config", conf)
+		out = stackdtest.MustRun(t, cmdTimeout, stackd(t), "check", "-config", conf)
 		if !strings.Contains(out, "rbd 16MiB pool=rbd image=small conf="+c.Conf) {
 			t.Errorf("stackd check of a 16 MiB image configured as 16 MiB:\n%s", out)
 		}
@@ -408,12 +398,12 @@ func TestRBD(t *testing.T) {
 	t.Run("prefix of an image", func(t *testing.T) {
 		c.CreateImage(t, "prefix", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "prefix", ", size: 16MiB"))
-		if out := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", uri)); out != "16777216" {
+		if out := strings.TrimSpace(stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--size", uri)); out != "16777216" {
 			t.Errorf("nbdinfo --size of a 32 MiB image served as 16 MiB: %s", out)
 		}
 		// The last block of the prefix is served; the one past it is not.
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 16380k 4k", "-c", "read -P 0x77 16380k 4k", uri)
-		if out, err := run(t, "qemu-io", "-f", "raw", "-c", "read 16M 4k", uri); err == nil && !strings.Contains(out, "error") {
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x77 16380k 4k", "-c", "read -P 0x77 16380k 4k", uri)
+		if out, err := stackdtest.Run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "read 16M 4k", uri); err == nil && !strings.Contains(out, "error") {
 			t.Errorf("read past the prefix succeeded:\n%s", out)
 		}
 	})
@@ -425,7 +415,7 @@ func TestRBD(t *testing.T) {
 		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
 		if err == nil || !strings.Contains(out, "does not exist") {
 			t.Errorf("stackd check of a missing image: %v\n%s", err, out)
 		}
@@ -451,7 +441,7 @@ func TestRBD(t *testing.T) {
 			t.Fatal(err)
 		}
 		start := time.Now()
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
 		took := time.Since(start)
 		if err == nil || !strings.Contains(out, "cannot reach the cluster") {
 			t.Errorf("stackd check with no monitor: %v\n%s", err, out)
@@ -466,10 +456,10 @@ func TestRBD(t *testing.T) {
 	t.Run("cluster lost", func(t *testing.T) {
 		c.CreateImage(t, "lost", 16*MiB)
 		d, uri := serve(t, rbdNode(c, "lost", ", op_timeout: 3s"))
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", uri)
 		c.Stop()
 		start := time.Now()
-		out, _ := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 2M 1M", uri)
+		out, _ := stackdtest.Run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "read -P 0x11 2M 1M", uri)
 		took := time.Since(start)
 		if !strings.Contains(out, "Input/output error") {
 			t.Errorf("read with the cluster gone: want an I/O error\n%s", out)
