@@ -23,6 +23,7 @@ func init() { Register(Kind{New: func() Settings { return new(FileConfig) }, Ran
 //
 //	file: {path: /var/lib/stackd/a.img, size: 1GiB}
 type FileConfig struct {
+	leaf
 	// Path is required. A relative path is relative to the
 	// configuration file's directory (ResolvePaths makes it absolute).
 	// A file may back only one leg in the whole configuration.
@@ -39,8 +40,7 @@ type FileConfig struct {
 	host hostSized
 }
 
-func (c *FileConfig) Kind() string     { return KindFile }
-func (c *FileConfig) LegSpecs() []Spec { return nil }
+func (c *FileConfig) Kind() string { return KindFile }
 
 func (c *FileConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "file size", c.Size)

@@ -24,6 +24,7 @@ const DefaultCephConf = "/etc/ceph/ceph.conf"
 //
 //	rbd: {pool: rbd, image: disk0}
 type RBDConfig struct {
+	leaf
 	// Pool is the image's pool; required.
 	Pool settings.String `yaml:"pool" need:"true"`
 	// Image is the image's name; required. The image must exist (rbd
@@ -65,8 +66,7 @@ type imageUse struct {
 // maxRBDWorkers bounds workers: each is an OS thread while it waits.
 const maxRBDWorkers = 1024
 
-func (c *RBDConfig) Kind() string     { return KindRBD }
-func (c *RBDConfig) LegSpecs() []Spec { return nil }
+func (c *RBDConfig) Kind() string { return KindRBD }
 
 func (c *RBDConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "rbd size", c.Size)
