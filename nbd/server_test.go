@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
@@ -752,23 +753,7 @@ func TestNewServerValidation(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger on many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+type syncBuffer = stackdtest.SyncBuffer
 
 // TestLogging: one line per connection opened and closed, one per failed
 // handshake, none per request.

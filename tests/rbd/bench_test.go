@@ -59,11 +59,7 @@ func fioRate(t *testing.T, uri string, r benchRow, secs int) (iops, mibs float64
 // returns its URI.
 func qemuNBD(t *testing.T, c *stackdtest.Ceph, image string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "qnbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stackdtest.SocketDir(t)
 	sock := filepath.Join(dir, "nbd.sock")
 	cmd := exec.Command("qemu-nbd", "-f", "raw", "--persistent", "--shared=8", "--export-name=disk",
 		"--socket="+sock, fmt.Sprintf("rbd:%s/%s:conf=%s", c.Pool, image, c.Conf))
