@@ -94,11 +94,7 @@ func need(t *testing.T, cmds ...string) {
 // node in YAML flow style), on a unix socket, and returns its NBD URI.
 func serve(t *testing.T, stack string) (*stackdtest.Daemon, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stackdtest.SocketDir(t)
 	sock := filepath.Join(dir, "nbd.sock")
 	conf := fmt.Sprintf("listen:\n  - unix: %s\nmetrics: {address: 127.0.0.1:0}\nexports:\n  - name: disk\n    stack: %s\n", sock, stack)
 	d := stackdtest.Start(t, stackd(t), dir, conf)
@@ -108,16 +104,21 @@ func serve(t *testing.T, stack string) (*stackdtest.Daemon, string) {
 // scrape returns the daemon's metrics page.
 func scrape(t *testing.T, d *stackdtest.Daemon) string {
 	t.Helper()
-	resp, err := http.Get("http://" + d.Metrics + "/metrics")
-	if err != nil {
+	_, body := stackdtest.HTTPGet(t, "http://"+d.Metrics+"/metrics")
+	return body
+}
+
+// checkStack runs stackd check on a configuration, dir/stackd.yaml, of
+// one export, "disk", over stack (a stack node in YAML flow style), its
+// stack on line 3.
+func checkStack(t *testing.T, dir, stack string) (string, error) {
+	t.Helper()
+	conf := filepath.Join(dir, "stackd.yaml")
+	yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", stack)
+	if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(body)
+	return stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
 }
 
 func rbdNode(c *stackdtest.Ceph, image string, extra string) string {
@@ -314,11 +315,7 @@ func TestRBD(t *testing.T) {
 		// restored, it is resynced from the file, and then the image
 		// and the file hold the same bytes.
 		c.CreateImage(t, "mirrored", 16*MiB)
-		dir, err := os.MkdirTemp("", "rbdm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := stackdtest.SocketDir(t)
 		file, sock, ctlSock := filepath.Join(dir, "leg1.img"), filepath.Join(dir, "nbd.sock"), filepath.Join(dir, "control.sock")
 		conf := fmt.Sprintf("listen:\n  - unix: %s\nmetrics: {address: off}\ncontrol: %s\nexports:\n  - name: disk\n    stack: {mirror: {legs: [%s, {file: {path: %s, size: 16MiB}}]}}\n",
 			sock, ctlSock, rbdNode(c, "mirrored", ""), file)
@@ -375,21 +372,15 @@ func TestRBD(t *testing.T) {
 	t.Run("image smaller than its size", func(t *testing.T) {
 		c.CreateImage(t, "small", 16*MiB)
 		dir := t.TempDir()
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "small", ", size: 32MiB"))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, dir, rbdNode(c, "small", ", size: 32MiB"))
 		if err == nil || !strings.Contains(out, "smaller than its configured size 32MiB") || !strings.Contains(out, "stackd.yaml:3") {
 			t.Errorf("stackd check of a 16 MiB image configured as 32 MiB: %v\n%s", err, out)
 		}
 		// At the image's size, check accepts it and shows the leaf.
-		yaml = fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "small", ", size: 16MiB"))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
+		out, err = checkStack(t, dir, rbdNode(c, "small", ", size: 16MiB"))
+		if err != nil {
+			t.Fatalf("stackd check: %v\n%s", err, out)
 		}
-		out = stackdtest.MustRun(t, cmdTimeout, stackd(t), "check", "-config", conf)
 		if !strings.Contains(out, "rbd 16MiB pool=rbd image=small conf="+c.Conf) {
 			t.Errorf("stackd check of a 16 MiB image configured as 16 MiB:\n%s", out)
 		}
@@ -409,13 +400,7 @@ func TestRBD(t *testing.T) {
 	})
 
 	t.Run("missing image", func(t *testing.T) {
-		dir := t.TempDir()
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "nosuch", ""))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, t.TempDir(), rbdNode(c, "nosuch", ""))
 		if err == nil || !strings.Contains(out, "does not exist") {
 			t.Errorf("stackd check of a missing image: %v\n%s", err, out)
 		}
@@ -435,13 +420,8 @@ func TestRBD(t *testing.T) {
 		if err := os.WriteFile(cephConf, []byte(fmt.Sprintf("[global]\nmon host = v2:%s\nauth client required = none\nlog file = %s/client.log\n", addr, dir)), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: {rbd: {pool: rbd, image: x, conf: %s, connect_timeout: 2s}}\n", cephConf)
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
 		start := time.Now()
-		out, err := stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, dir, fmt.Sprintf("{rbd: {pool: rbd, image: x, conf: %s, connect_timeout: 2s}}", cephConf))
 		took := time.Since(start)
 		if err == nil || !strings.Contains(out, "cannot reach the cluster") {
 			t.Errorf("stackd check with no monitor: %v\n%s", err, out)
