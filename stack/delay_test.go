@@ -176,10 +176,7 @@ func TestDelayConfig(t *testing.T) {
 	if got := strings.Join(spec.Config.Describe(), " "); got != "read=1ms write=2ms" {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "x", spec, BuildOptions{})
 	defer st.Close()
 	if st.Nodes[1].Path != "x/delay/memory" || st.Nodes[0].Pool != nil {
 		t.Errorf("nodes %+v", st.Nodes)

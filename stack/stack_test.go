@@ -95,6 +95,16 @@ func submitWatched(dev Device, op bioset.Op, buf []byte) <-chan error {
 	return errc
 }
 
+// mustBuild builds spec for export, failing the test if it cannot.
+func mustBuild(t testing.TB, export string, spec Spec, o BuildOptions) *Stack {
+	t.Helper()
+	st, err := Build(export, spec, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
 // checkStallsWithoutRescuer is the first half of a rescuer proof pair:
 // the write errc waits for stalls on a pool without a rescuer, inUse bios
 // held and one waiting, none punted, and completes once the rescuer is
@@ -233,10 +243,7 @@ func (c capsLimited) Caps() bioset.Caps { return c.caps }
 
 func TestBuildPathsAndErrors(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)))
-	st, err := Build("default", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "default", spec, BuildOptions{})
 	defer st.Close()
 	want := []string{"default/split", "default/split/stripe", "default/split/stripe/leg0", "default/split/stripe/leg1"}
 	if len(st.Nodes) != len(want) {
@@ -265,10 +272,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 // sum of its targets'.
 func TestNodeStats(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(4<<20, 0), memorySpec(4<<20, 0)))
-	st, err := Build("s", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "s", spec, BuildOptions{})
 	defer st.Close()
 	var s bioset.Submitter
 	const n = 3 << 20
