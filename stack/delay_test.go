@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/targets"
 )
@@ -101,11 +102,7 @@ func TestDelayBurst(t *testing.T) {
 	wg.Wait()
 
 	dl, bios, wg, start := run(delay)
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(watchdog):
+	if !stackdtest.Within(wg, watchdog) {
 		t.Fatalf("a burst of %d bios with a %v latency did not end within %v: the delay is a throughput cap", n, delay, watchdog)
 	}
 	if d := time.Since(start); d < delay {
