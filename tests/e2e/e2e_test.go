@@ -902,20 +902,13 @@ func (tp *tap) close() *tapStats {
 	default:
 		close(tp.done)
 		tp.ln.Close()
-		drained := make(chan struct{})
-		go func() {
-			tp.wg.Wait()
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(5 * time.Second):
+		if !stackdtest.Within(&tp.wg, 5*time.Second) {
 			tp.mu.Lock()
 			for c := range tp.active {
 				c.Close()
 			}
 			tp.mu.Unlock()
-			<-drained
+			tp.wg.Wait()
 		}
 	}
 	tp.mu.Lock()
