@@ -1,6 +1,7 @@
-# Shell functions bench/run.sh and bench/ab.sh share: the fio workloads of
-# bench/workloads.tsv, the default stack's configuration, starting and
-# stopping servers, and how both read a server's CPU time. Sourced, not run.
+# Shell functions the bench scripts share: the fio workloads of
+# bench/workloads.tsv, the default stack's configuration, a scratch
+# directory, building and starting stackd, starting and stopping servers,
+# a median, and how to read a server's CPU time. Sourced, not run.
 #
 # The functions that name a server use the caller's WORK (its scratch
 # directory: NAME's socket is WORK/NAME.sock, its log WORK/NAME.log) and
@@ -103,6 +104,36 @@ default_stack() {
 		fi
 	done
 }
+
+# bench_work TEMPLATE makes WORK, a fresh directory from the mktemp
+# template, and PID, empty; on exit every server in PID is stopped and
+# WORK removed.
+bench_work() {
+	WORK=$(mktemp -d "$1")
+	declare -gA PID=()
+	trap 'stop_all; rm -rf "$WORK"' EXIT
+}
+
+# build_stackd builds this tree's stackd as WORK/stackd.
+build_stackd() {
+	log "building stackd"
+	(cd "$BENCH_DIR/.." && go build -o "$WORK/stackd" ./cmd/stackd)
+}
+
+# serve_stackd NAME CONFIG [ARG...] starts WORK/stackd as server NAME on
+# the configuration CONFIG (YAML), with ARGs after it and its log in
+# WORK/NAME.log; the caller waits for it (wait_ready, for a unix socket).
+serve_stackd() {
+	local name=$1
+	printf '%s\n' "$2" >"$WORK/$name.yaml"
+	shift 2
+	"$WORK/stackd" serve -config "$WORK/$name.yaml" "$@" >"$WORK/$name.log" 2>&1 &
+	PID[$name]=$!
+}
+
+# median reads numbers, one a line, and prints their median: the middle
+# one, or the mean of the middle two.
+median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 sock() { echo "$WORK/$1.sock"; }
 uri() { echo "nbd+unix:///default?socket=$(sock "$1")"; }

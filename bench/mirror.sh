@@ -25,18 +25,12 @@ RESYNC_RATE_MIB=${MIRROR_RESYNC_RATE_MIB:-64}
 WORKLOADS=(rw4k-qd32 rr4k-qd32)
 
 need_tools fio nbdinfo go
-WORK=$(mktemp -d)
-declare -A PID
-trap 'stop_all; rm -rf "$WORK"' EXIT
-
-log "building stackd"
-(cd "$BENCH_DIR/.." && go build -o "$WORK/stackd" ./cmd/stackd)
+bench_work /tmp/stackd-mirror-bench.XXXXXX
+build_stackd
 
 # serve NAME STACK-YAML [EXTRA-CONFIG] starts stackd as server NAME.
 serve() {
-	{ stackd_config "$(sock "$1")" "$2"; printf '%s' "${3:-}"; } >"$WORK/$1.yaml"
-	"$WORK/stackd" serve -config "$WORK/$1.yaml" >"$WORK/$1.log" 2>&1 &
-	PID[$1]=$!
+	serve_stackd "$1" "$(stackd_config "$(sock "$1")" "$2"; printf '%s' "${3:-}")"
 	wait_ready "$1"
 }
 
@@ -57,11 +51,6 @@ iops() {
 	python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; print(int(j["read"]["iops"]+j["write"]["iops"]))' "$1"
 }
 
-# median VALUE... prints the median.
-median() {
-	printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'
-}
-
 printf '| workload | one RAM leg (IOPS) | mirror of two (IOPS) | mirror / one leg |\n|---|---:|---:|---:|\n'
 for wl in "${WORKLOADS[@]}"; do
 	declare -a one=() two=()
@@ -72,7 +61,7 @@ for wl in "${WORKLOADS[@]}"; do
 		one+=("$(iops "$WORK/$wl-single-$rep.json")")
 		two+=("$(iops "$WORK/$wl-mirror-$rep.json")")
 	done
-	m1=$(median "${one[@]}") m2=$(median "${two[@]}")
+	m1=$(printf '%s\n' "${one[@]}" | median) m2=$(printf '%s\n' "${two[@]}" | median)
 	printf '| %s | %s | %s | %.2fx |\n' "$(workload_field "$wl" label)" "$m1" "$m2" "$(echo "$m2 / $m1" | bc -l)"
 	unset one two
 done

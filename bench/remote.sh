@@ -35,23 +35,14 @@ read -r -a WORKLOADS <<<"${REMOTE_WORKLOADS:-rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-q
 need_tools go fio nbdinfo jq
 check_workloads "${WORKLOADS[@]}"
 
-WORK=$(mktemp -d /tmp/stackd-remote-bench.XXXXXX)
-declare -A PID
-trap 'stop_all; rm -rf "$WORK"' EXIT
+bench_work /tmp/stackd-remote-bench.XXXXXX
+build_stackd
 
-log "building stackd"
-(cd "$BENCH_DIR/.." && go build -o "$WORK/stackd" ./cmd/stackd)
-
-printf 'listen:\n  - unix: %s\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {memory: {size: %dMiB}}\n' \
-	"$(sock remote)" "$PORT" "$SIZE" >"$WORK/remote.yaml"
-"$WORK/stackd" serve -config "$WORK/remote.yaml" >"$WORK/remote.log" 2>&1 &
-PID[remote]=$!
+serve_stackd remote "$(printf 'listen:\n  - unix: %s\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {memory: {size: %dMiB}}\n' \
+	"$(sock remote)" "$PORT" "$SIZE")"
 wait_ready remote
 
-printf 'listen:\n  - unix: %s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {nbd: {uri: "nbd://127.0.0.1:%s/default", connections: %d, size: %dMiB}}\n' \
-	"$(sock front)" "$PORT" "$CONNS" "$SIZE" >"$WORK/front.yaml"
-"$WORK/stackd" serve -config "$WORK/front.yaml" >"$WORK/front.log" 2>&1 &
-PID[front]=$!
+serve_stackd front "$(stackd_config "$(sock front)" "$(printf '      nbd: {uri: "nbd://127.0.0.1:%s/default", connections: %d, size: %dMiB}' "$PORT" "$CONNS" "$SIZE")")"
 wait_ready front
 
 log "prefilling through the front"
@@ -63,8 +54,6 @@ result() {
 		| (.read.bw_bytes + .write.bw_bytes) as $bw
 		| if $unit == "iops" then $iops else $bw / 1e6 end' "$1"
 }
-
-median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 printf '| workload | unit | front (nbd leg) | straight to the remote | ratio |\n|---|---|---|---|---|\n' >"$WORK/table.md"
 for wl in "${WORKLOADS[@]}"; do

@@ -34,9 +34,7 @@ SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 WORKLOADS=${TLS_WORKLOADS:-"rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8"}
 check_workloads $WORKLOADS
 
-WORK=$(mktemp -d /tmp/stackd-tls-bench.XXXXXX)
-declare -A PID
-trap 'stop_all; rm -rf "$WORK"' EXIT
+bench_work /tmp/stackd-tls-bench.XXXXXX
 
 # Certificates: a CA, and the server's for 127.0.0.1 and localhost.
 TLS=$WORK/tls
@@ -55,21 +53,18 @@ mkdir -p "$TLS" "$WORK/home/.pki/libnbd"
 cp "$TLS/ca-cert.pem" "$WORK/home/.pki/libnbd/"
 export HOME=$WORK/home
 
-log "building stackd"
-go build -o "$WORK/stackd" "$BENCH_DIR/../cmd/stackd"
+build_stackd
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 STACKD_PORT=$(port)
 NBDKIT_PORT=$(port)
 
-{
+serve_stackd stackd "$(
 	printf 'listen:\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\n' "$STACKD_PORT"
 	printf 'tls: {cert: %s, key: %s, mode: optional}\n' "$TLS/server-cert.pem" "$TLS/server-key.pem"
 	printf 'exports:\n  - name: default\n    stack:\n'
 	default_stack "$SIZE_MIB"
-} >"$WORK/stackd.yaml"
-"$WORK/stackd" serve -config "$WORK/stackd.yaml" -log-level warn >"$WORK/stackd.log" 2>&1 &
-PID[stackd]=$!
+)" -log-level warn
 nbdkit -f -i 127.0.0.1 -p "$NBDKIT_PORT" --tls=require --tls-certificates="$TLS" memory "${SIZE_MIB}M" \
 	>"$WORK/nbdkit.log" 2>&1 &
 PID[nbdkit]=$!

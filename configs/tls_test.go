@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackd/stackd/internal/testcerts"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd"
 )
 
@@ -45,13 +45,10 @@ exports:
 `
 
 func TestTLSConfig(t *testing.T) {
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := stackdtest.MustGenerateCerts(t)
 	dir := cs.Dir
 	path := filepath.Join(dir, "stackd.yaml")
-	y := tlsYAML(testcerts.ServerCert, testcerts.ServerKey, testcerts.CACert, "required") + tlsExportsYAML
+	y := tlsYAML(stackdtest.ServerCert, stackdtest.ServerKey, stackdtest.CACert, "required") + tlsExportsYAML
 	c, err := Parse(path, []byte(y))
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +59,7 @@ func TestTLSConfig(t *testing.T) {
 	if len(c.Warnings) != 0 {
 		t.Errorf("warnings for a key of mode 600: %v", c.Warnings)
 	}
-	if c.TLS == nil || c.TLS.Mode != nbd.TLSRequired || c.TLS.Cert != filepath.Join(dir, testcerts.ServerCert) {
+	if c.TLS == nil || c.TLS.Mode != nbd.TLSRequired || c.TLS.Cert != filepath.Join(dir, stackdtest.ServerCert) {
 		t.Fatalf("tls: %+v", c.TLS)
 	}
 	if l := c.Listeners[0]; len(l.Allow) != 3 || l.Allow[1] != netip.MustParsePrefix("::1/128") {
@@ -115,8 +112,8 @@ func TestTLSConfig(t *testing.T) {
 
 	// Reload: the files replaced by an expired pair are refused, and the
 	// old credentials stay; a valid pair replaces them.
-	copyFile(t, filepath.Join(cs.ExpiredServerDir, testcerts.ServerCert), filepath.Join(dir, testcerts.ServerCert))
-	copyFile(t, filepath.Join(cs.ExpiredServerDir, testcerts.ServerKey), filepath.Join(dir, testcerts.ServerKey))
+	copyFile(t, filepath.Join(cs.ExpiredServerDir, stackdtest.ServerCert), filepath.Join(dir, stackdtest.ServerCert))
+	copyFile(t, filepath.Join(cs.ExpiredServerDir, stackdtest.ServerKey), filepath.Join(dir, stackdtest.ServerKey))
 	if _, err := st.Reload(); err == nil || !strings.Contains(err.Error(), path+":2: tls cert") || !strings.Contains(err.Error(), "expired") {
 		t.Errorf("reload of an expired certificate: %v", err)
 	}
@@ -139,20 +136,17 @@ func copyFile(t *testing.T, from, to string) {
 // TestTLSConfigErrors: each problem with the certificate files is a
 // FILE:LINE error of CheckHost; a key others can read, a warning.
 func TestTLSConfigErrors(t *testing.T) {
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := stackdtest.MustGenerateCerts(t)
 	path := filepath.Join(cs.Dir, "stackd.yaml")
 	const export = "exports:\n  - name: a\n    stack: {memory: {size: 1MiB}}\n"
 	for _, tc := range []struct {
 		name, yaml, want string
 	}{
-		{"missing cert", tlsYAML("nope.pem", testcerts.ServerKey, "", ""), ":2: tls cert: open "},
-		{"missing key", tlsYAML(testcerts.ServerCert, "nope.pem", "", ""), ":3: tls key: open "},
+		{"missing cert", tlsYAML("nope.pem", stackdtest.ServerKey, "", ""), ":2: tls cert: open "},
+		{"missing key", tlsYAML(stackdtest.ServerCert, "nope.pem", "", ""), ":3: tls key: open "},
 		{"mismatched", tlsYAML("mismatched/server-cert.pem", "mismatched/server-key.pem", "", ""), ":3: tls key "},
 		{"expired", tlsYAML("expired-server/server-cert.pem", "expired-server/server-key.pem", "", ""), ":2: tls cert "},
-		{"bad CA", tlsYAML(testcerts.ServerCert, testcerts.ServerKey, testcerts.ServerKey, ""), ":4: tls client_ca "},
+		{"bad CA", tlsYAML(stackdtest.ServerCert, stackdtest.ServerKey, stackdtest.ServerKey, ""), ":4: tls client_ca "},
 	} {
 		c, err := Parse(path, []byte(tc.yaml+export))
 		if err != nil {
@@ -164,8 +158,8 @@ func TestTLSConfigErrors(t *testing.T) {
 		}
 	}
 
-	os.Chmod(filepath.Join(cs.Dir, testcerts.ServerKey), 0o640)
-	c, err := Parse(path, []byte(tlsYAML(testcerts.ServerCert, testcerts.ServerKey, "", "")+export))
+	os.Chmod(filepath.Join(cs.Dir, stackdtest.ServerKey), 0o640)
+	c, err := Parse(path, []byte(tlsYAML(stackdtest.ServerCert, stackdtest.ServerKey, "", "")+export))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -209,6 +209,20 @@ func (c *conn) choose(e *export) {
 	}
 }
 
+// capFlags pairs each capability with the transmission flag that offers
+// it.
+var capFlags = [...]struct {
+	cap  bioset.Caps
+	flag uint16
+}{
+	{bioset.CapFlush, wire.FlagSendFlush},
+	{bioset.CapFUA, wire.FlagSendFUA},
+	{bioset.CapTrim, wire.FlagSendTrim},
+	{bioset.CapWriteZeroes, wire.FlagSendWriteZeroes},
+	{bioset.CapFastZero, wire.FlagSendFastZero},
+	{bioset.CapCache, wire.FlagSendCache},
+}
+
 // transmissionFlags advertises what caps support, and only that.
 // NBD_FLAG_CAN_MULTI_CONN is always set: every connection to an export
 // submits to the same device, and a FLUSH goes through that device, so it
@@ -221,23 +235,14 @@ func transmissionFlags(caps bioset.Caps, readOnly, structured bool) uint16 {
 		f |= wire.FlagReadOnly
 		caps &^= bioset.CapTrim | bioset.CapWriteZeroes | bioset.CapFastZero
 	}
-	if caps&bioset.CapFlush != 0 {
-		f |= wire.FlagSendFlush
+	if caps&bioset.CapWriteZeroes == 0 {
+		// A fast zero is a kind of WRITE_ZEROES: without it, none.
+		caps &^= bioset.CapFastZero
 	}
-	if caps&bioset.CapFUA != 0 {
-		f |= wire.FlagSendFUA
-	}
-	if caps&bioset.CapTrim != 0 {
-		f |= wire.FlagSendTrim
-	}
-	if caps&bioset.CapWriteZeroes != 0 {
-		f |= wire.FlagSendWriteZeroes
-		if caps&bioset.CapFastZero != 0 {
-			f |= wire.FlagSendFastZero
+	for _, cf := range capFlags {
+		if caps&cf.cap != 0 {
+			f |= cf.flag
 		}
-	}
-	if caps&bioset.CapCache != 0 {
-		f |= wire.FlagSendCache
 	}
 	if structured {
 		// A READ reply is always a single chunk, so DF costs nothing.

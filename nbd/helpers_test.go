@@ -281,31 +281,20 @@ type countingObserver struct {
 	doneErrs           int
 }
 
-func (o *countingObserver) ConnOpened() { o.mu.Lock(); o.opened++; o.mu.Unlock() }
-func (o *countingObserver) ConnClosed() { o.mu.Lock(); o.closed++; o.mu.Unlock() }
-func (o *countingObserver) ConnRefused(reason, _ string) {
+func (o *countingObserver) ConnOpened()                       { o.mu.Lock(); o.opened++; o.mu.Unlock() }
+func (o *countingObserver) ConnClosed()                       { o.mu.Lock(); o.closed++; o.mu.Unlock() }
+func (o *countingObserver) ConnRefused(reason, _ string)      { o.add(&o.refused, reason) }
+func (o *countingObserver) OptionRefused(reason, _, _ string) { o.add(&o.optRefused, reason) }
+func (o *countingObserver) TLSHandshake(outcome string)       { o.add(&o.tlsShakes, outcome) }
+
+// add counts key in one of o's maps, under its lock.
+func (o *countingObserver) add(m *map[string]int, key string) {
 	o.mu.Lock()
-	if o.refused == nil {
-		o.refused = map[string]int{}
+	defer o.mu.Unlock()
+	if *m == nil {
+		*m = map[string]int{}
 	}
-	o.refused[reason]++
-	o.mu.Unlock()
-}
-func (o *countingObserver) OptionRefused(reason, _, _ string) {
-	o.mu.Lock()
-	if o.optRefused == nil {
-		o.optRefused = map[string]int{}
-	}
-	o.optRefused[reason]++
-	o.mu.Unlock()
-}
-func (o *countingObserver) TLSHandshake(outcome string) {
-	o.mu.Lock()
-	if o.tlsShakes == nil {
-		o.tlsShakes = map[string]int{}
-	}
-	o.tlsShakes[outcome]++
-	o.mu.Unlock()
+	(*m)[key]++
 }
 
 // count reads one of o's maps under its lock.
@@ -314,14 +303,7 @@ func (o *countingObserver) count(m *map[string]int, key string) int {
 	defer o.mu.Unlock()
 	return (*m)[key]
 }
-func (o *countingObserver) HandshakeFailed(reason string) {
-	o.mu.Lock()
-	if o.handshakeFailed == nil {
-		o.handshakeFailed = map[string]int{}
-	}
-	o.handshakeFailed[reason]++
-	o.mu.Unlock()
-}
+func (o *countingObserver) HandshakeFailed(reason string)    { o.add(&o.handshakeFailed, reason) }
 func (o *countingObserver) RequestStarted(string, bioset.Op) { o.mu.Lock(); o.started++; o.mu.Unlock() }
 func (o *countingObserver) RequestDone(_ string, _ bioset.Op, n uint64, err syscall.Errno, _ time.Duration) {
 	o.mu.Lock()

@@ -23,6 +23,7 @@
 package nbd
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -374,27 +375,13 @@ func NewServer(o Options) (*Server, error) {
 // shares after the limits they are shares of. NewServer applies it; a
 // configuration loader shows users the limits in effect with it.
 func (o Options) WithDefaults() Options {
-	if o.MaxConnections == 0 {
-		o.MaxConnections = DefaultMaxConnections
-	}
-	if o.HandshakeTimeout == 0 {
-		o.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	if o.MaxInFlight == 0 {
-		o.MaxInFlight = DefaultMaxInFlight
-	}
-	if o.PayloadBudget == 0 {
-		o.PayloadBudget = DefaultPayloadBudget
-	}
-	if o.ReplyTimeout == 0 {
-		o.ReplyTimeout = DefaultReplyTimeout
-	}
-	if o.MaxConnectionsPerClient == 0 {
-		o.MaxConnectionsPerClient = DefaultPerClient(o.MaxConnections)
-	}
-	if o.ConnectionPayload == 0 {
-		o.ConnectionPayload = DefaultConnectionPayload(o.PayloadBudget)
-	}
+	o.MaxConnections = cmp.Or(o.MaxConnections, DefaultMaxConnections)
+	o.HandshakeTimeout = cmp.Or(o.HandshakeTimeout, DefaultHandshakeTimeout)
+	o.MaxInFlight = cmp.Or(o.MaxInFlight, DefaultMaxInFlight)
+	o.PayloadBudget = cmp.Or(o.PayloadBudget, DefaultPayloadBudget)
+	o.ReplyTimeout = cmp.Or(o.ReplyTimeout, DefaultReplyTimeout)
+	o.MaxConnectionsPerClient = cmp.Or(o.MaxConnectionsPerClient, DefaultPerClient(o.MaxConnections))
+	o.ConnectionPayload = cmp.Or(o.ConnectionPayload, DefaultConnectionPayload(o.PayloadBudget))
 	return o
 }
 

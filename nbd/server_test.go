@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
@@ -262,12 +263,20 @@ func TestTruncatedRequests(t *testing.T) {
 
 // TestDiscWaitsForInFlight: NBD_CMD_DISC with requests in flight gets
 // their replies before the connection closes.
-func TestDiscWaitsForInFlight(t *testing.T) {
+// gatedTransmission is a raw connection in transmission on a 1 MiB
+// memory export whose device holds every bio until it is opened.
+func gatedTransmission(t *testing.T) (*memDev, *testServer, *rawConn) {
+	t.Helper()
 	dev := newMemDev(1<<20, allCaps)
 	ts := startServer(t, oneExport(dev), "unix")
 	r := dialRaw(t, ts)
 	r.start("mem", false, false)
 	dev.gate()
+	return dev, ts, r
+}
+
+func TestDiscWaitsForInFlight(t *testing.T) {
+	dev, _, r := gatedTransmission(t)
 	for i := range 5 {
 		r.request(wire.CmdWrite, 0, uint64(i), uint64(i)*4096, 4096, make([]byte, 4096))
 	}
@@ -752,23 +761,7 @@ func TestNewServerValidation(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger on many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
+type syncBuffer = stackdtest.SyncBuffer
 
 // TestLogging: one line per connection opened and closed, one per failed
 // handshake, none per request.
@@ -849,11 +842,7 @@ func TestOptionFlood(t *testing.T) {
 // to keep the framing; the submitted ones complete; then the server hangs
 // up.
 func TestShutdownDrainAnswersESHUTDOWN(t *testing.T) {
-	dev := newMemDev(1<<20, allCaps)
-	ts := startServer(t, oneExport(dev), "unix")
-	r := dialRaw(t, ts)
-	r.start("mem", false, false)
-	dev.gate()
+	dev, ts, r := gatedTransmission(t)
 	r.request(wire.CmdWrite, 0, 1, 0, 4096, bytes.Repeat([]byte{7}, 4096))
 	if !dev.waitHeld(1, ioTimeout) {
 		t.Fatal("the write did not reach the device")

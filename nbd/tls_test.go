@@ -13,17 +13,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackd/stackd/internal/testcerts"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
-func certs(t testing.TB) *testcerts.Set {
+func certs(t testing.TB) *stackdtest.Certs {
 	t.Helper()
-	s, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := stackdtest.MustGenerateCerts(t)
 	return s
 }
 
@@ -191,9 +188,9 @@ func TestTLSClientCertificates(t *testing.T) {
 	obs := &countingObserver{}
 	o := tlsExports(TLSRequired, cs.ServerConfig(true))
 	o.Observer = obs
-	o.Exports[1].Allow = []AllowRule{{Kind: AllowCertDNS, Name: testcerts.Client1DNS}}
+	o.Exports[1].Allow = []AllowRule{{Kind: AllowCertDNS, Name: stackdtest.Client1DNS}}
 	o.Exports = append(o.Exports,
-		ExportConfig{Name: "by-cn", Device: newMemDev(4096, 0), Allow: []AllowRule{{Kind: AllowCertCN, Name: testcerts.Client2CN}}},
+		ExportConfig{Name: "by-cn", Device: newMemDev(4096, 0), Allow: []AllowRule{{Kind: AllowCertCN, Name: stackdtest.Client2CN}}},
 		ExportConfig{Name: "by-spki", Device: newMemDev(4096, 0), Allow: []AllowRule{{Kind: AllowCertSPKI, SPKI: cs.Client1SPKI}}},
 	)
 	ts := startServer(t, o, "tcp")

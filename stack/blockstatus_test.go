@@ -158,10 +158,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 			stripeOf(64*kib, m(128*mib), m(128*mib)), stripeOf(64*kib, m(128*mib), m(128*mib)))), 3},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			st, err := Build("bs", tc.spec, BuildOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := mustBuild(t, "bs", tc.spec, BuildOptions{})
 			defer st.Close()
 			dev := st.Root
 			if dev.Size() != gib {
@@ -215,10 +212,7 @@ func TestBlockStatusWholeDevice(t *testing.T) {
 // from the start, if a shorter one; from 16 slots on the default shape
 // answers for the whole device here.
 func TestBlockStatusFewSlots(t *testing.T) {
-	st, err := Build("bs", defaultShape(256*mib, 0), BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "bs", defaultShape(256*mib, 0), BuildOptions{})
 	defer st.Close()
 	var s bioset.Submitter
 	buf := make([]byte, 64*kib)
@@ -253,10 +247,7 @@ func TestNoPayloadOpsWhole(t *testing.T) {
 	const n = 4*gib - 64*kib
 	for _, boundary := range []uint64{0, 256 * mib} {
 		t.Run(fmt.Sprintf("boundary=%d", boundary), func(t *testing.T) {
-			st, err := Build("bs", defaultShape(gib, boundary), BuildOptions{})
-			if err != nil {
-				t.Fatal(err)
-			}
+			st := mustBuild(t, "bs", defaultShape(gib, boundary), BuildOptions{})
 			defer st.Close()
 			var s bioset.Submitter
 			for _, op := range []bioset.Op{bioset.OpTrim, bioset.OpWriteZeroes, bioset.OpCache, bioset.OpBlockStatus} {

@@ -3,10 +3,7 @@ package stack
 import "testing"
 
 func TestLookup(t *testing.T) {
-	st, err := Build("e", stripeSpec(4096, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)), BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "e", stripeSpec(4096, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)), BuildOptions{})
 	defer st.Close()
 	n, parent, leg, err := st.Lookup("e/stripe/leg1")
 	if err != nil || n.Path != "e/stripe/leg1" || parent == nil || parent.Path != "e/stripe" || leg != 1 {
@@ -25,10 +22,7 @@ func TestLookup(t *testing.T) {
 // the mirror, which the leg's number then steers.
 func TestLookupMirrorLeg(t *testing.T) {
 	spec := mirrorSpec("", 0, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0))
-	st, err := Build("e", spec, BuildOptions{Logger: quietLog})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "e", spec, BuildOptions{Logger: quietLog})
 	defer st.Close()
 	_, parent, leg, err := st.Lookup("e/mirror/leg1")
 	if err != nil || parent == nil || parent.Control == nil || leg != 1 {

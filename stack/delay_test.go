@@ -12,6 +12,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/settings"
 	"github.com/stackd/stackd/targets"
 )
@@ -101,11 +102,7 @@ func TestDelayBurst(t *testing.T) {
 	wg.Wait()
 
 	dl, bios, wg, start := run(delay)
-	done := make(chan struct{})
-	go func() { wg.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(watchdog):
+	if !stackdtest.Within(wg, watchdog) {
 		t.Fatalf("a burst of %d bios with a %v latency did not end within %v: the delay is a throughput cap", n, delay, watchdog)
 	}
 	if d := time.Since(start); d < delay {
@@ -176,10 +173,7 @@ func TestDelayConfig(t *testing.T) {
 	if got := strings.Join(spec.Config.Describe(), " "); got != "read=1ms write=2ms" {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "x", spec, BuildOptions{})
 	defer st.Close()
 	if st.Nodes[1].Path != "x/delay/memory" || st.Nodes[0].Pool != nil {
 		t.Errorf("nodes %+v", st.Nodes)

@@ -228,10 +228,7 @@ func TestErrorConfig(t *testing.T) {
 	if got := strings.Join(ec.Describe(), " "); got != "ops=write,trim errno=EPERM rate=1 ranges=1MiB+64KiB seed=7" {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "x", spec, BuildOptions{})
 	defer st.Close()
 	split, layer := &st.Nodes[0], &st.Nodes[1]
 	if layer.Path != "x/split/error" || layer.Fault == nil || layer.Control == nil || layer.Pool != nil || split.Fault != nil {

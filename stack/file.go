@@ -23,6 +23,7 @@ func init() { Register(Kind{New: func() Settings { return new(FileConfig) }, Ran
 //
 //	file: {path: /var/lib/stackd/a.img, size: 1GiB}
 type FileConfig struct {
+	leaf
 	// Path is required. A relative path is relative to the
 	// configuration file's directory (ResolvePaths makes it absolute).
 	// A file may back only one leg in the whole configuration.
@@ -39,8 +40,7 @@ type FileConfig struct {
 	host hostSized
 }
 
-func (c *FileConfig) Kind() string     { return KindFile }
-func (c *FileConfig) LegSpecs() []Spec { return nil }
+func (c *FileConfig) Kind() string { return KindFile }
 
 func (c *FileConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "file size", c.Size)
@@ -49,21 +49,26 @@ func (c *FileConfig) Check(p *settings.Problems) {
 	}
 }
 
-// ResolvePaths makes the path absolute, a relative one being relative to
-// dir ("" for the working directory), so that a configuration means the
-// same files whatever directory stackd is started from.
-func (c *FileConfig) ResolvePaths(dir string) {
-	p := c.Path.S
-	if p == "" {
+// ResolvePaths makes the path absolute (see resolvePath).
+func (c *FileConfig) ResolvePaths(dir string) { resolvePath(&c.Path, dir) }
+
+// resolvePath makes the path p holds absolute, a relative one being
+// relative to dir ("" for the working directory), so that a configuration
+// means the same files whatever directory stackd is started from. Every
+// node kind that names a file resolves it here; an absent path stays
+// absent.
+func resolvePath(p *settings.String, dir string) {
+	path := p.S
+	if path == "" {
 		return
 	}
-	if !filepath.IsAbs(p) && dir != "" {
-		p = filepath.Join(dir, p)
+	if !filepath.IsAbs(path) && dir != "" {
+		path = filepath.Join(dir, path)
 	}
-	if abs, err := filepath.Abs(p); err == nil {
-		p = abs
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs
 	}
-	c.Path.S = filepath.Clean(p)
+	p.S = filepath.Clean(path)
 }
 
 func (c *FileConfig) NodeSize(legs []Sized) (uint64, error) { return c.host.nodeSize(c.Size.Bytes) }

@@ -220,10 +220,7 @@ func TestFlakeyRealClock(t *testing.T) {
 	if got := strings.Join(spec.Config.Describe(), " "); got != "up=1h0m0s down=20ms mode=drop_writes" {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "x", spec, BuildOptions{})
 	defer st.Close()
 	n := &st.Nodes[0]
 	if n.Path != "x/flakey" || n.Fault == nil || n.Control == nil {

@@ -45,6 +45,11 @@ type Settings interface {
 	Describe() []string
 }
 
+// leaf is embedded in the settings of a leaf kind: it has no legs.
+type leaf struct{}
+
+func (leaf) LegSpecs() []Spec { return nil }
+
 // Kind registers a node kind.
 type Kind struct {
 	// New returns zero settings, to decode a node into.

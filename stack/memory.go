@@ -18,6 +18,7 @@ const minMemoryChunk = 4 << 10
 //
 //	memory: {size: 256MiB, chunk: 64KiB}
 type MemoryConfig struct {
+	leaf
 	// Size is required, a positive multiple of 512.
 	Size settings.Size `yaml:"size" need:"true"`
 	// Chunk is the allocation unit: a power of two, at least 4KiB
@@ -25,8 +26,7 @@ type MemoryConfig struct {
 	Chunk settings.Size `yaml:"chunk"`
 }
 
-func (c *MemoryConfig) Kind() string     { return KindMemory }
-func (c *MemoryConfig) LegSpecs() []Spec { return nil }
+func (c *MemoryConfig) Kind() string { return KindMemory }
 
 func (c *MemoryConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "memory size", c.Size)

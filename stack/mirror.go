@@ -1,6 +1,7 @@
 package stack
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -293,18 +294,10 @@ func NewMirror(legs []Device, o MirrorOptions) (*Mirror, error) {
 	if !ok {
 		return nil, fmt.Errorf("mirror: unknown read policy %q", o.Read)
 	}
-	if o.Region == 0 {
-		o.Region = DefaultMirrorRegion
-	}
-	if o.ResyncRate == 0 {
-		o.ResyncRate = DefaultResyncRate
-	}
-	if o.ClearInterval == 0 {
-		o.ClearInterval = DefaultClearInterval
-	}
-	if o.Log == nil {
-		o.Log = slog.Default()
-	}
+	o.Region = cmp.Or(o.Region, DefaultMirrorRegion)
+	o.ResyncRate = cmp.Or(o.ResyncRate, DefaultResyncRate)
+	o.ClearInterval = cmp.Or(o.ClearInterval, DefaultClearInterval)
+	o.Log = cmp.Or(o.Log, slog.Default())
 	regions := int((size + o.Region - 1) / o.Region)
 	if regions > maxMirrorRegions {
 		return nil, fmt.Errorf("mirror: %d regions of %d bytes; at most %d: use a larger region", regions, o.Region, maxMirrorRegions)
@@ -1471,15 +1464,8 @@ func (c *MirrorConfig) NodeSize(legs []Sized) (uint64, error) {
 	return legs[0].Bytes, nil
 }
 
-// ResolvePaths makes the bitmap path absolute, as FileConfig.ResolvePaths.
-func (c *MirrorConfig) ResolvePaths(dir string) {
-	if c.Bitmap.Path.S == "" {
-		return
-	}
-	f := FileConfig{Path: c.Bitmap.Path}
-	f.ResolvePaths(dir)
-	c.Bitmap.Path.S = f.Path.S
-}
+// ResolvePaths makes the bitmap path absolute, as a file target's path.
+func (c *MirrorConfig) ResolvePaths(dir string) { resolvePath(&c.Bitmap.Path, dir) }
 
 // checkHost checks that the bitmap file can be used: an existing one is a
 // bitmap stackd can read, a missing one can be created. It changes

@@ -102,6 +102,14 @@ func newTestMirror(t testing.TB, legs []Device, o MirrorOptions) *Mirror {
 	return m
 }
 
+// syncedMirror is a mirror of n failing legs of 1 MiB, once in sync; the
+// caller closes it.
+func syncedMirror(t testing.TB, n int, o MirrorOptions) ([]*failingDevice, []Device, *Mirror) {
+	t.Helper()
+	f, legs := failingLegs(n, 1<<20)
+	return f, legs, newTestMirror(t, legs, o)
+}
+
 // waitSynced waits for every leg of m to be in sync, at most completeBound.
 func waitSynced(t testing.TB, m *Mirror) MirrorState {
 	t.Helper()
@@ -155,8 +163,7 @@ func checkLegsEqual(t *testing.T, legs []Device) {
 }
 
 func TestMirrorWritesEveryLeg(t *testing.T) {
-	_, legs := failingLegs(3, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	_, legs, m := syncedMirror(t, 3, MirrorOptions{})
 	defer m.Close()
 	var s bioset.Submitter
 	data := pattern(3*4096, 1)
@@ -186,8 +193,7 @@ func TestMirrorWritesEveryLeg(t *testing.T) {
 }
 
 func TestMirrorWriteFailsOneLeg(t *testing.T) {
-	f, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	f, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	var s bioset.Submitter
 	f[1].failWrites.Store(true)
@@ -214,8 +220,7 @@ func TestMirrorWriteFailsOneLeg(t *testing.T) {
 }
 
 func TestMirrorWriteFailsEveryLeg(t *testing.T) {
-	f, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	f, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	var s bioset.Submitter
 	f[0].failWrites.Store(true)
@@ -234,8 +239,7 @@ func TestMirrorWriteFailsEveryLeg(t *testing.T) {
 }
 
 func TestMirrorReadRetry(t *testing.T) {
-	f, legs := failingLegs(3, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{Read: "first"})
+	f, _, m := syncedMirror(t, 3, MirrorOptions{Read: "first"})
 	defer m.Close()
 	var s bioset.Submitter
 	data := pattern(4096, 9)
@@ -269,8 +273,7 @@ func TestMirrorReadRetry(t *testing.T) {
 func TestMirrorReadPolicies(t *testing.T) {
 	for _, policy := range []string{"round-robin", "first", "least-pending"} {
 		t.Run(policy, func(t *testing.T) {
-			f, legs := failingLegs(2, 1<<20)
-			m := newTestMirror(t, legs, MirrorOptions{Read: policy})
+			f, _, m := syncedMirror(t, 2, MirrorOptions{Read: policy})
 			defer m.Close()
 			for _, d := range f {
 				d.record.Store(true)
@@ -297,8 +300,7 @@ func TestMirrorReadPolicies(t *testing.T) {
 }
 
 func TestMirrorFlushAndFUA(t *testing.T) {
-	f, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	f, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	for _, d := range f {
 		d.record.Store(true)
@@ -328,8 +330,7 @@ func TestMirrorFlushAndFUA(t *testing.T) {
 }
 
 func TestMirrorBlockStatus(t *testing.T) {
-	_, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	_, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	var s bioset.Submitter
 	if err := request(t, &s, m, bioset.OpWrite, 0, 0, 65536, pattern(65536, 1), nil); err != nil {
@@ -342,8 +343,7 @@ func TestMirrorBlockStatus(t *testing.T) {
 }
 
 func TestMirrorControl(t *testing.T) {
-	_, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	_, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	var ctl Controlled = m
 	if err := ctl.Act("explode", 0); !errors.Is(err, ErrUnknownAction) {
@@ -556,19 +556,7 @@ func TestMirrorDeadlockProof(t *testing.T) {
 	t.Run("rescuer off: stalls", func(t *testing.T) {
 		_, legs := failingLegs(2, 1<<20)
 		m := newTestMirror(t, legs, MirrorOptions{Pool: bioset.Options{Name: "t/mirror", Capacity: 1, NoRescuer: true}})
-		errc := write(m)
-		select {
-		case <-errc:
-			t.Fatal("write completed without a rescuer; it must stall")
-		case <-time.After(stallBound):
-		}
-		if ps := m.Pool().Stats(); ps.InUse != 1 || ps.Waits == 0 || ps.Punted != 0 {
-			t.Fatalf("stalled pool %+v: want 1 in use, a waiter, no punts", ps)
-		}
-		m.Pool().EnableRescuer()
-		if err, ok := <-errc; !ok || err != nil {
-			t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
-		}
+		checkStallsWithoutRescuer(t, m.Pool(), write(m), 1)
 		m.Close()
 	})
 	t.Run("rescuer on: completes", func(t *testing.T) {
@@ -617,8 +605,7 @@ func bitOnDisk(t *testing.T, path string, r int) bool {
 func TestMirrorBitDurableFirst(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "m.bitmap")
 	const region = 64 << 10
-	f, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{Region: region, BitmapPath: path})
+	f, _, m := syncedMirror(t, 2, MirrorOptions{Region: region, BitmapPath: path})
 	defer m.Close()
 	m.clearIdle()
 	m.clearIdle()
@@ -710,8 +697,7 @@ func TestMirrorBitmapRecordsOperatorFail(t *testing.T) {
 // is unlocked.
 func TestMirrorRegionLock(t *testing.T) {
 	const region = 64 << 10
-	f, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{Region: region})
+	f, legs, m := syncedMirror(t, 2, MirrorOptions{Region: region})
 	defer m.Close()
 	for _, d := range f {
 		d.record.Store(true)
@@ -755,8 +741,7 @@ func TestMirrorRegionLock(t *testing.T) {
 // allocates nothing on the heap: the children come from the pool, the
 // mirrorIO from the mirror's pool of them.
 func TestMirrorSteadyStateAllocs(t *testing.T) {
-	_, legs := failingLegs(2, 1<<20)
-	m := newTestMirror(t, legs, MirrorOptions{})
+	_, _, m := syncedMirror(t, 2, MirrorOptions{})
 	defer m.Close()
 	var s bioset.Submitter
 	r := newSyncRequest()
@@ -810,10 +795,7 @@ func TestMirrorStress(t *testing.T) {
 	pool := poolOf(2)
 	leg := func() Spec { return stripeSpec(4096, pool, memorySpec(2<<20, 0), memorySpec(2<<20, 0)) }
 	spec := splitSpec(16384, 0, pool, mirrorSpec("least-pending", 4096, poolOf(3), leg(), leg(), leg()))
-	st, err := Build("stress", spec, BuildOptions{Logger: quietLog})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "stress", spec, BuildOptions{Logger: quietLog})
 	defer st.Close()
 	m := st.Nodes[1].Control.(*Mirror)
 	const workers = 32

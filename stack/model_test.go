@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/stackdtest"
 )
 
 // The model test drives randomly built stacks with random operations and
@@ -612,11 +613,7 @@ func TestStress(t *testing.T) {
 				errs <- stressWorker(st.Root, uint64(w)*region, region, seedW)
 			}(w)
 		}
-		done := make(chan struct{})
-		go func() { wg.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(completeBound):
+		if !stackdtest.Within(&wg, completeBound) {
 			t.Fatalf("seed %d pool %d: stress did not complete within %v", seed, capacity, completeBound)
 		}
 		close(errs)

@@ -69,10 +69,7 @@ func TestNBDStripe(t *testing.T) {
 	if got := strings.Join(spec.Config.LegSpecs()[0].Config.Describe(), " "); got != fmt.Sprintf("uri=nbd://%s/disk0 connections=2 timeout=5s", a) {
 		t.Errorf("Describe = %q", got)
 	}
-	st, err := Build("x", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "x", spec, BuildOptions{})
 	defer st.Close()
 	if want := targets.NewMemory(1, 0).Caps(); st.Root.Caps() != want {
 		t.Errorf("caps %b, want the memory target's %b", st.Root.Caps(), want)

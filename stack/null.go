@@ -15,12 +15,12 @@ func init() { Register(Kind{New: func() Settings { return new(NullConfig) }, Ran
 //
 //	null: {size: 1GiB}
 type NullConfig struct {
+	leaf
 	// Size is required, a positive multiple of 512.
 	Size settings.Size `yaml:"size" need:"true"`
 }
 
-func (c *NullConfig) Kind() string     { return KindNull }
-func (c *NullConfig) LegSpecs() []Spec { return nil }
+func (c *NullConfig) Kind() string { return KindNull }
 
 func (c *NullConfig) Check(p *settings.Problems) { checkBlocks(p, "null size", c.Size) }
 

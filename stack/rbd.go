@@ -1,7 +1,6 @@
 package stack
 
 import (
-	"path/filepath"
 	"time"
 
 	"github.com/stackd/stackd/settings"
@@ -25,6 +24,7 @@ const DefaultCephConf = "/etc/ceph/ceph.conf"
 //
 //	rbd: {pool: rbd, image: disk0}
 type RBDConfig struct {
+	leaf
 	// Pool is the image's pool; required.
 	Pool settings.String `yaml:"pool" need:"true"`
 	// Image is the image's name; required. The image must exist (rbd
@@ -66,8 +66,7 @@ type imageUse struct {
 // maxRBDWorkers bounds workers: each is an OS thread while it waits.
 const maxRBDWorkers = 1024
 
-func (c *RBDConfig) Kind() string     { return KindRBD }
-func (c *RBDConfig) LegSpecs() []Spec { return nil }
+func (c *RBDConfig) Kind() string { return KindRBD }
 
 func (c *RBDConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "rbd size", c.Size)
@@ -93,19 +92,7 @@ func (c *RBDConfig) Check(p *settings.Problems) {
 }
 
 // ResolvePaths makes the conf path absolute, as a file target's path.
-func (c *RBDConfig) ResolvePaths(dir string) {
-	p := c.Conf.S
-	if p == "" {
-		return
-	}
-	if !filepath.IsAbs(p) && dir != "" {
-		p = filepath.Join(dir, p)
-	}
-	if abs, err := filepath.Abs(p); err == nil {
-		p = abs
-	}
-	c.Conf.S = filepath.Clean(p)
-}
+func (c *RBDConfig) ResolvePaths(dir string) { resolvePath(&c.Conf, dir) }
 
 func (c *RBDConfig) options(readOnly bool) targets.RBDOptions {
 	conf := c.Conf.S

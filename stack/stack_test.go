@@ -95,6 +95,37 @@ func submitWatched(dev Device, op bioset.Op, buf []byte) <-chan error {
 	return errc
 }
 
+// mustBuild builds spec for export, failing the test if it cannot.
+func mustBuild(t testing.TB, export string, spec Spec, o BuildOptions) *Stack {
+	t.Helper()
+	st, err := Build(export, spec, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// checkStallsWithoutRescuer is the first half of a rescuer proof pair:
+// the write errc waits for stalls on a pool without a rescuer, inUse bios
+// held and one waiting, none punted, and completes once the rescuer is
+// turned on.
+func checkStallsWithoutRescuer(t *testing.T, pool *bioset.BioSet, errc <-chan error, inUse int) {
+	t.Helper()
+	select {
+	case <-errc:
+		t.Fatal("write completed without a rescuer; it must stall")
+	case <-time.After(stallBound):
+	}
+	if ps := pool.Stats(); ps.InUse != inUse || ps.Waits == 0 || ps.Punted != 0 {
+		t.Fatalf("stalled pool %+v: want %d in use, a waiter, no punts", ps, inUse)
+	}
+	// Release the stall so nothing leaks: the rescuer is the fix.
+	pool.EnableRescuer()
+	if err, ok := <-errc; !ok || err != nil {
+		t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
+	}
+}
+
 // TestStripeDeadlockProof is the project's central claim, shown on the real
 // stripe layer. A 16 KiB write over a 4 KiB-chunk stripe of four legs needs
 // four children in one Submit; the pool holds two.
@@ -115,20 +146,7 @@ func TestStripeDeadlockProof(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		errc := write(st)
-		select {
-		case <-errc:
-			t.Fatal("write completed without a rescuer; it must stall")
-		case <-time.After(stallBound):
-		}
-		if ps := st.Pool().Stats(); ps.InUse != 2 || ps.Waits == 0 || ps.Punted != 0 {
-			t.Fatalf("stalled pool %+v: want 2 in use, a waiter, no punts", ps)
-		}
-		// Release the stall so nothing leaks: the rescuer is the fix.
-		st.Pool().EnableRescuer()
-		if err, ok := <-errc; !ok || err != nil {
-			t.Fatalf("after enabling the rescuer: completed %v, err %v", ok, err)
-		}
+		checkStallsWithoutRescuer(t, st.Pool(), write(st), 2)
 		st.Close()
 	})
 
@@ -225,10 +243,7 @@ func (c capsLimited) Caps() bioset.Caps { return c.caps }
 
 func TestBuildPathsAndErrors(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(1<<20, 0), memorySpec(1<<20, 0)))
-	st, err := Build("default", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "default", spec, BuildOptions{})
 	defer st.Close()
 	want := []string{"default/split", "default/split/stripe", "default/split/stripe/leg0", "default/split/stripe/leg1"}
 	if len(st.Nodes) != len(want) {
@@ -257,10 +272,7 @@ func TestBuildPathsAndErrors(t *testing.T) {
 // sum of its targets'.
 func TestNodeStats(t *testing.T) {
 	spec := splitSpec(1<<20, 0, PoolSpec{}, stripeSpec(65536, PoolSpec{}, memorySpec(4<<20, 0), memorySpec(4<<20, 0)))
-	st, err := Build("s", spec, BuildOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
+	st := mustBuild(t, "s", spec, BuildOptions{})
 	defer st.Close()
 	var s bioset.Submitter
 	const n = 3 << 20

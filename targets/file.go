@@ -333,38 +333,36 @@ func (f *File) do(b *bioset.Bio) error {
 // read fills buf from off. A read past the end of the file — possible if
 // someone truncated it behind our back — reads zeroes, like a hole.
 func (f *File) read(buf []byte, off int64) error {
-	for len(buf) > 0 {
-		n, err := unix.Pread(f.fd, buf, off)
-		if err == unix.EINTR {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			clear(buf)
-			return nil
-		}
-		buf, off = buf[n:], off+int64(n)
+	rest, err := f.transfer(unix.Pread, buf, off)
+	if err == nil {
+		clear(rest)
 	}
-	return nil
+	return err
 }
 
 func (f *File) write(buf []byte, off int64) error {
+	rest, err := f.transfer(unix.Pwrite, buf, off)
+	if err == nil && len(rest) > 0 {
+		return syscall.EIO // no progress and no reason: do not spin
+	}
+	return err
+}
+
+// transfer calls pio (pread or pwrite) until buf is done, again after
+// EINTR; it stops at an error, or where pio makes no progress, and returns
+// what of buf is left, for the caller to say what that means.
+func (f *File) transfer(pio func(fd int, p []byte, off int64) (int, error), buf []byte, off int64) (rest []byte, err error) {
 	for len(buf) > 0 {
-		n, err := unix.Pwrite(f.fd, buf, off)
+		n, err := pio(f.fd, buf, off)
 		if err == unix.EINTR {
 			continue
 		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return syscall.EIO // no progress and no reason: do not spin
+		if err != nil || n == 0 {
+			return buf, err
 		}
 		buf, off = buf[n:], off+int64(n)
 	}
-	return nil
+	return nil, nil
 }
 
 // trim punches a hole. TRIM is advisory, so a filesystem that cannot punch

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/configs"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 )
 
@@ -42,20 +42,7 @@ exports:
 	return cfg, sock
 }
 
-func httpGet(t *testing.T, url string) (int, string) {
-	t.Helper()
-	c := http.Client{Timeout: 10 * time.Second}
-	resp, err := c.Get(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp.StatusCode, string(b)
-}
+var httpGet = stackdtest.HTTPGet
 
 // TestReadiness walks start's phases one by one: /healthz answers from the
 // moment the metrics endpoint is up, /readyz only once every stack is

@@ -9,24 +9,18 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/configs"
-	"github.com/stackd/stackd/internal/testcerts"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 )
 
 // TestTLSReload: SIGHUP's reload gives new handshakes the new certificate
 // while a connection made with the old one goes on being served.
 func TestTLSReload(t *testing.T) {
-	old, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	renewed, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	old := stackdtest.MustGenerateCerts(t)
+	renewed := stackdtest.MustGenerateCerts(t)
 	sock := filepath.Join(t.TempDir(), "nbd.sock")
 	text := "listen:\n  - unix: " + sock + "\nmetrics:\n  address: off\n" +
-		"tls:\n  cert: " + filepath.Join(old.Dir, testcerts.ServerCert) + "\n  key: " + filepath.Join(old.Dir, testcerts.ServerKey) +
+		"tls:\n  cert: " + filepath.Join(old.Dir, stackdtest.ServerCert) + "\n  key: " + filepath.Join(old.Dir, stackdtest.ServerKey) +
 		"\n  mode: required\nexports:\n  - name: disk\n    stack: {memory: {size: 1MiB}}\n"
 	cfg, err := configs.Parse(filepath.Join(t.TempDir(), "stackd.yaml"), []byte(text))
 	if err != nil {
@@ -42,7 +36,7 @@ func TestTLSReload(t *testing.T) {
 	defer d.stop()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	dial := func(cs *testcerts.Set) (*client.Client, error) {
+	dial := func(cs *stackdtest.Certs) (*client.Client, error) {
 		return client.Dial(ctx, "unix", sock, client.Options{ExportName: "disk", TLS: cs.ClientConfig(nil)})
 	}
 	before, err := dial(old)
@@ -51,7 +45,7 @@ func TestTLSReload(t *testing.T) {
 	}
 	defer before.Close()
 
-	for _, f := range []string{testcerts.ServerCert, testcerts.ServerKey} {
+	for _, f := range []string{stackdtest.ServerCert, stackdtest.ServerKey} {
 		b, err := os.ReadFile(filepath.Join(renewed.Dir, f))
 		if err != nil {
 			t.Fatal(err)

@@ -1,6 +1,7 @@
 package stackdtest
 
 import (
+	"sync"
 	"testing"
 	"time"
 
@@ -36,5 +37,18 @@ func WaitFor(t testing.TB, what string, bound time.Duration, cond func() bool) {
 			t.Fatalf("timed out after %v waiting for %s", bound, what)
 		}
 		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// Within waits for wg for at most d, and reports whether it was done in
+// time; past d, what wg waits for is left running, for the test to fail.
+func Within(wg *sync.WaitGroup, d time.Duration) bool {
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return true
+	case <-time.After(d):
+		return false
 	}
 }

@@ -279,19 +279,7 @@ type kcase struct {
 // defaultStack is configs/default.yaml's export: split at 1 MiB over a
 // 4-way 64 KiB stripe of RAM.
 func defaultStack(string) string {
-	return `  - name: default
-    stack:
-      split:
-        max_bytes: 1MiB
-        leg:
-          stripe:
-            chunk: 64KiB
-            legs:
-              - memory: {size: 256MiB}
-              - memory: {size: 256MiB}
-              - memory: {size: 256MiB}
-              - memory: {size: 256MiB}
-`
+	return splitStripe(strings.Repeat("              - memory: {size: 256MiB}\n", 4))
 }
 
 // fileStripe is the same stack over four files in dir.
@@ -300,6 +288,12 @@ func fileStripe(dir string) string {
 	for i := range 4 {
 		fmt.Fprintf(&legs, "              - file: {path: %q, size: 256MiB}\n", filepath.Join(dir, fmt.Sprintf("leg%d.img", i)))
 	}
+	return splitStripe(legs.String())
+}
+
+// splitStripe is the export "default" of the default stack's shape over
+// legs, YAML list items: split at 1 MiB over a 64 KiB stripe.
+func splitStripe(legs string) string {
 	return `  - name: default
     stack:
       split:
@@ -308,7 +302,7 @@ func fileStripe(dir string) string {
           stripe:
             chunk: 64KiB
             legs:
-` + legs.String()
+` + legs
 }
 
 func TestKernelClient(t *testing.T) {
@@ -908,20 +902,13 @@ func (tp *tap) close() *tapStats {
 	default:
 		close(tp.done)
 		tp.ln.Close()
-		drained := make(chan struct{})
-		go func() {
-			tp.wg.Wait()
-			close(drained)
-		}()
-		select {
-		case <-drained:
-		case <-time.After(5 * time.Second):
+		if !stackdtest.Within(&tp.wg, 5*time.Second) {
 			tp.mu.Lock()
 			for c := range tp.active {
 				c.Close()
 			}
 			tp.mu.Unlock()
-			<-drained
+			tp.wg.Wait()
 		}
 	}
 	tp.mu.Lock()

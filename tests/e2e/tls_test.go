@@ -12,14 +12,13 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/internal/stackdtest"
-	"github.com/stackd/stackd/internal/testcerts"
 )
 
 // The kernel client over TLS: nbd-client sends STARTTLS, forks a child
 // that runs the TLS session (GnuTLS, TLS 1.2 only) and relays it to one
 // end of a socket pair, negotiates over the other end and hands that to
 // the kernel; the kernel's requests are the same as over plain TCP. The certificates are made per
-// run (internal/testcerts); the client's travel into the guest in a
+// run (stackdtest.GenerateCerts); the client's travel into the guest in a
 // second cpio archive appended to the cached initramfs, so that
 // prepare.sh's cache holds no key and needs no rebuild.
 
@@ -28,7 +27,7 @@ import (
 const guestTLSDir = "/lib/e2e/tls"
 
 // tlsHostname is the name nbd-client checks the server's certificate
-// against (-tlshostname): one of testcerts' server names. nbd-client 3.24
+// against (-tlshostname): one of stackdtest.GenerateCerts' server names. nbd-client 3.24
 // verifies the server (chain, validity, name) only when given both
 // -cacertfile and -tlshostname; with either missing it trusts any
 // certificate, so naming 10.0.2.2, the address the guest dials, in the
@@ -42,19 +41,16 @@ func tlsStack(dir string) string {
 	if !strings.HasPrefix(s, head) {
 		panic("defaultStack no longer starts with " + head)
 	}
-	return head + "    allow: [{client_cert: {dns: " + testcerts.Client1DNS + "}}]\n" + s[len(head):]
+	return head + "    allow: [{client_cert: {dns: " + stackdtest.Client1DNS + "}}]\n" + s[len(head):]
 }
 
 type tlsSetup struct {
-	cs *testcerts.Set
+	cs *stackdtest.Certs
 }
 
 func newTLSSetup(t *testing.T) *tlsSetup {
 	t.Helper()
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := stackdtest.MustGenerateCerts(t)
 	return &tlsSetup{cs: cs}
 }
 
@@ -62,9 +58,7 @@ func newTLSSetup(t *testing.T) *tlsSetup {
 // required, like nbd-server's FORCEDTLS), and a client certificate the
 // test CA signed.
 func (s *tlsSetup) serverYAML() string {
-	return fmt.Sprintf("tls:\n  cert: %q\n  key: %q\n  client_ca: %q\n  mode: required\n",
-		filepath.Join(s.cs.Dir, testcerts.ServerCert), filepath.Join(s.cs.Dir, testcerts.ServerKey),
-		filepath.Join(s.cs.Dir, testcerts.CACert))
+	return "tls: " + s.cs.ServerTLS("required") + "\n"
 }
 
 // uri is the export over TLS for the host's tools, as client 1, the
@@ -81,7 +75,7 @@ func (s *tlsSetup) initrd(t *testing.T, base string) string {
 	var files []cpioEntry
 	dir := strings.TrimPrefix(guestTLSDir, "/")
 	files = append(files, cpioEntry{name: dir, mode: 0o040700})
-	for _, name := range []string{testcerts.CACert, testcerts.ClientCert, testcerts.ClientKey} {
+	for _, name := range []string{stackdtest.CACert, stackdtest.ClientCert, stackdtest.ClientKey} {
 		data, err := os.ReadFile(filepath.Join(s.cs.Dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -156,9 +150,9 @@ func (s *tlsSetup) checkLog(t *testing.T, d *daemon, conns int) {
 	}
 	ids := map[string]bool{}
 	for _, r := range opened {
-		if r["tls"] != true || r["client_cert"] != testcerts.Client1CN || r["export"] != "default" {
+		if r["tls"] != true || r["client_cert"] != stackdtest.Client1CN || r["export"] != "default" {
 			t.Errorf("connection opened with tls=%v client_cert=%v export=%v, want tls=true client_cert=%s export=default",
-				r["tls"], r["client_cert"], r["export"], testcerts.Client1CN)
+				r["tls"], r["client_cert"], r["export"], stackdtest.Client1CN)
 		}
 		ids[fmt.Sprint(r["conn"])] = true
 	}

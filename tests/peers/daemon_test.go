@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -103,46 +102,45 @@ func startDaemon(t *testing.T, cfg daemonConfig) *daemon {
 
 func (d *daemon) config(cfg daemonConfig) string {
 	var b strings.Builder
+	// set writes key (indented) only when it has a value.
+	set := func(key, value string) {
+		if value != "" {
+			fmt.Fprintf(&b, "%s: %s\n", key, value)
+		}
+	}
+	on := func(key string, v bool) {
+		if v {
+			set(key, "true")
+		}
+	}
+	quoted := func(s string) string {
+		if s == "" {
+			return ""
+		}
+		return strconv.Quote(s)
+	}
 	b.WriteString("listen:\n")
 	fmt.Fprintf(&b, "  - unix: %s\n", strconv.Quote(d.Socket))
 	if cfg.TCP {
 		b.WriteString("  - tcp: 127.0.0.1:0\n")
-		if cfg.TCPAllow != "" {
-			fmt.Fprintf(&b, "    allow: %s\n", cfg.TCPAllow)
-		}
+		set("    allow", cfg.TCPAllow)
 	}
-	if cfg.TLS != "" {
-		fmt.Fprintf(&b, "tls: %s\n", cfg.TLS)
-	}
+	set("tls", cfg.TLS)
 	if cfg.Metrics {
 		b.WriteString("metrics: {address: 127.0.0.1:0}\n")
 	} else {
 		b.WriteString("metrics: {address: off}\n")
 	}
-	if cfg.Control != "" {
-		fmt.Fprintf(&b, "control: %s\n", strconv.Quote(cfg.Control))
-	}
-	if cfg.Limits != "" {
-		fmt.Fprintf(&b, "limits: %s\n", cfg.Limits)
-	}
+	set("control", quoted(cfg.Control))
+	set("limits", cfg.Limits)
 	b.WriteString("exports:\n")
 	for _, e := range cfg.Exports {
 		fmt.Fprintf(&b, "  - name: %s\n", strconv.Quote(e.Name))
-		if e.Description != "" {
-			fmt.Fprintf(&b, "    description: %s\n", strconv.Quote(e.Description))
-		}
-		if e.ReadOnly {
-			b.WriteString("    read_only: true\n")
-		}
-		if e.Default {
-			b.WriteString("    default: true\n")
-		}
-		if e.TLS != "" {
-			fmt.Fprintf(&b, "    tls: %s\n", e.TLS)
-		}
-		if e.Allow != "" {
-			fmt.Fprintf(&b, "    allow: %s\n", e.Allow)
-		}
+		set("    description", quoted(e.Description))
+		on("    read_only", e.ReadOnly)
+		on("    default", e.Default)
+		set("    tls", e.TLS)
+		set("    allow", e.Allow)
 		fmt.Fprintf(&b, "    stack: %s\n", e.Stack)
 	}
 	return b.String()
@@ -182,17 +180,6 @@ func (d *daemon) tcpURI(name string) string {
 	return "nbd://" + d.TCPAddr + "/" + name
 }
 
-// socketDir returns a directory for the test whose socket path fits in
-// sun_path (108 bytes).
-func socketDir(t *testing.T) string {
-	dir := t.TempDir()
-	if len(dir)+len("/nbd.sock") < 100 {
-		return dir
-	}
-	dir, err := os.MkdirTemp("", "stackd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
-}
+// socketDir is a directory for the daemon's sockets (see
+// stackdtest.SocketDir).
+var socketDir = stackdtest.SocketDir

@@ -164,29 +164,31 @@ func legImage(t *testing.T, leg string) string {
 // Each time the client sees no error and every block verifies; the leg is
 // then restored, resync makes it whole, and the legs' files are byte-equal.
 func TestMirrorLegFailsUnderVerify(t *testing.T) {
-	t.Run("flakey-down", func(t *testing.T) {
-		dir := t.TempDir()
-		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
-		d := mirrorDaemon(t, leg0, leg1)
-		verifyDuring(t, d.uri("default"), func() { d.ctl(t, "fault", "default/mirror/leg0", "down-now") })
-		d.waitLegs(t, "leg 0 to be faulty", "faulty", "in_sync")
-		// Its flakey layer is up again after 2 s.
-		time.Sleep(2500 * time.Millisecond)
-		d.ctl(t, "leg", "restore", "default/mirror/leg0")
-		d.waitLegs(t, "leg 0's resync to complete", "in_sync", "in_sync")
-		equalLegs(t, d, leg0, leg1)
-	})
-
-	t.Run("control-socket", func(t *testing.T) {
-		dir := t.TempDir()
-		leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
-		d := mirrorDaemon(t, leg0, leg1)
-		verifyDuring(t, d.uri("default"), func() { d.ctl(t, "leg", "fail", "default/mirror/leg1") })
-		d.waitLegs(t, "leg 1 to be faulty", "in_sync", "faulty")
-		d.ctl(t, "leg", "restore", "default/mirror/leg1")
-		d.waitLegs(t, "leg 1's resync to complete", "in_sync", "in_sync")
-		equalLegs(t, d, leg0, leg1)
-	})
+	for _, tc := range []struct {
+		name string
+		leg  int
+		fail []string // the control command that fails the leg
+		// up is how long the leg takes to come up again by itself: a
+		// flakey layer is down for 2 s.
+		up time.Duration
+	}{
+		{"flakey-down", 0, []string{"fault", "default/mirror/leg0", "down-now"}, 2500 * time.Millisecond},
+		{"control-socket", 1, []string{"leg", "fail", "default/mirror/leg1"}, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			leg0, leg1 := filepath.Join(dir, "leg0.img"), filepath.Join(dir, "leg1.img")
+			d := mirrorDaemon(t, leg0, leg1)
+			verifyDuring(t, d.uri("default"), func() { d.ctl(t, tc.fail...) })
+			faulty := []string{"in_sync", "in_sync"}
+			faulty[tc.leg] = "faulty"
+			d.waitLegs(t, fmt.Sprintf("leg %d to be faulty", tc.leg), faulty...)
+			time.Sleep(tc.up)
+			d.ctl(t, "leg", "restore", fmt.Sprintf("default/mirror/leg%d", tc.leg))
+			d.waitLegs(t, fmt.Sprintf("leg %d's resync to complete", tc.leg), "in_sync", "in_sync")
+			equalLegs(t, d, leg0, leg1)
+		})
+	}
 
 	t.Run("file-system-full", func(t *testing.T) {
 		if os.Geteuid() != 0 {

@@ -25,7 +25,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -97,31 +96,16 @@ func needNBDPython(t *testing.T) string {
 	return p
 }
 
-// run runs an external command with a timeout and returns its combined
-// output.
+// run and mustRun run an external command within cmdTimeout (see
+// stackdtest.Run).
 func run(t *testing.T, name string, args ...string) (string, error) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	start := time.Now()
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (%v after %v)", err, ctx.Err(), time.Since(start).Round(time.Millisecond))
-	}
-	return string(out), err
+	return stackdtest.Run(t, cmdTimeout, name, args...)
 }
 
-// mustRun runs an external command and fails the test, showing its
-// output, unless it succeeds.
 func mustRun(t *testing.T, name string, args ...string) string {
 	t.Helper()
-	out, err := run(t, name, args...)
-	if err != nil {
-		t.Fatalf("%s: %v\n%s", cmdline(name, args), err, out)
-	}
-	return out
+	return stackdtest.MustRun(t, cmdTimeout, name, args...)
 }
 
 // exitCode returns the exit status of a command that ran, or -1.
@@ -136,19 +120,7 @@ func exitCode(err error) int {
 	return -1
 }
 
-func cmdline(name string, args []string) string {
-	var b strings.Builder
-	b.WriteString(name)
-	for _, a := range args {
-		b.WriteByte(' ')
-		if a == "" || strings.ContainsAny(a, " \t\n'\"?&$*;|<>()") {
-			b.WriteString("'" + strings.ReplaceAll(a, "'", `'\''`) + "'")
-		} else {
-			b.WriteString(a)
-		}
-	}
-	return b.String()
-}
+var cmdline = stackdtest.Cmdline
 
 // Sizes.
 const (

@@ -348,12 +348,9 @@ func TestRawHandshakeAbuse(t *testing.T) {
 	}{{"GO", wire.OptGo}, {"EXPORT_NAME", wire.OptExportName}, {"LIST", wire.OptList}, {"unknown 0x7fff", 0x7fff}} {
 		t.Run("option "+opt.name+" of 4 GiB", func(t *testing.T) {
 			c := dialRaw(t, d.Socket)
-			if err := readGreeting(c); err != nil {
+			if err := greetAndFlags(c); err != nil {
 				t.Fatal(err)
 			}
-			var cf [4]byte
-			be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
-			c.Write(cf[:])
 			c.Write(optionHeader(opt.opt, 0xffffffff))
 			c.Write(bytes.Repeat([]byte{'x'}, 100))
 			// The server must decide without the data: an error reply or
@@ -381,12 +378,9 @@ func TestRawHandshakeAbuse(t *testing.T) {
 		// with an error reply and go on, or hang up; if it goes on, the
 		// handshake must still complete.
 		c := dialRaw(t, d.Socket)
-		if err := readGreeting(c); err != nil {
+		if err := greetAndFlags(c); err != nil {
 			t.Fatal(err)
 		}
-		var cf [4]byte
-		be.PutUint32(cf[:], wire.FlagCFixedNewstyle|wire.FlagCNoZeroes)
-		c.Write(cf[:])
 		sent := make(chan struct{})
 		go func() {
 			defer close(sent)

@@ -12,11 +12,10 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/internal/stackdtest"
-	"github.com/stackd/stackd/internal/testcerts"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
-// The TLS tests: certificates made in Go (internal/testcerts) in the
+// The TLS tests: certificates made in Go (stackdtest.GenerateCerts) in the
 // layout libnbd and qemu read from a directory; a daemon with TLS
 // optional, an open export and a TLS-only one that only client 1's
 // certificate may open, and a TCP listener that admits 127.0.0.1 alone.
@@ -28,25 +27,21 @@ const tlsHandshakeTimeout = 2 * time.Second
 
 type tlsFixture struct {
 	d  *daemon
-	cs *testcerts.Set
+	cs *stackdtest.Certs
 }
 
 func startTLSDaemon(t *testing.T) *tlsFixture {
 	t.Helper()
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := stackdtest.MustGenerateCerts(t)
 	d := startDaemon(t, daemonConfig{
 		TCP:      true,
 		Metrics:  true,
 		TCPAllow: `[127.0.0.1/32, "::1"]`,
 		Limits:   fmt.Sprintf("{handshake_timeout: %s}", tlsHandshakeTimeout),
-		TLS: fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: optional}",
-			filepath.Join(cs.Dir, testcerts.ServerCert), filepath.Join(cs.Dir, testcerts.ServerKey), filepath.Join(cs.Dir, testcerts.CACert)),
+		TLS:      cs.ServerTLS("optional"),
 		Exports: []export{
 			{Name: "default", Default: true, Stack: memStack(4 * MiB)},
-			{Name: "secret", TLS: "required", Allow: "[{client_cert: {dns: " + testcerts.Client1DNS + "}}]", Stack: memStack(16 * MiB)},
+			{Name: "secret", TLS: "required", Allow: "[{client_cert: {dns: " + stackdtest.Client1DNS + "}}]", Stack: memStack(16 * MiB)},
 		},
 	})
 	return &tlsFixture{d: d, cs: cs}
@@ -173,12 +168,12 @@ func TestTLSPeers(t *testing.T) {
 		// it presents no client certificate from there, so fio gets a
 		// daemon of its own that asks for none.
 		home := t.TempDir()
-		copyFile(t, filepath.Join(dir, testcerts.CACert), filepath.Join(home, ".pki", "libnbd", testcerts.CACert))
+		copyFile(t, filepath.Join(dir, stackdtest.CACert), filepath.Join(home, ".pki", "libnbd", stackdtest.CACert))
 		t.Setenv("HOME", home)
 		fd := startDaemon(t, daemonConfig{
 			TCP: true,
 			TLS: fmt.Sprintf("{cert: %q, key: %q, mode: required}",
-				filepath.Join(dir, testcerts.ServerCert), filepath.Join(dir, testcerts.ServerKey)),
+				filepath.Join(dir, stackdtest.ServerCert), filepath.Join(dir, stackdtest.ServerKey)),
 			Exports: []export{{Name: "secret", TLS: "required", Stack: memStack(16 * MiB)}},
 		})
 		jobs := runFio(t, "nbds://"+fd.TCPAddr+"/secret", "--name=tls", "--rw=randrw", "--bsrange=4k-1M", "--blockalign=4k",
@@ -318,11 +313,10 @@ func startTLSRaw(t *testing.T, addr string) net.Conn {
 
 // tlsDaemon starts a daemon with TLS required and client certificates
 // from cs's CA.
-func tlsDaemon(t *testing.T, cs *testcerts.Set, exports []export, limits string) *daemon {
+func tlsDaemon(t *testing.T, cs *stackdtest.Certs, exports []export, limits string) *daemon {
 	t.Helper()
 	return startDaemon(t, daemonConfig{
-		TLS: fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: required}",
-			filepath.Join(cs.Dir, testcerts.ServerCert), filepath.Join(cs.Dir, testcerts.ServerKey), filepath.Join(cs.Dir, testcerts.CACert)),
+		TLS:     cs.ServerTLS("required"),
 		Limits:  limits,
 		Exports: exports,
 	})
@@ -330,7 +324,7 @@ func tlsDaemon(t *testing.T, cs *testcerts.Set, exports []export, limits string)
 
 // tlsConnector opens raw connections over TLS to d's unix socket, as
 // client 1 of cs: STARTTLS, the handshake, then GO.
-func tlsConnector(d *daemon, cs *testcerts.Set) rawConnector {
+func tlsConnector(d *daemon, cs *stackdtest.Certs) rawConnector {
 	return func(t *testing.T, name string) *rawConn {
 		t.Helper()
 		c := dialRaw(t, d.Socket)
@@ -355,12 +349,9 @@ func tlsConnector(d *daemon, cs *testcerts.Set) rawConnector {
 	}
 }
 
-func generateCerts(t *testing.T) *testcerts.Set {
+func generateCerts(t *testing.T) *stackdtest.Certs {
 	t.Helper()
-	cs, err := testcerts.Generate(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cs := stackdtest.MustGenerateCerts(t)
 	return cs
 }
 

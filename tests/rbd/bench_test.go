@@ -33,7 +33,7 @@ var benchRows = []benchRow{
 func fioRate(t *testing.T, uri string, r benchRow, secs int) (iops, mibs float64) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "fio.json")
-	mustRun(t, "fio", "--ioengine=nbd", "--uri="+uri, "--name=bench", "--rw="+r.rw, "--bs="+r.bs,
+	stackdtest.MustRun(t, cmdTimeout, "fio", "--ioengine=nbd", "--uri="+uri, "--name=bench", "--rw="+r.rw, "--bs="+r.bs,
 		fmt.Sprintf("--iodepth=%d", r.depth), "--size=256M", "--time_based", fmt.Sprintf("--runtime=%d", secs),
 		"--ramp_time=1", "--output-format=json", "--output="+out)
 	data, err := os.ReadFile(out)
@@ -59,11 +59,7 @@ func fioRate(t *testing.T, uri string, r benchRow, secs int) (iops, mibs float64
 // returns its URI.
 func qemuNBD(t *testing.T, c *stackdtest.Ceph, image string) string {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "qnbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stackdtest.SocketDir(t)
 	sock := filepath.Join(dir, "nbd.sock")
 	cmd := exec.Command("qemu-nbd", "-f", "raw", "--persistent", "--shared=8", "--export-name=disk",
 		"--socket="+sock, fmt.Sprintf("rbd:%s/%s:conf=%s", c.Pool, image, c.Conf))

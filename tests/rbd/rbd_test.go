@@ -90,37 +90,11 @@ func need(t *testing.T, cmds ...string) {
 	}
 }
 
-func run(t *testing.T, name string, args ...string) (string, error) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), cmdTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.WaitDelay = 5 * time.Second
-	out, err := cmd.CombinedOutput()
-	if ctx.Err() != nil {
-		err = fmt.Errorf("%w (%v)", err, ctx.Err())
-	}
-	return string(out), err
-}
-
-func mustRun(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := run(t, name, args...)
-	if err != nil {
-		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
-	}
-	return out
-}
-
 // serve starts the daemon with one export, "disk", over stack (a stack
 // node in YAML flow style), on a unix socket, and returns its NBD URI.
 func serve(t *testing.T, stack string) (*stackdtest.Daemon, string) {
 	t.Helper()
-	dir, err := os.MkdirTemp("", "rbd")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	dir := stackdtest.SocketDir(t)
 	sock := filepath.Join(dir, "nbd.sock")
 	conf := fmt.Sprintf("listen:\n  - unix: %s\nmetrics: {address: 127.0.0.1:0}\nexports:\n  - name: disk\n    stack: %s\n", sock, stack)
 	d := stackdtest.Start(t, stackd(t), dir, conf)
@@ -130,16 +104,21 @@ func serve(t *testing.T, stack string) (*stackdtest.Daemon, string) {
 // scrape returns the daemon's metrics page.
 func scrape(t *testing.T, d *stackdtest.Daemon) string {
 	t.Helper()
-	resp, err := http.Get("http://" + d.Metrics + "/metrics")
-	if err != nil {
+	_, body := stackdtest.HTTPGet(t, "http://"+d.Metrics+"/metrics")
+	return body
+}
+
+// checkStack runs stackd check on a configuration, dir/stackd.yaml, of
+// one export, "disk", over stack (a stack node in YAML flow style), its
+// stack on line 3.
+func checkStack(t *testing.T, dir, stack string) (string, error) {
+	t.Helper()
+	conf := filepath.Join(dir, "stackd.yaml")
+	yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", stack)
+	if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(body)
+	return stackdtest.Run(t, cmdTimeout, stackd(t), "check", "-config", conf)
 }
 
 func rbdNode(c *stackdtest.Ceph, image string, extra string) string {
@@ -163,6 +142,23 @@ func randomFile(t *testing.T, path string, size int, seed uint64) [sha256.Size]b
 	return sha256.Sum256(data)
 }
 
+// copyRoundTrip copies 32 MiB of random data (from seed) into the export
+// at uri and back with nbdcopy, and checks that it came back whole, what
+// saying which round trip failed; it returns the directory of the copies,
+// src.img and back.img.
+func copyRoundTrip(t *testing.T, uri string, seed uint64, what string) string {
+	t.Helper()
+	dir := t.TempDir()
+	src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
+	sum := randomFile(t, src, 32*MiB, seed)
+	stackdtest.MustRun(t, cmdTimeout, "nbdcopy", src, uri)
+	stackdtest.MustRun(t, cmdTimeout, "nbdcopy", uri, back)
+	if got := fileSHA(t, back); got != sum {
+		t.Errorf("%s: SHA-256 %x, want %x", what, got, sum)
+	}
+	return dir
+}
+
 func fileSHA(t *testing.T, path string) [sha256.Size]byte {
 	t.Helper()
 	data, err := os.ReadFile(path)
@@ -182,7 +178,7 @@ func TestRBD(t *testing.T) {
 	t.Run("nbdinfo", func(t *testing.T) {
 		c.CreateImage(t, "info", 64*MiB)
 		d, uri := serve(t, rbdNode(c, "info", ""))
-		out := mustRun(t, "nbdinfo", "--json", uri)
+		out := stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--json", uri)
 		var info struct {
 			Exports []struct {
 				Size     int64 `json:"export-size"`
@@ -219,9 +215,9 @@ func TestRBD(t *testing.T) {
 		dir := t.TempDir()
 		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
 		sum := randomFile(t, src, 32*MiB, 1)
-		mustRun(t, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, uri)
-		mustRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
-		mustRun(t, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, back)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", src, uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-img", "convert", "-f", "raw", "-O", "raw", uri, back)
 		if fileSHA(t, back) != sum {
 			t.Errorf("qemu-img convert back: the image differs from what was written")
 		}
@@ -230,14 +226,7 @@ func TestRBD(t *testing.T) {
 	t.Run("nbdcopy", func(t *testing.T) {
 		c.CreateImage(t, "copy", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "copy", ""))
-		dir := t.TempDir()
-		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
-		sum := randomFile(t, src, 32*MiB, 2)
-		mustRun(t, "nbdcopy", src, uri)
-		mustRun(t, "nbdcopy", uri, back)
-		if got := fileSHA(t, back); got != sum {
-			t.Errorf("nbdcopy round trip: SHA-256 %x, want %x", got, sum)
-		}
+		copyRoundTrip(t, uri, 2, "nbdcopy round trip")
 	})
 
 	t.Run("qemu-io zero trim fua", func(t *testing.T) {
@@ -246,7 +235,7 @@ func TestRBD(t *testing.T) {
 		// -f: FUA. write -z: WRITE_ZEROES (punching, then with NO_HOLE
 		// as -u leaves out). discard: TRIM, after which the range is
 		// only read back from what was written around it.
-		out := mustRun(t, "qemu-io", "-f", "raw",
+		out := stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw",
 			"-c", "write -P 0xab 0 4M",
 			"-c", "write -f -P 0xcd 4M 1M",
 			"-c", "write -z 0 1M",
@@ -266,10 +255,10 @@ func TestRBD(t *testing.T) {
 	t.Run("block status", func(t *testing.T) {
 		c.CreateImage(t, "map", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "map", ""))
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 9M 64k", uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x5a 9M 64k", uri)
 		// Objects are 4 MiB: the one written, [8M, 12M), is data; the
 		// rest of the image is a hole that reads as zeroes.
-		out := mustRun(t, "nbdinfo", "--map", "--json", uri)
+		out := stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--map", "--json", uri)
 		var extents []struct {
 			Offset int64 `json:"offset"`
 			Length int64 `json:"length"`
@@ -295,7 +284,7 @@ func TestRBD(t *testing.T) {
 	t.Run("fio verify", func(t *testing.T) {
 		c.CreateImage(t, "fio", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "fio", ""))
-		out := mustRun(t, "fio", "--ioengine=nbd", "--uri="+uri, "--name=verify", "--rw=randwrite",
+		out := stackdtest.MustRun(t, cmdTimeout, "fio", "--ioengine=nbd", "--uri="+uri, "--name=verify", "--rw=randwrite",
 			"--bs=4k", "--iodepth=32", "--size=32M", "--verify=crc32c", "--do_verify=1",
 			"--runtime=60", "--verify_state_save=0", "--output-format=json")
 		if strings.Contains(out, "verify:") || strings.Contains(out, "bad magic") || !strings.Contains(out, `"error" : 0`) {
@@ -308,14 +297,7 @@ func TestRBD(t *testing.T) {
 		c.CreateImage(t, "stripe-b", 16*MiB)
 		_, uri := serve(t, fmt.Sprintf("{stripe: {chunk: 64KiB, legs: [%s, %s]}}",
 			rbdNode(c, "stripe-a", ""), rbdNode(c, "stripe-b", "")))
-		dir := t.TempDir()
-		src, back := filepath.Join(dir, "src.img"), filepath.Join(dir, "back.img")
-		sum := randomFile(t, src, 32*MiB, 3)
-		mustRun(t, "nbdcopy", src, uri)
-		mustRun(t, "nbdcopy", uri, back)
-		if got := fileSHA(t, back); got != sum {
-			t.Errorf("nbdcopy round trip through the stripe: SHA-256 %x, want %x", got, sum)
-		}
+		dir := copyRoundTrip(t, uri, 3, "nbdcopy round trip through the stripe")
 		// The chunks alternate: the second 64 KiB of the export is the
 		// first of leg 1's image.
 		legB := filepath.Join(dir, "b.img")
@@ -333,17 +315,15 @@ func TestRBD(t *testing.T) {
 		// restored, it is resynced from the file, and then the image
 		// and the file hold the same bytes.
 		c.CreateImage(t, "mirrored", 16*MiB)
-		dir, err := os.MkdirTemp("", "rbdm")
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { os.RemoveAll(dir) })
+		dir := stackdtest.SocketDir(t)
 		file, sock, ctlSock := filepath.Join(dir, "leg1.img"), filepath.Join(dir, "nbd.sock"), filepath.Join(dir, "control.sock")
 		conf := fmt.Sprintf("listen:\n  - unix: %s\nmetrics: {address: off}\ncontrol: %s\nexports:\n  - name: disk\n    stack: {mirror: {legs: [%s, {file: {path: %s, size: 16MiB}}]}}\n",
 			sock, ctlSock, rbdNode(c, "mirrored", ""), file)
 		d := stackdtest.Start(t, stackd(t), dir, conf)
 		uri := "nbd+unix:///disk?socket=" + sock
-		ctl := func(args ...string) string { return mustRun(t, stackd(t), append(args, "-control", ctlSock)...) }
+		ctl := func(args ...string) string {
+			return stackdtest.MustRun(t, cmdTimeout, stackd(t), append(args, "-control", ctlSock)...)
+		}
 		legs := func() string {
 			var st struct {
 				Exports []struct {
@@ -374,7 +354,7 @@ func TestRBD(t *testing.T) {
 		}
 		src := filepath.Join(dir, "src.img")
 		sum := randomFile(t, src, 16*MiB, 9)
-		mustRun(t, "nbdcopy", src, uri) // the file leg alone takes it
+		stackdtest.MustRun(t, cmdTimeout, "nbdcopy", src, uri) // the file leg alone takes it
 		ctl("leg", "restore", "disk/mirror/leg0")
 		stackdtest.WaitFor(t, "the rbd leg's resync", time.Minute, func() bool { return legs() == "in_sync in_sync" })
 		d.Stop(t)
@@ -392,21 +372,15 @@ func TestRBD(t *testing.T) {
 	t.Run("image smaller than its size", func(t *testing.T) {
 		c.CreateImage(t, "small", 16*MiB)
 		dir := t.TempDir()
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "small", ", size: 32MiB"))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, dir, rbdNode(c, "small", ", size: 32MiB"))
 		if err == nil || !strings.Contains(out, "smaller than its configured size 32MiB") || !strings.Contains(out, "stackd.yaml:3") {
 			t.Errorf("stackd check of a 16 MiB image configured as 32 MiB: %v\n%s", err, out)
 		}
 		// At the image's size, check accepts it and shows the leaf.
-		yaml = fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "small", ", size: 16MiB"))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
+		out, err = checkStack(t, dir, rbdNode(c, "small", ", size: 16MiB"))
+		if err != nil {
+			t.Fatalf("stackd check: %v\n%s", err, out)
 		}
-		out = mustRun(t, stackd(t), "check", "-config", conf)
 		if !strings.Contains(out, "rbd 16MiB pool=rbd image=small conf="+c.Conf) {
 			t.Errorf("stackd check of a 16 MiB image configured as 16 MiB:\n%s", out)
 		}
@@ -415,24 +389,18 @@ func TestRBD(t *testing.T) {
 	t.Run("prefix of an image", func(t *testing.T) {
 		c.CreateImage(t, "prefix", 32*MiB)
 		_, uri := serve(t, rbdNode(c, "prefix", ", size: 16MiB"))
-		if out := strings.TrimSpace(mustRun(t, "nbdinfo", "--size", uri)); out != "16777216" {
+		if out := strings.TrimSpace(stackdtest.MustRun(t, cmdTimeout, "nbdinfo", "--size", uri)); out != "16777216" {
 			t.Errorf("nbdinfo --size of a 32 MiB image served as 16 MiB: %s", out)
 		}
 		// The last block of the prefix is served; the one past it is not.
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x77 16380k 4k", "-c", "read -P 0x77 16380k 4k", uri)
-		if out, err := run(t, "qemu-io", "-f", "raw", "-c", "read 16M 4k", uri); err == nil && !strings.Contains(out, "error") {
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x77 16380k 4k", "-c", "read -P 0x77 16380k 4k", uri)
+		if out, err := stackdtest.Run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "read 16M 4k", uri); err == nil && !strings.Contains(out, "error") {
 			t.Errorf("read past the prefix succeeded:\n%s", out)
 		}
 	})
 
 	t.Run("missing image", func(t *testing.T) {
-		dir := t.TempDir()
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: %s\n", rbdNode(c, "nosuch", ""))
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, t.TempDir(), rbdNode(c, "nosuch", ""))
 		if err == nil || !strings.Contains(out, "does not exist") {
 			t.Errorf("stackd check of a missing image: %v\n%s", err, out)
 		}
@@ -452,13 +420,8 @@ func TestRBD(t *testing.T) {
 		if err := os.WriteFile(cephConf, []byte(fmt.Sprintf("[global]\nmon host = v2:%s\nauth client required = none\nlog file = %s/client.log\n", addr, dir)), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		conf := filepath.Join(dir, "stackd.yaml")
-		yaml := fmt.Sprintf("exports:\n  - name: disk\n    stack: {rbd: {pool: rbd, image: x, conf: %s, connect_timeout: 2s}}\n", cephConf)
-		if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-			t.Fatal(err)
-		}
 		start := time.Now()
-		out, err := run(t, stackd(t), "check", "-config", conf)
+		out, err := checkStack(t, dir, fmt.Sprintf("{rbd: {pool: rbd, image: x, conf: %s, connect_timeout: 2s}}", cephConf))
 		took := time.Since(start)
 		if err == nil || !strings.Contains(out, "cannot reach the cluster") {
 			t.Errorf("stackd check with no monitor: %v\n%s", err, out)
@@ -473,10 +436,10 @@ func TestRBD(t *testing.T) {
 	t.Run("cluster lost", func(t *testing.T) {
 		c.CreateImage(t, "lost", 16*MiB)
 		d, uri := serve(t, rbdNode(c, "lost", ", op_timeout: 3s"))
-		mustRun(t, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", uri)
+		stackdtest.MustRun(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "write -P 0x11 0 1M", uri)
 		c.Stop()
 		start := time.Now()
-		out, _ := run(t, "qemu-io", "-f", "raw", "-c", "read -P 0x11 2M 1M", uri)
+		out, _ := stackdtest.Run(t, cmdTimeout, "qemu-io", "-f", "raw", "-c", "read -P 0x11 2M 1M", uri)
 		took := time.Since(start)
 		if !strings.Contains(out, "Input/output error") {
 			t.Errorf("read with the cluster gone: want an I/O error\n%s", out)

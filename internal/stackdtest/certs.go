@@ -1,8 +1,9 @@
-// Package testcerts makes the certificates the TLS tests need, in Go with
-// crypto/x509, written in the layout libnbd, qemu and nbdkit read from a
-// directory: ca-cert.pem, server-cert.pem, server-key.pem,
-// client-cert.pem, client-key.pem. Only tests import it.
-package testcerts
+package stackdtest
+
+// The certificates the TLS tests need, made in Go with crypto/x509 and
+// written in the layout libnbd, qemu and nbdkit read from a directory:
+// ca-cert.pem, server-cert.pem, server-key.pem, client-cert.pem,
+// client-key.pem.
 
 import (
 	"crypto/ecdsa"
@@ -18,6 +19,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"testing"
 	"time"
 )
 
@@ -40,12 +42,12 @@ const (
 	ClientKey  = "client-key.pem"
 )
 
-// Set is a generated set of certificates. Dir holds the CA, the server's
+// Certs is a generated set of certificates. Dir holds the CA, the server's
 // pair and client 1's; each of the other client directories holds the
 // trusted CA (to verify the server with) and that client's pair: client 2,
 // a client whose certificate has expired, and one whose certificate an
 // untrusted CA signed.
-type Set struct {
+type Certs struct {
 	Dir          string
 	Client2Dir   string
 	ExpiredDir   string
@@ -148,8 +150,8 @@ func pair(c *x509.Certificate, k *ecdsa.PrivateKey) tls.Certificate {
 	return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}
 }
 
-// Generate makes a Set under dir, which must exist.
-func Generate(dir string) (*Set, error) {
+// GenerateCerts makes a Certs under dir, which must exist.
+func GenerateCerts(dir string) (*Certs, error) {
 	now := time.Now()
 	ca := newCA("stackd test CA", now)
 	other := newCA("untrusted test CA", now)
@@ -165,7 +167,7 @@ func Generate(dir string) (*Set, error) {
 	se, sek := leaf(ca, "localhost", []string{"localhost"}, []net.IP{net.IPv4(127, 0, 0, 1)},
 		x509.ExtKeyUsageServerAuth, now.Add(-3*day), now.Add(-day))
 
-	s := &Set{
+	s := &Certs{
 		Dir:              dir,
 		Client2Dir:       filepath.Join(dir, "client2"),
 		ExpiredDir:       filepath.Join(dir, "expired"),
@@ -208,7 +210,7 @@ func Generate(dir string) (*Set, error) {
 			return nil, err
 		}
 		if err := os.WriteFile(path, data, 0o600); err != nil {
-			return nil, fmt.Errorf("testcerts: %w", err)
+			return nil, fmt.Errorf("stackdtest: %w", err)
 		}
 	}
 	return s, nil
@@ -216,7 +218,7 @@ func Generate(dir string) (*Set, error) {
 
 // ServerConfig is a server configuration with s's server pair, verifying
 // client certificates against s's CA when clientCA is set.
-func (s *Set) ServerConfig(clientCA bool) *tls.Config {
+func (s *Certs) ServerConfig(clientCA bool) *tls.Config {
 	c := &tls.Config{Certificates: []tls.Certificate{s.Server}, MinVersion: tls.VersionTLS12}
 	if clientCA {
 		c.ClientCAs, c.ClientAuth = s.CA, tls.RequireAndVerifyClientCert
@@ -226,10 +228,28 @@ func (s *Set) ServerConfig(clientCA bool) *tls.Config {
 
 // ClientConfig is a client configuration that verifies the server
 // against s's CA as 127.0.0.1 and presents cert (none if nil).
-func (s *Set) ClientConfig(cert *tls.Certificate) *tls.Config {
+func (s *Certs) ClientConfig(cert *tls.Certificate) *tls.Config {
 	c := &tls.Config{RootCAs: s.CA, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
 	if cert != nil {
 		c.Certificates = []tls.Certificate{*cert}
 	}
 	return c
+}
+
+// MustGenerateCerts generates a set in a directory of the test's, failing
+// the test if it cannot.
+func MustGenerateCerts(t testing.TB) *Certs {
+	t.Helper()
+	cs, err := GenerateCerts(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cs
+}
+
+// ServerTLS is stackd's tls: settings, in YAML flow style, that serve the
+// set's server pair and trust its CA for client certificates, in mode.
+func (s *Certs) ServerTLS(mode string) string {
+	return fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: %s}",
+		filepath.Join(s.Dir, ServerCert), filepath.Join(s.Dir, ServerKey), filepath.Join(s.Dir, CACert), mode)
 }
