@@ -7,14 +7,11 @@ package rbd
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -302,7 +299,7 @@ func TestRBD(t *testing.T) {
 		// first of leg 1's image.
 		legB := filepath.Join(dir, "b.img")
 		c.RBD(t, "export", "stripe-b", legB)
-		want, _ := os.ReadFile(src)
+		want, _ := os.ReadFile(filepath.Join(dir, "src.img"))
 		got, _ := os.ReadFile(legB)
 		if len(got) < 64*KiB || !bytes.Equal(got[:64*KiB], want[64*KiB:128*KiB]) {
 			t.Errorf("stripe-b's first chunk is not the export's second")
