@@ -26,6 +26,19 @@
 // between, and no payload memory is held outside what the layers above
 // already hold.
 //
+// # TLS
+//
+// An nbds:// or nbds+unix:// URI sets Options.Secure, and Options.TLS
+// must then be given (and may only be given then). Every connection
+// sends NBD_OPT_STARTTLS first and runs the TLS handshake before any
+// other option, so that neither the export's name nor its size crosses
+// in plaintext; a remote that refuses STARTTLS, or whose certificate does
+// not verify, fails the dial like an unreachable one, with backoff, and
+// is never used in plaintext. The reason is the connection's LastError
+// and, once per change, a line in the log. Over TLS the client encrypts
+// from the bio's buffer: a WRITE's payload is copied once, into TLS
+// records, and that is the only copy added.
+//
 // # Memory
 //
 // Per connection, fixed: the client's 16 KiB read buffer, its iovecs for
@@ -77,8 +90,11 @@ package remote
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"net/url"
 	"strings"
 	"sync"
@@ -127,28 +143,50 @@ type Options struct {
 	// Size is the remote's size in bytes; 0 learns it from the first
 	// connection, which must then succeed in New.
 	Size uint64
+	// Secure says the URI was nbds:// or nbds+unix://: every connection
+	// must upgrade with STARTTLS, under TLS, before anything else, and a
+	// remote that refuses is not used (no plaintext fallback). New
+	// refuses Secure without TLS, and TLS without Secure, so that the
+	// URI alone says whether the leg is encrypted.
+	Secure bool
+	// TLS verifies the remote (RootCAs, ServerName) and may present a
+	// client certificate. An empty ServerName is the URI's host, or
+	// "localhost" for a unix socket, whose server is on this host.
+	TLS *tls.Config
+	// Log receives the connections' changes (a dial that fails, and
+	// with which error, a connection up or lost); nil discards them.
+	Log *slog.Logger
 }
 
 // Target is the URI form of the options, for messages.
 func (o Options) Target() string {
-	if o.Network == "unix" {
-		return "nbd+unix:///" + o.Export + "?socket=" + o.Address
+	s := "nbd"
+	if o.Secure {
+		s = "nbds"
 	}
-	return "nbd://" + o.Address + "/" + o.Export
+	if o.Network == "unix" {
+		return s + "+unix:///" + o.Export + "?socket=" + o.Address
+	}
+	return s + "://" + o.Address + "/" + o.Export
 }
 
 // ParseURI reads an NBD URI, nbd://HOST[:PORT]/EXPORT or
-// nbd+unix:///EXPORT?socket=PATH, into o's Network, Address and Export.
+// nbd+unix:///EXPORT?socket=PATH, or their TLS forms nbds:// and
+// nbds+unix://, into o's Network, Address, Export and Secure.
 func ParseURI(s string) (o Options, err error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return o, fmt.Errorf("uri %q: %v", s, err)
 	}
 	o.Export = strings.TrimPrefix(u.Path, "/")
-	switch u.Scheme {
+	scheme := u.Scheme
+	if plain, ok := strings.CutPrefix(scheme, "nbds"); ok {
+		o.Secure, scheme = true, "nbd"+plain
+	}
+	switch scheme {
 	case "nbd":
 		if u.Host == "" || u.Hostname() == "" {
-			return o, fmt.Errorf("uri %q names no host; want nbd://HOST[:PORT]/EXPORT", s)
+			return o, fmt.Errorf("uri %q names no host; want %s://HOST[:PORT]/EXPORT", s, u.Scheme)
 		}
 		port := u.Port()
 		if port == "" {
@@ -156,23 +194,54 @@ func ParseURI(s string) (o Options, err error) {
 		}
 		o.Network, o.Address = "tcp", joinHostPort(u.Hostname(), port)
 		if len(u.Query()) > 0 {
-			return o, fmt.Errorf("uri %q: nbd:// takes no query", s)
+			return o, fmt.Errorf("uri %q: %s:// takes no query", s, u.Scheme)
 		}
 	case "nbd+unix":
 		q := u.Query()
 		o.Network, o.Address = "unix", q.Get("socket")
 		if u.Host != "" {
-			return o, fmt.Errorf("uri %q: nbd+unix:// names no host; want nbd+unix:///EXPORT?socket=PATH", s)
+			return o, fmt.Errorf("uri %q: %s:// names no host; want %s:///EXPORT?socket=PATH", s, u.Scheme, u.Scheme)
 		}
 		if o.Address == "" || len(q) != 1 {
-			return o, fmt.Errorf("uri %q: want nbd+unix:///EXPORT?socket=PATH and no other query", s)
+			return o, fmt.Errorf("uri %q: want %s:///EXPORT?socket=PATH and no other query", s, u.Scheme)
 		}
-	case "nbds", "nbds+unix":
-		return o, fmt.Errorf("uri %q: TLS (%s://) is not supported yet; use nbd:// or nbd+unix://", s, u.Scheme)
 	default:
-		return o, fmt.Errorf("uri %q: scheme %q is not nbd or nbd+unix", s, u.Scheme)
+		return o, fmt.Errorf("uri %q: scheme %q is not nbd, nbd+unix, nbds or nbds+unix", s, u.Scheme)
 	}
 	return o, nil
+}
+
+// check refuses options whose URI and TLS disagree.
+func (o Options) check() error {
+	switch {
+	case o.Secure && o.TLS == nil:
+		return fmt.Errorf("%s needs TLS settings (a CA to verify the remote)", o.Target())
+	case !o.Secure && o.TLS != nil:
+		return fmt.Errorf("%s is plaintext, yet TLS settings are given; use nbds://", o.Target())
+	}
+	return nil
+}
+
+// clientOptions are the client's options for one connection: TLS with
+// the server name filled in, at TLS 1.2 at least (doc/proto.md, "TLS
+// versions").
+func (o Options) clientOptions(c client.Options) client.Options {
+	c.ExportName = o.Export
+	if o.TLS == nil {
+		return c
+	}
+	t := o.TLS.Clone()
+	if t.ServerName == "" {
+		t.ServerName = "localhost"
+		if o.Network != "unix" {
+			if host, _, err := net.SplitHostPort(o.Address); err == nil {
+				t.ServerName = host
+			}
+		}
+	}
+	t.MinVersion = max(t.MinVersion, tls.VersionTLS12)
+	c.TLS = t
+	return c
 }
 
 func joinHostPort(host, port string) string {
@@ -195,9 +264,12 @@ func (o Options) dialTimeout() time.Duration { return min(o.timeout(), maxDialTi
 // Probe dials the remote once, within bound, and returns its size and
 // transmission flags, for the host check of a configuration.
 func Probe(o Options, bound time.Duration) (size uint64, flags uint16, err error) {
+	if err := o.check(); err != nil {
+		return 0, 0, err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), min(bound, o.dialTimeout()))
 	defer cancel()
-	cl, err := client.Dial(ctx, o.Network, o.Address, client.Options{ExportName: o.Export})
+	cl, err := client.Dial(ctx, o.Network, o.Address, o.clientOptions(client.Options{}))
 	if err != nil {
 		return 0, 0, err
 	}
@@ -261,8 +333,14 @@ type Remote struct {
 // if the remote cannot be reached; without it the first dial must
 // succeed.
 func New(o Options) (*Remote, error) {
+	if err := o.check(); err != nil {
+		return nil, fmt.Errorf("nbd: %w", err)
+	}
 	if o.Connections < 1 {
 		o.Connections = 1
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
 	}
 	r := &Remote{o: o, size: o.Size, timeout: o.timeout(), stop: make(chan struct{})}
 	r.active.Store(1)
@@ -281,7 +359,7 @@ func New(o Options) (*Remote, error) {
 	case err != nil:
 		// Unreachable: see the package comment for what is assumed.
 		r.caps = bioset.CapFlush | bioset.CapFUA
-		r.conns[0].lastErr.Store(errString(err))
+		r.conns[0].failed(err)
 	default:
 		r.caps = capsOf(cl)
 	}
@@ -347,9 +425,9 @@ func (r *Remote) dial() (*client.Client, error) {
 		case <-ctx.Done():
 		}
 	}()
-	cl, err := client.Dial(ctx, r.o.Network, r.o.Address, client.Options{
-		ExportName: r.o.Export, StructuredReplies: true, MetaContext: true,
-	})
+	cl, err := client.Dial(ctx, r.o.Network, r.o.Address, r.o.clientOptions(client.Options{
+		StructuredReplies: true, MetaContext: true,
+	}))
 	if err != nil {
 		return nil, err
 	}
