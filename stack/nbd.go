@@ -1,7 +1,10 @@
 package stack
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
 	"strconv"
 	"time"
 
@@ -30,7 +33,7 @@ const (
 
 // NBDConfig is the settings of an nbd leaf, an export of another NBD
 // server (stackd, nbdkit, qemu-nbd, nbd-server), reached over TCP or a
-// unix socket:
+// unix socket, in plaintext or TLS:
 //
 //	nbd: {uri: nbd://198.18.0.2:10809/disk0, connections: 4, timeout: 30s, size: 64GiB}
 //
@@ -38,7 +41,8 @@ const (
 // start) are those of package targets/remote.
 type NBDConfig struct {
 	// URI is required: nbd://HOST[:PORT]/EXPORT (port 10809 when absent)
-	// or nbd+unix:///EXPORT?socket=PATH.
+	// or nbd+unix:///EXPORT?socket=PATH, or nbds:// or nbds+unix:// for
+	// TLS, which then needs the tls settings.
 	URI settings.String `yaml:"uri" need:"true"`
 	// Connections is how many connections to open, 1 to 16, used only
 	// when the remote advertises NBD_FLAG_CAN_MULTI_CONN; otherwise one
@@ -52,10 +56,114 @@ type NBDConfig struct {
 	// checked, which then needs the remote up; given, the export starts
 	// even while the remote is down.
 	Size settings.Size `yaml:"size"`
+	// TLS is required by, and only allowed with, an nbds:// or
+	// nbds+unix:// URI: how the leg verifies the remote and proves
+	// itself to it.
+	TLS NBDTLSConfig `yaml:"tls" label:"nbd tls"`
 
 	opts   remote.Options // from URI, once Check has parsed it
 	parsed bool
-	host   hostSized // the remote's size, learnt by CheckHost when Size is absent
+	tls    *tls.Config // from TLS's files, once loaded
+	host   hostSized   // the remote's size, learnt by CheckHost when Size is absent
+}
+
+// NBDTLSConfig is an nbd leg's TLS: the connection upgrades with
+// STARTTLS before anything else, and fails, rather than go on in
+// plaintext, if the remote refuses or does not verify. Relative paths
+// are relative to the configuration file's directory.
+//
+//	nbd: {uri: nbds://198.18.0.2/disk0, size: 64GiB, tls: {ca: ca.pem, cert: front.pem, key: front-key.pem}}
+type NBDTLSConfig struct {
+	// CA is required: PEM certificates, one of which must sign the
+	// remote's certificate (the system's roots are not used: a remote
+	// disk is trusted on the operator's word, not a public CA's).
+	CA settings.String `yaml:"ca" label:"nbd tls ca" need:"true"`
+	// Cert and Key, both or neither, are the client certificate the leg
+	// presents, for a remote that requires one (stackd's tls.client_ca,
+	// nbdkit's --tls-verify-peer).
+	Cert settings.String `yaml:"cert" label:"nbd tls cert"`
+	Key  settings.String `yaml:"key" label:"nbd tls key"`
+	// ServerName is the name the remote's certificate must carry
+	// (absent: the URI's host, an address matching an IP SAN; for
+	// nbds+unix, "localhost").
+	ServerName settings.String `yaml:"server_name" label:"nbd tls server_name"`
+}
+
+// given reports whether a tls section was written, and its first line.
+func (t *NBDTLSConfig) given() (bool, int) {
+	line := 0
+	for _, v := range []settings.String{t.CA, t.Cert, t.Key, t.ServerName} {
+		if v.Line > 0 && (line == 0 || v.Line < line) {
+			line = v.Line
+		}
+	}
+	return line > 0, line
+}
+
+func (t *NBDTLSConfig) check(p *settings.Problems) {
+	for _, v := range []struct {
+		s    settings.String
+		what string
+	}{{t.CA, "ca"}, {t.Cert, "cert"}, {t.Key, "key"}, {t.ServerName, "server_name"}} {
+		if v.s.Line > 0 && v.s.S == "" {
+			p.At(v.s.Line, "nbd tls %s must not be empty", v.what)
+		}
+	}
+	switch {
+	case t.Cert.Line > 0 && t.Key.Line == 0:
+		p.At(t.Cert.Line, "nbd tls cert needs a key too")
+	case t.Key.Line > 0 && t.Cert.Line == 0:
+		p.At(t.Key.Line, "nbd tls key needs a cert too")
+	}
+}
+
+// ResolvePaths makes the TLS files' paths absolute, as a file target's.
+func (c *NBDConfig) ResolvePaths(dir string) {
+	for _, v := range []*settings.String{&c.TLS.CA, &c.TLS.Cert, &c.TLS.Key} {
+		if v.S == "" {
+			continue
+		}
+		f := FileConfig{Path: *v}
+		f.ResolvePaths(dir)
+		v.S = f.Path.S
+	}
+}
+
+// load reads the TLS files into a client configuration; each problem
+// is reported at the line of the key naming the file.
+func (t *NBDTLSConfig) load(p *settings.Problems, now time.Time) *tls.Config {
+	pem, err := os.ReadFile(t.CA.S)
+	if err != nil {
+		p.At(t.CA.Line, "nbd tls ca: %v", err)
+		return nil
+	}
+	cfg := &tls.Config{RootCAs: x509.NewCertPool(), ServerName: t.ServerName.S, MinVersion: tls.VersionTLS12}
+	if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+		p.At(t.CA.Line, "nbd tls ca %s holds no PEM certificate", t.CA.S)
+		return nil
+	}
+	if t.Cert.Line == 0 {
+		return cfg
+	}
+	pair, err := tls.LoadX509KeyPair(t.Cert.S, t.Key.S)
+	if err != nil {
+		p.At(t.Key.Line, "nbd tls key %s with cert %s: %v", t.Key.S, t.Cert.S, err)
+		return nil
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	switch {
+	case err != nil:
+		p.At(t.Cert.Line, "nbd tls cert %s: %v", t.Cert.S, err)
+		return nil
+	case now.After(leaf.NotAfter):
+		p.At(t.Cert.Line, "nbd tls cert %s expired at %s", t.Cert.S, leaf.NotAfter.UTC().Format(time.RFC3339))
+		return nil
+	case now.Before(leaf.NotBefore):
+		p.At(t.Cert.Line, "nbd tls cert %s is not valid before %s", t.Cert.S, leaf.NotBefore.UTC().Format(time.RFC3339))
+		return nil
+	}
+	cfg.Certificates = []tls.Certificate{pair}
+	return cfg
 }
 
 func (c *NBDConfig) Kind() string     { return KindNBD }
@@ -71,6 +179,15 @@ func (c *NBDConfig) Check(p *settings.Problems) {
 			c.opts, c.parsed = o, true
 		}
 	}
+	tlsGiven, tlsLine := c.TLS.given()
+	switch {
+	case !c.parsed:
+	case c.opts.Secure && !tlsGiven:
+		p.At(c.URI.Line, "nbd uri %q: TLS needs a tls section with the CA that signs the remote's certificate, as in tls: {ca: FILE}", c.URI.S)
+	case !c.opts.Secure && tlsGiven:
+		p.At(tlsLine, "nbd tls: the uri %q is plaintext; write nbds:// (or nbds+unix://) for TLS", c.URI.S)
+	}
+	c.TLS.check(p)
 	if n := c.Connections; n.Line > 0 && (n.N < 1 || n.N > maxNBDConnections) {
 		p.At(n.Line, "nbd connections: %d is out of range; want 1 to %d", n.N, maxNBDConnections)
 	}
@@ -84,6 +201,7 @@ func (c *NBDConfig) NodeSize(legs []Sized) (uint64, error) { return c.host.nodeS
 // options are the remote's options with the settings' values.
 func (c *NBDConfig) options() remote.Options {
 	o := c.opts
+	o.TLS = c.tls
 	o.Connections = int(c.Connections.N)
 	o.Timeout = c.Timeout.D
 	o.Size = c.Size.Bytes
@@ -99,6 +217,11 @@ func (c *NBDConfig) options() remote.Options {
 func (c *NBDConfig) checkHost(h *Host, p *settings.Problems, bad bool) {
 	if bad || !c.parsed {
 		return
+	}
+	if c.opts.Secure {
+		if c.tls = c.TLS.load(p, time.Now()); c.tls == nil {
+			return
+		}
 	}
 	size, _, err := remote.Probe(c.options(), probeBound)
 	switch {
@@ -118,7 +241,16 @@ func (c *NBDConfig) Build(legs []Device, b BuildContext) (Device, error) {
 	if !c.parsed {
 		return nil, fmt.Errorf("nbd: uri %q was not checked", c.URI.S)
 	}
-	r, err := remote.New(c.options())
+	if c.opts.Secure && c.tls == nil {
+		// Built without the host check (a stack made in Go).
+		var p settings.Problems
+		if c.tls = c.TLS.load(&p, time.Now()); c.tls == nil {
+			return nil, p.Err()
+		}
+	}
+	o := c.options()
+	o.Log = b.Log
+	r, err := remote.New(o)
 	if err != nil {
 		return nil, err
 	}

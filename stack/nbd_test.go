@@ -101,7 +101,7 @@ func TestNBDStripe(t *testing.T) {
 
 func TestNBDConfigErrors(t *testing.T) {
 	for _, c := range []struct{ src, want string }{
-		{"nbd: {uri: http://x/y}", `line 1: nbd uri "http://x/y": scheme "http" is not nbd or nbd+unix`},
+		{"nbd: {uri: http://x/y}", `line 1: nbd uri "http://x/y": scheme "http" is not nbd, nbd+unix, nbds or nbds+unix`},
 		{"nbd: {uri: \"nbd://h/d\", connections: 0}", `line 1: nbd connections: 0 is out of range; want 1 to 16`},
 		{"nbd: {uri: \"nbd://h/d\", timeout: 1ms}", `line 1: nbd timeout: 1ms is shorter than 100ms`},
 		{"nbd: {uri: \"nbd://h/d\", size: 1000}", `line 1: nbd size: 1000B is not a multiple of 512 bytes`},

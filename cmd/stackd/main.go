@@ -188,6 +188,17 @@ func serve(args []string, stderr io.Writer) int {
 	// Leaves that log (the rbd target's librbd errors) use the default
 	// logger, so that their records join the daemon's, in its format.
 	slog.SetDefault(log)
+	// SIGHUP is caught from here on, before the configuration is read:
+	// its default action is to exit, and an operator (or a certificate
+	// renewal hook) that sends it while the daemon is still starting,
+	// which can take as long as a remote's dial or a Ceph cluster's
+	// connect, must not kill it. One that arrives before start returns
+	// waits in the channel and is acted on once the daemon is up: a
+	// reload then, of files that may have changed since start read them.
+	// SIGTERM and SIGINT keep their default action until then, so that a
+	// start that hangs can still be stopped.
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGHUP)
 	cfg, err := loadConfig(*path)
 	if err != nil {
 		log.Error("configuration rejected", "err", err)
@@ -202,8 +213,7 @@ func serve(args []string, stderr io.Writer) int {
 		return 1
 	}
 
-	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	signal.Notify(sig, syscall.SIGTERM, syscall.SIGINT)
 	s := <-sig
 	for s == syscall.SIGHUP {
 		d.reloadTLS()

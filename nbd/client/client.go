@@ -279,7 +279,7 @@ func (h *clientHandshake) startTLS(cfg *tls.Config) error {
 		return err
 	}
 	if typ != wire.RepAck {
-		return optionError(wire.OptStartTLS, typ, data)
+		return fmt.Errorf("nbd: the server refused STARTTLS, and TLS is required: %w", optionError(wire.OptStartTLS, typ, data))
 	}
 	tc := tls.Client(h.nc, cfg)
 	if err := tc.Handshake(); err != nil {
@@ -612,10 +612,42 @@ func (c *Client) breakConn(err error) {
 	c.nc.Close()
 }
 
+// Reset is Abort with a TCP reset: the socket is closed with SO_LINGER
+// 0, so that the kernel discards what it has not yet delivered of the
+// requests sent, instead of delivering it, perhaps much later (a
+// retransmission once a lost link is back), to a server that would then
+// perform requests their owner has given up on. It cannot recall what
+// the server's kernel has already received: see targets/remote's
+// package comment. On a unix socket it is Abort. Close must still be
+// called.
+func (c *Client) Reset(err error) {
+	resetSocket(c.nc)
+	c.breakConn(err)
+}
+
+// resetSocket closes the TCP socket under nc (a *tls.Conn's too) with
+// SO_LINGER 0, which sends RST and drops the send queue. The TCP socket
+// is closed directly: a *tls.Conn's Close would first try to send a
+// close_notify alert, which can block for seconds behind a full send
+// queue.
+func resetSocket(nc net.Conn) {
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
+	}
+	if tcp, ok := nc.(*net.TCPConn); ok {
+		tcp.SetLinger(0)
+		tcp.Close()
+	}
+}
+
 func (c *Client) readLoop() {
 	defer close(c.readerDone)
 	err := c.readReplies()
 	c.mu.Lock()
+	// reset: the reader found the connection broken itself (the server
+	// broke the protocol or hung up), so the requests sent on it are
+	// abandoned; what is still unsent must not reach the server later.
+	reset := c.err == nil && !c.closed
 	switch {
 	case c.err != nil:
 		err = c.err
@@ -628,6 +660,9 @@ func (c *Client) readLoop() {
 	calls := c.calls
 	c.calls = nil // with c.err set: do registers no more calls
 	c.mu.Unlock()
+	if reset {
+		resetSocket(c.nc)
+	}
 	c.nc.Close()
 	for _, ca := range calls {
 		if ca.err == nil {

@@ -36,6 +36,36 @@ type conn struct {
 	state      atomic.Int32
 	reconnects atomic.Uint64
 	lastErr    atomic.Pointer[string] // why the last dial failed or the connection dropped
+	// logged is the last failure logged, "" once connected; only the
+	// slot's dialler (or New, before it starts) touches it.
+	logged string
+}
+
+// failed records why a dial failed or the connection dropped, and logs
+// it when it is news: the first failure since the slot was connected, or
+// one unlike the last logged. A remote down for hours, or one whose
+// certificate does not verify, is then a line in the log rather than a
+// line per backoff.
+func (c *conn) failed(err error) {
+	s := errString(err)
+	c.lastErr.Store(s)
+	if *s == c.logged {
+		return
+	}
+	msg := "nbd leg cannot connect"
+	if c.logged == "" && c.state.Load() == connStateConnected {
+		msg = "nbd leg lost its connection"
+	}
+	c.logged = *s
+	c.r.o.Log.Warn(msg, "uri", c.r.o.Target(), "conn", c.id, "err", err)
+}
+
+// connected logs a connection made after a failure was logged.
+func (c *conn) connected() {
+	if c.logged != "" {
+		c.r.o.Log.Info("nbd leg connected", "uri", c.r.o.Target(), "conn", c.id)
+		c.logged = ""
+	}
 }
 
 // signal wakes the sender without blocking: one pending wake-up is
@@ -98,7 +128,7 @@ func (c *conn) keepConnected(cl *client.Client) {
 			var err error
 			c.state.Store(connStateConnecting)
 			if cl, err = r.dial(); err != nil {
-				c.lastErr.Store(errString(err))
+				c.failed(err)
 				c.state.Store(connStateBackoff)
 				if !c.sleep(backoff) {
 					return
@@ -113,6 +143,7 @@ func (c *conn) keepConnected(cl *client.Client) {
 			r.learnMulti(cl)
 		}
 		backoff = backoffMin
+		c.connected()
 		c.mu.Lock()
 		c.cl = cl
 		c.mu.Unlock()
@@ -127,8 +158,9 @@ func (c *conn) keepConnected(cl *client.Client) {
 			if busy {
 				// The sender may be blocked writing to a remote that
 				// stopped reading: break the socket rather than queue a
-				// NBD_CMD_DISC behind it.
-				cl.Abort(errClosing)
+				// NBD_CMD_DISC behind it, with a reset, so that what
+				// is unsent is not performed after we are gone.
+				cl.Reset(errClosing)
 			}
 			cl.Close()
 			c.drop()
@@ -138,7 +170,7 @@ func (c *conn) keepConnected(cl *client.Client) {
 		// (Broken closes after the reader completed them all): they are
 		// back on the queue or ended.
 		c.drop()
-		c.lastErr.Store(errString(cl.Err()))
+		c.failed(cl.Err())
 		cl.Close()
 		cl = nil
 		c.state.Store(connStateBackoff)
@@ -265,7 +297,8 @@ func (c *conn) watch(now time.Time) {
 		q = next
 	}
 	if abort != nil {
-		abort.Abort(errTimedOut)
+		// A reset, not a close: see "Fencing" in the package comment.
+		abort.Reset(errTimedOut)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -542,7 +543,10 @@ func TestParseURI(t *testing.T) {
 		{uri: "nbd://[::1]/", network: "tcp", addr: "[::1]:10809", export: ""},
 		{uri: "nbd+unix:///disk0?socket=/run/a.sock", network: "unix", addr: "/run/a.sock", export: "disk0"},
 		{uri: "nbd+unix:///disk0", err: "socket=PATH"},
-		{uri: "nbds://h/x", err: "TLS"},
+		{uri: "nbds://h/x", network: "tcp", addr: "h:10809", export: "x"},
+		{uri: "nbds+unix:///d?socket=/s", network: "unix", addr: "/s", export: "d"},
+		{uri: "nbds+unix:///d", err: "nbds+unix:///EXPORT?socket=PATH"},
+		{uri: "nbds:///x", err: "want nbds://HOST"},
 		{uri: "http://h/x", err: "not nbd"},
 		{uri: "nbd:///x", err: "no host"},
 	} {
@@ -554,7 +558,7 @@ func TestParseURI(t *testing.T) {
 			}
 		case err != nil:
 			t.Errorf("%s: %v", c.uri, err)
-		case o.Network != c.network || o.Address != c.addr || o.Export != c.export:
+		case o.Network != c.network || o.Address != c.addr || o.Export != c.export || o.Secure != strings.HasPrefix(c.uri, "nbds"):
 			t.Errorf("%s: %+v", c.uri, o)
 		}
 	}
