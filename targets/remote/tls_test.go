@@ -13,7 +13,6 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/internal/stackdtest"
-	"github.com/stackd/stackd/internal/testcerts"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/targets"
@@ -22,7 +21,7 @@ import (
 // serveTLS runs an nbd server that requires TLS, and a client
 // certificate signed by certs' CA, over a memory target on loopback
 // until the test ends; it returns the address.
-func serveTLS(t *testing.T, certs *testcerts.Set, size uint64) string {
+func serveTLS(t *testing.T, certs *stackdtest.Certs, size uint64) string {
 	t.Helper()
 	l := listen(t)
 	srv, err := nbd.NewServer(nbd.Options{
@@ -43,9 +42,9 @@ func serveTLS(t *testing.T, certs *testcerts.Set, size uint64) string {
 	return l.Addr().String()
 }
 
-func newCerts(t *testing.T) *testcerts.Set {
+func newCerts(t *testing.T) *stackdtest.Certs {
 	t.Helper()
-	s, err := testcerts.Generate(t.TempDir())
+	s, err := stackdtest.GenerateCerts(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stackd/stackd/internal/testcerts"
+	"github.com/stackd/stackd/internal/stackdtest"
 	"github.com/stackd/stackd/nbd/client"
 )
 
@@ -23,23 +23,23 @@ import (
 
 // tlsLeg is an nbd leg over TLS with the certificates of certs: its CA
 // verifies the remote; its client pair is presented.
-func tlsLeg(uri string, certs *testcerts.Set, caDir string, size string) string {
+func tlsLeg(uri string, certs *stackdtest.Certs, caDir string, size string) string {
 	return fmt.Sprintf("{nbd: {uri: %s, timeout: 10s%s, tls: {ca: %s, cert: %s, key: %s}}}", strconv.Quote(uri), size,
-		strconv.Quote(filepath.Join(caDir, testcerts.CACert)),
-		strconv.Quote(filepath.Join(certs.Dir, testcerts.ClientCert)), strconv.Quote(filepath.Join(certs.Dir, testcerts.ClientKey)))
+		strconv.Quote(filepath.Join(caDir, stackdtest.CACert)),
+		strconv.Quote(filepath.Join(certs.Dir, stackdtest.ClientCert)), strconv.Quote(filepath.Join(certs.Dir, stackdtest.ClientKey)))
 }
 
 func TestRemoteTLS(t *testing.T) {
 	need(t, "nbdkit")
 	need(t, "fio")
 	need(t, "nbdcopy")
-	certs, err := testcerts.Generate(t.TempDir())
+	certs, err := stackdtest.GenerateCerts(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
 	remote := startDaemon(t, daemonConfig{TCP: true,
-		TLS: fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: required}", filepath.Join(certs.Dir, testcerts.ServerCert),
-			filepath.Join(certs.Dir, testcerts.ServerKey), filepath.Join(certs.Dir, testcerts.CACert)),
+		TLS: fmt.Sprintf("{cert: %q, key: %q, client_ca: %q, mode: required}", filepath.Join(certs.Dir, stackdtest.ServerCert),
+			filepath.Join(certs.Dir, stackdtest.ServerKey), filepath.Join(certs.Dir, stackdtest.CACert)),
 		Exports: []export{{Name: "disk0", Stack: memStack(remoteLegSize / 4)}}})
 	// nbdkit reads ca-cert.pem, server-cert.pem and server-key.pem from
 	// the directory, the layout testcerts writes; with --tls-verify-peer
@@ -82,7 +82,7 @@ func TestRemoteTLS(t *testing.T) {
 	}
 
 	t.Run("wrong CA", func(t *testing.T) {
-		other, err := testcerts.Generate(t.TempDir())
+		other, err := stackdtest.GenerateCerts(t.TempDir())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,8 +90,8 @@ func TestRemoteTLS(t *testing.T) {
 		// verify the remote with: the remote's certificate is refused.
 		bad := startDaemon(t, daemonConfig{Exports: []export{{Name: "default",
 			Stack: "{nbd: {uri: " + strconv.Quote("nbds://"+remote.TCPAddr+"/disk0") + fmt.Sprintf(", timeout: 1s, size: %d, tls: {ca: %q, cert: %q, key: %q}}}",
-				remoteLegSize, filepath.Join(other.Dir, testcerts.CACert),
-				filepath.Join(certs.Dir, testcerts.ClientCert), filepath.Join(certs.Dir, testcerts.ClientKey))}}})
+				remoteLegSize, filepath.Join(other.Dir, stackdtest.CACert),
+				filepath.Join(certs.Dir, stackdtest.ClientCert), filepath.Join(certs.Dir, stackdtest.ClientKey))}}})
 		waitLogged(t, bad, "certificate signed by unknown authority")
 		waitLogged(t, bad, "nbd leg cannot connect")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
