@@ -23,6 +23,9 @@
 #                      (default: those that run against every server; the
 #                      delayed ones need delayed twins, which ab.sh does
 #                      not start)
+#   AB_STACK=default   what both builds serve: default (split 1 MiB ->
+#                      stripe 64 KiB x 4 -> memory) or null (one null
+#                      target: the protocol engine alone)
 #   AB_BASE_ENV, AB_NEW_ENV
 #                      environment for each build's process, e.g.
 #                      AB_BASE=HEAD AB_NEW_ENV=GOMAXPROCS=1 compares a
@@ -38,6 +41,12 @@ RUNTIME=${AB_RUNTIME:-4}
 REPS=${AB_REPS:-5}
 WORKLOADS=${AB_WORKLOADS:-$(workload_names servers all)}
 SIZE_MIB=1024
+STACK=${AB_STACK:-default}
+case $STACK in
+default) STACK_YAML=$(default_stack "$SIZE_MIB") ;;
+null) STACK_YAML="      null: {size: ${SIZE_MIB}MiB}" ;;
+*) echo "ab.sh: AB_STACK is default or null, not $STACK" >&2; exit 2 ;;
+esac
 
 need_tools go fio nbdinfo jq git
 # shellcheck disable=SC2086 # a list of words
@@ -66,7 +75,7 @@ fi
 
 start() {
 	local b=$1 envvar=AB_${1^^}_ENV
-	stackd_config "$(sock "$b")" "$(default_stack "$SIZE_MIB")" >"$WORK/$b.yaml"
+	stackd_config "$(sock "$b")" "$STACK_YAML" >"$WORK/$b.yaml"
 	# shellcheck disable=SC2086 # VAR=VALUE words for env
 	env ${!envvar:-} "$WORK/stackd-$b" serve -config "$WORK/$b.yaml" -log-level warn >"$WORK/$b.log" 2>&1 &
 	PID[$b]=$!
@@ -110,7 +119,7 @@ for rep in $(seq "$REPS"); do
 	log "repetition $rep of $REPS done"
 done
 
-printf '\nbase %s vs %s; median of %s runs of %s s\n\n' "$BASE" "${NEW:-working tree}" "$REPS" "$RUNTIME"
+printf '\nbase %s vs %s, %s stack; median of %s runs of %s s\n\n' "$BASE" "${NEW:-working tree}" "$STACK" "$REPS" "$RUNTIME"
 printf '%-16s %12s %12s %7s %12s %12s %7s\n' workload base new ratio "cpu/req base" "cpu/req new" ratio
 for wl in $WORKLOADS; do
 	awk -F'\t' -v wl="$wl" '

@@ -28,6 +28,9 @@
 #   qemu-nbd        qemu-nbd -f raw -e 0 -t on a tmpfs file (defaults:
 #                   --cache=writeback, --aio=threads)
 #   go-nbd          bench/gonbd-server: go-nbd's server.Handle + memory backend
+#   stackd-null     stackd, one null target: the protocol engine alone
+#   nbdkit-null     nbdkit null plugin: nbdkit's engine alone, the baseline
+#                   stackd-null is compared with
 # The workloads that workloads.tsv marks `delayed` (the 1 ms leg) run
 # against delayed twins of three of them:
 #   stackd-default with a 1ms delay layer over each memory leg, nbdkit
@@ -98,7 +101,7 @@ QUIET_START=${BENCH_QUIET_START:-120}
 RETRIES=${BENCH_RETRIES:-2}
 RETRY_BUDGET=${BENCH_RETRY_BUDGET:-20}
 QUIET_BUDGET=${BENCH_QUIET_BUDGET:-300}
-ALL_SERVERS="stackd-default stackd-default-p1 stackd-memory stackd-file nbdkit-memory nbdkit-file qemu-nbd go-nbd"
+ALL_SERVERS="stackd-default stackd-default-p1 stackd-memory stackd-file nbdkit-memory nbdkit-file qemu-nbd go-nbd stackd-null nbdkit-null"
 SERVERS=${BENCH_SERVERS:-$ALL_SERVERS}
 WORKLOADS=${BENCH_WORKLOADS:-$(workload_names)}
 # The payload budget stackd runs with; the default, written out so the
@@ -169,6 +172,8 @@ start() {
 		config "$name" "$(default_stack "$SIZE_MIB" 1ms)" ;;
 	stackd-memory)
 		config "$name" "      memory: {size: ${SIZE_MIB}MiB}" ;;
+	stackd-null)
+		config "$name" "      null: {size: ${SIZE_MIB}MiB}" ;;
 	stackd-file)
 		truncate -s "${SIZE_MIB}M" "$WORK/$name.img"
 		config "$name" "      file: {path: $WORK/$name.img, size: ${SIZE_MIB}MiB}" ;;
@@ -184,6 +189,8 @@ start() {
 		"${WRAP[@]}" nbdkit -f -U "$s" memory "${SIZE_MIB}M" >"$WORK/$name.log" 2>&1 & ;;
 	nbdkit-memory-delay)
 		"${WRAP[@]}" nbdkit -f -U "$s" --filter=delay memory "${SIZE_MIB}M" delay-read=1ms delay-write=1ms >"$WORK/$name.log" 2>&1 & ;;
+	nbdkit-null)
+		"${WRAP[@]}" nbdkit -f -U "$s" null "${SIZE_MIB}M" >"$WORK/$name.log" 2>&1 & ;;
 	nbdkit-file)
 		"${WRAP[@]}" nbdkit -f -U "$s" file "$WORK/$name.img" >"$WORK/$name.log" 2>&1 & ;;
 	qemu-nbd)

@@ -41,10 +41,6 @@ type workload struct {
 	Name  string
 	Label string
 	MBps  bool // report MB/s instead of IOPS
-	// Versus is the server whose throughput the default stack's goal is a
-	// ratio to, and Goal that ratio, at least; "" and 0 for no goal.
-	Versus string
-	Goal   float64
 }
 
 // workloads are the rows, in the table's order; main loads them.
@@ -64,19 +60,54 @@ func loadWorkloads(path string) ([]workload, error) {
 				r[k] = ""
 			}
 		}
-		w := workload{Name: r["name"], Label: r["label"], MBps: r["unit"] == "mbps", Versus: r["versus"]}
+		w := workload{Name: r["name"], Label: r["label"], MBps: r["unit"] == "mbps"}
 		if w.Name == "" || w.Label == "" || (r["unit"] != "iops" && r["unit"] != "mbps") {
 			return nil, fmt.Errorf("%s: workload %q needs a name, a label and a unit (iops or mbps)", path, w.Name)
-		}
-		if w.Versus != "" {
-			if w.Goal, err = strconv.ParseFloat(r["goal"], 64); err != nil || w.Goal <= 0 {
-				return nil, fmt.Errorf("%s: workload %s: goal %q is not a ratio", path, w.Name, r["goal"])
-			}
 		}
 		out = append(out, w)
 	}
 	if len(out) == 0 {
 		return nil, fmt.Errorf("%s: no workloads", path)
+	}
+	return out, nil
+}
+
+// goal is a line of bench/goals.tsv: a ratio between two columns of one
+// row that a run meets or falls short of.
+type goal struct {
+	Workload, Server, Versus string
+	// CPU: the ratio is of CPU per request, and must be below Ratio;
+	// otherwise of throughput, and must be at least Ratio.
+	CPU   bool
+	Ratio float64
+	Why   string
+}
+
+// goals are the goals, in the file's order; main loads them.
+var goals []goal
+
+// loadGoals reads bench/goals.tsv, checking each line's workload and
+// servers against the table's.
+func loadGoals(path string) ([]goal, error) {
+	rows, err := readTSV(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []goal
+	for _, r := range rows {
+		g := goal{Workload: r["workload"], Server: r["server"], Versus: r["versus"], CPU: r["measure"] == "cpu", Why: r["why"]}
+		switch {
+		case !knownWorkload(g.Workload):
+			return nil, fmt.Errorf("%s: goal for unknown workload %q", path, g.Workload)
+		case !knownServer(g.Server) || !knownServer(g.Versus):
+			return nil, fmt.Errorf("%s: goal %s: unknown server %q or %q", path, g.Workload, g.Server, g.Versus)
+		case r["measure"] != "cpu" && r["measure"] != "throughput":
+			return nil, fmt.Errorf("%s: goal %s: measure %q is not throughput or cpu", path, g.Workload, r["measure"])
+		}
+		if g.Ratio, err = strconv.ParseFloat(r["goal"], 64); err != nil || g.Ratio <= 0 {
+			return nil, fmt.Errorf("%s: goal %s: %q is not a ratio", path, g.Workload, r["goal"])
+		}
+		out = append(out, g)
 	}
 	return out, nil
 }
@@ -98,6 +129,8 @@ var servers = []server{
 	{"nbdkit-file", "nbdkit file (tmpfs)", "nbdkit-file", rgb(0xff9896)},
 	{"qemu-nbd", "qemu-nbd (tmpfs)", "nbdkit-file", rgb(0x2ca02c)},
 	{"go-nbd", "go-nbd memory", "nbdkit-memory", rgb(0x9467bd)},
+	{"stackd-null", "stackd null", "nbdkit-null", rgb(0x17becf)},
+	{"nbdkit-null", "nbdkit null", "nbdkit-null", rgb(0xbcbd22)},
 }
 
 // Run is one fio run of the table.
@@ -260,7 +293,8 @@ func median(v []float64) float64 {
 }
 
 func main() {
-	wlFile := flag.String("workloads", "bench/workloads.tsv", "the workloads: the table's rows, their labels and goals")
+	wlFile := flag.String("workloads", "bench/workloads.tsv", "the workloads: the table's rows and their labels")
+	goalFile := flag.String("goals", "bench/goals.tsv", "the goals the run is judged by")
 	raw := flag.String("raw", "bench/results/raw", "directory of run.sh's raw output")
 	from := flag.String("from", "", "a results.json that report wrote, to render again instead of the raw output")
 	out := flag.String("out", "bench/results", "directory to write results.md, chart.svg and results.json to")
@@ -268,6 +302,9 @@ func main() {
 
 	var err error
 	if workloads, err = loadWorkloads(*wlFile); err != nil {
+		log.Fatalf("report: %v", err)
+	}
+	if goals, err = loadGoals(*goalFile); err != nil {
 		log.Fatalf("report: %v", err)
 	}
 	var res results
@@ -451,6 +488,14 @@ func find(cells []Cell, wl, srv string) *Cell {
 	return nil
 }
 
+func knownServer(name string) bool {
+	return slices.ContainsFunc(servers, func(s server) bool { return s.Name == name })
+}
+
+func knownWorkload(name string) bool {
+	return slices.ContainsFunc(workloads, func(w workload) bool { return w.Name == name })
+}
+
 func serverByName(name string) server {
 	for _, s := range servers {
 		if s.Name == name {
@@ -512,7 +557,7 @@ func writeMarkdown(md *strings.Builder, res results) {
 		meta["reps"], meta["runtime"], meta["ramp"], meta["size_mib"])
 
 	p("## Throughput\n\n")
-	p("IOPS for 4 KiB workloads, MB/s for 1 MiB. In parentheses: the ratio to nbdkit memory (memory servers) or to nbdkit file (file servers, marked ᶠ). n/a: the workload does not apply.\n\n")
+	p("IOPS for 4 KiB workloads, MB/s for 1 MiB. In parentheses: the ratio to nbdkit memory (memory servers), to nbdkit file (file servers, marked ᶠ) or to nbdkit null (stackd null). n/a: the workload does not apply.\n\n")
 	p("| workload |")
 	for _, s := range cols {
 		mark := ""
@@ -544,28 +589,31 @@ func writeMarkdown(md *strings.Builder, res results) {
 	p("\nThe 1 ms row runs against delayed twins: stackd's default stack with `delay: 1ms` on each memory leaf, nbdkit memory under `--filter=delay delay-read=1ms delay-write=1ms`, and the go-nbd server with a 1 ms sleep in its backend.\n\n")
 	p("![IOPS per server and workload](chart.svg)\n\n")
 
-	p("## Throughput goals: stackd default stack against its peers\n\n")
-	p("| workload | versus | goal | measured | | with GOMAXPROCS=1 | |\n|---|---|---:|---:|---|---:|---|\n")
-	for _, g := range workloads {
-		b := find(cells, g.Name, g.Versus)
-		if g.Versus == "" || b == nil || b.Median == 0 {
-			continue
+	p("## Goals\n\n")
+	p("From bench/goals.tsv. Throughput goals are a ratio of medians, at least the goal; CPU goals a ratio of median server CPU per request, below it.\n\n")
+	p("| workload | server | versus | measure | goal | measured | | what for |\n|---|---|---|---|---:|---:|---|---|\n")
+	for _, g := range goals {
+		a, b := find(cells, g.Workload, g.Server), find(cells, g.Workload, g.Versus)
+		if a == nil || b == nil {
+			continue // a server or workload left out of this run
 		}
-		p("| %s | %s | ≥ %.1f× |", g.Label, serverByName(g.Versus).Label, g.Goal)
-		for _, col := range []string{"stackd-default", "stackd-default-p1"} {
-			a := find(cells, g.Name, col)
-			if a == nil {
-				p(" n/a | |")
-				continue
+		measure, want, r, met := "throughput", fmt.Sprintf("≥ %.2f×", g.Ratio), 0.0, false
+		if g.CPU {
+			measure, want = "CPU per request", fmt.Sprintf("< %.2f×", g.Ratio)
+			if b.CPUUs > 0 {
+				r = a.CPUUs / b.CPUUs
+				met = r < g.Ratio
 			}
-			r := a.Median / b.Median
-			verdict := "met"
-			if r < g.Goal {
-				verdict = "**short**"
-			}
-			p(" %.2f× | %s |", r, verdict)
+		} else if b.Median > 0 {
+			r = a.Median / b.Median
+			met = r >= g.Ratio
 		}
-		p("\n")
+		verdict := "met"
+		if !met {
+			verdict = "**short**"
+		}
+		p("| %s | %s | %s | %s | %s | %.2f× | %s | %s |\n", wlByName(g.Workload).Label, serverByName(g.Server).Label,
+			serverByName(g.Versus).Label, measure, want, r, verdict, g.Why)
 	}
 	p("\n")
 
