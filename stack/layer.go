@@ -27,16 +27,40 @@ func legCaps(legs []Device) bioset.Caps {
 	return c
 }
 
-// legsDirect returns every leg's direct access, or false if one has none:
-// a layer over legs offers direct writes only when all of them take them.
-func legsDirect(legs []Device) ([]bioset.Direct, bool) {
+// layerDirect is a layer's direct access over its legs' (see
+// bioset.Direct). piece says where each piece of a direct write goes, cut
+// as the layer's Submit cuts a WRITE bio: the leg holding device offset
+// pos, pos's offset on it, and how many bytes of [pos, end) go there in
+// one piece.
+type layerDirect struct {
+	legs  []bioset.Direct
+	piece func(pos, end uint64) (leg int, legOff, n uint64)
+}
+
+// newLayerDirect returns the direct access of a layer over legs, or nil
+// if a leg has none: a layer offers direct writes only when all of its
+// legs take them.
+func newLayerDirect(legs []Device, piece func(pos, end uint64) (int, uint64, uint64)) bioset.Direct {
 	ds := make([]bioset.Direct, len(legs))
 	for i, l := range legs {
 		if ds[i] = bioset.DirectOf(l); ds[i] == nil {
-			return nil, false
+			return nil
 		}
 	}
-	return ds, true
+	return &layerDirect{legs: ds, piece: piece}
+}
+
+// WriteDirect sends each piece of [off, off+length) to its leg, with the
+// part of head that falls in it.
+func (ld *layerDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
+	for pos, end := off, off+length; pos < end; {
+		leg, legOff, n := ld.piece(pos, end)
+		if err := ld.legs[leg].WriteDirect(legOff, n, bioset.HeadPart(head, pos-off, n), fill); err != nil {
+			return err
+		}
+		pos += n
+	}
+	return nil
 }
 
 // remap points b at dev at offset off and resubmits it: the zero-allocation

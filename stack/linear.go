@@ -94,30 +94,11 @@ func (ln *Linear) Submit(s *bioset.Submitter, b *bioset.Bio) {
 
 // Direct offers direct writes when every leg does (see bioset.Direct),
 // cutting them at the legs' seams as Submit cuts bios.
-func (ln *Linear) Direct() bioset.Direct {
-	legs, ok := legsDirect(ln.legs)
-	if !ok {
-		return nil
-	}
-	return &linearDirect{ln: ln, legs: legs}
-}
+func (ln *Linear) Direct() bioset.Direct { return newLayerDirect(ln.legs, ln.directPiece) }
 
-type linearDirect struct {
-	ln   *Linear
-	legs []bioset.Direct
-}
-
-func (ld *linearDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
-	ln := ld.ln
-	for pos, end := off, off+length; pos < end; {
-		leg := ln.legAt(pos)
-		n := min(ln.starts[leg]+ln.legs[leg].Size(), end) - pos
-		if err := ld.legs[leg].WriteDirect(pos-ln.starts[leg], n, bioset.HeadPart(head, pos-off, n), fill); err != nil {
-			return err
-		}
-		pos += n
-	}
-	return nil
+func (ln *Linear) directPiece(pos, end uint64) (int, uint64, uint64) {
+	leg := ln.legAt(pos)
+	return leg, pos - ln.starts[leg], min(ln.starts[leg]+ln.legs[leg].Size(), end) - pos
 }
 
 // KindLinear is the linear layer's kind.

@@ -88,32 +88,14 @@ func (sp *Split) Submit(s *bioset.Submitter, b *bioset.Bio) {
 // direct write is no bio, so nothing below needs it bounded, but it is cut
 // as Submit cuts a WRITE all the same: the nodes below then count the
 // pieces a bio path would have sent them.
-func (sp *Split) Direct() bioset.Direct {
-	leg := bioset.DirectOf(sp.leg)
-	if leg == nil {
-		return nil
-	}
-	return &splitDirect{sp: sp, leg: leg}
-}
+func (sp *Split) Direct() bioset.Direct { return newLayerDirect([]Device{sp.leg}, sp.directPiece) }
 
-type splitDirect struct {
-	sp  *Split
-	leg bioset.Direct
-}
-
-func (sd *splitDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
-	sp := sd.sp
-	for pos, end := off, off+length; pos < end; {
-		n := min(end-pos, sp.maxBytes)
-		if sp.boundary != 0 {
-			n = min(n, sp.boundary-pos%sp.boundary)
-		}
-		if err := sd.leg.WriteDirect(pos, n, bioset.HeadPart(head, pos-off, n), fill); err != nil {
-			return err
-		}
-		pos += n
+func (sp *Split) directPiece(pos, end uint64) (int, uint64, uint64) {
+	n := min(end-pos, sp.maxBytes)
+	if sp.boundary != 0 {
+		n = min(n, sp.boundary-pos%sp.boundary)
 	}
-	return nil
+	return 0, pos, n
 }
 
 // KindSplit is the split layer's kind.

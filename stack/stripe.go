@@ -169,30 +169,11 @@ func (st *Stripe) submitPerLeg(s *bioset.Submitter, b *bioset.Bio) {
 
 // Direct offers direct writes when every leg does (see bioset.Direct),
 // cutting them by chunk as Submit cuts WRITE bios.
-func (st *Stripe) Direct() bioset.Direct {
-	legs, ok := legsDirect(st.legs)
-	if !ok {
-		return nil
-	}
-	return &stripeDirect{st: st, legs: legs}
-}
+func (st *Stripe) Direct() bioset.Direct { return newLayerDirect(st.legs, st.directPiece) }
 
-type stripeDirect struct {
-	st   *Stripe
-	legs []bioset.Direct
-}
-
-func (sd *stripeDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
-	st := sd.st
-	for pos, end := off, off+length; pos < end; {
-		n := min(st.chunk-pos%st.chunk, end-pos)
-		leg, legOff := st.locate(pos)
-		if err := sd.legs[leg].WriteDirect(legOff, n, bioset.HeadPart(head, pos-off, n), fill); err != nil {
-			return err
-		}
-		pos += n
-	}
-	return nil
+func (st *Stripe) directPiece(pos, end uint64) (int, uint64, uint64) {
+	leg, legOff := st.locate(pos)
+	return leg, legOff, min(st.chunk-pos%st.chunk, end-pos)
 }
 
 // KindStripe is the stripe layer's kind.
