@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/nbd/client"
@@ -177,5 +178,42 @@ func TestDirectWriteReadOnly(t *testing.T) {
 	}
 	if dev.Allocated() != 0 || dev.direct.Load() != 0 {
 		t.Errorf("a refused WRITE reached the device: %d bytes allocated, %d direct writes", dev.Allocated(), dev.direct.Load())
+	}
+}
+
+// TestDirectWriteInPieces: a direct WRITE whose payload arrives in pieces,
+// some after a pause (so that the reader waits for them), lands whole: a
+// payload that fits the reader's buffer, read into it, and one that does
+// not, read into the device.
+func TestDirectWriteInPieces(t *testing.T) {
+	dev := newDirectDev(4<<20, true)
+	ts := startServer(t, oneExport(dev), "unix")
+	r := dialRaw(t, ts)
+	r.start("mem", false, false)
+	for i, n := range []int{8 << 10, 1 << 20} {
+		p := make([]byte, n)
+		for j := range p {
+			p[j] = byte(j*13 + i)
+		}
+		off := uint64(i) << 20
+		msg := requestBytes(wire.CmdWrite, 0, uint64(i), off, uint32(n), p)
+		from := 0
+		for _, to := range []int{wire.RequestHeaderLen + 100, wire.RequestHeaderLen + n/2, len(msg)} {
+			if from > 0 {
+				time.Sleep(20 * time.Millisecond) // the reader runs out of bytes here
+			}
+			r.write(msg[from:to])
+			from = to
+		}
+		if code, cookie, _ := r.simple(0); code != 0 || cookie != uint64(i) {
+			t.Fatalf("write of %d bytes in pieces: error %d cookie %d", n, code, cookie)
+		}
+		r.request(wire.CmdRead, 0, 100+uint64(i), off, uint32(n), nil)
+		if code, _, got := r.simple(n); code != 0 || !bytes.Equal(got, p) {
+			t.Fatalf("write of %d bytes in pieces reads back different (error %d)", n, code)
+		}
+	}
+	if dev.direct.Load() != 2 || dev.bios.Load() != 0 {
+		t.Errorf("%d direct writes and %d WRITE bios, want 2 and none", dev.direct.Load(), dev.bios.Load())
 	}
 }
