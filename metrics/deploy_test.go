@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -270,6 +271,8 @@ func exportedNames(t *testing.T) map[string]bool {
 	// The certificate's gauge exists only with TLS configured.
 	r.m.SetCertificateExpiry(time.Now().Add(time.Hour))
 	g := runWorkload(t, r)
+	// The remote leg's series exist only with an nbd leg.
+	maps.Copy(g, remoteWorkload(t))
 	names := make(map[string]bool)
 	for name, mf := range g {
 		names[name] = true

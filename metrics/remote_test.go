@@ -14,6 +14,33 @@ import (
 // retries, timeouts, requests in flight and round trips, and the README
 // documents each of those metrics.
 func TestRemoteLegSeries(t *testing.T) {
+	g := remoteWorkload(t)
+	const layer = "layer=front/nbd"
+	if v := g.value(t, "stackd_remote_connections", layer, "state=connected"); v != 1 {
+		t.Errorf("connected: %v", v)
+	}
+	for _, name := range []string{"stackd_remote_reconnects_total", "stackd_remote_requests_retried_total",
+		"stackd_remote_requests_timed_out_total", "stackd_remote_requests_in_flight"} {
+		if v := g.value(t, name, layer); v != 0 {
+			t.Errorf("%s: %v", name, v)
+		}
+	}
+	if n := g.find(t, "stackd_remote_round_trip_seconds", layer).GetHistogram().GetSampleCount(); n < 5 {
+		t.Errorf("round trips: %d, want ≥ 5", n)
+	}
+	readme := string(readFile(t, "../README.md"))
+	for name := range g {
+		if strings.HasPrefix(name, "stackd_remote_") && !strings.Contains(readme, "`"+name+"`") {
+			t.Errorf("README does not document %s", name)
+		}
+	}
+}
+
+// remoteWorkload serves an export of testConfig from one rig, and from a
+// front rig an export that is an nbd leg over it; it writes five blocks
+// through the front and returns the front's metrics.
+func remoteWorkload(t *testing.T) gathered {
+	t.Helper()
 	back := startRig(t, testConfig, false, Options{})
 	cfg, err := configs.Parse("<test>", []byte(fmt.Sprintf(`
 exports:
@@ -38,24 +65,5 @@ exports:
 			t.Fatal(err)
 		}
 	}
-	g := gather(t, front.m)
-	const layer = "layer=front/nbd"
-	if v := g.value(t, "stackd_remote_connections", layer, "state=connected"); v != 1 {
-		t.Errorf("connected: %v", v)
-	}
-	for _, name := range []string{"stackd_remote_reconnects_total", "stackd_remote_requests_retried_total",
-		"stackd_remote_requests_timed_out_total", "stackd_remote_requests_in_flight"} {
-		if v := g.value(t, name, layer); v != 0 {
-			t.Errorf("%s: %v", name, v)
-		}
-	}
-	if n := g.find(t, "stackd_remote_round_trip_seconds", layer).GetHistogram().GetSampleCount(); n < 5 {
-		t.Errorf("round trips: %d, want ≥ 5", n)
-	}
-	readme := string(readFile(t, "../README.md"))
-	for name := range g {
-		if strings.HasPrefix(name, "stackd_remote_") && !strings.Contains(readme, "`"+name+"`") {
-			t.Errorf("README does not document %s", name)
-		}
-	}
+	return gather(t, front.m)
 }
