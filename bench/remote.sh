@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # bench/remote.sh — the cost of an nbd leg, side by side in one run.
 #
-#   bench/remote.sh                         # ~2 minutes
+#   bench/remote.sh                         # ~3.5 minutes
 #   REMOTE_RUNTIME=2 REMOTE_REPS=1 bench/remote.sh
 #
-# Two stackd processes on this machine: a remote serving one memory
-# export ("remote", listening on a unix socket and on loopback TCP), and a
-# front whose export is an nbd leg to the remote over loopback TCP. The
-# same fio client (--ioengine=nbd, on a unix socket) runs each workload
-# against the front (measured) and straight against the remote
-# (baseline), alternating which goes first, REMOTE_REPS times; the table
-# is the medians and their ratio. The workloads are those of
-# bench/workloads.tsv named in REMOTE_WORKLOADS.
+# Three stackd processes on this machine: a remote serving memory
+# exports (listening on a unix socket and on loopback TCP): "default", and
+# "a" and "b" of half its size each; a front whose export is an nbd leg
+# to "default" over loopback TCP; and a striped front, whose export is a
+# stripe (64 KiB chunks) over two nbd legs, to "a" and "b". The same fio
+# client (--ioengine=nbd, on a unix socket) runs each workload against the
+# front, the striped front and straight against the remote (the
+# baseline), rotating which goes first, REMOTE_REPS times; the table is
+# the medians, the front's ratio to the remote and the stripe's to the
+# one leg. The workloads are those of bench/workloads.tsv named in
+# REMOTE_WORKLOADS.
 #
 # Environment (all optional):
 #   REMOTE_RUNTIME=5     seconds measured per fio run (after the ramp)
@@ -38,15 +41,21 @@ check_workloads "${WORKLOADS[@]}"
 bench_work /tmp/stackd-remote-bench.XXXXXX
 build_stackd
 
-serve_stackd remote "$(printf 'listen:\n  - unix: %s\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {memory: {size: %dMiB}}\n' \
-	"$(sock remote)" "$PORT" "$SIZE")"
+HALF=$((SIZE / 2))
+serve_stackd remote "$(printf 'listen:\n  - unix: %s\n  - tcp: 127.0.0.1:%s\nmetrics: {address: off}\nexports:\n  - name: default\n    stack: {memory: {size: %dMiB}}\n  - name: a\n    stack: {memory: {size: %dMiB}}\n  - name: b\n    stack: {memory: {size: %dMiB}}\n' \
+	"$(sock remote)" "$PORT" "$SIZE" "$HALF" "$HALF")"
 wait_ready remote
 
-serve_stackd front "$(stackd_config "$(sock front)" "$(printf '      nbd: {uri: "nbd://127.0.0.1:%s/default", connections: %d, size: %dMiB}' "$PORT" "$CONNS" "$SIZE")")"
+# leg EXPORT MIB prints an nbd leg to the remote's EXPORT.
+leg() { printf '{nbd: {uri: "nbd://127.0.0.1:%s/%s", connections: %d, size: %dMiB}}' "$PORT" "$1" "$CONNS" "$2"; }
+serve_stackd front "$(stackd_config "$(sock front)" "      $(leg default "$SIZE")")"
 wait_ready front
+serve_stackd stripe "$(stackd_config "$(sock stripe)" "      {stripe: {chunk: 64KiB, legs: [$(leg a "$HALF"), $(leg b "$HALF")]}}")"
+wait_ready stripe
 
-log "prefilling through the front"
+log "prefilling through the fronts"
 prefill "$(uri front)"
+prefill "$(uri stripe)"
 
 # result JSON UNIT prints the job's iops or MB/s (10^6 bytes a second).
 result() {
@@ -55,14 +64,13 @@ result() {
 		| if $unit == "iops" then $iops else $bw / 1e6 end' "$1"
 }
 
-printf '| workload | unit | front (nbd leg) | straight to the remote | ratio |\n|---|---|---|---|---|\n' >"$WORK/table.md"
+printf '| workload | unit | front (nbd leg) | straight to the remote | ratio | stripe over two legs | stripe / one leg |\n|---|---|---|---|---|---|---|\n' >"$WORK/table.md"
+orders=("front remote stripe" "remote stripe front" "stripe front remote")
 for wl in "${WORKLOADS[@]}"; do
 	unit=$(workload_field "$wl" unit)
-	: >"$WORK/$wl.front" >"$WORK/$wl.remote"
+	: >"$WORK/$wl.front" >"$WORK/$wl.remote" >"$WORK/$wl.stripe"
 	for rep in $(seq "$REPS"); do
-		order="front remote"
-		((rep % 2 == 0)) && order="remote front"
-		for side in $order; do
+		for side in ${orders[$((rep % 3))]}; do
 			fio_run "$wl" "$(uri "$side")" "$RUNTIME" "$RAMP" "$WORK/$wl.$side.$rep.json" >/dev/null
 			result "$WORK/$wl.$side.$rep.json" "$unit" >>"$WORK/$wl.$side"
 			log "$wl $side rep $rep: $(tail -1 "$WORK/$wl.$side") $unit"
@@ -70,7 +78,9 @@ for wl in "${WORKLOADS[@]}"; do
 	done
 	f=$(median <"$WORK/$wl.front")
 	r=$(median <"$WORK/$wl.remote")
-	printf '| %s | %s | %.0f | %.0f | %.2f× |\n' "$(workload_field "$wl" label)" "$unit" "$f" "$r" \
-		"$(awk -v f="$f" -v r="$r" 'BEGIN { print (r > 0) ? f / r : 0 }')" >>"$WORK/table.md"
+	st=$(median <"$WORK/$wl.stripe")
+	printf '| %s | %s | %.0f | %.0f | %.2f× | %.0f | %.2f× |\n' "$(workload_field "$wl" label)" "$unit" "$f" "$r" \
+		"$(awk -v f="$f" -v r="$r" 'BEGIN { print (r > 0) ? f / r : 0 }')" "$st" \
+		"$(awk -v s="$st" -v f="$f" 'BEGIN { print (f > 0) ? s / f : 0 }')" >>"$WORK/table.md"
 done
 cat "$WORK/table.md"
