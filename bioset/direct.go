@@ -53,11 +53,3 @@ func DirectOf(q Queue) Direct {
 	}
 	return nil
 }
-
-// HeadPart returns the part of head that falls in [rel, rel+n) of a
-// direct write's range: what a layer passes on with the piece of the write
-// it sends to a leg.
-func HeadPart(head []byte, rel, n uint64) []byte {
-	h := uint64(len(head))
-	return head[min(rel, h):min(rel+n, h)]
-}

@@ -55,12 +55,19 @@ func newLayerDirect(legs []Device, piece func(pos, end uint64) (int, uint64, uin
 func (ld *layerDirect) WriteDirect(off, length uint64, head []byte, fill func([]byte) error) error {
 	for pos, end := off, off+length; pos < end; {
 		leg, legOff, n := ld.piece(pos, end)
-		if err := ld.legs[leg].WriteDirect(legOff, n, bioset.HeadPart(head, pos-off, n), fill); err != nil {
+		if err := ld.legs[leg].WriteDirect(legOff, n, headPart(head, pos-off, n), fill); err != nil {
 			return err
 		}
 		pos += n
 	}
 	return nil
+}
+
+// headPart returns the part of a direct write's head that falls in [rel,
+// rel+n) of its range: what goes to a leg with that piece.
+func headPart(head []byte, rel, n uint64) []byte {
+	h := uint64(len(head))
+	return head[min(rel, h):min(rel+n, h)]
 }
 
 // remap points b at dev at offset off and resubmits it: the zero-allocation

@@ -37,7 +37,14 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 func serve(t *testing.T, l net.Listener, size uint64) *targets.Memory {
 	t.Helper()
 	mem := targets.NewMemory(size, 0)
-	srv, err := nbd.NewServer(nbd.Options{Exports: []nbd.ExportConfig{{Name: "disk0", Device: mem, Default: true}}})
+	serveOptions(t, l, nbd.Options{Exports: []nbd.ExportConfig{{Name: "disk0", Device: mem, Default: true}}})
+	return mem
+}
+
+// serveOptions runs an nbd server with o on l until the test ends.
+func serveOptions(t *testing.T, l net.Listener, o nbd.Options) {
+	t.Helper()
+	srv, err := nbd.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +56,6 @@ func serve(t *testing.T, l net.Listener, size uint64) *targets.Memory {
 		srv.Shutdown(ctx)
 		<-done
 	})
-	return mem
 }
 
 func listen(t *testing.T) net.Listener {

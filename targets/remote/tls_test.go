@@ -2,7 +2,6 @@ package remote
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"log/slog"
 	"strings"
@@ -24,31 +23,11 @@ import (
 func serveTLS(t *testing.T, certs *stackdtest.Certs, size uint64) string {
 	t.Helper()
 	l := listen(t)
-	srv, err := nbd.NewServer(nbd.Options{
+	serveOptions(t, l, nbd.Options{
 		Exports: []nbd.ExportConfig{{Name: "disk0", Device: targets.NewMemory(size, 0)}},
 		TLS:     certs.ServerConfig(true), TLSMode: nbd.TLSRequired,
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); srv.Serve(l) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), bound)
-		defer cancel()
-		srv.Shutdown(ctx)
-		<-done
-	})
 	return l.Addr().String()
-}
-
-func newCerts(t *testing.T) *stackdtest.Certs {
-	t.Helper()
-	s, err := stackdtest.GenerateCerts(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
 }
 
 // logBuffer collects what a Remote logs.
@@ -73,7 +52,7 @@ func (l *logBuffer) String() string {
 // certificate: data round-trips over several connections, verified
 // against the CA with the URI's address as the server name.
 func TestTLS(t *testing.T) {
-	certs := newCerts(t)
+	certs := stackdtest.MustGenerateCerts(t)
 	addr := serveTLS(t, certs, 16<<20)
 	o, err := ParseURI("nbds://" + addr + "/disk0")
 	if err != nil || !o.Secure {
@@ -112,8 +91,8 @@ func TestTLS(t *testing.T) {
 // TLS, every request fails with EIO at its timeout, the connection's
 // last error says why, and the log says it once, not once per dial.
 func TestTLSRefused(t *testing.T) {
-	certs := newCerts(t)
-	other := newCerts(t) // another CA, which signed nothing of the server's
+	certs := stackdtest.MustGenerateCerts(t)
+	other := stackdtest.MustGenerateCerts(t) // another CA, which signed nothing of the server's
 	tlsAddr := serveTLS(t, certs, 4<<20)
 	plain := listen(t)
 	serve(t, plain, 4<<20)
@@ -162,7 +141,7 @@ func TestTLSRefused(t *testing.T) {
 
 // TestTLSOptions: the URI and the TLS settings must agree.
 func TestTLSOptions(t *testing.T) {
-	certs := newCerts(t)
+	certs := stackdtest.MustGenerateCerts(t)
 	if _, err := New(Options{Network: "tcp", Address: "127.0.0.1:1", Secure: true, Size: 1 << 20}); err == nil || !strings.Contains(err.Error(), "needs TLS") {
 		t.Errorf("nbds without TLS: %v", err)
 	}

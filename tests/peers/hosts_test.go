@@ -212,14 +212,7 @@ func TestHostsStripe(t *testing.T) {
 	size := int64(len(uris)) * remoteLegSize
 	runFio(t, uri, "--name=randwrite", "--rw=randwrite", "--bs=4k", "--iodepth=32",
 		fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1")
-	src := filepath.Join(t.TempDir(), "src.img")
-	want := randomImage(t, src, size, 21)
-	mustRun(t, "nbdcopy", src, uri)
-	dst := filepath.Join(t.TempDir(), "dst.img")
-	mustRun(t, "nbdcopy", uri, dst)
-	if got, n := fileSHA256(t, dst); n != size || got != want {
-		t.Fatalf("nbdcopy round trip over three hosts: %d bytes, SHA-256 %x, want %x", n, got, want)
-	}
+	nbdcopyRoundTrip(t, uri, size, 21, "over three hosts")
 }
 
 // loadResult is what a load run saw.

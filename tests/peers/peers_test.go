@@ -25,6 +25,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -231,4 +232,37 @@ func mismatch(a, b []byte) int {
 		}
 	}
 	return n
+}
+
+// nbdcopyRoundTrip writes a random image of size bytes (from seed, see
+// randomImage) into the export at uri with nbdcopy, copies the export back
+// out, and fails the test unless the copy hashes the same; what names the
+// round trip in the failure. It returns the image's path.
+func nbdcopyRoundTrip(t *testing.T, uri string, size int64, seed uint64, what string) string {
+	t.Helper()
+	src := filepath.Join(t.TempDir(), "src.img")
+	want := randomImage(t, src, size, seed)
+	mustRun(t, "nbdcopy", src, uri)
+	dst := filepath.Join(t.TempDir(), "dst.img")
+	mustRun(t, "nbdcopy", uri, dst)
+	if got, n := fileSHA256(t, dst); n != size || got != want {
+		t.Fatalf("nbdcopy round trip %s: %d bytes, SHA-256 %x, want %x; first difference at %d",
+			what, n, got, want, firstDiff(t, src, dst))
+	}
+	return src
+}
+
+// fioVerify has fio write size bytes of the export at uri, 4 KiB at a time
+// at queue depth 32 in random order, and read them back with crc32c
+// verification, and fails the test unless every job wrote and verified
+// all of them.
+func fioVerify(t *testing.T, uri string, size int64) {
+	t.Helper()
+	jobs := runFio(t, uri, "--name=randwrite", "--rw=randwrite", "--bs=4k", "--iodepth=32",
+		fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1")
+	for _, j := range jobs {
+		if j.Write.Bytes != size || j.Read.Bytes != j.Write.Bytes {
+			t.Errorf("fio job %s: wrote %d, verified %d bytes; want %d both", j.Name, j.Write.Bytes, j.Read.Bytes, size)
+		}
+	}
 }

@@ -132,25 +132,11 @@ func TestRemoteLegs(t *testing.T) {
 			uri := front.uri("default")
 			size := int64(len(uris)) * remoteLegSize
 
-			jobs := runFio(t, uri, "--name=randwrite", "--rw=randwrite", "--bs=4k", "--iodepth=32",
-				fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1")
-			for _, j := range jobs {
-				if j.Write.Bytes != size || j.Read.Bytes != j.Write.Bytes {
-					t.Errorf("fio job %s: wrote %d, verified %d bytes; want %d both", j.Name, j.Write.Bytes, j.Read.Bytes, size)
-				}
-			}
+			fioVerify(t, uri, size)
 			runFio(t, uri, "--name=mixed", "--rw=randrw", "--bsrange=512-1M", "--blockalign=512",
 				"--iodepth=16", fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1")
 
-			src := filepath.Join(t.TempDir(), "src.img")
-			want := randomImage(t, src, size, 13)
-			mustRun(t, "nbdcopy", src, uri)
-			dst := filepath.Join(t.TempDir(), "dst.img")
-			mustRun(t, "nbdcopy", uri, dst)
-			if got, n := fileSHA256(t, dst); n != size || got != want {
-				t.Fatalf("nbdcopy round trip over %d remotes: %d bytes, SHA-256 %x, want %x; first difference at %d",
-					len(uris), n, got, want, firstDiff(t, src, dst))
-			}
+			src := nbdcopyRoundTrip(t, uri, size, 13, fmt.Sprintf("over %d remotes", len(uris)))
 			if out := mustRun(t, "qemu-img", "compare", "-f", "raw", "-F", "raw", src, uri); !strings.Contains(out, "identical") {
 				t.Errorf("qemu-img compare: %s", out)
 			}

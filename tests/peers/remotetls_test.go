@@ -54,22 +54,8 @@ func TestRemoteTLS(t *testing.T) {
 		Stack: "{stripe: {chunk: 64KiB, legs: [" + legs + "]}}"}}})
 	uri := front.uri("default")
 	size := int64(2 * remoteLegSize)
-	jobs := runFio(t, uri, "--name=randwrite", "--rw=randwrite", "--bs=4k", "--iodepth=32",
-		fmt.Sprintf("--size=%d", size), "--verify=crc32c", "--do_verify=1")
-	for _, j := range jobs {
-		if j.Write.Bytes != size || j.Read.Bytes != j.Write.Bytes {
-			t.Errorf("fio job %s: wrote %d, verified %d bytes; want %d both", j.Name, j.Write.Bytes, j.Read.Bytes, size)
-		}
-	}
-	src := filepath.Join(t.TempDir(), "src.img")
-	want := randomImage(t, src, size, 17)
-	mustRun(t, "nbdcopy", src, uri)
-	dst := filepath.Join(t.TempDir(), "dst.img")
-	mustRun(t, "nbdcopy", uri, dst)
-	if got, n := fileSHA256(t, dst); n != size || got != want {
-		t.Fatalf("nbdcopy round trip over two nbds legs: %d bytes, SHA-256 %x, want %x; first difference at %d",
-			n, got, want, firstDiff(t, src, dst))
-	}
+	fioVerify(t, uri, size)
+	nbdcopyRoundTrip(t, uri, size, 17, "over two nbds legs")
 	m := front.scrape(t)
 	for i := range 2 {
 		layer := fmt.Sprintf("layer=%q", "default/stripe/leg"+strconv.Itoa(i))

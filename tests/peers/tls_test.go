@@ -114,14 +114,7 @@ func TestTLSPeers(t *testing.T) {
 
 	t.Run("nbdcopy", func(t *testing.T) {
 		need(t, "nbdcopy")
-		src := filepath.Join(t.TempDir(), "src.img")
-		want := randomImage(t, src, 64*MiB, 9) // the whole export
-		mustRun(t, "nbdcopy", src, f.nbds("secret", dir))
-		dst := filepath.Join(t.TempDir(), "dst.img")
-		mustRun(t, "nbdcopy", f.nbds("secret", dir), dst)
-		if got, n := fileSHA256(t, dst); n != 64*MiB || got != want {
-			t.Fatalf("nbdcopy round trip over TLS: %d bytes, SHA-256 %x, want %x", n, got, want)
-		}
+		nbdcopyRoundTrip(t, f.nbds("secret", dir), 64*MiB, 9, "over TLS") // the whole export
 	})
 
 	t.Run("nbdsh", func(t *testing.T) {
