@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -28,24 +27,6 @@ func serveTLS(t *testing.T, certs *stackdtest.Certs, size uint64) string {
 		TLS:     certs.ServerConfig(true), TLSMode: nbd.TLSRequired,
 	})
 	return l.Addr().String()
-}
-
-// logBuffer collects what a Remote logs.
-type logBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *logBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *logBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // TestTLS: an nbds:// leg to a server that requires TLS and a client
@@ -105,7 +86,7 @@ func TestTLSRefused(t *testing.T) {
 		{"server without TLS", plain.Addr().String(), "STARTTLS"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			var logs logBuffer
+			var logs stackdtest.SyncBuffer
 			o := Options{Network: "tcp", Address: c.addr, Export: "disk0", Secure: true,
 				Timeout: 500 * time.Millisecond, Size: 4 << 20, Log: slog.New(slog.NewTextHandler(&logs, nil))}
 			switch c.name {

@@ -1,6 +1,7 @@
 package peers
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/internal/stackdtest"
+	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -173,6 +175,18 @@ func (d *daemon) alive() {
 // uri is the NBD URI of an export over the unix socket.
 func (d *daemon) uri(name string) string {
 	return "nbd+unix:///" + name + "?socket=" + d.Socket
+}
+
+// dial opens a client connection to export over the unix socket, within
+// ctx; the test ends it.
+func (d *daemon) dial(t *testing.T, ctx context.Context, export string) *client.Client {
+	t.Helper()
+	c, err := client.Dial(ctx, "unix", d.Socket, client.Options{ExportName: export})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 // tcpURI is the NBD URI of an export over TCP.

@@ -92,11 +92,7 @@ func TestStaleWritesFenced(t *testing.T) {
 			d.waitLegs(t, "the first start's resync to complete", "in_sync", "in_sync")
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			c, err := client.Dial(ctx, "unix", d.Socket, client.Options{ExportName: "default"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := d.dial(t, ctx, "default")
 
 			lost := time.Now()
 			switch mode {

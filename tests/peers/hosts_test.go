@@ -287,11 +287,7 @@ func TestHostLost(t *testing.T) {
 				Stack: fmt.Sprintf("{nbd: {uri: %s, timeout: %v, size: %d}}", strconv.Quote("nbd://"+h.tcp()+"/disk0"), timeout, remoteLegSize)}}})
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			c, err := client.Dial(ctx, "unix", front.Socket, client.Options{ExportName: "default"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := front.dial(t, ctx, "default")
 
 			// A block written before the loss, for the cases where the
 			// remote keeps its memory.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/internal/stackdtest"
-	"github.com/stackd/stackd/nbd/client"
 )
 
 // nbds:// legs: a front stackd whose stripe's legs reach, over TLS, a
@@ -82,11 +81,7 @@ func TestRemoteTLS(t *testing.T) {
 		waitLogged(t, bad, "nbd leg cannot connect")
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c, err := client.Dial(ctx, "unix", bad.Socket, client.Options{ExportName: "default"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := bad.dial(t, ctx, "default")
 		if err := c.Read(ctx, 0, make([]byte, 4096)); !errors.Is(err, syscall.EIO) {
 			t.Errorf("read through a leg that cannot verify its remote: %v, want EIO", err)
 		}
