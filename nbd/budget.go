@@ -8,7 +8,9 @@ import (
 // budget is a weighted semaphore over the bytes of payload buffers that
 // all connections of a server hold at once (docs/DESIGN.md rule 7:
 // bounded everywhere). A connection's reader acquires before it reads a WRITE
-// payload or submits a READ, and releases once the reply is sent. When the
+// payload into a buffer or submits a READ, and releases once the reply is
+// sent; a direct write (direct.go) reads its payload into the device and
+// holds no buffer, so it takes nothing. When the
 // budget is spent the reader stops reading its socket: the client feels
 // backpressure through TCP instead of the server growing.
 //
