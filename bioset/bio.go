@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/stackd/stackd/internal/intrusive"
 )
 
 // Op is the operation a bio asks of a device.
@@ -169,8 +171,8 @@ type Bio struct {
 	remaining atomic.Int32
 	status    atomic.Uint32 // an errno; the first error wins
 	pool      *BioSet
-	free      bool // in its pool's free list (guarded by pool.mu)
-	next      *Bio // intrusive list link: submitter lists, rescue list
+	free      bool                // in its pool's free list (guarded by pool.mu)
+	link      intrusive.Link[Bio] // on a submitter list or the rescue list
 }
 
 // Init prepares a bio that the caller owns outside any pool (tests, or a
@@ -297,51 +299,6 @@ func (b *Bio) End(err error) {
 	}
 }
 
-// bioList is an intrusive FIFO of bios linked through Bio.next: pushing and
-// popping never allocates.
-type bioList struct {
-	head, tail *Bio
-	n          int
-}
-
-func (l *bioList) push(b *Bio) {
-	b.next = nil
-	if l.tail == nil {
-		l.head = b
-	} else {
-		l.tail.next = b
-	}
-	l.tail = b
-	l.n++
-}
-
-func (l *bioList) pop() *Bio {
-	b := l.head
-	if b == nil {
-		return nil
-	}
-	l.head = b.next
-	if l.head == nil {
-		l.tail = nil
-	}
-	b.next = nil
-	l.n--
-	return b
-}
-
-// merge appends all of o to l and empties o.
-func (l *bioList) merge(o *bioList) {
-	if o.head == nil {
-		return
-	}
-	if l.tail == nil {
-		l.head = o.head
-	} else {
-		l.tail.next = o.head
-	}
-	l.tail = o.tail
-	l.n += o.n
-	*o = bioList{}
-}
-
-func (l *bioList) empty() bool { return l.head == nil }
+// bioList is an intrusive list of bios linked through Bio.link: queueing
+// never allocates, and a whole list moves in O(1).
+type bioList = intrusive.List[Bio]

@@ -227,17 +227,16 @@ func (bs *BioSet) rescue(done chan struct{}) {
 	var s Submitter
 	bs.mu.Lock()
 	for {
-		for bs.rescueList.empty() && !bs.closed {
+		for bs.rescueList.Empty() && !bs.closed {
 			bs.rescueWake.Wait()
 		}
-		if bs.rescueList.empty() {
+		if bs.rescueList.Empty() {
 			bs.mu.Unlock()
 			return
 		}
-		work := bs.rescueList
-		bs.rescueList = bioList{}
+		work := bs.rescueList.Take()
 		bs.mu.Unlock()
-		for b := work.pop(); b != nil; b = work.pop() {
+		for b := work.PopFront(); b != nil; b = work.PopFront() {
 			bs.rescued.Add(1)
 			s.Submit(b)
 		}
@@ -279,7 +278,7 @@ type Stats struct {
 // Stats returns the pool's counters.
 func (bs *BioSet) Stats() Stats {
 	bs.mu.Lock()
-	st := Stats{Capacity: bs.capacity, InUse: bs.inUse, RescueQueue: bs.rescueList.n, RescuerOn: bs.rescuerOn}
+	st := Stats{Capacity: bs.capacity, InUse: bs.inUse, RescueQueue: bs.rescueList.Len(), RescuerOn: bs.rescuerOn}
 	bs.mu.Unlock()
 	st.Allocs = bs.allocs.Load()
 	st.Waits = bs.waits.Load()

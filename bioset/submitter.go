@@ -34,29 +34,28 @@ func (s *Submitter) Submit(b *Bio) {
 		panic("bioset: bio submitted without a device")
 	}
 	if s.active {
-		s.lists[0].push(b)
+		s.lists[0].PushBack(b, &b.link)
 		return
 	}
 	s.active = true
 	for b != nil {
 		dev := b.Dev
-		s.lists[1] = s.lists[0]
-		s.lists[0] = bioList{}
+		s.lists[1] = s.lists[0].Take()
 
 		dev.Submit(s, b)
 
 		var lower, same bioList
-		for c := s.lists[0].pop(); c != nil; c = s.lists[0].pop() {
+		for c := s.lists[0].PopFront(); c != nil; c = s.lists[0].PopFront() {
 			if c.Dev == dev {
-				same.push(c)
+				same.PushBack(c, &c.link)
 			} else {
-				lower.push(c)
+				lower.PushBack(c, &c.link)
 			}
 		}
-		s.lists[0].merge(&lower)
-		s.lists[0].merge(&same)
-		s.lists[0].merge(&s.lists[1])
-		b = s.lists[0].pop()
+		s.lists[0].PushBackList(&lower)
+		s.lists[0].PushBackList(&same)
+		s.lists[0].PushBackList(&s.lists[1])
+		b = s.lists[0].PopFront()
 	}
 	s.active = false
 }
@@ -64,7 +63,7 @@ func (s *Submitter) Submit(b *Bio) {
 // pending reports whether bios are queued on s but not yet handed to their
 // devices: the condition under which blocking in Alloc could deadlock.
 func (s *Submitter) pending() bool {
-	return s != nil && s.active && (!s.lists[0].empty() || !s.lists[1].empty())
+	return s != nil && s.active && (!s.lists[0].Empty() || !s.lists[1].Empty())
 }
 
 // takeFrom moves the queued bios that were allocated from bs onto out and
@@ -73,12 +72,12 @@ func (s *Submitter) takeFrom(bs *BioSet, out *bioList, foreignToo bool) int {
 	moved := 0
 	for i := range s.lists {
 		var keep bioList
-		for b := s.lists[i].pop(); b != nil; b = s.lists[i].pop() {
+		for b := s.lists[i].PopFront(); b != nil; b = s.lists[i].PopFront() {
 			if b.pool == bs || foreignToo {
-				out.push(b)
+				out.PushBack(b, &b.link)
 				moved++
 			} else {
-				keep.push(b)
+				keep.PushBack(b, &b.link)
 			}
 		}
 		s.lists[i] = keep

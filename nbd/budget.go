@@ -3,6 +3,8 @@ package nbd
 import (
 	"fmt"
 	"sync"
+
+	"github.com/stackd/stackd/internal/intrusive"
 )
 
 // budget is a weighted semaphore over the bytes of payload buffers that
@@ -31,8 +33,7 @@ type budget struct {
 	used     int64 // guarded by mu
 	peak     int64 // guarded by mu; high-water mark of used
 	waits    uint64
-	head     *budgetWaiter // FIFO of waiters, guarded by mu
-	tail     *budgetWaiter
+	waiters  intrusive.List[budgetWaiter] // in line, first come first served; guarded by mu
 }
 
 // budgetWaiter is one reader's place in the queue.
@@ -40,7 +41,7 @@ type budgetWaiter struct {
 	n       int64
 	granted bool          // guarded by budget.mu
 	ready   chan struct{} // cap 1: signalled once when granted
-	next    *budgetWaiter
+	link    intrusive.Link[budgetWaiter]
 }
 
 func newBudgetWaiter() *budgetWaiter {
@@ -62,13 +63,8 @@ func (b *budget) acquire(w *budgetWaiter, n int64, cancel <-chan struct{}) bool 
 		return true
 	}
 	b.waits++
-	w.n, w.granted, w.next = n, false, nil
-	if b.tail == nil {
-		b.head = w
-	} else {
-		b.tail.next = w
-	}
-	b.tail = w
+	w.n, w.granted = n, false
+	b.waiters.PushBack(w, &w.link)
 	b.mu.Unlock()
 
 	select {
@@ -83,7 +79,7 @@ func (b *budget) acquire(w *budgetWaiter, n int64, cancel <-chan struct{}) bool 
 		<-w.ready
 		return true
 	}
-	b.removeLocked(w)
+	b.waiters.Remove(&w.link)
 	// Our place at the head may have held back smaller waiters behind us.
 	b.grantLocked()
 	b.mu.Unlock()
@@ -109,7 +105,7 @@ func (b *budget) tryAcquire(n int64) bool {
 // takeNowLocked takes n bytes if they are free and nobody is in line
 // before us (FIFO: a waiter's bytes are not taken from under it).
 func (b *budget) takeNowLocked(n int64) bool {
-	if b.head == nil && b.used+n <= b.capacity {
+	if b.waiters.Empty() && b.used+n <= b.capacity {
 		b.takeLocked(n)
 		return true
 	}
@@ -133,12 +129,8 @@ func (b *budget) release(n int64) {
 }
 
 func (b *budget) grantLocked() {
-	for w := b.head; w != nil && b.used+w.n <= b.capacity; w = b.head {
-		b.head = w.next
-		if b.head == nil {
-			b.tail = nil
-		}
-		w.next = nil
+	for w := b.waiters.Front(); w != nil && b.used+w.n <= b.capacity; w = b.waiters.Front() {
+		b.waiters.PopFront()
 		b.takeLocked(w.n)
 		w.granted = true
 		w.ready <- struct{}{} // never blocks: cap 1, signalled once per wait
@@ -154,25 +146,6 @@ func (b *budget) takeLocked(n int64) {
 	}
 	if b.used > b.peak {
 		b.peak = b.used
-	}
-}
-
-func (b *budget) removeLocked(w *budgetWaiter) {
-	var prev *budgetWaiter
-	for x := b.head; x != nil; prev, x = x, x.next {
-		if x != w {
-			continue
-		}
-		if prev == nil {
-			b.head = x.next
-		} else {
-			prev.next = x.next
-		}
-		if b.tail == x {
-			b.tail = prev
-		}
-		x.next = nil
-		return
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/intrusive"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -386,31 +387,22 @@ func (c *conn) complete(r *request) {
 // takeQueue takes every completed request awaiting its reply. With
 // readerIdle it also records that the reader is about to block, so that
 // completions from now on wake the writer.
-func (c *conn) takeQueue(readerIdle bool) *request {
+func (c *conn) takeQueue(readerIdle bool) intrusive.List[request] {
 	t := c.tx
 	if readerIdle {
 		t.readerActive.Store(false) // before taking the queue: see readerActive
 	}
 	t.mu.Lock()
-	list := t.head
-	t.head, t.tail = nil, nil
+	list := t.replies.Take()
 	t.mu.Unlock()
 	return list
 }
 
 // requeue puts list back at the head of the reply queue.
-func (c *conn) requeue(list *request) {
-	last := list
-	for last.next != nil {
-		last = last.next
-	}
+func (c *conn) requeue(list *intrusive.List[request]) {
 	t := c.tx
 	t.mu.Lock()
-	last.next = t.head
-	t.head = list
-	if t.tail == nil {
-		t.tail = last
-	}
+	t.replies.PushFrontList(list)
 	t.mu.Unlock()
 }
 
@@ -418,17 +410,15 @@ func (c *conn) requeue(list *request) {
 // never waits on the socket and reports false if anything is left: bytes
 // in t.out, or requests put back in the queue, for the writer. The caller
 // holds t.sendMu.
-func (c *conn) sendList(list *request, block bool) bool {
+func (c *conn) sendList(list intrusive.List[request], block bool) bool {
 	t := c.tx
-	for r := list; r != nil; {
+	for r := list.Front(); r != nil; r = list.Front() {
 		if !t.out.fits(r) && !c.sendBatch(block) {
-			c.requeue(r)
+			c.requeue(&list)
 			return false
 		}
-		next := r.next
-		r.next = nil
+		list.PopFront()
 		c.encodeReply(r)
-		r = next
 	}
 	return c.sendBatch(block)
 }
@@ -457,7 +447,7 @@ func (c *conn) idle() {
 	// has no non-blocking send: the writer takes the queue.
 	t.readerActive.Store(false)
 	t.mu.Lock()
-	wake := t.head != nil
+	wake := !t.replies.Empty()
 	t.mu.Unlock()
 	if wake {
 		c.wakeWriter()

@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/intrusive"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
 // request is one decoded request, from its header to its reply. A
 // connection preallocates MaxInFlight of them, one per top bio.
 type request struct {
-	next *request // reply queue link, guarded by transmission.mu
+	link intrusive.Link[request] // on the reply queue, guarded by transmission.mu
 	bio  *bioset.Bio
 
 	// The request as the client sent it. Layers remap the bio in place
@@ -77,10 +78,10 @@ type transmission struct {
 	armed  time.Time // when the write deadline was last set
 
 	mu         sync.Mutex
-	head, tail *request   // completed requests awaiting their reply
-	free       []*request // requests not in flight
-	inflight   int        // requests allocated and not yet released
-	readerDone bool       // no more requests will be allocated
+	replies    intrusive.List[request] // completed requests awaiting their reply
+	free       []*request              // requests not in flight
+	inflight   int                     // requests allocated and not yet released
+	readerDone bool                    // no more requests will be allocated
 	wake       chan struct{}
 
 	// readerActive is true from just before the reader submits a request
@@ -576,13 +577,7 @@ func (c *conn) endIO(b *bioset.Bio) {
 func (c *conn) enqueue(r *request) {
 	t := c.tx
 	t.mu.Lock()
-	r.next = nil
-	if t.tail == nil {
-		t.head = r
-	} else {
-		t.tail.next = r
-	}
-	t.tail = r
+	t.replies.PushBack(r, &r.link)
 	t.mu.Unlock()
 	if !t.readerActive.Load() {
 		c.wakeWriter()
@@ -607,13 +602,13 @@ func (c *conn) writeLoop() {
 		if t.out.pending {
 			c.sendBatch(true)
 		}
-		for list := c.takeQueue(false); list != nil; list = c.takeQueue(false) {
+		for list := c.takeQueue(false); !list.Empty(); list = c.takeQueue(false) {
 			c.sendList(list, true)
 		}
 		t.sendMu.Unlock()
 
 		t.mu.Lock()
-		done := t.head == nil && t.readerDone && t.inflight == 0
+		done := t.replies.Empty() && t.readerDone && t.inflight == 0
 		t.mu.Unlock()
 		if done {
 			return

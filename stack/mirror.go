@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/intrusive"
 	"github.com/stackd/stackd/settings"
 )
 
@@ -179,7 +180,7 @@ func parseReadPolicy(s string) (readPolicy, bool) {
 // mirrorIO is one client request while the mirror serves it.
 type mirrorIO struct {
 	parent  *bioset.Bio
-	next    *mirrorIO
+	link    intrusive.Link[mirrorIO] // on one of the mirror's ioLists
 	stage   ioStage
 	lo, hi  int // regions a write covers; hi < lo for none (FLUSH)
 	pending atomic.Int32
@@ -213,32 +214,8 @@ const (
 	stageRetry                // submit the read to io.leg
 )
 
-// ioList is an intrusive FIFO of mirrorIOs: queueing never allocates.
-type ioList struct{ head, tail *mirrorIO }
-
-func (l *ioList) push(io *mirrorIO) {
-	io.next = nil
-	if l.tail == nil {
-		l.head = io
-	} else {
-		l.tail.next = io
-	}
-	l.tail = io
-}
-
-func (l *ioList) take() ioList { t := *l; *l = ioList{}; return t }
-
-func (l *ioList) pop() *mirrorIO {
-	io := l.head
-	if io != nil {
-		l.head = io.next
-		if l.head == nil {
-			l.tail = nil
-		}
-		io.next = nil
-	}
-	return io
-}
+// ioList is an intrusive list of mirrorIOs: queueing never allocates.
+type ioList = intrusive.List[mirrorIO]
 
 // MirrorOptions configure NewMirror.
 type MirrorOptions struct {
@@ -576,7 +553,7 @@ func (m *Mirror) endRead(c *bioset.Bio) {
 	io.tried |= 1 << next
 	io.leg, io.stage = next, stageRetry
 	m.mu.Lock()
-	m.work.push(io)
+	m.work.PushBack(io, &io.link)
 	m.mu.Unlock()
 	m.signal()
 }
@@ -591,7 +568,7 @@ func (m *Mirror) endRead(c *bioset.Bio) {
 // bitmap needs (a bit on disk before the write it covers reaches a leg).
 func (m *Mirror) admit(io *mirrorIO) bool {
 	if io.hi >= io.lo && m.locked >= io.lo && m.locked <= io.hi {
-		m.blocked.push(io)
+		m.blocked.PushBack(io, &io.link)
 		return false
 	}
 	need := false
@@ -607,7 +584,7 @@ func (m *Mirror) admit(io *mirrorIO) bool {
 		}
 	}
 	if need {
-		m.awaitFlush.push(io)
+		m.awaitFlush.PushBack(io, &io.link)
 		m.signal()
 		return false
 	}
@@ -704,7 +681,7 @@ func (m *Mirror) endWriteIO(io *mirrorIO) {
 		} else {
 			io.errno.Store(0)
 		}
-		m.awaitHeader.push(io)
+		m.awaitHeader.PushBack(io, &io.link)
 		m.mu.Unlock()
 		m.signal()
 		return
@@ -796,9 +773,9 @@ func (m *Mirror) workOnce(s *bioset.Submitter) {
 		m.flushBits(s)
 	}
 	m.mu.Lock()
-	work := m.work.take()
+	work := m.work.Take()
 	m.mu.Unlock()
-	for io := work.pop(); io != nil; io = work.pop() {
+	for io := work.PopFront(); io != nil; io = work.PopFront() {
 		switch io.stage {
 		case stageRetry:
 			// The leg picked in completion may have been failed since:
@@ -844,16 +821,16 @@ func (m *Mirror) syncHeader() {
 		m.headerSynced = gen
 	}
 	var done, keep ioList
-	for io := m.awaitHeader.pop(); io != nil; io = m.awaitHeader.pop() {
+	for io := m.awaitHeader.PopFront(); io != nil; io = m.awaitHeader.PopFront() {
 		if io.gen <= m.headerSynced || err != nil {
-			done.push(io)
+			done.PushBack(io, &io.link)
 		} else {
-			keep.push(io)
+			keep.PushBack(io, &io.link)
 		}
 	}
 	m.awaitHeader = keep
 	m.mu.Unlock()
-	for io := done.pop(); io != nil; io = done.pop() {
+	for io := done.PopFront(); io != nil; io = done.PopFront() {
 		var e error
 		if n := io.errno.Load(); n != 0 {
 			e = syscall.Errno(n)
@@ -879,7 +856,7 @@ func (m *Mirror) states() []legState {
 // its bitmap updates the same way, at unplug).
 func (m *Mirror) flushBits(s *bioset.Submitter) {
 	m.mu.Lock()
-	if len(m.changed) == 0 && m.awaitFlush.head == nil {
+	if len(m.changed) == 0 && m.awaitFlush.Empty() {
 		m.mu.Unlock()
 		return
 	}
@@ -895,7 +872,7 @@ func (m *Mirror) flushBits(s *bioset.Submitter) {
 	for i := range m.durable {
 		m.durable[i] &= snap[i]
 	}
-	waiting := m.awaitFlush.take()
+	waiting := m.awaitFlush.Take()
 	m.mu.Unlock()
 	err := m.file.writeBlocks(snap, blocks)
 	m.mu.Lock()
@@ -908,7 +885,7 @@ func (m *Mirror) flushBits(s *bioset.Submitter) {
 		copy(m.durable, snap)
 	}
 	m.mu.Unlock()
-	for io := waiting.pop(); io != nil; io = waiting.pop() {
+	for io := waiting.PopFront(); io != nil; io = waiting.PopFront() {
 		if err != nil {
 			// The intent could not be made durable: fail the
 			// write rather than risk a crash that forgets it.
@@ -1078,9 +1055,9 @@ func (m *Mirror) lockRegion(r int) {
 // caller signals the worker once it has let go of mu.
 func (m *Mirror) unlockRegion() {
 	m.locked = -1
-	for io := m.blocked.pop(); io != nil; io = m.blocked.pop() {
+	for io := m.blocked.PopFront(); io != nil; io = m.blocked.PopFront() {
 		io.stage = stageAdmit
-		m.work.push(io)
+		m.work.PushBack(io, &io.link)
 	}
 }
 

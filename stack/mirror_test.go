@@ -713,7 +713,7 @@ func TestMirrorRegionLock(t *testing.T) {
 	var s bioset.Submitter
 	s.Submit(&b) // returns: the write waits in the mirror, not in Submit
 	m.mu.Lock()
-	queued := m.blocked.head != nil
+	queued := !m.blocked.Empty()
 	m.mu.Unlock()
 	if !queued || len(f[0].ops()) != 0 || len(f[1].ops()) != 0 {
 		t.Fatalf("a write to the locked region was not held back: queued %v, legs saw %v, %v", queued, f[0].ops(), f[1].ops())

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stackd/stackd/internal/intrusive"
 	"github.com/stackd/stackd/nbd/client"
 )
 
@@ -82,7 +83,7 @@ func (c *conn) signal() {
 func (c *conn) enqueue(q *req) {
 	q.conn = c
 	c.mu.Lock()
-	c.queue.pushBack(q)
+	c.queue.PushBack(q, &q.link)
 	wake := c.wakeLocked()
 	c.mu.Unlock()
 	if wake {
@@ -93,7 +94,7 @@ func (c *conn) enqueue(q *req) {
 // wakeLocked reports whether the sender must be woken, now that it may
 // have something to send: it is idle and requests are queued. Under c.mu.
 func (c *conn) wakeLocked() bool {
-	if !c.idle || c.queue.head == nil {
+	if !c.idle || c.queue.Empty() {
 		return false
 	}
 	c.idle = false
@@ -218,9 +219,9 @@ func (c *conn) send() {
 			c.mu.Lock()
 			cl := c.cl
 			n := 0
-			for cl != nil && c.started < maxInFlight && c.queue.head != nil && n < maxBatch {
-				q := c.queue.popFront()
-				c.inflight.pushBack(q)
+			for cl != nil && c.started < maxInFlight && !c.queue.Empty() && n < maxBatch {
+				q := c.queue.PopFront()
+				c.inflight.PushBack(q, &q.link)
 				q.started = true
 				c.started++
 				batch[n] = q
@@ -235,7 +236,7 @@ func (c *conn) send() {
 			for _, q := range batch[:n] {
 				if skip, err := q.fill(cl.Flags(), cl.HasMetaContext()); skip {
 					c.mu.Lock()
-					c.inflight.remove(q)
+					c.inflight.Remove(&q.link)
 					c.releaseSlot(q)
 					c.mu.Unlock()
 					r.finish(q, err)
@@ -255,9 +256,9 @@ func (c *conn) send() {
 				c.mu.Lock()
 				for k := m - 1; k >= 0; k-- {
 					q := batch[k]
-					c.inflight.remove(q)
+					c.inflight.Remove(&q.link)
 					c.releaseSlot(q)
-					c.queue.pushFront(q)
+					c.queue.PushFront(q, &q.link)
 				}
 				c.mu.Unlock()
 				clear(reqs[:m])
@@ -274,27 +275,24 @@ func (c *conn) send() {
 func (c *conn) watch(now time.Time) {
 	c.mu.Lock()
 	var expired reqList
-	for q := c.queue.head; q != nil; {
-		next := q.next
+	for q := c.queue.Front(); q != nil; {
+		next := q.link.Next()
 		if now.After(q.deadline) {
-			c.queue.remove(q)
-			expired.pushBack(q)
+			c.queue.Remove(&q.link)
+			expired.PushBack(q, &q.link)
 		}
 		q = next
 	}
 	var abort *client.Client
-	for q := c.inflight.head; q != nil; q = q.next {
+	for q := c.inflight.Front(); q != nil; q = q.link.Next() {
 		if q.started && now.After(q.deadline) {
 			abort = c.cl
 			break
 		}
 	}
 	c.mu.Unlock()
-	for q := expired.head; q != nil; {
-		next := q.next
-		q.next, q.prev = nil, nil
+	for q := expired.PopFront(); q != nil; q = expired.PopFront() {
 		c.r.finish(q, errTimedOut)
-		q = next
 	}
 	if abort != nil {
 		// A reset, not a close: see "Fencing" in the package comment.
@@ -320,55 +318,5 @@ func (r *Remote) watchdog() {
 	}
 }
 
-// reqList is an intrusive doubly linked list of requests.
-type reqList struct{ head, tail *req }
-
-func (l *reqList) pushBack(q *req) {
-	q.next, q.prev = nil, l.tail
-	if l.tail != nil {
-		l.tail.next = q
-	} else {
-		l.head = q
-	}
-	l.tail = q
-}
-
-func (l *reqList) pushFront(q *req) {
-	q.prev, q.next = nil, l.head
-	if l.head != nil {
-		l.head.prev = q
-	} else {
-		l.tail = q
-	}
-	l.head = q
-}
-
-func (l *reqList) popFront() *req {
-	q := l.head
-	if q != nil {
-		l.remove(q)
-	}
-	return q
-}
-
-func (l *reqList) remove(q *req) {
-	if q.prev != nil {
-		q.prev.next = q.next
-	} else {
-		l.head = q.next
-	}
-	if q.next != nil {
-		q.next.prev = q.prev
-	} else {
-		l.tail = q.prev
-	}
-	q.next, q.prev = nil, nil
-}
-
-// takeAll empties the list and returns its first request, the rest
-// linked through next.
-func (l *reqList) takeAll() *req {
-	q := l.head
-	l.head, l.tail = nil, nil
-	return q
-}
+// reqList is an intrusive list of requests.
+type reqList = intrusive.List[req]

@@ -137,6 +137,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/intrusive"
 	"github.com/stackd/stackd/nbd/client"
 	"github.com/stackd/stackd/nbd/wire"
 	"github.com/stackd/stackd/targets"
@@ -351,7 +352,7 @@ type Remote struct {
 	multi   sync.Once     // starts the other connections
 
 	freeMu sync.Mutex
-	free   *req // free list of request records, linked through next
+	free   reqList // request records not in use
 
 	errors, retried, timedOut, reconnects atomic.Uint64
 	inFlight                              atomic.Int64 // bios submitted and not ended
@@ -540,11 +541,7 @@ func check(b *bioset.Bio, size uint64) syscall.Errno {
 
 func (r *Remote) getReq() *req {
 	r.freeMu.Lock()
-	q := r.free
-	if q != nil {
-		r.free = q.next
-		q.next = nil
-	}
+	q := r.free.PopFront()
 	r.freeMu.Unlock()
 	if q == nil {
 		q = &req{r: r}
@@ -557,8 +554,7 @@ func (r *Remote) putReq(q *req) {
 	q.bio, q.conn = nil, nil
 	q.Request.Buf, q.Request.Extents = nil, nil
 	r.freeMu.Lock()
-	q.next = r.free
-	r.free = q
+	r.free.PushFront(q, &q.link)
 	r.freeMu.Unlock()
 }
 
@@ -574,13 +570,10 @@ func (r *Remote) Close() error {
 	for _, c := range r.conns {
 		c.state.Store(connStateClosed)
 		c.mu.Lock()
-		left := c.queue.takeAll()
+		left := c.queue.Take()
 		c.mu.Unlock()
-		for q := left; q != nil; {
-			next := q.next
-			q.next = nil
+		for q := left.PopFront(); q != nil; q = left.PopFront() {
 			r.finish(q, errClosing)
-			q = next
 		}
 	}
 	return nil
@@ -595,10 +588,9 @@ type req struct {
 	deadline time.Time // Submit plus the timeout
 	sent     time.Time // when it was last sent, for the latency
 	started  bool      // handed to the client (counted in conn.started)
-	// next and prev link it into its connection's queue or in-flight
-	// list, both under the connection's lock; next also links the free
-	// list.
-	next, prev *req
+	// link puts it on its connection's queue or in-flight list, both
+	// under the connection's lock, or on the free list.
+	link intrusive.Link[req]
 }
 
 // fill prepares the NBD request for q's bio, as the remote on a
@@ -668,12 +660,12 @@ func (q *req) fill(flags uint16, meta bool) (skip bool, err error) {
 func (q *req) done(_ *client.Request, err error) {
 	c, r := q.conn, q.r
 	c.mu.Lock()
-	c.inflight.remove(q)
+	c.inflight.Remove(&q.link)
 	c.releaseSlot(q)
 	requeued := retryable(err) && !r.closing.Load() && time.Now().Before(q.deadline)
 	if requeued {
 		r.retried.Add(1)
-		c.queue.pushBack(q)
+		c.queue.PushBack(q, &q.link)
 	}
 	wake := c.wakeLocked() // a slot is free, or q is queued again
 	c.mu.Unlock()

@@ -75,9 +75,7 @@ func (r *Remote) State() State {
 			cs.LastError = *e
 		}
 		c.mu.Lock()
-		for q := c.queue.head; q != nil; q = q.next {
-			cs.Queued++
-		}
+		cs.Queued = c.queue.Len()
 		cs.Sent = c.started
 		c.mu.Unlock()
 		s.Connections = append(s.Connections, cs)
