@@ -59,11 +59,9 @@ func (t *Backend) Submit(_ *bioset.Submitter, b *bioset.Bio) {
 }
 
 func (t *Backend) perform(b *bioset.Bio) {
-	if e := check(b, t.size); e != 0 {
-		t.end(b, e)
-		return
+	if t.admit(b, t.size) {
+		t.end(b, t.do(b))
 	}
-	t.end(b, t.do(b))
 }
 
 func (t *Backend) do(b *bioset.Bio) error {

@@ -26,14 +26,24 @@ func (c *errorCounter) end(b *bioset.Bio, err error) {
 	b.End(err)
 }
 
+// admit ends b with the errno Check gives it, counted, and reports false;
+// or reports true, and b is the target's to perform.
+func (c *errorCounter) admit(b *bioset.Bio, size uint64) bool {
+	if e := Check(b, size); e != 0 {
+		c.end(b, e)
+		return false
+	}
+	return true
+}
+
 // Errors returns how many bios the target has ended with an error.
 func (c *errorCounter) Errors() uint64 { return c.n.Load() }
 
-// check reports the errno a bio gets before a target looks at it, or 0.
-// The protocol layer validates requests already; this guards a target
-// against a buggy layer above it, because a wrong range here would read or
-// write another leg's data, or panic.
-func check(b *bioset.Bio, size uint64) syscall.Errno {
+// Check reports the errno a bio gets before a target of size bytes looks
+// at it, or 0. The protocol layer validates requests already; this guards
+// a target against a buggy layer above it, because a wrong range here
+// would read or write another leg's data, or panic.
+func Check(b *bioset.Bio, size uint64) syscall.Errno {
 	switch b.Op {
 	case bioset.OpFlush:
 		return 0

@@ -255,7 +255,7 @@ func (f *File) inline(b *bioset.Bio) bool {
 	default:
 		return false
 	}
-	if b.Length == 0 || b.Length > fileInlineMax || check(b, f.size) != 0 {
+	if b.Length == 0 || b.Length > fileInlineMax || Check(b, f.size) != 0 {
 		return false
 	}
 	flags := 0
@@ -285,11 +285,9 @@ func (f *File) inline(b *bioset.Bio) bool {
 }
 
 func (f *File) perform(b *bioset.Bio) {
-	if e := check(b, f.size); e != 0 {
-		f.end(b, e)
-		return
+	if f.admit(b, f.size) {
+		f.end(b, f.do(b))
 	}
-	f.end(b, f.do(b))
 }
 
 func (f *File) do(b *bioset.Bio) error {

@@ -176,8 +176,7 @@ func (m *Memory) Close() error {
 
 // Submit performs b at once: RAM never waits.
 func (m *Memory) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if e := check(b, m.size); e != 0 {
-		m.end(b, e)
+	if !m.admit(b, m.size) {
 		return
 	}
 	switch b.Op {

@@ -26,8 +26,7 @@ func (n *Null) Close() error { return nil }
 
 // Submit performs b at once.
 func (n *Null) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if e := check(b, n.size); e != 0 {
-		n.end(b, e)
+	if !n.admit(b, n.size) {
 		return
 	}
 	switch b.Op {

@@ -198,8 +198,7 @@ func (r *rbdTarget) Close() error {
 
 // Submit queues b for a worker; it never waits on the cluster.
 func (r *rbdTarget) Submit(_ *bioset.Submitter, b *bioset.Bio) {
-	if e := check(b, r.size); e != 0 {
-		r.end(b, e)
+	if !r.admit(b, r.size) {
 		return
 	}
 	if r.readOnly && b.Op != bioset.OpRead && b.Op != bioset.OpFlush && b.Op != bioset.OpCache && b.Op != bioset.OpBlockStatus {

@@ -516,24 +516,21 @@ func (r *Remote) pick() *conn {
 	return r.conns[start%n]
 }
 
-// check reports the errno a bio gets before it is sent, or 0: a wrong
+// check reports the errno a bio gets before it is sent, or 0: what
+// targets.Check refuses, and what one NBD request cannot carry. A wrong
 // range from a buggy layer above would otherwise reach the remote.
 func check(b *bioset.Bio, size uint64) syscall.Errno {
+	if e := targets.Check(b, size); e != 0 {
+		return e
+	}
+	limit := uint64(1<<32 - 1) // a request's length field
 	switch b.Op {
 	case bioset.OpFlush:
 		return 0
 	case bioset.OpRead, bioset.OpWrite:
-		if uint64(len(b.Buf)) != b.Length || b.Length > wire.DefaultMaxPayload {
-			return syscall.EINVAL
-		}
-	case bioset.OpTrim, bioset.OpWriteZeroes, bioset.OpCache, bioset.OpBlockStatus:
-		if b.Length > 1<<32-1 {
-			return syscall.EINVAL
-		}
-	default:
-		return syscall.EINVAL
+		limit = wire.DefaultMaxPayload
 	}
-	if end := b.Offset + b.Length; end < b.Offset || end > size {
+	if b.Length > limit {
 		return syscall.EINVAL
 	}
 	return 0

@@ -6,16 +6,33 @@ import (
 	"github.com/stackd/stackd/targets"
 )
 
-// Stats is a remote leg's counters, for the metrics.
-type Stats struct {
-	// States is each connection's state (a StateNames index).
-	States []int
+// Counters are a remote leg's counts, which its Stats and its State both
+// carry.
+type Counters struct {
 	// Reconnects counts successful dials after the first; Retried the
 	// requests sent again after their connection dropped; TimedOut those
 	// that failed with EIO at their timeout.
-	Reconnects, Retried, TimedOut uint64
+	Reconnects uint64 `json:"reconnects"`
+	Retried    uint64 `json:"retried"`
+	TimedOut   uint64 `json:"timed_out"`
 	// InFlight is the bios submitted and not yet ended.
-	InFlight int64
+	InFlight int64 `json:"in_flight"`
+}
+
+func (r *Remote) counters() Counters {
+	return Counters{
+		Reconnects: r.reconnects.Load(),
+		Retried:    r.retried.Load(),
+		TimedOut:   r.timedOut.Load(),
+		InFlight:   r.inFlight.Load(),
+	}
+}
+
+// Stats is a remote leg's counters, for the metrics.
+type Stats struct {
+	Counters
+	// States is each connection's state (a StateNames index).
+	States []int
 	// Latency is the round-trip histogram (the leaves' one,
 	// targets.Latency): per bucket of targets.LatencyBounds
 	// (not cumulative, the last one +Inf), and the sum.
@@ -25,12 +42,7 @@ type Stats struct {
 
 // Stats returns the leg's counters now.
 func (r *Remote) Stats() Stats {
-	s := Stats{
-		Reconnects: r.reconnects.Load(),
-		Retried:    r.retried.Load(),
-		TimedOut:   r.timedOut.Load(),
-		InFlight:   r.inFlight.Load(),
-	}
+	s := Stats{Counters: r.counters()}
 	for _, c := range r.conns {
 		s.States = append(s.States, int(c.state.Load()))
 	}
@@ -42,10 +54,7 @@ func (r *Remote) Stats() Stats {
 type State struct {
 	URI         string      `json:"uri"`
 	Connections []ConnState `json:"connections"`
-	Reconnects  uint64      `json:"reconnects"`
-	Retried     uint64      `json:"retried"`
-	TimedOut    uint64      `json:"timed_out"`
-	InFlight    int64       `json:"in_flight"`
+	Counters
 }
 
 // ConnState is one connection's state.
@@ -62,13 +71,7 @@ type ConnState struct {
 // State returns the leg's state now; each connection's part is read
 // under that connection's lock.
 func (r *Remote) State() State {
-	s := State{
-		URI:        r.o.Target(),
-		Reconnects: r.reconnects.Load(),
-		Retried:    r.retried.Load(),
-		TimedOut:   r.timedOut.Load(),
-		InFlight:   r.inFlight.Load(),
-	}
+	s := State{URI: r.o.Target(), Counters: r.counters()}
 	for _, c := range r.conns {
 		cs := ConnState{State: StateNames[c.state.Load()], Reconnects: c.reconnects.Load()}
 		if e := c.lastErr.Load(); e != nil {
