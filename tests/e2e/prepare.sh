@@ -60,44 +60,28 @@ apt_update() {
 	return 1
 }
 
-# Host tools, as "command:package".
+# Host tools, as "package:command", installed by the project's one
+# installer when missing.
 host_tools=(
-	qemu-system-x86_64:qemu-system-x86
-	depmod:kmod
+	qemu-system-x86:qemu-system-x86_64
+	kmod:depmod
 	cpio:cpio
-	mke2fs:e2fsprogs
-	e2fsck:e2fsprogs
-	debugfs:e2fsprogs
-	fstrim:util-linux
-	blkdiscard:util-linux
-	flock:util-linux
-	xz:xz-utils
+	e2fsprogs:mke2fs
+	e2fsprogs:e2fsck
+	e2fsprogs:debugfs
+	util-linux:fstrim
+	util-linux:blkdiscard
+	util-linux:flock
+	xz-utils:xz
 	gzip:gzip
-	dpkg-deb:dpkg
-	ldd:libc-bin
+	dpkg:dpkg-deb
+	libc-bin:ldd
 )
-missing=()
-for t in "${host_tools[@]}"; do
-	cmd=${t%%:*} pkg=${t##*:}
-	if ! PATH=$PATH:/usr/sbin:/sbin command -v "$cmd" >/dev/null 2>&1; then
-		case " ${missing[*]-} " in *" $pkg "*) ;; *) missing+=("$pkg") ;; esac
-	fi
-done
-if [ ${#missing[@]} -gt 0 ]; then
-	command -v apt-get >/dev/null 2>&1 || die "missing ${missing[*]} and no apt-get to install them"
-	if [ -n "$sudo" ] && ! sudo -n true 2>/dev/null; then
-		die "missing ${missing[*]}; not root and no password-less sudo to install them"
-	fi
-	log "installing ${missing[*]}"
-	if ! $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$cache/apt.log" 2>&1; then
-		apt_update || true
-		if ! $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >"$cache/apt.log" 2>&1; then
-			tail -n 20 "$cache/apt.log" >&2
-			die "apt-get install ${missing[*]} failed"
-		fi
-	fi
-fi
+"$here/../../scripts/install-test-deps.sh" "${host_tools[@]}" >&2 || die "installing the host tools failed"
 export PATH=$PATH:/usr/sbin:/sbin
+for t in "${host_tools[@]}"; do
+	command -v "${t##*:}" >/dev/null 2>&1 || die "missing ${t##*:} (Debian package ${t%%:*})"
+done
 
 # apt_candidate PKG: prints PKG's candidate version, empty if apt knows none.
 apt_candidate() {
