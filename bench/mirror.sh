@@ -14,9 +14,7 @@
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
-REPS=${MIRROR_REPS:-3}
-RUNTIME=${MIRROR_RUNTIME:-5}
-RAMP=${MIRROR_RAMP:-1}
+run_knobs MIRROR
 LEG_MIB=${MIRROR_LEG_MIB:-1024}
 # The resync test copies RESYNC_MIB at RESYNC_RATE: about 4 s at the
 # defaults, long enough that the start and the end are a small part of it.

@@ -28,9 +28,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-RUNTIME=${REMOTE_RUNTIME:-5}
-RAMP=${REMOTE_RAMP:-1}
-REPS=${REMOTE_REPS:-3}
+run_knobs REMOTE
 SIZE=${REMOTE_SIZE_MIB:-512}
 PORT=${REMOTE_PORT:-10919}
 CONNS=${REMOTE_CONNECTIONS:-1}

@@ -87,9 +87,7 @@ if [[ ${BENCH_SMOKE:-0} == 1 ]]; then
 	: "${BENCH_QUIET_START:=0}" "${BENCH_QUIET_BUDGET:=0}" "${BENCH_RETRIES:=0}"
 	: "${BENCH_OUT:=$(mktemp -d /tmp/stackd-bench-smoke.XXXXXX)}"
 fi
-RUNTIME=${BENCH_RUNTIME:-5}
-RAMP=${BENCH_RAMP:-1}
-REPS=${BENCH_REPS:-3}
+run_knobs BENCH
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 OUT=${BENCH_OUT:-$ROOT/bench/results}
 DO_MEMORY=${BENCH_MEMORY:-1}

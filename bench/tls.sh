@@ -27,9 +27,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 need_tools go fio nbdkit nbdinfo openssl jq
 
-RUNTIME=${BENCH_RUNTIME:-5}
-RAMP=${BENCH_RAMP:-1}
-REPS=${BENCH_REPS:-3}
+run_knobs BENCH
 SIZE_MIB=${BENCH_SIZE_MIB:-1024}
 WORKLOADS=${TLS_WORKLOADS:-"rr4k-qd32 rw4k-qd32 sr1m-qd8 sw1m-qd8"}
 check_workloads $WORKLOADS
