@@ -49,12 +49,7 @@ var workloads []workload
 // loadWorkloads reads bench/workloads.tsv: comment lines, a header, then
 // one workload a line, "-" for an empty field.
 func loadWorkloads(path string) ([]workload, error) {
-	rows, err := readTSV(path)
-	if err != nil {
-		return nil, err
-	}
-	var out []workload
-	for _, r := range rows {
+	out, err := loadTSV(path, func(r map[string]string) (workload, error) {
 		for k, v := range r {
 			if v == "-" {
 				r[k] = ""
@@ -62,14 +57,14 @@ func loadWorkloads(path string) ([]workload, error) {
 		}
 		w := workload{Name: r["name"], Label: r["label"], MBps: r["unit"] == "mbps"}
 		if w.Name == "" || w.Label == "" || (r["unit"] != "iops" && r["unit"] != "mbps") {
-			return nil, fmt.Errorf("%s: workload %q needs a name, a label and a unit (iops or mbps)", path, w.Name)
+			return w, fmt.Errorf("workload %q needs a name, a label and a unit (iops or mbps)", w.Name)
 		}
-		out = append(out, w)
+		return w, nil
+	})
+	if err == nil && len(out) == 0 {
+		err = fmt.Errorf("%s: no workloads", path)
 	}
-	if len(out) == 0 {
-		return nil, fmt.Errorf("%s: no workloads", path)
-	}
-	return out, nil
+	return out, err
 }
 
 // goal is a line of bench/goals.tsv: a ratio between two columns of one
@@ -89,25 +84,38 @@ var goals []goal
 // loadGoals reads bench/goals.tsv, checking each line's workload and
 // servers against the table's.
 func loadGoals(path string) ([]goal, error) {
+	return loadTSV(path, func(r map[string]string) (goal, error) {
+		g := goal{Workload: r["workload"], Server: r["server"], Versus: r["versus"], CPU: r["measure"] == "cpu", Why: r["why"]}
+		switch {
+		case !knownWorkload(g.Workload):
+			return g, fmt.Errorf("goal for unknown workload %q", g.Workload)
+		case !knownServer(g.Server) || !knownServer(g.Versus):
+			return g, fmt.Errorf("goal %s: unknown server %q or %q", g.Workload, g.Server, g.Versus)
+		case r["measure"] != "cpu" && r["measure"] != "throughput":
+			return g, fmt.Errorf("goal %s: measure %q is not throughput or cpu", g.Workload, r["measure"])
+		}
+		var err error
+		if g.Ratio, err = strconv.ParseFloat(r["goal"], 64); err != nil || g.Ratio <= 0 {
+			return g, fmt.Errorf("goal %s: %q is not a ratio", g.Workload, r["goal"])
+		}
+		return g, nil
+	})
+}
+
+// loadTSV reads path with readTSV and makes each row a T with parse; a
+// row that parse refuses fails the file, named in the error.
+func loadTSV[T any](path string, parse func(map[string]string) (T, error)) ([]T, error) {
 	rows, err := readTSV(path)
 	if err != nil {
 		return nil, err
 	}
-	var out []goal
+	out := make([]T, 0, len(rows))
 	for _, r := range rows {
-		g := goal{Workload: r["workload"], Server: r["server"], Versus: r["versus"], CPU: r["measure"] == "cpu", Why: r["why"]}
-		switch {
-		case !knownWorkload(g.Workload):
-			return nil, fmt.Errorf("%s: goal for unknown workload %q", path, g.Workload)
-		case !knownServer(g.Server) || !knownServer(g.Versus):
-			return nil, fmt.Errorf("%s: goal %s: unknown server %q or %q", path, g.Workload, g.Server, g.Versus)
-		case r["measure"] != "cpu" && r["measure"] != "throughput":
-			return nil, fmt.Errorf("%s: goal %s: measure %q is not throughput or cpu", path, g.Workload, r["measure"])
+		v, err := parse(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
 		}
-		if g.Ratio, err = strconv.ParseFloat(r["goal"], 64); err != nil || g.Ratio <= 0 {
-			return nil, fmt.Errorf("%s: goal %s: %q is not a ratio", path, g.Workload, r["goal"])
-		}
-		out = append(out, g)
+		out = append(out, v)
 	}
 	return out, nil
 }
