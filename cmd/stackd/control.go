@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -36,14 +35,8 @@ func (d *daemon) serveControl(cfg *configs.Config) error {
 		e := cfg.Exports[i]
 		exports = append(exports, control.Export{Name: e.Name, Default: e.Default, ReadOnly: e.ReadOnly, Stack: st})
 	}
-	d.control = control.New(control.Options{Exports: exports, Server: d.server, Logger: d.log})
-	d.controlDone = make(chan struct{})
-	go func() {
-		defer close(d.controlDone)
-		if err := d.control.Serve(ln); err != nil {
-			d.log.Error("control socket failed", "err", err)
-		}
-	}()
+	srv := control.New(control.Options{Exports: exports, Server: d.server, Logger: d.log})
+	d.control = startService(d.log, "control socket", srv, ln)
 	d.log.Info("serving the control socket", "path", cfg.Control)
 	return nil
 }
@@ -51,13 +44,7 @@ func (d *daemon) serveControl(cfg *configs.Config) error {
 // stopControl closes the control socket, letting the requests in progress
 // finish; before the stacks close, which those requests read.
 func (d *daemon) stopControl() {
-	if d.control == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), controlStopTimeout)
-	defer cancel()
-	d.control.Shutdown(ctx)
-	<-d.controlDone
+	d.control.stop(controlStopTimeout)
 	d.control = nil
 }
 

@@ -31,7 +31,6 @@ import (
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/configs"
-	"github.com/stackd/stackd/control"
 	"github.com/stackd/stackd/metrics"
 	"github.com/stackd/stackd/nbd"
 	"github.com/stackd/stackd/stack"
@@ -246,12 +245,10 @@ type daemon struct {
 	// metrics observes the server even when no address serves them: its
 	// rate-limited lines are the log's record of failed requests.
 	metrics     *metrics.Metrics
-	metricsSrv  *http.Server // nil when metrics are off
+	metricsSrv  *service // nil when metrics are off
 	metricsAddr net.Addr
-	metricsDone chan struct{}
 
-	control     *control.Server // nil without a control socket
-	controlDone chan struct{}
+	control *service // nil without a control socket
 }
 
 // start brings a daemon up in the order an operator watching /readyz
@@ -333,7 +330,7 @@ func (d *daemon) serveMetrics(addr string, pprof bool) error {
 		return fmt.Errorf("metrics: listen: %w", err)
 	}
 	d.metricsAddr = ln.Addr()
-	d.metricsSrv = &http.Server{
+	srv := &http.Server{
 		Handler:           handler,
 		ReadHeaderTimeout: metricsReadTimeout,
 		ReadTimeout:       metricsReadTimeout,
@@ -341,13 +338,7 @@ func (d *daemon) serveMetrics(addr string, pprof bool) error {
 		IdleTimeout:       metricsIdleTimeout,
 		ErrorLog:          slog.NewLogLogger(d.log.Handler(), slog.LevelWarn),
 	}
-	d.metricsDone = make(chan struct{})
-	go func() {
-		defer close(d.metricsDone)
-		if err := d.metricsSrv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error("metrics server failed", "err", err)
-		}
-	}()
+	d.metricsSrv = startService(d.log, "metrics server", srv, ln)
 	d.log.Info("serving metrics", "address", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 	return nil
 }
@@ -355,15 +346,7 @@ func (d *daemon) serveMetrics(addr string, pprof bool) error {
 // stopMetrics closes the metrics endpoint, letting a scrape in progress
 // finish.
 func (d *daemon) stopMetrics() {
-	if d.metricsSrv == nil {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), metricsWriteTimeout)
-	defer cancel()
-	if err := d.metricsSrv.Shutdown(ctx); err != nil {
-		d.metricsSrv.Close()
-	}
-	<-d.metricsDone
+	d.metricsSrv.stop(metricsWriteTimeout)
 	d.metricsSrv = nil
 }
 
