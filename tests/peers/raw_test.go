@@ -88,6 +88,18 @@ func badRequestExports() []export {
 	}
 }
 
+// rawCase is one request of a table, and the errors its reply may carry
+// (none: it must succeed).
+type rawCase struct {
+	name      string
+	flags     uint16
+	cmd       uint16
+	off       uint64
+	length    uint32
+	payload   []byte
+	wantErrno []uint32
+}
+
 // badRequests is TestRawBadRequests on connections connect opens: over
 // the unix socket in plaintext, or over TLS (TestTLSRawBadRequests).
 func badRequests(t *testing.T, d *daemon, connect rawConnector) {
@@ -100,15 +112,7 @@ func badRequests(t *testing.T, d *daemon, connect rawConnector) {
 	end := c.size
 	payload := bytes.Repeat([]byte{0xee}, 1024)
 
-	for _, tc := range []struct {
-		name      string
-		flags     uint16
-		cmd       uint16
-		off       uint64
-		length    uint32
-		payload   []byte
-		wantErrno []uint32
-	}{
+	for _, tc := range []rawCase{
 		{"write past the end", 0, wire.CmdWrite, end - 512, 1024, payload, []uint32{wire.ENOSPC}},
 		{"write offset wraps", 0, wire.CmdWrite, 1<<64 - 512, 1024, payload, []uint32{wire.ENOSPC}},
 		{"write-zeroes past the end", 0, wire.CmdWriteZeroes, end - 512, 1024, nil, []uint32{wire.ENOSPC}},
@@ -161,23 +165,16 @@ func badRequests(t *testing.T, d *daemon, connect rawConnector) {
 		if c.flags&wire.FlagSendFUA == 0 {
 			t.Fatalf("transmission flags %#x lack NBD_FLAG_SEND_FUA", c.flags)
 		}
-		for _, r := range []struct {
-			name    string
-			flags   uint16
-			cmd     uint16
-			off     uint64
-			length  uint32
-			payload []byte
-		}{
+		for _, r := range []rawCase{
 			// The README: FUA is accepted on every command once advertised.
-			{"READ|FUA", fua, wire.CmdRead, 0, 512, nil},
-			{"WRITE|FUA", fua, wire.CmdWrite, 20 * MiB, 1024, payload},
-			{"FLUSH|FUA", fua, wire.CmdFlush, 0, 0, nil},
-			{"TRIM|FUA", fua, wire.CmdTrim, 20 * MiB, 1024, nil},
-			{"CACHE", 0, wire.CmdCache, 0, 1 << 20, nil},
-			{"WRITE_ZEROES|NO_HOLE", noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
-			{"WRITE_ZEROES|FAST_ZERO", fastZero, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
-			{"WRITE_ZEROES|FUA|NO_HOLE", fua | noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil},
+			{"READ|FUA", fua, wire.CmdRead, 0, 512, nil, nil},
+			{"WRITE|FUA", fua, wire.CmdWrite, 20 * MiB, 1024, payload, nil},
+			{"FLUSH|FUA", fua, wire.CmdFlush, 0, 0, nil, nil},
+			{"TRIM|FUA", fua, wire.CmdTrim, 20 * MiB, 1024, nil, nil},
+			{"CACHE", 0, wire.CmdCache, 0, 1 << 20, nil, nil},
+			{"WRITE_ZEROES|NO_HOLE", noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil, nil},
+			{"WRITE_ZEROES|FAST_ZERO", fastZero, wire.CmdWriteZeroes, 20 * MiB, 4096, nil, nil},
+			{"WRITE_ZEROES|FUA|NO_HOLE", fua | noHole, wire.CmdWriteZeroes, 20 * MiB, 4096, nil, nil},
 		} {
 			errno, _, err := c.do(r.flags, r.cmd, r.off, r.length, r.payload)
 			if r.flags&fastZero != 0 && errno == wire.ENOTSUP {
