@@ -13,7 +13,6 @@ BENCH_SCRIPT=${0##*/}
 
 log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
-# need_tools TOOL... exits if a tool is not on PATH.
 # run_knobs PREFIX sets RUNTIME, RAMP and REPS (the seconds each fio run
 # measures, the seconds of ramp before it, and the runs per cell) from
 # PREFIX_RUNTIME, PREFIX_RAMP and PREFIX_REPS, defaulting to 5, 1 and 3:
@@ -25,6 +24,7 @@ run_knobs() {
 	v=$1_REPS REPS=${!v:-3}
 }
 
+# need_tools TOOL... exits if a tool is not on PATH.
 need_tools() {
 	local tool
 	for tool in "$@"; do
