@@ -2,6 +2,7 @@ package targets
 
 import (
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -37,8 +38,9 @@ const (
 	memDirMask  = memDirLen - 1
 
 	// The sizes of a page and of a directory below the top, for
-	// tableBytes: a slice header or a pointer per entry.
-	memPageBytes = memPageLen * 24
+	// tableBytes: a slice header or a pointer per entry, and a page's
+	// slice of span counts (whose array Memory.pageBytes adds).
+	memPageBytes = memPageLen*24 + 24
 	memDirBytes  = memDirLen * 8
 )
 
@@ -91,6 +93,13 @@ type Memory struct {
 	// NewMemory or Close, for tests; the top directory is not counted.
 	tableBytes atomic.Uint64
 	stripes    [memStripes]memStripe
+	// region holds the chunks where it could be mapped (see
+	// chunkRegion); nil: each chunk is a Go allocation.
+	region *chunkRegion
+	// spanChunks is the number of chunks in a huge-page span, when the
+	// region collapses spans (chunks below hugePageSize, and a page of
+	// the table covering whole spans); 0 otherwise.
+	spanChunks uint64
 	errorCounter
 }
 
@@ -106,8 +115,15 @@ type memDir struct {
 //
 // Pages stay until Close even when all their chunks are freed: removing one
 // safely would need a lock that every lookup takes, and a page costs at
-// most 24 bytes per chunk it spans.
-type memPage [memPageLen][]byte
+// most 24 bytes per chunk it spans, and 4 per huge-page span.
+type memPage struct {
+	chunks [memPageLen][]byte
+	// spans counts the chunks allocated in each huge-page span the page
+	// covers, when the region collapses spans (Memory.spanChunks): the
+	// span is collapsed when its count reaches spanChunks. Atomic,
+	// because the chunks of one span are under different stripe locks.
+	spans []atomic.Uint32
+}
 
 // memStripe is one lock, padded to a cache line of its own so that CPUs
 // locking neighbouring stripes do not contend for the line.
@@ -127,10 +143,18 @@ func NewMemory(size, chunk uint64) *Memory {
 	if chunk&(chunk-1) != 0 {
 		panic(fmt.Sprintf("targets: memory chunk %d is not a power of two", chunk))
 	}
-	m := &Memory{size: size, chunk: chunk}
+	m := &Memory{size: size, chunk: chunk, region: mapChunkRegion(size, chunk)}
 	for chunk > 1 {
 		chunk >>= 1
 		m.shift++
+	}
+	if m.region != nil {
+		if m.chunk < hugePageSize && memPageLen*m.chunk >= hugePageSize {
+			m.spanChunks = hugePageSize / m.chunk
+		}
+		// A target dropped without Close still gives its memory back;
+		// r, not m, so that the cleanup does not keep m alive.
+		runtime.AddCleanup(m, func(r *chunkRegion) { r.unmap() }, m.region)
 	}
 	// The highest chunk index; a device smaller than a chunk still has
 	// chunk 0, and a 0-byte one gets it too rather than an empty table.
@@ -158,11 +182,15 @@ func (m *Memory) Caps() bioset.Caps { return bioset.CapsAll }
 // chunk table itself is not included.
 func (m *Memory) Allocated() uint64 { return m.allocated.Load() }
 
-// Close drops every chunk so that the
-// memory goes back to the Go heap even if something still references m.
-// It comes after the last bio: one still in flight may write into a page
-// already dropped, or allocate afresh.
+// Close drops every chunk, and unmaps the region, so that the memory goes
+// back even if something still references m. It comes after the last bio
+// and after the last loan of a chunk has been sent (the NBD server closes
+// its stacks once every connection has ended): a region's chunks are gone
+// once it returns.
 func (m *Memory) Close() error {
+	if m.region != nil {
+		m.region.unmap()
+	}
 	for i := range m.top.dirs {
 		m.top.dirs[i].Store(nil)
 	}
@@ -241,9 +269,21 @@ func (m *Memory) pageFor(idx uint64) *memPage {
 			return &memDir{pages: make([]atomic.Pointer[memPage], memDirLen)}
 		})
 	}
-	return publish(&d.pages[idx>>memPageBits&memDirMask], &m.tableBytes, memPageBytes, func() *memPage {
-		return new(memPage)
+	return publish(&d.pages[idx>>memPageBits&memDirMask], &m.tableBytes, m.pageBytes(), func() *memPage {
+		p := new(memPage)
+		if m.spanChunks != 0 {
+			p.spans = make([]atomic.Uint32, memPageLen/m.spanChunks)
+		}
+		return p
 	})
+}
+
+// pageBytes is the size of one page of m's table, its span counts included.
+func (m *Memory) pageBytes() uint64 {
+	if m.spanChunks == 0 {
+		return memPageBytes
+	}
+	return memPageBytes + 4*memPageLen/m.spanChunks
 }
 
 // publish returns what slot holds, first filling an empty slot with fresh()
@@ -273,7 +313,7 @@ func (m *Memory) read(b *bioset.Bio) {
 		if p, _ := m.page(idx); p != nil {
 			st := m.stripe(idx)
 			st.RLock()
-			if c = p[idx&memPageMask]; c != nil && !b.Lend(at, c[in:in+n:in+n]) {
+			if c = p.chunks[idx&memPageMask]; c != nil && !b.Lend(at, c[in:in+n:in+n]) {
 				copy(b.Buf[at:at+n], c[in:])
 			}
 			st.RUnlock()
@@ -309,7 +349,7 @@ func (m *Memory) WriteDirect(off, length uint64, head []byte, fill func(dst []by
 		p := m.pageFor(idx)
 		st := m.stripe(idx)
 		st.Lock()
-		c := p[idx&memPageMask]
+		c := p.chunks[idx&memPageMask]
 		if c == nil {
 			c = m.allocLocked(p, idx)
 		}
@@ -328,9 +368,27 @@ func (m *Memory) WriteDirect(off, length uint64, head []byte, fill func(dst []by
 
 // allocLocked gives chunk idx, in page p, zeroed memory. The caller holds
 // the chunk's stripe lock.
+//
+// A region's chunk is cleared even though a freed chunk's pages were handed
+// back as zeros: a direct write's fill still in flight when the chunk was
+// freed may have written them since (see chunkRegion). The chunk that
+// completes a huge-page span collapses the span, once, under this lock: a
+// copy of 2 MiB that only bios to this stripe wait for.
 func (m *Memory) allocLocked(p *memPage, idx uint64) []byte {
-	c := make([]byte, m.chunk)
-	p[idx&memPageMask] = c
+	var c []byte
+	if m.region == nil {
+		c = make([]byte, m.chunk)
+	} else {
+		c = m.region.chunk(idx<<m.shift, m.chunk)
+		clear(c)
+		if m.spanChunks != 0 {
+			span := (idx & memPageMask) / m.spanChunks
+			if p.spans[span].Add(1) == uint32(m.spanChunks) {
+				m.region.collapse((idx &^ (m.spanChunks - 1)) << m.shift)
+			}
+		}
+	}
+	p.chunks[idx&memPageMask] = c
 	m.allocated.Add(m.chunk)
 	return c
 }
@@ -397,17 +455,51 @@ func (m *Memory) freeRange(first, last uint64) {
 
 // freeInPage frees chunks lo up to hi, all in page p, taking each stripe
 // lock once rather than once per chunk.
+//
+// A region's chunks are handed back to the kernel with every one of those
+// stripe locks held, in one call for the whole range: a chunk allocated and
+// written between its free and the hand-back would lose the write. The
+// locks are taken in stripe order, which is what keeps two TRIMs that
+// start at different chunks from deadlocking; nothing else holds two.
 func (m *Memory) freeInPage(p *memPage, lo, hi uint64) {
-	for k := range min(hi-lo, memStripes) {
-		st := m.stripe(lo + k)
-		st.Lock()
-		for idx := lo + k; idx < hi; idx += memStripes {
-			if e := &p[idx&memPageMask]; *e != nil {
-				*e = nil
-				m.allocated.Add(-m.chunk)
-			}
+	if m.region == nil {
+		for k := range min(hi-lo, memStripes) {
+			st := m.stripe(lo + k)
+			st.Lock()
+			m.dropLocked(p, lo+k, hi, memStripes)
+			st.Unlock()
 		}
-		st.Unlock()
+		return
+	}
+	n := min(hi-lo, memStripes)
+	locked := func(s uint64) bool { return (s-lo%memStripes)%memStripes < n }
+	for s := range uint64(memStripes) {
+		if locked(s) {
+			m.stripes[s].Lock()
+		}
+	}
+	m.dropLocked(p, lo, hi, 1)
+	m.region.release(lo<<m.shift, (hi-lo)<<m.shift)
+	for s := range uint64(memStripes) {
+		if locked(s) {
+			m.stripes[s].Unlock()
+		}
+	}
+}
+
+// dropLocked frees the allocated chunks among lo, lo+step, ... below hi,
+// all in page p; the caller holds their stripe locks.
+func (m *Memory) dropLocked(p *memPage, lo, hi, step uint64) {
+	for idx := lo; idx < hi; idx += step {
+		e := &p.chunks[idx&memPageMask]
+		if *e == nil {
+			continue
+		}
+		*e = nil
+		m.allocated.Add(-m.chunk)
+		if m.spanChunks != 0 {
+			p.spans[(idx&memPageMask)/m.spanChunks].Add(^uint32(0))
+		}
 	}
 }
 
@@ -419,7 +511,7 @@ func (m *Memory) clear(off, length uint64) {
 		if p, _ := m.page(idx); p != nil {
 			st := m.stripe(idx)
 			st.Lock()
-			if c := p[idx&memPageMask]; c != nil {
+			if c := p.chunks[idx&memPageMask]; c != nil {
 				clear(c[in : in+n])
 			}
 			st.Unlock()
@@ -437,7 +529,7 @@ func (m *Memory) zeroKeep(off, length uint64) {
 		p := m.pageFor(idx)
 		st := m.stripe(idx)
 		st.Lock()
-		if c := p[idx&memPageMask]; c != nil {
+		if c := p.chunks[idx&memPageMask]; c != nil {
 			clear(c[in : in+n])
 		} else {
 			m.allocLocked(p, idx)
@@ -472,7 +564,7 @@ func (m *Memory) blockStatus(b *bioset.Bio) {
 		} else {
 			st := m.stripe(idx)
 			st.RLock()
-			if p[idx&memPageMask] != nil {
+			if p.chunks[idx&memPageMask] != nil {
 				flags = 0
 			}
 			st.RUnlock()

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/stackd/stackd/bioset"
 )
@@ -405,9 +409,11 @@ func heapInUse() int64 {
 	return int64(ms.HeapAlloc)
 }
 
-// tableSize is the table beyond the top directory of dirs directories and
+// tableSize is m's table beyond the top directory of dirs directories and
 // pages pages.
-func tableSize(dirs, pages uint64) uint64 { return dirs*memDirBytes + pages*memPageBytes }
+func tableSize(m *Memory, dirs, pages uint64) uint64 {
+	return dirs*memDirBytes + pages*m.pageBytes()
+}
 
 // The table's sizes as tableBytes counts them are the real ones, and a
 // stripe fills a cache line.
@@ -425,37 +431,78 @@ func TestMemoryTableSizes(t *testing.T) {
 
 // A 1 TiB target written in a few scattered places holds those chunks, one
 // table page for each, and next to nothing else; TRIM gives the chunks back.
+// On the heap the chunks are part of the heap; in a region they are the
+// region's resident pages, and nothing around them is.
 func TestMemoryTableSparse(t *testing.T) {
+	for _, onHeap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("heap=%v", onHeap), func(t *testing.T) {
+			testMemoryTableSparse(t, onHeap)
+		})
+	}
+}
+
+func testMemoryTableSparse(t *testing.T, onHeap bool) {
 	before := heapInUse()
 	m := NewMemory(1<<40, 0)
+	if onHeap {
+		m.dropRegion()
+	} else if m.region == nil {
+		t.Fatal("no region for a 1 TiB target")
+	}
 	if m.tableBytes.Load() != 0 {
 		t.Fatalf("a new target has %d bytes of table pages", m.tableBytes.Load())
 	}
 	const n = 64
 	data := bytes.Repeat([]byte{9}, 4096)
-	for i := range uint64(n) {
+	at := func(i uint64) uint64 {
 		// 16 GiB apart: every write lands in a page of its own.
-		write(t, m, i<<34+i*4096*17, data)
+		return i<<34 + i*4096*17
+	}
+	for i := range uint64(n) {
+		write(t, m, at(i), data)
 	}
 	if m.Allocated() != n*DefaultMemoryChunk {
 		t.Fatalf("Allocated %d, want %d", m.Allocated(), n*DefaultMemoryChunk)
 	}
 	// 1 TiB of 64 KiB chunks: a top of 8 directories, each of 4096
 	// pages; the writes touch every directory.
-	if want := tableSize(8, n); m.tableBytes.Load() != want {
+	if want := tableSize(m, 8, n); m.tableBytes.Load() != want {
 		t.Fatalf("%d bytes of table, want %d", m.tableBytes.Load(), want)
 	}
+	// The chunks written and their neighbours, in the region: each is
+	// resident whole (allocLocked clears it), the chunk after it not at
+	// all.
+	resident := func(want uint64) {
+		t.Helper()
+		if m.region == nil {
+			return
+		}
+		for i := range uint64(n) {
+			c := at(i) &^ (DefaultMemoryChunk - 1)
+			if got := residentBytes(t, m.region.chunk(c, DefaultMemoryChunk)); got != want {
+				t.Fatalf("chunk at %d: %d bytes resident, want %d", c, got, want)
+			}
+			if got := residentBytes(t, m.region.chunk(c+DefaultMemoryChunk, DefaultMemoryChunk)); got != 0 {
+				t.Fatalf("chunk after %d, never written: %d bytes resident", c, got)
+			}
+		}
+	}
+	resident(DefaultMemoryChunk)
 	// The stripes and the top directory, test garbage that survives a
 	// GC, and garbage from before the test that does not.
 	const slack = 32<<10 + 256<<10
-	held := heapInUse() - before
-	if want := int64(m.Allocated() + m.tableBytes.Load()); held < want-slack || held > want+slack {
-		t.Fatalf("heap grew by %d bytes holding %d in chunks and pages", held, want)
+	want := int64(m.tableBytes.Load())
+	if onHeap {
+		want += int64(m.Allocated())
+	}
+	if held := heapInUse() - before; held < want-slack || held > want+slack {
+		t.Fatalf("heap grew by %d bytes holding %d in pages (and chunks on the heap)", held, want)
 	}
 	mustDo(t, m, bioset.OpTrim, 0, 0, 1<<40, nil)
 	if m.Allocated() != 0 {
 		t.Fatalf("Allocated %d after trimming everything", m.Allocated())
 	}
+	resident(0)
 	if held := heapInUse() - before; held > int64(m.tableBytes.Load())+slack {
 		t.Fatalf("heap still %d bytes over after trimming everything", held)
 	}
@@ -464,6 +511,22 @@ func TestMemoryTableSparse(t *testing.T) {
 		t.Fatalf("heap still %d bytes over after Close", held)
 	}
 	runtime.KeepAlive(m)
+}
+
+// residentBytes is how much of b, which is page-aligned, the kernel has
+// backed with memory (mincore(2)).
+func residentBytes(t *testing.T, b []byte) uint64 {
+	t.Helper()
+	vec := make([]byte, (uint64(len(b))+osPageSize-1)/osPageSize)
+	_, _, e := unix.Syscall(unix.SYS_MINCORE, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)), uintptr(unsafe.Pointer(&vec[0])))
+	if e != 0 {
+		t.Fatalf("mincore: %v", e)
+	}
+	n := uint64(0)
+	for _, v := range vec {
+		n += uint64(v & 1)
+	}
+	return n * osPageSize
 }
 
 // Pages come into being only when a chunk in their span is written; reads,
@@ -475,7 +538,7 @@ func TestMemoryTableLazyPages(t *testing.T) {
 	pages := func(want uint64) {
 		t.Helper()
 		// All the writes below are in the first directory's span.
-		if got := m.tableBytes.Load(); got != tableSize(min(want, 1), want) {
+		if got := m.tableBytes.Load(); got != tableSize(m, min(want, 1), want) {
 			t.Fatalf("%d bytes of table, want %d pages", got, want)
 		}
 	}
@@ -531,7 +594,7 @@ func TestMemoryLargestDevice(t *testing.T) {
 		t.Fatalf("Allocated %d, want %d", m.Allocated(), 4*c)
 	}
 	// Three paths from the top: three directories and a page each.
-	if want := tableSize(9, 3); m.tableBytes.Load() != want {
+	if want := tableSize(m, 9, 3); m.tableBytes.Load() != want {
 		t.Fatalf("%d bytes of table, want %d", m.tableBytes.Load(), want)
 	}
 	if got := read(t, m, 1<<62+c-8, 14); !bytes.Equal(got, []byte{0, 0, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 0, 0}) {
@@ -688,7 +751,7 @@ func TestMemoryConcurrentAllocate(t *testing.T) {
 	if m.Allocated() != chunks*DefaultMemoryChunk {
 		t.Fatalf("Allocated %d, want %d", m.Allocated(), chunks*DefaultMemoryChunk)
 	}
-	if m.tableBytes.Load() != tableSize(0, 1) {
+	if m.tableBytes.Load() != tableSize(m, 0, 1) {
 		t.Fatalf("%d bytes of table, want one page", m.tableBytes.Load())
 	}
 	for k := range uint64(chunks) {
@@ -821,4 +884,110 @@ func BenchmarkMemoryRandom4K(b *testing.B) {
 			})
 		})
 	}
+}
+
+// dropRegion puts m's chunks on the Go heap, as where no region can be
+// mapped; m must be empty.
+func (m *Memory) dropRegion() {
+	m.region.unmap()
+	m.region, m.spanChunks = nil, 0
+}
+
+// A span of chunks becomes one huge page when its last chunk is allocated,
+// and not before; a TRIM of one chunk in it hands that chunk's memory back
+// and leaves the rest of the span's data alone.
+func TestMemoryRegionCollapsesFullSpans(t *testing.T) {
+	m := NewMemory(64<<20, 0)
+	defer m.Close()
+	if m.region == nil || m.spanChunks != hugePageSize/DefaultMemoryChunk {
+		t.Fatalf("region %v, %d chunks a span", m.region != nil, m.spanChunks)
+	}
+	span := uint64(3 * hugePageSize)
+	data := make([]byte, DefaultMemoryChunk)
+	for k := range m.spanChunks {
+		for i := range data {
+			data[i] = byte(k + 1)
+		}
+		if k == m.spanChunks-1 && m.region.collapsed.Load() != 0 {
+			t.Fatalf("a span collapsed with %d of its %d chunks", k, m.spanChunks)
+		}
+		write(t, m, span+k*DefaultMemoryChunk, data)
+	}
+	if m.region.noCollapse.Load() {
+		// Not an error of stackd's: the spans stay in small pages.
+		t.Logf("this kernel cannot collapse (MADV_COLLAPSE)")
+	} else {
+		if m.region.collapsed.Load() != 1 {
+			t.Fatalf("%d spans collapsed, want 1", m.region.collapsed.Load())
+		}
+		if kb := anonHugeKiB(t, m.region.mem); kb < hugePageSize>>10 {
+			t.Fatalf("%d KiB of the region in huge pages after a collapse", kb)
+		}
+	}
+	trimmed := span + 5*DefaultMemoryChunk
+	mustDo(t, m, bioset.OpTrim, 0, trimmed, DefaultMemoryChunk, nil)
+	if got := residentBytes(t, m.region.chunk(trimmed, DefaultMemoryChunk)); got != 0 {
+		t.Fatalf("%d bytes of a trimmed chunk still resident", got)
+	}
+	for k := range m.spanChunks {
+		want := byte(k + 1)
+		if span+k*DefaultMemoryChunk == trimmed {
+			want = 0
+		}
+		got := read(t, m, span+k*DefaultMemoryChunk, DefaultMemoryChunk)
+		if !bytes.Equal(got, bytes.Repeat([]byte{want}, DefaultMemoryChunk)) {
+			t.Fatalf("chunk %d of the span does not read back %d", k, want)
+		}
+	}
+}
+
+// A freed chunk's memory written after the free, as by a direct write's
+// fill that was in flight across a TRIM, does not show when the chunk is
+// allocated again: the range reads as the TRIM left it, and then as the
+// next write leaves it.
+func TestMemoryRegionReallocatedChunkIsClear(t *testing.T) {
+	m := NewMemory(8<<20, 0)
+	defer m.Close()
+	if m.region == nil {
+		t.Fatal("no region")
+	}
+	const c = DefaultMemoryChunk
+	write(t, m, c, bytes.Repeat([]byte{1}, c))
+	mustDo(t, m, bioset.OpTrim, 0, c, c, nil)
+	// The late fill.
+	copy(m.region.chunk(c, c), bytes.Repeat([]byte{7}, c))
+	if got := read(t, m, c, c); !bytes.Equal(got, make([]byte, c)) {
+		t.Fatal("a trimmed chunk reads its late fill")
+	}
+	write(t, m, c+100, []byte{2})
+	want := make([]byte, c)
+	want[100] = 2
+	if got := read(t, m, c, c); !bytes.Equal(got, want) {
+		t.Fatal("a reallocated chunk shows bytes written after its free")
+	}
+}
+
+// anonHugeKiB is the AnonHugePages of the mapping that holds b, from
+// /proc/self/smaps.
+func anonHugeKiB(t *testing.T, b []byte) uint64 {
+	t.Helper()
+	smaps, err := os.ReadFile("/proc/self/smaps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := uint64(uintptr(unsafe.Pointer(&b[0])))
+	in := false
+	for _, line := range strings.Split(string(smaps), "\n") {
+		var lo, hi uint64
+		if n, _ := fmt.Sscanf(line, "%x-%x ", &lo, &hi); n == 2 {
+			in = lo <= addr && addr < hi
+			continue
+		}
+		var kb uint64
+		if n, _ := fmt.Sscanf(line, "AnonHugePages: %d kB", &kb); in && n == 1 {
+			return kb
+		}
+	}
+	t.Fatalf("no mapping in /proc/self/smaps holds %#x", addr)
+	return 0
 }
