@@ -39,8 +39,9 @@ const (
 
 	// The sizes of a page and of a directory below the top, for
 	// tableBytes: a slice header or a pointer per entry, and a page's
-	// slice of span counts (whose array Memory.pageBytes adds).
-	memPageBytes = memPageLen*24 + 24
+	// freed bits and slice of span counts (whose array Memory.pageBytes
+	// adds).
+	memPageBytes = memPageLen*24 + memPageLen/8 + 24
 	memDirBytes  = memDirLen * 8
 )
 
@@ -75,8 +76,9 @@ const memStripes = 256
 // above for reads that overlap a write in flight: such a read may show part
 // of the write (NBD leaves overlapping requests unordered; see
 // docs/DESIGN.md, "Lending"). A TRIM that frees a lent chunk meanwhile is
-// harmless: the loan keeps the old memory alive, and the reply shows the old
-// bytes.
+// harmless: the chunk's memory is its own range's until Close (see
+// chunkRegion; on the heap, the loan keeps it alive), so the reply shows
+// the old bytes, or zeros, or a later write's to that same range.
 type Memory struct {
 	size      uint64
 	chunk     uint64
@@ -115,9 +117,14 @@ type memDir struct {
 //
 // Pages stay until Close even when all their chunks are freed: removing one
 // safely would need a lock that every lookup takes, and a page costs at
-// most 24 bytes per chunk it spans, and 4 per huge-page span.
+// most 24 bytes and a bit per chunk it spans, and 4 bytes per huge-page
+// span.
 type memPage struct {
 	chunks [memPageLen][]byte
+	// freed has bit i set when chunk i's region memory may hold bytes
+	// written since it was freed (see Memory.allocLocked); a chunk never
+	// allocated is the kernel's zeros. Atomic, as spans are.
+	freed [memPageLen / 64]atomic.Uint64
 	// spans counts the chunks allocated in each huge-page span the page
 	// covers, when the region collapses spans (Memory.spanChunks): the
 	// span is collapsed when its count reaches spanChunks. Atomic,
@@ -369,9 +376,11 @@ func (m *Memory) WriteDirect(off, length uint64, head []byte, fill func(dst []by
 // allocLocked gives chunk idx, in page p, zeroed memory. The caller holds
 // the chunk's stripe lock.
 //
-// A region's chunk is cleared even though a freed chunk's pages were handed
-// back as zeros: a direct write's fill still in flight when the chunk was
-// freed may have written them since (see chunkRegion). The chunk that
+// A region's chunk that was freed before is cleared, even though its pages
+// were handed back as zeros: a direct write's fill still in flight when the
+// chunk was freed may have written them since (see chunkRegion). One never
+// allocated is the kernel's zeros, and is not touched before the write: on
+// a fresh device that spares a pass over every chunk. The chunk that
 // completes a huge-page span collapses the span, once, under this lock: a
 // copy of 2 MiB that only bios to this stripe wait for.
 func (m *Memory) allocLocked(p *memPage, idx uint64) []byte {
@@ -380,7 +389,11 @@ func (m *Memory) allocLocked(p *memPage, idx uint64) []byte {
 		c = make([]byte, m.chunk)
 	} else {
 		c = m.region.chunk(idx<<m.shift, m.chunk)
-		clear(c)
+		w, bit := &p.freed[(idx&memPageMask)/64], uint64(1)<<(idx%64)
+		if w.Load()&bit != 0 {
+			clear(c)
+			w.And(^bit)
+		}
 		if m.spanChunks != 0 {
 			span := (idx & memPageMask) / m.spanChunks
 			if p.spans[span].Add(1) == uint32(m.spanChunks) {
@@ -497,6 +510,9 @@ func (m *Memory) dropLocked(p *memPage, lo, hi, step uint64) {
 		}
 		*e = nil
 		m.allocated.Add(-m.chunk)
+		if m.region != nil {
+			p.freed[(idx&memPageMask)/64].Or(uint64(1) << (idx % 64))
+		}
 		if m.spanChunks != 0 {
 			p.spans[(idx&memPageMask)/m.spanChunks].Add(^uint32(0))
 		}

@@ -469,9 +469,10 @@ func testMemoryTableSparse(t *testing.T, onHeap bool) {
 	if want := tableSize(m, 8, n); m.tableBytes.Load() != want {
 		t.Fatalf("%d bytes of table, want %d", m.tableBytes.Load(), want)
 	}
-	// The chunks written and their neighbours, in the region: each is
-	// resident whole (allocLocked clears it), the chunk after it not at
-	// all.
+	// The chunks written and their neighbours, in the region: of a
+	// chunk never allocated before, only the page written is resident
+	// (allocLocked leaves the kernel's zeros alone), and of the chunk
+	// after it nothing.
 	resident := func(want uint64) {
 		t.Helper()
 		if m.region == nil {
@@ -487,7 +488,7 @@ func testMemoryTableSparse(t *testing.T, onHeap bool) {
 			}
 		}
 	}
-	resident(DefaultMemoryChunk)
+	resident(uint64(len(data)))
 	// The stripes and the top directory, test garbage that survives a
 	// GC, and garbage from before the test that does not.
 	const slack = 32<<10 + 256<<10
