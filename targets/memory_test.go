@@ -827,11 +827,26 @@ func TestMemoryTrimWhileReading(t *testing.T) {
 // target written beforehand, from one goroutine and from GOMAXPROCS: the
 // chunk lookup and locking, which sequential offsets would flatter through
 // the caches. block_status is the lookup alone, without the copy that
-// dominates a read or a write.
+// dominates a read or a write. Each runs with the chunks in a region, whose
+// full spans are huge pages, and on the Go heap, in small pages: the
+// difference is the cost of the TLB misses.
 func BenchmarkMemoryRandom4K(b *testing.B) {
+	for _, onHeap := range []bool{false, true} {
+		name := "region"
+		if onHeap {
+			name = "heap"
+		}
+		b.Run(name, func(b *testing.B) { benchMemoryRandom4K(b, onHeap) })
+	}
+}
+
+func benchMemoryRandom4K(b *testing.B, onHeap bool) {
 	const size = 1 << 30
 	m := NewMemory(size, 0)
 	defer m.Close()
+	if onHeap {
+		m.dropRegion()
+	}
 	fill := make([]byte, 1<<20)
 	for off := uint64(0); off < size; off += uint64(len(fill)) {
 		var bio bioset.Bio
