@@ -37,8 +37,9 @@ import (
 // may be written after it was freed (by such a fill), so a chunk is
 // cleared when it is allocated again (Memory.allocLocked).
 //
-// Where the mapping cannot be made (a device larger than the address
-// space, strict overcommit), NewMemory takes chunks from the Go heap.
+// Where the mapping cannot be made (a device over maxRegion, strict
+// overcommit, an address-space limit), NewMemory takes chunks from the
+// Go heap.
 type chunkRegion struct {
 	mem []byte // the mapping, from a hugePageSize boundary on
 	// whole is the mapping as mmap returned it, for munmap.
@@ -50,6 +51,11 @@ type chunkRegion struct {
 	unmapped   atomic.Bool
 }
 
+// maxRegion is the largest region mapped: half of x86-64's 128 TiB of user
+// address space, so that one huge sparse device cannot leave the Go heap
+// none to grow into. Larger devices take their chunks from the heap.
+const maxRegion = 1 << 46
+
 // hugePageSize is the x86-64 and arm64 (4 KiB granule) transparent huge
 // page: the unit a span of chunks is collapsed into.
 const hugePageSize = 2 << 20
@@ -59,7 +65,7 @@ const hugePageSize = 2 << 20
 func mapChunkRegion(size, chunk uint64) *chunkRegion {
 	// Rounded up to whole huge pages, plus one to align the start.
 	n := (max(size, 1)+hugePageSize-1)/hugePageSize*hugePageSize + hugePageSize
-	if n < size || n > 1<<47 { // overflow, or more than a user address space
+	if n < size || n > maxRegion {
 		return nil
 	}
 	whole, err := unix.Mmap(-1, 0, int(n), unix.PROT_READ|unix.PROT_WRITE,
