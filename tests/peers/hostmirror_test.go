@@ -104,6 +104,13 @@ func TestHostLostUnderMirror(t *testing.T) {
 			stackdtest.WaitFor(t, "host 0's server to greet again", 20*time.Second, func() bool {
 				return greets("tcp", hosts[0].tcp()) == nil
 			})
+			// And the leg has redialled it, as an operator checks in
+			// `stackd status` before a restore: a restore while the leg
+			// still sleeps in its backoff (up to 2 s, as long as its
+			// timeout) would have the resync's first writes time out.
+			stackdtest.WaitFor(t, "leg 0 to reconnect", 20*time.Second, func() bool {
+				return d.remoteConnected(t, uris[0])
+			})
 			// done_bytes counts every resync since the start, the first
 			// start's whole copy included.
 			before := d.mirrorStatus(t).Resync.DoneBytes

@@ -70,7 +70,7 @@ func newHost(t *testing.T, i int, real bool) *host {
 	h := &host{t: t, ns: "sdh" + tag, veth: "sdv" + tag, addr: fmt.Sprintf("198.18.%d.2", i), index: i}
 	t.Cleanup(func() {
 		// Not run: t.Context is over by the time cleanups run.
-		for _, args := range [][]string{{"netns", "del", h.ns}, {"link", "del", h.veth}} {
+		for _, args := range [][]string{{"netns", "del", h.ns}, {"link", "del", h.veth}, h.unreachable("del")} {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			exec.CommandContext(ctx, "ip", args...).Run() // the second fails when the first took the pair with it
 			cancel()
@@ -81,6 +81,7 @@ func newHost(t *testing.T, i int, real bool) *host {
 	ipCmd(t, "link", "set", h.veth+"p", "netns", h.ns)
 	ipCmd(t, "addr", "add", fmt.Sprintf("198.18.%d.1/24", i), "dev", h.veth)
 	ipCmd(t, "link", "set", h.veth, "up")
+	ipCmd(t, h.unreachable("add")...)
 	ipCmd(t, "-n", h.ns, "addr", "add", h.addr+"/24", "dev", h.veth+"p")
 	ipCmd(t, "-n", h.ns, "link", "set", h.veth+"p", "up")
 	ipCmd(t, "-n", h.ns, "link", "set", "lo", "up")
@@ -106,6 +107,16 @@ func (h *host) port() int {
 }
 
 func (h *host) tcp() string { return fmt.Sprintf("%s:%d", h.addr, h.port()) }
+
+// unreachable is the ip arguments that add or delete the host's fallback
+// route: its /24 unreachable, at a metric below the veth's own route. A
+// link taken down loses its route (link), and without this one the
+// kernel would send what was meant for the host out of the default route,
+// off the machine; with it, a dial fails at once with EHOSTUNREACH, as to
+// a host whose only path is down.
+func (h *host) unreachable(op string) []string {
+	return []string{"route", op, "unreachable", fmt.Sprintf("198.18.%d.0/24", h.index), "metric", "4242"}
+}
 
 // link takes this side of the host's veth down or up.
 func (h *host) link(state string) { ipCmd(h.t, "link", "set", h.veth, state) }

@@ -66,6 +66,54 @@ func (n *statusNode) find(path string) *statusNode {
 	return nil
 }
 
+// remoteConnected reports whether the nbd leg of uri has every one of its
+// connections up, as `stackd status -json` reports them.
+func (d *daemon) remoteConnected(t *testing.T, uri string) bool {
+	t.Helper()
+	type node struct {
+		State json.RawMessage `json:"state"`
+		Legs  []node          `json:"legs"`
+	}
+	var st struct {
+		Exports []struct {
+			Root node `json:"root"`
+		} `json:"exports"`
+	}
+	out := d.ctl(t, "status", "-json")
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatalf("stackd status -json: %v\n%s", err, out)
+	}
+	var walk func(n node) (found, up bool)
+	walk = func(n node) (bool, bool) {
+		var leg struct {
+			URI         string `json:"uri"`
+			Connections []struct {
+				State string `json:"state"`
+			} `json:"connections"`
+		}
+		if json.Unmarshal(n.State, &leg) == nil && leg.URI == uri {
+			up := len(leg.Connections) > 0
+			for _, c := range leg.Connections {
+				up = up && c.State == "connected"
+			}
+			return true, up
+		}
+		for _, l := range n.Legs {
+			if found, up := walk(l); found {
+				return true, up
+			}
+		}
+		return false, false
+	}
+	for _, e := range st.Exports {
+		if found, up := walk(e.Root); found {
+			return up
+		}
+	}
+	t.Fatalf("no nbd leg of %s in stackd status:\n%s", uri, out)
+	return false
+}
+
 // legStates returns the mirror's legs' states as `stackd status -json`
 // reports them.
 func (d *daemon) legStates(t *testing.T) []string {
