@@ -1007,3 +1007,24 @@ func anonHugeKiB(t *testing.T, b []byte) uint64 {
 	t.Fatalf("no mapping in /proc/self/smaps holds %#x", addr)
 	return 0
 }
+
+// Chunks of 2 MiB are whole huge pages: the region asks for them at fault,
+// so the first write into a chunk makes it one huge page, with no span to
+// fill and nothing to collapse.
+func TestMemoryRegionHugeChunksFaultHuge(t *testing.T) {
+	if b, err := os.ReadFile("/sys/kernel/mm/transparent_hugepage/enabled"); err != nil || strings.Contains(string(b), "[never]") {
+		t.Skipf("transparent huge pages are off on this machine (%q, %v): the chunks stay in small pages", b, err)
+	}
+	m := NewMemory(16<<20, hugePageSize)
+	defer m.Close()
+	if m.region == nil || m.spanChunks != 0 {
+		t.Fatalf("region %v, %d chunks a span", m.region != nil, m.spanChunks)
+	}
+	write(t, m, 3*hugePageSize+4096, []byte{1})
+	if kb := anonHugeKiB(t, m.region.mem); kb != hugePageSize>>10 {
+		t.Fatalf("%d KiB of the region in huge pages after one write, want one huge page", kb)
+	}
+	if m.region.collapsed.Load() != 0 {
+		t.Fatalf("%d spans collapsed", m.region.collapsed.Load())
+	}
+}
