@@ -27,8 +27,9 @@ const DefaultMemoryChunk = 64 << 10
 // few of them and every level is one more load on every bio: a 1 GiB
 // device of 64 KiB chunks is a top directory of 32 pages, a 1 TiB one
 // three levels, and the largest a configuration allows (8 EiB of 4 KiB
-// chunks) five. A full device pays 24 bytes of table per chunk: 0.04% of
-// 64 KiB chunks, 0.6% of 4 KiB ones.
+// chunks) five. A full device pays about 24 bytes of table per chunk (a
+// slice header, a bit, and for 64 KiB chunks an eighth of a span count):
+// 0.04% of 64 KiB chunks, 0.6% of 4 KiB ones.
 const (
 	memPageBits = 9
 	memPageLen  = 1 << memPageBits
