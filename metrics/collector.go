@@ -112,6 +112,12 @@ var remoteSeries = []series[stack.RemoteStats]{
 	gaugeSeries("stackd_remote_requests_in_flight", "Requests submitted to the remote leg and not yet ended, queued or sent.", func(s stack.RemoteStats) float64 { return float64(s.InFlight) }, "layer"),
 }
 
+// Per memory target, read from stack.MemoryStats.
+var memorySeries = []series[stack.MemoryStats]{
+	gaugeSeries("stackd_memory_allocated_bytes", "Bytes of chunks the memory target holds: the chunks written and not trimmed since, at most its size; its chunk table is not counted.", func(m stack.MemoryStats) float64 { return float64(m.Allocated()) }, "layer"),
+	counterSeries("stackd_memory_spans_collapsed_total", "Times a 2 MiB span of the memory target's chunks was made one huge page, once all its chunks were allocated; a TRIM in the span and a refill count again.", func(m stack.MemoryStats) float64 { return float64(m.CollapsedSpans()) }, "layer"),
+}
+
 // Per layer's bio pool (BioSet), read from bioset.Stats.
 var poolSeries = []series[bioset.Stats]{
 	gaugeSeries("stackd_layer_pool_capacity_bios", "Bios the layer's pool holds (pool.capacity).", func(p bioset.Stats) float64 { return float64(p.Capacity) }, "layer"),
@@ -243,6 +249,9 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 			}
 			if r := n.Remote; r != nil {
 				collectRemote(ch, n.Path, r.RemoteStats())
+			}
+			if mem := n.Memory; mem != nil {
+				collectSeries(ch, memorySeries, mem, n.Path)
 			}
 			if n.Pool == nil {
 				continue

@@ -35,6 +35,9 @@ type Node struct {
 	// Remote reports a remote leg's connections and round trips (the
 	// nbd kind); nil for every other node.
 	Remote interface{ RemoteStats() RemoteStats }
+	// Memory reports a memory target's chunk memory, for metrics; nil for
+	// every other node.
+	Memory MemoryStats
 	// errorSources are the nodes at or below this one that count the bios
 	// they fail: targets and fault layers. ownErrors is this node's own,
 	// or nil.
@@ -145,6 +148,9 @@ func (st *Stack) build(path string, spec Spec) (Device, error) {
 	}
 	if r, ok := dev.(interface{ RemoteStats() RemoteStats }); ok {
 		n.Remote = r
+	}
+	if mem, ok := dev.(MemoryStats); ok {
+		n.Memory = mem
 	}
 	for _, below := range st.Nodes[first:] {
 		if below.ownErrors != nil {

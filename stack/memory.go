@@ -28,6 +28,14 @@ type MemoryConfig struct {
 
 func (c *MemoryConfig) Kind() string { return KindMemory }
 
+// MemoryStats is what a memory node reports for metrics
+// (targets.Memory): the chunk memory it holds, and how often its chunks
+// were gathered into huge pages.
+type MemoryStats interface {
+	Allocated() uint64
+	CollapsedSpans() uint64
+}
+
 func (c *MemoryConfig) Check(p *settings.Problems) {
 	checkBlocks(p, "memory size", c.Size)
 	switch ch := c.Chunk; {

@@ -190,6 +190,17 @@ func (m *Memory) Caps() bioset.Caps { return bioset.CapsAll }
 // chunk table itself is not included.
 func (m *Memory) Allocated() uint64 { return m.allocated.Load() }
 
+// CollapsedSpans returns how many times a span of the target's chunks was
+// made one huge page (see chunkRegion) since it was created: 0 where its
+// chunks are on the Go heap, are 2 MiB or more, or the kernel cannot
+// collapse.
+func (m *Memory) CollapsedSpans() uint64 {
+	if m.region == nil {
+		return 0
+	}
+	return m.region.collapsed.Load()
+}
+
 // Close drops every chunk, and unmaps the region, so that the memory goes
 // back even if something still references m. It comes after the last bio
 // and after the last loan of a chunk has been sent (the NBD server closes
