@@ -74,15 +74,7 @@ func (d *daemon) remoteConnected(t *testing.T, uri string) bool {
 		State json.RawMessage `json:"state"`
 		Legs  []node          `json:"legs"`
 	}
-	var st struct {
-		Exports []struct {
-			Root node `json:"root"`
-		} `json:"exports"`
-	}
-	out := d.ctl(t, "status", "-json")
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("stackd status -json: %v\n%s", err, out)
-	}
+	roots, out := statusRoots[node](t, d)
 	var walk func(n node) (found, up bool)
 	walk = func(n node) (bool, bool) {
 		var leg struct {
@@ -105,8 +97,8 @@ func (d *daemon) remoteConnected(t *testing.T, uri string) bool {
 		}
 		return false, false
 	}
-	for _, e := range st.Exports {
-		if found, up := walk(e.Root); found {
+	for _, root := range roots {
+		if found, up := walk(root); found {
 			return up
 		}
 	}
@@ -118,17 +110,9 @@ func (d *daemon) remoteConnected(t *testing.T, uri string) bool {
 // reports them.
 func (d *daemon) legStates(t *testing.T) []string {
 	t.Helper()
-	var st struct {
-		Exports []struct {
-			Root statusNode `json:"root"`
-		} `json:"exports"`
-	}
-	out := d.ctl(t, "status", "-json")
-	if err := json.Unmarshal([]byte(out), &st); err != nil {
-		t.Fatalf("stackd status -json: %v\n%s", err, out)
-	}
-	for _, e := range st.Exports {
-		if n := e.Root.find("default/mirror"); n != nil && n.State != nil {
+	roots, out := statusRoots[statusNode](t, d)
+	for _, root := range roots {
+		if n := root.find("default/mirror"); n != nil && n.State != nil {
 			var states []string
 			for _, l := range n.State.Legs {
 				states = append(states, l.State)
@@ -325,16 +309,32 @@ type mirrorState struct {
 // mirrorStatus is the mirror's state, by `stackd status -json`.
 func (d *daemon) mirrorStatus(t *testing.T) mirrorState {
 	t.Helper()
+	roots, out := statusRoots[struct {
+		State mirrorState `json:"state"`
+	}](t, d)
+	if len(roots) == 0 {
+		t.Fatalf("no export in stackd status -json:\n%s", out)
+	}
+	return roots[0].State
+}
+
+// statusRoots decodes `stackd status -json` with each export's root node
+// as an R, the part of the tree a caller reads, and returns the roots and
+// the text.
+func statusRoots[R any](t *testing.T, d *daemon) ([]R, string) {
+	t.Helper()
 	var st struct {
 		Exports []struct {
-			Root struct {
-				State mirrorState `json:"state"`
-			} `json:"root"`
+			Root R `json:"root"`
 		} `json:"exports"`
 	}
 	out := d.ctl(t, "status", "-json")
-	if err := json.Unmarshal([]byte(out), &st); err != nil || len(st.Exports) == 0 {
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
 		t.Fatalf("stackd status -json: %v\n%s", err, out)
 	}
-	return st.Exports[0].Root.State
+	roots := make([]R, len(st.Exports))
+	for i, e := range st.Exports {
+		roots[i] = e.Root
+	}
+	return roots, out
 }
