@@ -149,6 +149,15 @@ func TestMemoryShortLastChunk(t *testing.T) {
 		t.Fatalf("Allocated %d, want 0", m.Allocated())
 	}
 	wantExtents(t, blockStatus(t, m, 100, 9900, 2, 5), ext(5, 9900, hz))
+
+	// A device shorter than its one chunk, which is larger than a huge
+	// page: the region holds the whole chunk.
+	big := NewMemory(5<<20, 16<<20)
+	defer big.Close()
+	write(t, big, 5<<20-3, []byte{1, 2, 3})
+	if got := read(t, big, 5<<20-4, 4); !bytes.Equal(got, []byte{0, 1, 2, 3}) {
+		t.Fatalf("read back %v", got)
+	}
 }
 
 func TestMemoryBlockStatus(t *testing.T) {

@@ -63,8 +63,11 @@ const hugePageSize = 2 << 20
 // mapChunkRegion reserves a region for size bytes of chunks of chunk bytes,
 // or returns nil where it cannot.
 func mapChunkRegion(size, chunk uint64) *chunkRegion {
-	// Rounded up to whole huge pages, plus one to align the start.
-	n := (max(size, 1)+hugePageSize-1)/hugePageSize*hugePageSize + hugePageSize
+	// Rounded up to whole chunks, so that a short last chunk is whole
+	// too, and to whole huge pages; plus one huge page to align the
+	// start.
+	unit := max(chunk, hugePageSize)
+	n := (max(size, 1)+unit-1)/unit*unit + hugePageSize
 	if n < size || n > maxRegion {
 		return nil
 	}
