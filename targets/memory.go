@@ -481,21 +481,13 @@ func (m *Memory) freeRange(first, last uint64) {
 // freeInPage frees chunks lo up to hi, all in page p, taking each stripe
 // lock once rather than once per chunk.
 //
-// A region's chunks are handed back to the kernel with every one of those
-// stripe locks held, in one call for the whole range: a chunk allocated and
-// written between its free and the hand-back would lose the write. The
-// locks are taken in stripe order, which is what keeps two TRIMs that
-// start at different chunks from deadlocking; nothing else holds two.
+// Every one of those stripe locks is held at once, and a region's chunks
+// are handed back to the kernel under them, in one call for the whole
+// range: a chunk allocated and written between its free and the hand-back
+// would lose the write. The locks are taken in stripe order, which is what
+// keeps two TRIMs that start at different chunks from deadlocking; nothing
+// else holds two.
 func (m *Memory) freeInPage(p *memPage, lo, hi uint64) {
-	if m.region == nil {
-		for k := range min(hi-lo, memStripes) {
-			st := m.stripe(lo + k)
-			st.Lock()
-			m.dropLocked(p, lo+k, hi, memStripes)
-			st.Unlock()
-		}
-		return
-	}
 	n := min(hi-lo, memStripes)
 	locked := func(s uint64) bool { return (s-lo%memStripes)%memStripes < n }
 	for s := range uint64(memStripes) {
@@ -503,19 +495,7 @@ func (m *Memory) freeInPage(p *memPage, lo, hi uint64) {
 			m.stripes[s].Lock()
 		}
 	}
-	m.dropLocked(p, lo, hi, 1)
-	m.region.release(lo<<m.shift, (hi-lo)<<m.shift)
-	for s := range uint64(memStripes) {
-		if locked(s) {
-			m.stripes[s].Unlock()
-		}
-	}
-}
-
-// dropLocked frees the allocated chunks among lo, lo+step, ... below hi,
-// all in page p; the caller holds their stripe locks.
-func (m *Memory) dropLocked(p *memPage, lo, hi, step uint64) {
-	for idx := lo; idx < hi; idx += step {
+	for idx := lo; idx < hi; idx++ {
 		e := &p.chunks[idx&memPageMask]
 		if *e == nil {
 			continue
@@ -527,6 +507,14 @@ func (m *Memory) dropLocked(p *memPage, lo, hi, step uint64) {
 		}
 		if m.spanChunks != 0 {
 			p.spans[(idx&memPageMask)/m.spanChunks].Add(^uint32(0))
+		}
+	}
+	if m.region != nil {
+		m.region.release(lo<<m.shift, (hi-lo)<<m.shift)
+	}
+	for s := range uint64(memStripes) {
+		if locked(s) {
+			m.stripes[s].Unlock()
 		}
 	}
 }

@@ -457,18 +457,18 @@ func TestRawHandshakeAbuse(t *testing.T) {
 func dropHandshakes(t *testing.T, d *daemon, n, par int) {
 	t.Helper()
 	var (
-		wg         sync.WaitGroup
-		sem        = make(chan struct{}, par)
-		failed     atomic.Int64
-		noGreeting atomic.Int64
-		mu         sync.Mutex
-		errs       []error
-		stages     [7]atomic.Int64
+		wg          sync.WaitGroup
+		sem         = make(chan struct{}, par)
+		failed      atomic.Int64
+		closedEarly atomic.Int64
+		mu          sync.Mutex
+		errs        []error
+		stages      [7]atomic.Int64
 	)
 	refusedBefore := d.refused(t)
 	fail := func(i, stage int, err error) {
 		if errors.Is(err, errNoGreeting) {
-			noGreeting.Add(1)
+			closedEarly.Add(1)
 			return
 		}
 		failed.Add(1)
@@ -497,7 +497,7 @@ func dropHandshakes(t *testing.T, d *daemon, n, par int) {
 	if f := failed.Load(); f > 0 {
 		t.Errorf("%d of %d connections misbehaved before being dropped, e.g.: %v", f, n, errors.Join(errs...))
 	}
-	if c := noGreeting.Load(); c > 0 {
+	if c := closedEarly.Load(); c > 0 {
 		refused := d.refused(t) - refusedBefore
 		if c > refused {
 			t.Errorf("%d of %d connections were closed before the greeting; the server refused %d at its caps", c, n, refused)
