@@ -32,7 +32,8 @@ type conn struct {
 	client clientID // for the per-client cap; see Server.admit
 	gid    int64    // unix: the peer's gid (SO_PEERCRED); -1 otherwise
 	start  time.Time
-	br     *bufio.Reader
+	br     *bufio.Reader // reads from src
+	src    connReader
 	bw     *bufio.Writer
 
 	mu       sync.Mutex
@@ -89,11 +90,12 @@ func (c *conn) serve() {
 	// the transmission phase").
 	defer func() { c.nc.Close() }()
 
+	c.src.nc = c.nc
 	if r, ok := readerPool.Get().(*bufio.Reader); ok {
-		r.Reset(c.nc)
+		r.Reset(&c.src)
 		c.br = r
 	} else {
-		c.br = bufio.NewReaderSize(c.nc, readBufSize)
+		c.br = bufio.NewReaderSize(&c.src, readBufSize)
 	}
 	if w, ok := writerPool.Get().(*bufio.Writer); ok {
 		w.Reset(c.nc)

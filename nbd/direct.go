@@ -87,18 +87,22 @@ func (f *socketFill) readAll() error {
 	return nil
 }
 
-// readOnce is one readv(2) into the pieces. It reports false, to wait for
-// the socket, on EAGAIN. The raw syscall is the kernel writing the
-// device's memory, as a DMA would; unlike syscall.Read it does not tell the
-// race detector, which would otherwise flag the overlapping READs that NBD
-// (and the comment at the top of this file) allow.
+// readOnce is one raw readv(2) (rawsocket.go) into the pieces, of at most
+// maxRawCopy bytes. It reports false, to wait for the socket, on EAGAIN.
+// The syscall is the kernel writing the device's memory, as a DMA would;
+// unlike syscall.Read it does not tell the race detector, which would
+// otherwise flag the overlapping READs that NBD (and the comment at the
+// top of this file) allow.
 func (f *socketFill) readOnce(fd uintptr) bool {
-	for i, p := range f.pieces {
-		f.iov[i].Base = &p[0]
-		f.iov[i].SetLen(len(p))
+	nv, room := 0, maxRawCopy
+	for ; nv < len(f.pieces) && room > 0; nv++ {
+		p := f.pieces[nv]
+		f.iov[nv].Base = &p[0]
+		f.iov[nv].SetLen(min(len(p), room))
+		room -= len(p)
 	}
-	n, _, e := unix.Syscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(len(f.pieces)))
-	clear(f.iov[:len(f.pieces)])
+	n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(nv))
+	clear(f.iov[:nv])
 	switch {
 	case e == syscall.EAGAIN:
 		return false

@@ -200,27 +200,29 @@ func (b *replyBatch) reset() {
 	b.pending = false
 }
 
-// writevOnce writes as much of b.iov as the socket takes now. It returns
-// syscall.EAGAIN when the socket is full.
+// writevOnce writes as much of b.iov as the socket takes now, by raw
+// writev(2) calls of at most maxRawCopy bytes each (rawsocket.go). It
+// returns syscall.EAGAIN when the socket is full.
 func (b *replyBatch) writevOnce(fd uintptr) error {
 	for len(b.iov) > 0 {
-		n := 0
+		n, room := 0, maxRawCopy
 		for _, p := range b.iov {
-			if n == len(b.sysIov) {
+			if n == len(b.sysIov) || room <= 0 {
 				break
 			}
 			if len(p) == 0 {
 				continue
 			}
 			b.sysIov[n].Base = &p[0]
-			b.sysIov[n].SetLen(len(p))
+			b.sysIov[n].SetLen(min(len(p), room))
+			room -= len(p)
 			n++
 		}
 		if n == 0 {
 			b.iov = b.iov[:0]
 			break
 		}
-		w, _, e := unix.Syscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&b.sysIov[0])), uintptr(n))
+		w, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&b.sysIov[0])), uintptr(n))
 		clear(b.sysIov[:n]) // keep no pointers into released buffers
 		switch {
 		case e == syscall.EINTR:
