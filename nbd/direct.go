@@ -94,13 +94,7 @@ func (f *socketFill) readAll() error {
 // otherwise flag the overlapping READs that NBD (and the comment at the
 // top of this file) allow.
 func (f *socketFill) readOnce(fd uintptr) bool {
-	nv, room := 0, maxRawCopy
-	for ; nv < len(f.pieces) && room > 0; nv++ {
-		p := f.pieces[nv]
-		f.iov[nv].Base = &p[0]
-		f.iov[nv].SetLen(min(len(p), room))
-		room -= len(p)
-	}
+	nv := rawIovecs(f.iov, f.pieces)
 	n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(nv))
 	clear(f.iov[:nv])
 	switch {

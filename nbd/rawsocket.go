@@ -31,6 +31,26 @@ import (
 // many bytes, a few hundred microseconds of copy here.
 const maxRawCopy = 2 << 20
 
+// rawIovecs points iov at the leading bytes of bufs for one raw readv or
+// writev: at most maxRawCopy bytes in at most len(iov) vectors, empty
+// slices skipped. It returns how many vectors it set.
+func rawIovecs(iov []unix.Iovec, bufs [][]byte) int {
+	n, room := 0, maxRawCopy
+	for _, p := range bufs {
+		if n == len(iov) || room == 0 {
+			break
+		}
+		if len(p) == 0 {
+			continue
+		}
+		iov[n].Base = &p[0]
+		iov[n].SetLen(min(len(p), room))
+		room -= min(len(p), room)
+		n++
+	}
+	return n
+}
+
 // connReader is what the reader's bufio.Reader reads from: the connection
 // (c.nc) during the handshake and over TLS, and in transmission over a
 // plain socket the socket itself, by raw read(2) calls (above). The

@@ -205,19 +205,7 @@ func (b *replyBatch) reset() {
 // returns syscall.EAGAIN when the socket is full.
 func (b *replyBatch) writevOnce(fd uintptr) error {
 	for len(b.iov) > 0 {
-		n, room := 0, maxRawCopy
-		for _, p := range b.iov {
-			if n == len(b.sysIov) || room <= 0 {
-				break
-			}
-			if len(p) == 0 {
-				continue
-			}
-			b.sysIov[n].Base = &p[0]
-			b.sysIov[n].SetLen(min(len(p), room))
-			room -= len(p)
-			n++
-		}
+		n := rawIovecs(b.sysIov, b.iov)
 		if n == 0 {
 			b.iov = b.iov[:0]
 			break
