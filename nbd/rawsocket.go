@@ -23,8 +23,19 @@ import (
 // server's CPU samples at 4 KiB randwrite qd32 on the null target, in
 // context switches on the two cores it shares with the client (bench/
 // README.md, "Raw socket calls"). A non-blocking call on a socket waits
-// for nothing but memory, like a copy in Go code, so holding the P
-// through it is what a memmove of the same bytes would do.
+// for nothing but memory (the payload buffers and lent chunks it reads
+// and writes are anonymous memory, never a file's pages), like a copy in
+// Go code, so holding the P through it is what a memmove of the same
+// bytes would do.
+//
+// sysmon's polling did one thing for a client at queue depth 1: it kept a
+// CPU out of idle while the client turned around. On a VM whose guest
+// does not poll before it halts (guest_halt_poll_ns 0, as on the bench
+// machine), every idle CPU the next request must wake costs an exit to
+// the host, and 4 KiB requests at depth 1 lost 12-17% of their rate
+// without it. Waking a thread to keep a CPU busy is the idle loop's job,
+// not the server's: with the guest's halt polling on, raw calls are ahead
+// at depth 1 too.
 //
 // What holding the P costs is that a stop-the-world waits for the call to
 // return. maxRawCopy bounds that: no raw call is handed more than this
