@@ -73,7 +73,7 @@ func TestRawReadvIsBounded(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-	case <-time.After(10 * time.Second):
+	case <-time.After(ioTimeout):
 		t.Fatalf("the kernel would not hold %d bytes in flight (net.core.wmem_max too small?)", total)
 	}
 
@@ -101,8 +101,9 @@ func TestRawReadvIsBounded(t *testing.T) {
 }
 
 // TestRawWritevSendsEverythingInOrder: a batch of more than maxRawCopy
-// bytes, whose bound falls inside a slice, leaves in pieces of at most
-// maxRawCopy and arrives whole and in order.
+// bytes, the bound falling inside a slice, arrives whole and in order, so
+// the batch's bookkeeping holds across calls cut at the bound
+// (TestRawIovecs checks the cut itself).
 func TestRawWritevSendsEverythingInOrder(t *testing.T) {
 	client, server := unixPair(t)
 	want := pattern(3*maxRawCopy + 4096)
@@ -122,7 +123,7 @@ func TestRawWritevSendsEverythingInOrder(t *testing.T) {
 		}
 		got <- p
 	}()
-	server.SetWriteDeadline(time.Now().Add(20 * time.Second))
+	server.SetWriteDeadline(time.Now().Add(ioTimeout))
 	if err := rawOf(t, server).Write(b.onSocket); err != nil || b.err != nil {
 		t.Fatal(err, b.err)
 	}
