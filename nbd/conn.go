@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/rawsock"
 )
 
 // conn is one client connection: the handshake on the goroutine that
@@ -33,7 +34,7 @@ type conn struct {
 	gid    int64    // unix: the peer's gid (SO_PEERCRED); -1 otherwise
 	start  time.Time
 	br     *bufio.Reader // reads from src
-	src    connReader
+	src    rawsock.Reader
 	bw     *bufio.Writer
 
 	mu       sync.Mutex
@@ -90,7 +91,7 @@ func (c *conn) serve() {
 	// the transmission phase").
 	defer func() { c.nc.Close() }()
 
-	c.src.nc = c.nc
+	c.src.NC = c.nc
 	if r, ok := readerPool.Get().(*bufio.Reader); ok {
 		r.Reset(&c.src)
 		c.br = r

@@ -3,9 +3,9 @@ package nbd
 import (
 	"io"
 	"syscall"
-	"unsafe"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/rawsock"
 	"golang.org/x/sys/unix"
 )
 
@@ -87,21 +87,19 @@ func (f *socketFill) readAll() error {
 	return nil
 }
 
-// readOnce is one raw readv(2) (rawsocket.go) into the pieces, of at most
-// maxRawCopy bytes. It reports false, to wait for the socket, on EAGAIN.
-// The syscall is the kernel writing the device's memory, as a DMA would;
-// unlike syscall.Read it does not tell the race detector, which would
-// otherwise flag the overlapping READs that NBD (and the comment at the
-// top of this file) allow.
+// readOnce is one raw readv(2) (internal/rawsock) into the pieces, of at
+// most rawsock.MaxCopy bytes. It reports false, to wait for the socket, on
+// EAGAIN. The syscall is the kernel writing the device's memory, as a DMA
+// would; unlike syscall.Read it does not tell the race detector, which
+// would otherwise flag the overlapping READs that NBD (and the comment at
+// the top of this file) allow.
 func (f *socketFill) readOnce(fd uintptr) bool {
-	nv := rawIovecs(f.iov, f.pieces)
-	n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&f.iov[0])), uintptr(nv))
+	nv := rawsock.Iovecs(f.iov, f.pieces)
+	n, e := rawsock.Readv(fd, f.iov[:nv])
 	clear(f.iov[:nv])
 	switch {
 	case e == syscall.EAGAIN:
 		return false
-	case e == syscall.EINTR:
-		return true
 	case e != 0:
 		f.err = e
 		return true
@@ -111,8 +109,8 @@ func (f *socketFill) readOnce(fd uintptr) bool {
 	}
 	// Drop what was read: whole pieces, then the front of the next.
 	k := 0
-	for k < len(f.pieces) && uint64(len(f.pieces[k])) <= uint64(n) {
-		n -= uintptr(len(f.pieces[k]))
+	for k < len(f.pieces) && len(f.pieces[k]) <= n {
+		n -= len(f.pieces[k])
 		k++
 	}
 	if k < len(f.pieces) {

@@ -4,12 +4,12 @@ import (
 	"net"
 	"syscall"
 	"time"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/stackd/stackd/bioset"
 	"github.com/stackd/stackd/internal/intrusive"
+	"github.com/stackd/stackd/internal/rawsock"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -43,9 +43,6 @@ const (
 	// server's messages are short constants; the clip keeps the arena
 	// arithmetic below true whatever an errno's text is.
 	maxReplyMessage = 512
-	// maxIovecs is the kernel's UIO_MAXIOV: one writev sends at most this
-	// many slices.
-	maxIovecs = 1024
 	// maxReplyIovecs is the most iovecs one reply takes: its header, and a
 	// READ payload of lent pieces with a piece of the buffer around each.
 	maxReplyIovecs = 1 + 2*maxLoans + 1
@@ -101,7 +98,7 @@ func newReplyBatch(maxReplies int) replyBatch {
 		// reply of the most pieces: any reply fits an empty batch.
 		iovBuf: make([][]byte, 0, 2*maxReplies+maxReplyIovecs),
 		arena:  make([]byte, 0, replyArenaSize),
-		sysIov: make([]unix.Iovec, maxIovecs),
+		sysIov: make([]unix.Iovec, rawsock.MaxIovecs),
 	}
 }
 
@@ -201,26 +198,24 @@ func (b *replyBatch) reset() {
 }
 
 // writevOnce writes as much of b.iov as the socket takes now, by raw
-// writev(2) calls of at most maxRawCopy bytes each (rawsocket.go). It
-// returns syscall.EAGAIN when the socket is full.
+// writev(2) calls of at most rawsock.MaxCopy bytes each (internal/rawsock).
+// It returns syscall.EAGAIN when the socket is full.
 func (b *replyBatch) writevOnce(fd uintptr) error {
 	for len(b.iov) > 0 {
-		n := rawIovecs(b.sysIov, b.iov)
+		n := rawsock.Iovecs(b.sysIov, b.iov)
 		if n == 0 {
 			b.iov = b.iov[:0]
 			break
 		}
-		w, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&b.sysIov[0])), uintptr(n))
+		w, e := rawsock.Writev(fd, b.sysIov[:n])
 		clear(b.sysIov[:n]) // keep no pointers into released buffers
 		switch {
-		case e == syscall.EINTR:
-			continue
 		case e != 0:
 			return e
 		case w == 0:
 			return syscall.EAGAIN
 		}
-		b.consume(int(w))
+		b.consume(w)
 	}
 	return nil
 }

@@ -162,7 +162,7 @@ func (c *conn) startTLS(data []byte) error {
 	}
 	c.tlsUp = true
 	c.nc = tc
-	c.src.nc = tc
+	c.src.NC = tc
 	c.bw.Reset(tc)
 	c.srv.log.Debug("nbd: TLS up", "conn", c.id, "remote", c.remote,
 		"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "client", c.peerName())

@@ -198,7 +198,7 @@ func (c *conn) transmit() {
 	} else if sc, ok := c.nc.(syscall.Conn); ok {
 		if raw, err := sc.SyscallConn(); err == nil {
 			t.raw = raw
-			c.src.raw = raw
+			c.src.Raw = raw
 		}
 	}
 	if t.direct = c.directOf(t.raw); t.direct != nil {

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/stackd/stackd/bioset"
+	"github.com/stackd/stackd/internal/rawsock"
 	"github.com/stackd/stackd/nbd/wire"
 )
 
@@ -131,6 +132,9 @@ type Client struct {
 
 	wmu   sync.Mutex  // serialises request writes
 	wbufs net.Buffers // StartBatch's iovecs, reused under wmu
+	// sender writes requests over a plain socket by raw calls
+	// (internal/rawsock); nil over TLS, where nc writes them.
+	sender *rawsock.Sender
 
 	mu     sync.Mutex
 	calls  map[uint64]*call // in flight, by cookie
@@ -240,12 +244,14 @@ func withDeadline(ctx context.Context, nc net.Conn, f func() error) error {
 // clientHandshake is the client's side of the option haggling.
 type clientHandshake struct {
 	nc       net.Conn
+	src      *rawsock.Reader // what br reads from
 	br       *bufio.Reader
 	noZeroes bool
 }
 
 func startHandshake(nc net.Conn) (*clientHandshake, error) {
-	h := &clientHandshake{nc: nc, br: bufio.NewReaderSize(nc, readBufSize)}
+	h := &clientHandshake{nc: nc, src: &rawsock.Reader{NC: nc}}
+	h.br = bufio.NewReaderSize(h.src, readBufSize)
 	var g [wire.GreetingLen]byte
 	if _, err := io.ReadFull(h.br, g[:]); err != nil {
 		return nil, err
@@ -286,7 +292,10 @@ func (h *clientHandshake) startTLS(cfg *tls.Config) error {
 		return fmt.Errorf("nbd: TLS handshake: %w", err)
 	}
 	h.nc = tc
-	h.br = bufio.NewReaderSize(tc, readBufSize)
+	// A new reader: bytes buffered before TLS came in plaintext and must
+	// not count as protected.
+	h.src = &rawsock.Reader{NC: tc}
+	h.br = bufio.NewReaderSize(h.src, readBufSize)
 	return nil
 }
 
@@ -333,7 +342,7 @@ func newClient(ctx context.Context, nc net.Conn, o Options) (*Client, error) {
 	return c, nil
 }
 
-func (c *Client) negotiate(o Options) error {
+func (c *Client) negotiate(o Options) (err error) {
 	h, err := startHandshake(c.nc)
 	if err != nil {
 		return err
@@ -345,6 +354,19 @@ func (c *Client) negotiate(o Options) error {
 		c.nc = h.nc
 	}
 	c.br = h.br
+	if o.TLS == nil {
+		// Over a plain socket, replies are read and requests written by
+		// raw calls once the handshake is done (a tls.Conn is no
+		// syscall.Conn).
+		defer func() {
+			if sc, ok := c.nc.(syscall.Conn); ok && err == nil {
+				if raw, rerr := sc.SyscallConn(); rerr == nil {
+					h.src.Raw = raw
+					c.sender = rawsock.NewSender(raw, rawsock.MaxIovecs)
+				}
+			}
+		}()
+	}
 	if o.StructuredReplies || o.MetaContext {
 		if err := h.sendOption(wire.OptStructuredReply, nil); err != nil {
 			return err
@@ -562,6 +584,12 @@ func (c *Client) send(cmd, flags uint16, cookie, off uint64, length uint32, payl
 	wire.PutRequest(h[:], wire.Request{Flags: flags, Type: cmd, Cookie: cookie, Offset: off, Length: length})
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
+	if c.sender != nil {
+		bufs := append(c.wbufs[:0], h[:], payload)
+		err := c.sender.Send(bufs)
+		c.wbufs = bufs[:0]
+		return err
+	}
 	if len(payload) == 0 {
 		_, err := c.nc.Write(h[:])
 		return err
@@ -983,8 +1011,13 @@ func (c *Client) StartBatch(rs []*Request) error {
 			bufs = append(bufs, r.Buf)
 		}
 	}
-	out := bufs // WriteTo consumes its receiver; bufs keeps the array for the next batch
-	_, err := out.WriteTo(c.nc)
+	var err error
+	if c.sender != nil {
+		err = c.sender.Send(bufs)
+	} else {
+		out := bufs // WriteTo consumes its receiver; bufs keeps the array for the next batch
+		_, err = out.WriteTo(c.nc)
+	}
 	clear(bufs) // drop the references to the payloads
 	c.wbufs = bufs[:0]
 	c.wmu.Unlock()

@@ -1,0 +1,55 @@
+package stackdtest
+
+import (
+	"net"
+	"path/filepath"
+	"syscall"
+	"testing"
+)
+
+// UnixPair returns the two ends of a unix stream connection, closed when
+// the test ends.
+func UnixPair(t testing.TB) (a, b *net.UnixConn) {
+	t.Helper()
+	l, err := net.Listen("unix", filepath.Join(SocketDir(t), "pair"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := l.Accept()
+		accepted <- c
+	}()
+	d, err := net.Dial("unix", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := <-accepted
+	if c == nil {
+		d.Close()
+		t.Fatal("accept failed")
+	}
+	t.Cleanup(func() { d.Close(); c.Close() })
+	return d.(*net.UnixConn), c.(*net.UnixConn)
+}
+
+// RawConn returns c's syscall.RawConn.
+func RawConn(t testing.TB, c *net.UnixConn) syscall.RawConn {
+	t.Helper()
+	raw, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
+}
+
+// Pattern returns n bytes that differ from their neighbours and repeat
+// only every 2 MiB or so, so that bytes out of place or lost show.
+func Pattern(n int) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = byte(i*7 + i>>13)
+	}
+	return p
+}
