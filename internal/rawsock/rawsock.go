@@ -80,22 +80,19 @@ func Iovecs(iov []unix.Iovec, bufs [][]byte) int {
 // writing the buffers is not told to the race detector, as a DMA would
 // not be.
 func Readv(fd uintptr, iov []unix.Iovec) (int, syscall.Errno) {
-	for {
-		n, _, e := unix.RawSyscall(unix.SYS_READV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
-		if e == syscall.EINTR {
-			continue
-		}
-		if e != 0 {
-			return 0, e
-		}
-		return int(n), 0
-	}
+	return vectored(unix.SYS_READV, fd, iov)
 }
 
 // Writev is one raw writev(2) of iov, as Iovecs set it, to fd.
 func Writev(fd uintptr, iov []unix.Iovec) (int, syscall.Errno) {
+	return vectored(unix.SYS_WRITEV, fd, iov)
+}
+
+// vectored makes the raw readv or writev (trap), again if a signal
+// interrupted it.
+func vectored(trap, fd uintptr, iov []unix.Iovec) (int, syscall.Errno) {
 	for {
-		n, _, e := unix.RawSyscall(unix.SYS_WRITEV, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
+		n, _, e := unix.RawSyscall(trap, fd, uintptr(unsafe.Pointer(&iov[0])), uintptr(len(iov)))
 		if e == syscall.EINTR {
 			continue
 		}
