@@ -163,6 +163,7 @@ func (c *conn) startTLS(data []byte) error {
 	c.tlsUp = true
 	c.nc = tc
 	c.src.NC = tc
+	c.br.Reset(&c.src) // nothing is buffered (checked above); nothing ever carries over
 	c.bw.Reset(tc)
 	c.srv.log.Debug("nbd: TLS up", "conn", c.id, "remote", c.remote,
 		"version", tls.VersionName(st.Version), "cipher", tls.CipherSuiteName(st.CipherSuite), "client", c.peerName())
