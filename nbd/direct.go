@@ -107,16 +107,9 @@ func (f *socketFill) readOnce(fd uintptr) bool {
 		f.err = io.ErrUnexpectedEOF
 		return true
 	}
-	// Drop what was read: whole pieces, then the front of the next.
-	k := 0
-	for k < len(f.pieces) && len(f.pieces[k]) <= n {
-		n -= len(f.pieces[k])
-		k++
-	}
-	if k < len(f.pieces) {
-		f.pieces[k] = f.pieces[k][n:]
-	}
-	rest := copy(f.pieces, f.pieces[k:])
+	// Drop what was read, and move the rest back to the front: gather
+	// appends up to the array's end.
+	rest := copy(f.pieces, rawsock.Consume(f.pieces, n))
 	clear(f.pieces[rest:])
 	f.pieces = f.pieces[:rest]
 	return true

@@ -15,22 +15,9 @@ import (
 // of them, and the next takes the rest, in order.
 func TestRawReadvIsBounded(t *testing.T) {
 	client, server := stackdtest.UnixPair(t)
-	// A unix socket's bytes in flight are charged to the sender's buffer.
-	if err := client.SetWriteBuffer(8 << 20); err != nil {
-		t.Fatal(err)
-	}
 	const total = rawsock.MaxCopy + 256<<10
 	want := stackdtest.Pattern(total)
-	sent := make(chan error, 1)
-	go func() { _, err := client.Write(want); sent <- err }()
-	select {
-	case err := <-sent:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(ioTimeout):
-		t.Fatalf("the kernel would not hold %d bytes in flight (net.core.wmem_max too small?)", total)
-	}
+	stackdtest.Preload(t, client, want)
 
 	got := make([]byte, total)
 	f := newSocketFill(stackdtest.RawConn(t, server))

@@ -174,15 +174,7 @@ func (b *replyBatch) readPayload(r *request) {
 // open for growth.
 func (b *replyBatch) consume(n int) {
 	b.open = false
-	for n > 0 {
-		if n < len(b.iov[0]) {
-			b.iov[0] = b.iov[0][n:]
-			return
-		}
-		n -= len(b.iov[0])
-		b.iov[0] = nil
-		b.iov = b.iov[1:]
-	}
+	b.iov = rawsock.Consume(b.iov, n)
 }
 
 func (b *replyBatch) reset() {

@@ -76,6 +76,22 @@ func Iovecs(iov []unix.Iovec, bufs [][]byte) int {
 	return n
 }
 
+// Consume drops the first n bytes of bufs, as a readv or writev that
+// moved n bytes leaves them: whole slices, cleared so that the array keeps
+// no pointer to them, then the front of the next. It returns what is left.
+func Consume(bufs [][]byte, n int) [][]byte {
+	for n > 0 {
+		if n < len(bufs[0]) {
+			bufs[0] = bufs[0][n:]
+			break
+		}
+		n -= len(bufs[0])
+		bufs[0] = nil
+		bufs = bufs[1:]
+	}
+	return bufs
+}
+
 // Readv is one raw readv(2) of fd into iov, as Iovecs set it. The kernel
 // writing the buffers is not told to the race detector, as a DMA would
 // not be.
@@ -209,14 +225,7 @@ func (s *Sender) writeOnce(fd uintptr) bool {
 		case w == 0:
 			return false
 		}
-		for w > 0 {
-			if w < len(s.bufs[0]) {
-				s.bufs[0] = s.bufs[0][w:]
-				break
-			}
-			w -= len(s.bufs[0])
-			s.bufs = s.bufs[1:]
-		}
+		s.bufs = Consume(s.bufs, w)
 	}
 	return true
 }
