@@ -6,7 +6,8 @@
 // the client's reader and sender (package nbd/client) make theirs here.
 // The poller still does all the waiting: every call runs under
 // RawConn.Read or RawConn.Write, which park the goroutine on EAGAIN and
-// keep the socket's deadlines.
+// keep the socket's deadlines. The design, the bound and what it gives up
+// are in docs/DESIGN.md, "Raw socket calls".
 //
 // Telling the scheduler is for calls that may block: Syscall's
 // entersyscall lets sysmon hand the P to another thread if the call takes
