@@ -33,8 +33,8 @@ func TestSteadyStateAllocs(t *testing.T) {
 		replyBytes := n/3*(wire.SimpleReplyLen+4096) + (n-n/3)*wire.SimpleReplyLen
 		if structured {
 			// READs answered with OFFSET_DATA (its offset, then the data),
-			// the rest with NONE.
-			replyBytes = n/3*(wire.ChunkHeaderLen+8+4096) + (n-n/3)*wire.ChunkHeaderLen
+			// the rest with simple replies.
+			replyBytes = n/3*(wire.ChunkHeaderLen+8+4096) + (n-n/3)*wire.SimpleReplyLen
 		}
 		sink := make([]byte, replyBytes)
 		// Once to warm the pools, once to measure.

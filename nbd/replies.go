@@ -270,8 +270,20 @@ func (c *conn) encodeReply(r *request) {
 			be.PutUint32(h[28+8*i:], uint32(e.Flags))
 		}
 
-	default:
+	case r.cmd == wire.CmdRead:
+		// A READ of nothing: the spec allows no READ a simple reply.
 		doneChunk(b.reserve(wire.ChunkHeaderLen), r.cookie, wire.ReplyTypeNone, 0)
+
+	default:
+		// A success without data (WRITE, FLUSH, TRIM, WRITE_ZEROES,
+		// CACHE) gets a simple reply, which the spec allows once
+		// structured replies are negotiated to any reply without data
+		// but a READ's. It is what a client reads fastest: libnbd (fio's
+		// nbd engine, nbdinfo, nbdcopy) reads every reply as a simple one
+		// first and needs a second recv for a chunk header's last 4
+		// bytes. nbdkit sends a simple reply here too. Errors stay
+		// structured chunks, as the spec prefers, for their message.
+		wire.PutSimpleReply(b.reserve(wire.SimpleReplyLen), wire.SimpleReply{Cookie: r.cookie})
 	}
 }
 
