@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # bench/run.sh — stackd against its peers under fio, side by side.
 #
-#   bench/run.sh                                  # full run, ~23 minutes
+#   bench/run.sh                                  # full run, ~30 minutes
 #   BENCH_RUNTIME=2 BENCH_REPS=1 bench/run.sh     # short run, ~8 minutes
 #   BENCH_SMOKE=1 bench/run.sh                    # smoke run, ~4 minutes
 #
